@@ -1,0 +1,325 @@
+//! The contract between the shim (`libremus.so`, inside the app) and `remusd primary`.
+//!
+//! Everything here is plain `#[repr(C)]` data with no dependencies, so the shim can write it
+//! from a signal handler and the controller can read it from the shared staging area.
+//!
+//! ```text
+//! staging memfd (created by the shim, inherited by remusd primary, MAP_SHARED in both)
+//! +------------------+ 0
+//! | StagingHeader    |   epoch, chunk, counts, resume context, mm fields, cwd, auxv
+//! +------------------+ RESETS_OFF
+//! | [ResetRange]     |   ranges whose old contents the standby must forget (new regions)
+//! +------------------+ FDS_OFF
+//! | [FdRecord]       |   the app's descriptor table (shim-owned fds excluded)
+//! +------------------+ MAPS_OFF
+//! | maps text        |   /proc/self/maps as read in the handler
+//! +------------------+ ADDRS_OFF
+//! | [u64]            |   address of each page in this chunk
+//! +------------------+ DATA_OFF (page aligned)
+//! | page data        |   n_pages * 4096 bytes, same order as the addresses
+//! +------------------+ STAGING_SIZE
+//! ```
+//!
+//! One epoch is one or more chunks. The handler fills the staging area, sends
+//! [`MsgKind::EpochChunk`]; if that chunk is not the last, it waits for
+//! [`MsgKind::Drained`] before reusing the area. Resets, fds, maps and the resume
+//! context are valid in the last chunk only. The controller never signals a new epoch
+//! before it has drained the last chunk of the previous one.
+
+#![no_std]
+
+pub const PAGE_SIZE: usize = 4096;
+
+/// The real-time signal the controller sends to ask for a checkpoint. glibc's SIGRTMAX is 64;
+/// glibc reserves 32 and 33. The shim hides this signal from the app's sigaction/sigprocmask.
+pub const EPOCH_SIGNAL: i32 = 63;
+
+/// Descriptors the shim owns are moved to numbers at or above this, so they stay out of the
+/// app's way and out of the image's descriptor table.
+pub const SHIM_FD_BASE: i32 = 1000;
+/// The shim's end of the shim<->controller socket, as seen by `remusd primary` (fd number in
+/// the controller process after exec).
+pub const CONTROLLER_SHIM_SOCK_FD: i32 = 3;
+/// The staging memfd, as seen by `remusd primary`.
+pub const CONTROLLER_STAGING_FD: i32 = 4;
+
+// Environment variables the shim reads.
+pub const ENV_STANDBY: &str = "REMUS_STANDBY";
+pub const ENV_EPOCH_MS: &str = "REMUS_EPOCH_MS";
+pub const ENV_CONTROL: &str = "REMUS_CONTROL";
+pub const ENV_ALLOW_UNPROTECTED: &str = "REMUS_ALLOW_UNPROTECTED";
+/// Path of the `remusd` binary; default: `remusd` next to `libremus.so`, then `$PATH`.
+pub const ENV_REMUSD: &str = "REMUS_REMUSD";
+/// Set by the shim in the protected process: a child that inherits the shim sees a different
+/// pid here and stays passive.
+pub const ENV_PROTECTED_PID: &str = "REMUS_PROTECTED_PID";
+/// Extra arguments for `remusd primary` (whitespace separated), e.g. `--heartbeat-ms 50`.
+pub const ENV_PRIMARY_ARGS: &str = "REMUS_PRIMARY_ARGS";
+
+pub const STAGING_MAGIC: u64 = u64::from_le_bytes(*b"REMUSSTG");
+pub const ABI_VERSION: u32 = 1;
+
+pub const MAX_RESETS: usize = 8192;
+pub const MAX_FDS: usize = 1024;
+pub const FD_PATH_MAX: usize = 512;
+pub const MAX_MAPS_BYTES: usize = 2 << 20;
+/// Pages per chunk: 16384 pages = 64 MiB.
+pub const CHUNK_PAGES: usize = 16384;
+pub const MAX_AUXV_WORDS: usize = 128;
+pub const CWD_MAX: usize = 4096;
+
+pub const HEADER_SIZE: usize = 64 << 10;
+pub const RESETS_OFF: usize = HEADER_SIZE;
+pub const FDS_OFF: usize = RESETS_OFF + MAX_RESETS * core::mem::size_of::<ResetRange>();
+pub const MAPS_OFF: usize = FDS_OFF + MAX_FDS * core::mem::size_of::<FdRecord>();
+pub const ADDRS_OFF: usize = MAPS_OFF + MAX_MAPS_BYTES;
+pub const DATA_OFF: usize = round_up(ADDRS_OFF + CHUNK_PAGES * 8, PAGE_SIZE);
+pub const STAGING_SIZE: usize = DATA_OFF + CHUNK_PAGES * PAGE_SIZE;
+
+const fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+const _: () = assert!(core::mem::size_of::<StagingHeader>() <= HEADER_SIZE);
+
+/// Where the restored thread resumes: the callee-saved registers, stack pointer and return
+/// address saved by the shim's `remus_save_context` inside the epoch handler. Restoring means
+/// setting these registers, `rax = 1`, and `fs_base`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResumeContext {
+    pub rbx: u64,
+    pub rbp: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rsp: u64,
+    pub rip: u64,
+    pub fs_base: u64,
+}
+
+/// The mm fields `prctl(PR_SET_MM_MAP)` wants, read from `/proc/self/stat` (and `brk(0)`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+/// A range whose contents the standby must forget before applying this epoch's pages: a
+/// region the tracker had not registered (new, replaced, or changed protection). Its populated
+/// pages are all in this epoch; a page of the range that is not shipped is zero (anonymous) or
+/// the file's content (file-backed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdKind {
+    Regular = 1,
+    CharDevice = 2,
+    Directory = 3,
+    Fifo = 4,
+    Socket = 5,
+    /// `anon_inode:[eventpoll]`, `[eventfd]`, `[timerfd]`, `[signalfd]`, ...; the path says which.
+    AnonInode = 6,
+    Other = 7,
+}
+
+impl FdKind {
+    pub fn from_u32(v: u32) -> FdKind {
+        match v {
+            1 => FdKind::Regular,
+            2 => FdKind::CharDevice,
+            3 => FdKind::Directory,
+            4 => FdKind::Fifo,
+            5 => FdKind::Socket,
+            6 => FdKind::AnonInode,
+            _ => FdKind::Other,
+        }
+    }
+}
+
+/// One entry of the app's descriptor table at the checkpoint.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FdRecord {
+    pub fd: i32,
+    /// [`FdKind`] as u32.
+    pub kind: u32,
+    /// `fcntl(F_GETFL)`: access mode and status flags.
+    pub flags: i32,
+    /// `fcntl(F_GETFD)`: `FD_CLOEXEC`.
+    pub fd_flags: i32,
+    /// `lseek(fd, 0, SEEK_CUR)`, or -1 where the kind has no offset.
+    pub offset: i64,
+    /// `readlink(/proc/self/fd/N)`; longer than [`FD_PATH_MAX`] sets `path_truncated`.
+    pub path_len: u32,
+    pub path_truncated: u32,
+    pub path: [u8; FD_PATH_MAX],
+}
+
+/// The first bytes of the staging area. Fields past `n_pages` are meaningful in the last chunk
+/// of an epoch only.
+#[repr(C)]
+pub struct StagingHeader {
+    pub magic: u64,
+    pub abi_version: u32,
+    pub chunk: u32,
+    pub epoch: u64,
+    /// 1 when this chunk completes the epoch.
+    pub last: u32,
+    pub n_pages: u32,
+    pub n_resets: u32,
+    pub n_fds: u32,
+    pub maps_len: u32,
+    pub cwd_len: u32,
+    /// Time spent in the handler so far, measured by the shim (CLOCK_MONOTONIC).
+    pub pause_ns: u64,
+    /// Pages shipped in this whole epoch (all chunks).
+    pub epoch_pages: u64,
+    pub ctx: ResumeContext,
+    pub mm: MmFields,
+    /// Signal mask the app had when the epoch signal arrived (also in the signal frame).
+    pub app_sigmask: u64,
+    /// `sigaltstack` at the checkpoint: sp, flags, size.
+    pub altstack_sp: u64,
+    pub altstack_flags: i32,
+    pub _pad0: i32,
+    pub altstack_size: u64,
+    /// The app's thread id at the checkpoint (glibc caches it in the TCB).
+    pub tid: i32,
+    pub n_auxv: u32,
+    pub auxv: [u64; MAX_AUXV_WORDS],
+    pub cwd: [u8; CWD_MAX],
+    /// Flags: [`HDR_FLAG_UNSUPPORTED`].
+    pub flags: u32,
+    pub _pad1: u32,
+}
+
+/// The epoch saw state the shim cannot replicate (the controller should have been told with
+/// an [`MsgKind::Unsupported`] message; this is belt and braces).
+pub const HDR_FLAG_UNSUPPORTED: u32 = 1;
+
+/// Kinds of [`Msg`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsgKind {
+    // shim -> controller
+    /// First message: a = app pid, b = ABI_VERSION.
+    Hello = 1,
+    /// A chunk is in staging: a = epoch, b = chunk index.
+    EpochChunk = 2,
+    /// The app created a second thread (text says how); replication must stop.
+    ThreadCreated = 3,
+    /// The app is exiting on its own: a = code or signal, b = 0 exit / 1 killed by signal
+    /// a / 2 execve (the new image is protected afresh).
+    Exiting = 4,
+    /// The app has state the shim cannot replicate (text names it); replication must stop.
+    Unsupported = 5,
+    /// A line for the controller's log.
+    Log = 6,
+
+    // controller -> shim
+    /// The standby is connected; protection starts.
+    Ready = 100,
+    /// Refused: text says why. The shim prints it and exits 1, unless
+    /// `REMUS_ALLOW_UNPROTECTED=1`, in which case the controller sends `RunUnprotected`.
+    Refuse = 101,
+    /// Run without protection (allowed by REMUS_ALLOW_UNPROTECTED); text says why.
+    RunUnprotected = 102,
+    /// The chunk a = epoch, b = chunk was copied out; the staging area is free.
+    Drained = 103,
+}
+
+impl MsgKind {
+    pub fn from_u32(v: u32) -> Option<MsgKind> {
+        Some(match v {
+            1 => MsgKind::Hello,
+            2 => MsgKind::EpochChunk,
+            3 => MsgKind::ThreadCreated,
+            4 => MsgKind::Exiting,
+            5 => MsgKind::Unsupported,
+            6 => MsgKind::Log,
+            100 => MsgKind::Ready,
+            101 => MsgKind::Refuse,
+            102 => MsgKind::RunUnprotected,
+            103 => MsgKind::Drained,
+            _ => return None,
+        })
+    }
+}
+
+pub const MSG_TEXT: usize = 488;
+
+/// A fixed-size message on the shim<->controller `SOCK_SEQPACKET` socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Msg {
+    pub kind: u32,
+    pub text_len: u32,
+    pub a: u64,
+    pub b: u64,
+    pub text: [u8; MSG_TEXT],
+}
+
+impl Msg {
+    pub const fn new(kind: MsgKind, a: u64, b: u64) -> Msg {
+        Msg {
+            kind: kind as u32,
+            text_len: 0,
+            a,
+            b,
+            text: [0; MSG_TEXT],
+        }
+    }
+
+    /// Copies as much of `s` as fits.
+    pub fn with_text(mut self, s: &[u8]) -> Msg {
+        let n = s.len().min(MSG_TEXT);
+        self.text[..n].copy_from_slice(&s[..n]);
+        self.text_len = n as u32;
+        self
+    }
+
+    pub fn text(&self) -> &[u8] {
+        &self.text[..(self.text_len as usize).min(MSG_TEXT)]
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: Msg is repr(C), made of integers and a byte array with no padding holes
+        // (4+4+8+8+488 = 512 bytes), so every byte is initialised.
+        unsafe {
+            core::slice::from_raw_parts(self as *const Msg as *const u8, core::mem::size_of::<Msg>())
+        }
+    }
+
+    /// Reads a message from bytes received on the socket; `None` if the size is wrong.
+    pub fn from_bytes(b: &[u8]) -> Option<Msg> {
+        if b.len() != core::mem::size_of::<Msg>() {
+            return None;
+        }
+        let mut m = Msg::new(MsgKind::Log, 0, 0);
+        // SAFETY: the sizes match and every bit pattern is a valid Msg (integers and bytes).
+        unsafe {
+            core::ptr::copy_nonoverlapping(b.as_ptr(), &mut m as *mut Msg as *mut u8, b.len());
+        }
+        Some(m)
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Msg>() == 512);
