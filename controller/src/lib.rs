@@ -1,1 +1,3 @@
+//! remusd and remusctl: everything that can happen outside the protected process.
 
+pub mod image;

@@ -1,0 +1,292 @@
+//! The standby's picture of the protected process: the metadata of the last committed epoch
+//! and the contents of every page shipped so far. This is what `restore` turns back into a
+//! running process.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const PAGE_SIZE: u64 = remus_abi::PAGE_SIZE as u64;
+
+/// One line of `/proc/self/maps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    /// `s` in the perms column (MAP_SHARED).
+    pub shared: bool,
+    pub offset: u64,
+    /// `major:minor` as written in maps.
+    pub dev: String,
+    pub inode: u64,
+    /// Path, `[heap]`, `[stack]`, `[vdso]`, `[vvar]`, `[vvar_vclock]`, `[vsyscall]`, or empty.
+    pub path: String,
+}
+
+impl Region {
+    /// Backed by a file (restore maps the file at `offset`, then writes shipped pages over it).
+    pub fn is_file(&self) -> bool {
+        self.inode != 0 && self.path.starts_with('/')
+    }
+    /// One of the kernel's special mappings that restore moves or leaves alone.
+    pub fn is_special(&self) -> bool {
+        matches!(
+            self.path.as_str(),
+            "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
+        )
+    }
+    pub fn prot(&self) -> i32 {
+        (if self.read { libc::PROT_READ } else { 0 })
+            | (if self.write { libc::PROT_WRITE } else { 0 })
+            | (if self.exec { libc::PROT_EXEC } else { 0 })
+    }
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+/// Parses `/proc/<pid>/maps` text. Lines that do not parse are an error naming the line.
+pub fn parse_maps(text: &str) -> Result<Vec<Region>, String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(parse_maps_line(line).ok_or_else(|| format!("unparseable maps line: {line:?}"))?);
+    }
+    Ok(out)
+}
+
+fn parse_maps_line(line: &str) -> Option<Region> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let dev = it.next()?.to_string();
+    let inode: u64 = it.next()?.parse().ok()?;
+    let path = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    if perms.len() < 4 {
+        return None;
+    }
+    Some(Region {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        read: perms[0] == b'r',
+        write: perms[1] == b'w',
+        exec: perms[2] == b'x',
+        shared: perms[3] == b's',
+        offset,
+        dev,
+        inode,
+        path,
+    })
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeContext {
+    pub rbx: u64,
+    pub rbp: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rsp: u64,
+    pub rip: u64,
+    pub fs_base: u64,
+}
+
+impl From<remus_abi::ResumeContext> for ResumeContext {
+    fn from(c: remus_abi::ResumeContext) -> Self {
+        ResumeContext {
+            rbx: c.rbx,
+            rbp: c.rbp,
+            r12: c.r12,
+            r13: c.r13,
+            r14: c.r14,
+            r15: c.r15,
+            rsp: c.rsp,
+            rip: c.rip,
+            fs_base: c.fs_base,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+impl From<remus_abi::MmFields> for MmFields {
+    fn from(m: remus_abi::MmFields) -> Self {
+        MmFields {
+            start_code: m.start_code,
+            end_code: m.end_code,
+            start_data: m.start_data,
+            end_data: m.end_data,
+            start_brk: m.start_brk,
+            brk: m.brk,
+            start_stack: m.start_stack,
+            arg_start: m.arg_start,
+            arg_end: m.arg_end,
+            env_start: m.env_start,
+            env_end: m.env_end,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FdKind {
+    Regular,
+    CharDevice,
+    Directory,
+    Fifo,
+    Socket,
+    AnonInode,
+    Other,
+}
+
+impl From<remus_abi::FdKind> for FdKind {
+    fn from(k: remus_abi::FdKind) -> Self {
+        match k {
+            remus_abi::FdKind::Regular => FdKind::Regular,
+            remus_abi::FdKind::CharDevice => FdKind::CharDevice,
+            remus_abi::FdKind::Directory => FdKind::Directory,
+            remus_abi::FdKind::Fifo => FdKind::Fifo,
+            remus_abi::FdKind::Socket => FdKind::Socket,
+            remus_abi::FdKind::AnonInode => FdKind::AnonInode,
+            remus_abi::FdKind::Other => FdKind::Other,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdEntry {
+    pub fd: i32,
+    pub kind: FdKind,
+    /// `fcntl(F_GETFL)`.
+    pub flags: i32,
+    /// `fcntl(F_GETFD)`.
+    pub fd_flags: i32,
+    /// Offset, or -1.
+    pub offset: i64,
+    /// What `/proc/self/fd/N` points at.
+    pub path: String,
+}
+
+/// Everything about the process at one epoch except page contents. Travels in each epoch's
+/// commit frame (rmp-serde).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochMeta {
+    pub epoch: u64,
+    /// `/proc/self/maps` of the app at the checkpoint, raw.
+    pub maps: String,
+    pub resets: Vec<(u64, u64)>,
+    pub fds: Vec<FdEntry>,
+    pub ctx: ResumeContext,
+    pub mm: MmFields,
+    pub auxv: Vec<u64>,
+    pub cwd: String,
+    pub app_sigmask: u64,
+    pub altstack: (u64, i32, u64),
+    pub tid: i32,
+    /// Pages shipped in this epoch.
+    pub pages: u64,
+    /// The shim's own measure of the pause (ns).
+    pub pause_ns: u64,
+}
+
+/// The committed image on the standby.
+#[derive(Default)]
+pub struct Image {
+    /// Metadata of the last committed epoch (None before the first full image commits).
+    pub meta: Option<EpochMeta>,
+    /// Regions parsed from `meta.maps`.
+    pub regions: Vec<Region>,
+    /// Page address -> contents. Pages outside every region of `regions` are ignored.
+    pub pages: BTreeMap<u64, Box<[u8]>>,
+}
+
+impl Image {
+    /// Applies one complete, verified epoch: forget the reset ranges, store the pages, take
+    /// the metadata. `pages` are (address, 4096 bytes).
+    pub fn apply(&mut self, meta: EpochMeta, pages: Vec<(u64, Box<[u8]>)>) -> Result<(), String> {
+        let regions = parse_maps(&meta.maps)?;
+        for &(s, e) in &meta.resets {
+            let doomed: Vec<u64> = self.pages.range(s..e).map(|(a, _)| *a).collect();
+            for a in doomed {
+                self.pages.remove(&a);
+            }
+        }
+        for (addr, data) in pages {
+            if data.len() != remus_abi::PAGE_SIZE || addr % PAGE_SIZE != 0 {
+                return Err(format!("bad page at {addr:#x} ({} bytes)", data.len()));
+            }
+            self.pages.insert(addr, data);
+        }
+        // Forget pages no region covers any more: they belong to unmapped memory.
+        let mut keep = BTreeMap::new();
+        for r in &regions {
+            let mut inside = self.pages.split_off(&r.start);
+            let mut after = inside.split_off(&r.end);
+            keep.append(&mut inside);
+            std::mem::swap(&mut self.pages, &mut after);
+            self.pages.append(&mut after);
+        }
+        self.pages = keep;
+        self.regions = regions;
+        self.meta = Some(meta);
+        Ok(())
+    }
+
+    pub fn committed_epoch(&self) -> Option<u64> {
+        self.meta.as_ref().map(|m| m.epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let t = "55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0                          [heap]\n\
+                 7f1c2a000000-7f1c2a028000 r--p 00000000 fe:01 1234                       /usr/lib/x86_64-linux-gnu/libc.so.6\n\
+                 7ffd1c3f0000-7ffd1c3f2000 r-xp 00000000 00:00 0                          [vdso]\n";
+        let r = parse_maps(t).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].path, "[heap]");
+        assert!(r[0].write && !r[0].shared && !r[0].is_file());
+        assert!(r[1].is_file() && !r[1].write);
+        assert!(r[2].is_special() && r[2].exec);
+        assert!(parse_maps("garbage").is_err());
+    }
+
+    #[test]
+    fn apply_resets_and_prunes() {
+        let mut img = Image::default();
+        let maps = "1000-3000 rw-p 00000000 00:00 0\n".to_string();
+        let meta = EpochMeta { epoch: 1, maps: maps.clone(), ..Default::default() };
+        let pg = |b: u8| vec![b; 4096].into_boxed_slice();
+        img.apply(meta, vec![(0x1000, pg(1)), (0x2000, pg(2)), (0x5000, pg(5))]).unwrap();
+        assert_eq!(img.pages.len(), 2, "page outside every region is dropped");
+        let meta = EpochMeta { epoch: 2, maps, resets: vec![(0x1000, 0x3000)], ..Default::default() };
+        img.apply(meta, vec![(0x2000, pg(7))]).unwrap();
+        assert_eq!(img.pages.len(), 1);
+        assert_eq!(img.pages[&0x2000][0], 7);
+        assert_eq!(img.committed_epoch(), Some(2));
+    }
+}
