@@ -1,2 +1,1159 @@
 //! Helpers shared by the integration tests and benchmarks: locating the built binaries,
 //! starting a standby and a protected program, and reading `remusctl status --json`.
+//!
+//! Every process started here is killed when its handle is dropped (with everything it
+//! started: the app's `remusd primary`, the standby's restored program). Every wait has a
+//! deadline and panics with the relevant logs attached.
+//!
+//! Environment knobs:
+//! - `REMUS_TEST_PROFILE=release`: build and use `target/release` instead of `target/debug`.
+//! - `REMUS_TEST_NO_BUILD=1`: do not run `cargo build`; use the binaries already there.
+//! - `REMUS_KEEP_TMP=1`: keep the temporary directories (state dirs, logs) for inspection.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The Debian system Python (the `python3` on PATH may be a pyenv shim script, which would
+/// be protected instead of the interpreter).
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// How often the waits poll.
+const POLL: Duration = Duration::from_millis(20);
+
+// ---------------------------------------------------------------------------------------
+// Locations and builds
+// ---------------------------------------------------------------------------------------
+
+/// The workspace root (where this package's Cargo.toml is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Cargo's target directory.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                repo_root().join(d)
+            }
+        }
+        _ => repo_root().join("target"),
+    }
+}
+
+/// The built shim and controller binaries.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub lib: PathBuf,
+    pub remusd: PathBuf,
+    pub remusctl: PathBuf,
+    pub release: bool,
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+/// Builds `libremus.so`, `remusd` and `remusctl` once per process, in the profile chosen by
+/// `REMUS_TEST_PROFILE` (debug by default).
+pub fn bins() -> &'static Bins {
+    let release = std::env::var("REMUS_TEST_PROFILE").as_deref() == Ok("release");
+    bins_for(release)
+}
+
+/// Builds (once per process and profile) and locates the binaries of one profile.
+pub fn bins_for(release: bool) -> &'static Bins {
+    static DEBUG: OnceLock<Bins> = OnceLock::new();
+    static RELEASE: OnceLock<Bins> = OnceLock::new();
+    let cell = if release { &RELEASE } else { &DEBUG };
+    cell.get_or_init(|| {
+        if std::env::var("REMUS_TEST_NO_BUILD").as_deref() != Ok("1") {
+            let mut cmd = Command::new(cargo());
+            cmd.current_dir(repo_root()).args([
+                "build",
+                "-p",
+                "remus-shim",
+                "-p",
+                "remus-controller",
+            ]);
+            if release {
+                cmd.arg("--release");
+            }
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo()));
+            assert!(
+                out.status.success(),
+                "building the shim and controller failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let dir = target_dir().join(if release { "release" } else { "debug" });
+        let bins = Bins {
+            lib: dir.join("libremus.so"),
+            remusd: dir.join("remusd"),
+            remusctl: dir.join("remusctl"),
+            release,
+        };
+        for p in [&bins.lib, &bins.remusd, &bins.remusctl] {
+            assert!(p.exists(), "{} was not built", p.display());
+        }
+        bins
+    })
+}
+
+/// The test programs, compiled once per process into `target/remus-test-progs/`.
+#[derive(Debug, Clone)]
+pub struct Progs {
+    pub dir: PathBuf,
+    /// `memcheck ITERATIONS [--sleep-us N] [--abort-at N] [--segv-at N] [--corrupt-at N]`
+    pub memcheck: PathBuf,
+    /// `threads ITERATIONS THREAD_AT [--sleep-us N]`
+    pub threads: PathBuf,
+    /// `python_state.py ITERATIONS [--sleep-ms N] [--corrupt-at N]` (a source file: run it
+    /// with [`PYTHON`]).
+    pub python_state: PathBuf,
+    /// `pause_app PAGES DURATION_MS [THRESHOLD_NS]` (the pause benchmark's program).
+    pub pause_app: PathBuf,
+}
+
+fn cc(args: &[&str], what: &str) {
+    let out = Command::new("cc")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cc for {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "compiling {what} failed: cc {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Compiles `src` into `dir/name` through a temporary file and a rename, so a concurrent
+/// run never sees a half-written binary.
+fn compile(dir: &Path, name: &str, flags: &[&str], src: &Path, libs: &[&str]) -> PathBuf {
+    let dst = dir.join(name);
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    let tmp_s = tmp.to_str().expect("utf-8 path");
+    let src_s = src.to_str().expect("utf-8 path");
+    let mut args: Vec<&str> = vec!["-g", "-Wall", "-Wextra", "-Werror"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["-o", tmp_s, src_s]);
+    args.extend_from_slice(libs);
+    cc(&args, name);
+    fs::rename(&tmp, &dst).unwrap_or_else(|e| panic!("rename {}: {e}", tmp.display()));
+    dst
+}
+
+/// Compiles the C test programs once per process.
+pub fn progs() -> &'static Progs {
+    static PROGS: OnceLock<Progs> = OnceLock::new();
+    PROGS.get_or_init(|| {
+        let dir = target_dir().join("remus-test-progs");
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let src = repo_root().join("tests/progs");
+        let rpath = format!("-Wl,-rpath,{}", dir.display());
+        let ldir = format!("-L{}", dir.display());
+        compile(
+            &dir,
+            "libzoo.so",
+            &["-O1", "-shared", "-fPIC"],
+            &src.join("libzoo.c"),
+            &[],
+        );
+        let memcheck = compile(
+            &dir,
+            "memcheck",
+            &["-O1"],
+            &src.join("memcheck.c"),
+            &[&ldir, "-lzoo", &rpath],
+        );
+        let threads = compile(
+            &dir,
+            "threads",
+            &["-O1", "-pthread"],
+            &src.join("threads.c"),
+            &[],
+        );
+        let pause_app = compile(
+            &dir,
+            "pause_app",
+            &["-O2"],
+            &repo_root().join("benches/pause_app.c"),
+            &[],
+        );
+        Progs {
+            dir,
+            memcheck,
+            threads,
+            python_state: src.join("python_state.py"),
+            pause_app,
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Temporary directories, ports, processes
+// ---------------------------------------------------------------------------------------
+
+/// A directory removed on drop (unless `REMUS_KEEP_TMP=1`). Paths stay short: unix socket
+/// paths must fit in 108 bytes.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        for _ in 0..100 {
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("remus-t{}-{n}-{tag}", std::process::id()));
+            if fs::create_dir(&p).is_ok() {
+                return TempDir(p);
+            }
+        }
+        panic!(
+            "cannot create a temporary directory in {:?}",
+            std::env::temp_dir()
+        );
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var("REMUS_KEEP_TMP").as_deref() == Ok("1") {
+            eprintln!("keeping {}", self.0.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Polls `poll` every 20 ms until it returns `Some`, for at most `timeout`; panics naming
+/// `what` with `report()` attached when the deadline passes.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    report: &dyn Fn() -> String,
+    mut poll: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    let max_polls = timeout.as_millis() / POLL.as_millis() + 2;
+    for _ in 0..max_polls {
+        if let Some(v) = poll() {
+            return v;
+        }
+        if start.elapsed() >= timeout {
+            break;
+        }
+        thread::sleep(POLL);
+    }
+    panic!(
+        "timed out after {:.1?} waiting for {what}\n{}",
+        start.elapsed(),
+        report()
+    );
+}
+
+/// Sends `sig` to `pid`; false if there is no such process.
+pub fn signal(pid: i32, sig: i32) -> bool {
+    assert!(pid > 0, "refusing to signal pid {pid}");
+    // SAFETY: kill(2) takes plain integers and has no memory effects in this process.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// True if `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => stat_field(&s, 0).is_some_and(|st| st != "Z" && st != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Field `n` (0 = state) after the `(comm)` of a `/proc/PID/stat` line.
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(n)
+}
+
+/// The command name of `pid` (`/proc/PID/comm`).
+pub fn comm(pid: i32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// All descendants of `root` (children, their children, ...), found by scanning `/proc`.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Ok(s) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+                if let Some(pp) = stat_field(&s, 1).and_then(|x| x.parse::<i32>().ok()) {
+                    parent_of.push((pid, pp));
+                }
+            }
+        }
+    }
+    let mut found = BTreeSet::new();
+    let mut frontier = vec![root];
+    // A process tree has at most as many levels as there are processes.
+    for _ in 0..=parent_of.len() {
+        let Some(p) = frontier.pop() else { break };
+        for &(c, pp) in &parent_of {
+            if pp == p && found.insert(c) {
+                frontier.push(c);
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// SIGKILLs `child`, its process group (it was started as a group leader) and every process
+/// in `extra` that is still alive, then reaps `child`.
+fn kill_all(child: &mut Child, extra: &[i32]) {
+    let pid = child.id() as i32;
+    let mut victims = descendants(pid);
+    victims.extend_from_slice(extra);
+    if child.try_wait().ok().flatten().is_none() {
+        signal(pid, libc::SIGKILL);
+    }
+    // The group outlives its leader while members remain, so its id cannot be reused yet.
+    // SAFETY: kill(2) with a negative pid signals a process group; plain integers only.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+    for v in victims {
+        if v > 0 && alive(v) {
+            signal(v, libc::SIGKILL);
+        }
+    }
+    let _ = child.wait();
+}
+
+/// Waits for `child` to exit, for at most `timeout`.
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    let max_polls = timeout.as_millis() / POLL.as_millis() + 2;
+    for _ in 0..max_polls {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if start.elapsed() >= timeout {
+            break;
+        }
+        thread::sleep(POLL);
+    }
+    None
+}
+
+/// Runs a command to completion with a deadline; kills it when the deadline passes.
+/// Returns (status, stdout, stderr); status None on timeout.
+pub fn run_with_timeout(
+    cmd: &mut Command,
+    timeout: Duration,
+) -> (Option<ExitStatus>, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = reader_thread(child.stdout.take().expect("stdout"));
+    let err = reader_thread(child.stderr.take().expect("stderr"));
+    let st = wait_child(&mut child, timeout);
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    (st, out, err)
+}
+
+fn reader_thread(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    })
+}
+
+/// The last `n` lines of a file ("<missing>" if it cannot be read).
+pub fn tail_file(path: &Path, n: usize) -> String {
+    match fs::read(path) {
+        Ok(b) => tail(&String::from_utf8_lossy(&b), n),
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+/// The last `n` lines of a text.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    lines[from..].join("\n")
+}
+
+/// Describes how a process ended: "exit 3" or "signal 9".
+pub fn describe_status(st: &ExitStatus) -> String {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => format!("{st:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Status
+// ---------------------------------------------------------------------------------------
+
+/// `remusctl status --control SOCKET --json`, parsed. Err with remusctl's output when it
+/// fails (the controller is not up, or gone) or prints something that is not JSON.
+pub fn status(control: &Path) -> Result<Value, String> {
+    let mut cmd = Command::new(&bins().remusctl);
+    cmd.arg("status")
+        .arg("--control")
+        .arg(control)
+        .arg("--json");
+    let (st, out, err) = run_with_timeout(&mut cmd, Duration::from_secs(10));
+    match st {
+        None => Err(format!(
+            "remusctl status --control {} hung for 10 s",
+            control.display()
+        )),
+        Some(st) if !st.success() => Err(format!(
+            "remusctl status --control {} failed ({}): {}{}",
+            control.display(),
+            describe_status(&st),
+            out.trim(),
+            err.trim()
+        )),
+        Some(_) => serde_json::from_str(&out).map_err(|e| {
+            format!("remusctl status printed something that is not JSON ({e}): {out}")
+        }),
+    }
+}
+
+/// `v[key]` as a string ("" if absent or not a string).
+pub fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// `v[key]` as an integer (None if absent, null or not an integer).
+pub fn n(v: &Value, key: &str) -> Option<i64> {
+    v.get(key).and_then(Value::as_i64)
+}
+
+/// `v["committed_epoch"]` (None while nothing is committed).
+pub fn committed_epoch(v: &Value) -> Option<u64> {
+    v.get("committed_epoch").and_then(Value::as_u64)
+}
+
+// ---------------------------------------------------------------------------------------
+// Output of the test programs
+// ---------------------------------------------------------------------------------------
+
+/// The N of every `iter N ok` line, in order.
+pub fn iters<S: AsRef<str>>(lines: &[S]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let l = l.as_ref().trim();
+            let rest = l.strip_prefix("iter ")?.strip_suffix(" ok")?;
+            rest.parse().ok()
+        })
+        .collect()
+}
+
+/// Checks the output of a restored test program: it did not start over (no `start` line),
+/// no check failed (no `MISMATCH`), its `iter` lines are consecutive, the first one is
+/// above `released` (the highest iteration whose output the primary released: that state
+/// was committed, so the standby holds it or a later one), and it ends with `done target`.
+/// Returns the first iteration the restored program printed.
+pub fn check_restored_output(out: &str, released: u64, target: u64) -> Result<u64, String> {
+    let lines: Vec<&str> = out.lines().collect();
+    if let Some(l) = lines.iter().find(|l| l.contains("MISMATCH")) {
+        return Err(format!("the restored program found a difference: {l}"));
+    }
+    if let Some(l) = lines.iter().find(|l| l.starts_with("start ")) {
+        return Err(format!(
+            "the program started over instead of continuing: {l}"
+        ));
+    }
+    let it = iters(&lines);
+    let first = *it
+        .first()
+        .ok_or_else(|| "the restored program printed no `iter N ok` line".to_string())?;
+    if first <= released {
+        return Err(format!(
+            "the restored program continued at iteration {first}, but the primary had already \
+             released the output of iteration {released}: that state was committed, so the \
+             restored program must continue after it (output left before its epoch committed, \
+             or the standby restored an older epoch)"
+        ));
+    }
+    for w in it.windows(2) {
+        if w[1] != w[0] + 1 {
+            return Err(format!(
+                "the restored program's iterations are not consecutive: {} then {}",
+                w[0], w[1]
+            ));
+        }
+    }
+    let last = *it.last().expect("non-empty");
+    if last != target {
+        return Err(format!(
+            "the restored program stopped at iteration {last}, not {target}"
+        ));
+    }
+    if lines.last().map(|l| l.trim()) != Some(format!("done {target}").as_str()) {
+        return Err(format!(
+            "the restored program's output does not end with `done {target}`"
+        ));
+    }
+    Ok(first)
+}
+
+// ---------------------------------------------------------------------------------------
+// Standby
+// ---------------------------------------------------------------------------------------
+
+/// A `remusd standby` on 127.0.0.1, with its state, sockets and logs in a temporary dir.
+pub struct Standby {
+    child: Child,
+    exit: Option<ExitStatus>,
+    pub addr: String,
+    pub timeout_ms: u64,
+    pub control: PathBuf,
+    pub state_dir: PathBuf,
+    /// Where the restored program's stdout and stderr go.
+    pub app_stdout: PathBuf,
+    pub app_stderr: PathBuf,
+    /// `--log-file`, and remusd's own stdout/stderr.
+    pub log: PathBuf,
+    pub daemon_out: PathBuf,
+    pub daemon_err: PathBuf,
+    /// Pids seen in its status (the restored program), killed on drop.
+    seen_pids: Mutex<Vec<i32>>,
+    dir: TempDir,
+}
+
+impl Standby {
+    /// Starts a standby with `--timeout-ms timeout_ms` and waits until its status answers.
+    pub fn start(timeout_ms: u64) -> Standby {
+        let mut last_report = String::new();
+        // Another test may take the port between free_port() and remusd's bind: retry then.
+        for attempt in 1..=3 {
+            match Standby::try_start(timeout_ms) {
+                Ok(sb) => return sb,
+                Err(report) => {
+                    let in_use = report.contains("in use") || report.contains("AddrInUse");
+                    last_report = report;
+                    if !in_use {
+                        break;
+                    }
+                    eprintln!("standby attempt {attempt}: address in use, retrying");
+                }
+            }
+        }
+        panic!("the standby did not start:\n{last_report}");
+    }
+
+    fn try_start(timeout_ms: u64) -> Result<Standby, String> {
+        let dir = TempDir::new("sb");
+        let p = dir.path().to_path_buf();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let state_dir = p.join("state");
+        fs::create_dir_all(&state_dir).expect("mkdir state");
+        let daemon_out = p.join("remusd.out");
+        let daemon_err = p.join("remusd.err");
+        let mut cmd = Command::new(&bins().remusd);
+        cmd.arg("standby")
+            .arg("--listen")
+            .arg(&addr)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--timeout-ms")
+            .arg(timeout_ms.to_string())
+            .arg("--stdout")
+            .arg(p.join("app.out"))
+            .arg("--stderr")
+            .arg(p.join("app.err"))
+            .arg("--control")
+            .arg(p.join("standby.sock"))
+            .arg("--log-file")
+            .arg(p.join("standby.log"))
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&daemon_out).expect("create remusd.out"))
+            .stderr(fs::File::create(&daemon_err).expect("create remusd.err"))
+            .process_group(0);
+        for k in [
+            "LD_PRELOAD",
+            "REMUS_STANDBY",
+            "REMUS_CONTROL",
+            "REMUS_EPOCH_MS",
+            "REMUS_ALLOW_UNPROTECTED",
+        ] {
+            cmd.env_remove(k);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bins().remusd.display()));
+        let mut sb = Standby {
+            child,
+            exit: None,
+            addr,
+            timeout_ms,
+            control: p.join("standby.sock"),
+            state_dir,
+            app_stdout: p.join("app.out"),
+            app_stderr: p.join("app.err"),
+            log: p.join("standby.log"),
+            daemon_out,
+            daemon_err,
+            seen_pids: Mutex::new(Vec::new()),
+            dir,
+        };
+        // Up when its status answers as a standby; failed when remusd exits first.
+        let start = Instant::now();
+        let timeout = Duration::from_secs(30);
+        for _ in 0..timeout.as_millis() / POLL.as_millis() + 2 {
+            if let Some(st) = sb.try_wait() {
+                return Err(format!(
+                    "remusd standby exited ({}) before answering status\n{}",
+                    describe_status(&st),
+                    sb.report()
+                ));
+            }
+            if let Ok(v) = status(&sb.control) {
+                if s(&v, "role") == "standby" {
+                    return Ok(sb);
+                }
+            }
+            if start.elapsed() >= timeout {
+                break;
+            }
+            thread::sleep(POLL);
+        }
+        Err(format!(
+            "remusd standby did not answer status as a standby within {timeout:?}\n{}",
+            sb.report()
+        ))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The temporary directory holding the state dir, logs and sockets.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Its status (and remembers the restored program's pid, to kill it on drop).
+    pub fn status(&self) -> Result<Value, String> {
+        let v = status(&self.control)?;
+        if let Some(p) = n(&v, "restored_pid") {
+            let mut seen = self.seen_pids.lock().expect("lock");
+            if p > 0 && !seen.contains(&(p as i32)) {
+                seen.push(p as i32);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Waits until the status satisfies `pred`; returns it.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        wait_for(
+            &format!("standby: {what}"),
+            timeout,
+            &|| self.report(),
+            || self.status().ok().filter(|v| pred(v)),
+        )
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// Waits for it to exit.
+    pub fn wait_exit(&mut self, what: &str, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        let max_polls = timeout.as_millis() / POLL.as_millis() + 2;
+        for _ in 0..max_polls {
+            if let Some(st) = self.try_wait() {
+                return st;
+            }
+            if start.elapsed() >= timeout {
+                break;
+            }
+            thread::sleep(POLL);
+        }
+        panic!(
+            "timed out after {:.1?} waiting for the standby to exit ({what})\n{}",
+            start.elapsed(),
+            self.report()
+        );
+    }
+
+    /// SIGKILLs the standby and everything it started.
+    pub fn kill(&mut self) {
+        let extra = self.seen_pids.lock().expect("lock").clone();
+        kill_all(&mut self.child, &extra);
+        self.exit = self.child.try_wait().ok().flatten();
+    }
+
+    /// What the restored program wrote to stdout so far.
+    pub fn app_stdout_text(&self) -> String {
+        fs::read(&self.app_stdout)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Logs and status, for failure messages.
+    pub fn report(&self) -> String {
+        let st = match status(&self.control) {
+            Ok(v) => v.to_string(),
+            Err(e) => e,
+        };
+        format!(
+            "--- standby {} (pid {}, dir {}) status: {st}\n--- standby log (tail):\n{}\n\
+             --- standby remusd stderr (tail):\n{}\n--- standby remusd stdout (tail):\n{}\n\
+             --- restored program stdout (tail):\n{}\n--- restored program stderr (tail):\n{}\n",
+            self.addr,
+            self.child.id(),
+            self.dir.path().display(),
+            tail_file(&self.log, 40),
+            tail_file(&self.daemon_err, 40),
+            tail_file(&self.daemon_out, 20),
+            tail_file(&self.app_stdout, 10),
+            tail_file(&self.app_stderr, 20),
+        )
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Protected program
+// ---------------------------------------------------------------------------------------
+
+/// How to start a protected program.
+#[derive(Debug, Clone, Default)]
+pub struct ProtectedOpts {
+    /// `REMUS_STANDBY`; None leaves it unset.
+    pub standby: Option<String>,
+    /// `REMUS_EPOCH_MS`; None leaves it unset (the default).
+    pub epoch_ms: Option<u64>,
+    /// `REMUS_ALLOW_UNPROTECTED=1`.
+    pub allow_unprotected: bool,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// A program started with `LD_PRELOAD=libremus.so`, its stdout and stderr captured line by
+/// line, its control socket in a temporary dir.
+pub struct Protected {
+    child: Child,
+    exit: Option<ExitStatus>,
+    pub name: String,
+    pub control: PathBuf,
+    out: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<Vec<String>>>,
+    out_eof: Arc<AtomicBool>,
+    err_eof: Arc<AtomicBool>,
+    /// The controller's pid, once seen in a status (killed on drop).
+    seen_pids: Mutex<Vec<i32>>,
+    dir: TempDir,
+}
+
+fn line_reader(r: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>, eof: Arc<AtomicBool>) {
+    thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut buf = Vec::new();
+        // Bounded by the stream: read_until returns 0 at end of file.
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let l = String::from_utf8_lossy(&buf)
+                        .trim_end_matches('\n')
+                        .to_string();
+                    into.lock().expect("lock").push(l);
+                }
+            }
+        }
+        eof.store(true, Ordering::SeqCst);
+    });
+}
+
+impl Protected {
+    /// Starts `prog args...` under the shim.
+    pub fn start(prog: &Path, args: &[&str], opts: &ProtectedOpts) -> Protected {
+        let dir = TempDir::new("app");
+        let control = dir.path().join("primary.sock");
+        let b = bins();
+        let mut cmd = Command::new(prog);
+        cmd.args(args)
+            .env("LD_PRELOAD", &b.lib)
+            .env("REMUS_CONTROL", &control)
+            .env("REMUS_REMUSD", &b.remusd)
+            .env_remove("REMUS_STANDBY")
+            .env_remove("REMUS_EPOCH_MS")
+            .env_remove("REMUS_ALLOW_UNPROTECTED")
+            .env_remove("REMUS_PROTECTED_PID")
+            .env_remove("REMUS_PRIMARY_ARGS")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(sb) = &opts.standby {
+            cmd.env("REMUS_STANDBY", sb);
+        }
+        if let Some(e) = opts.epoch_ms {
+            cmd.env("REMUS_EPOCH_MS", e.to_string());
+        }
+        if opts.allow_unprotected {
+            cmd.env("REMUS_ALLOW_UNPROTECTED", "1");
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", prog.display()));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(Vec::new()));
+        let out_eof = Arc::new(AtomicBool::new(false));
+        let err_eof = Arc::new(AtomicBool::new(false));
+        line_reader(
+            child.stdout.take().expect("stdout"),
+            out.clone(),
+            out_eof.clone(),
+        );
+        line_reader(
+            child.stderr.take().expect("stderr"),
+            err.clone(),
+            err_eof.clone(),
+        );
+        let name = std::iter::once(prog.display().to_string())
+            .chain(args.iter().map(|a| a.to_string()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Protected {
+            child,
+            exit: None,
+            name,
+            control,
+            out,
+            err,
+            out_eof,
+            err_eof,
+            seen_pids: Mutex::new(Vec::new()),
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The lines printed to stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.out.lock().expect("lock").clone()
+    }
+
+    /// What it printed to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.err.lock().expect("lock").join("\n")
+    }
+
+    /// The highest `iter N ok` printed so far (0 if none).
+    pub fn max_iter(&self) -> u64 {
+        iters(&self.stdout_lines()).into_iter().max().unwrap_or(0)
+    }
+
+    /// The primary's status (and remembers the controller's pid, to kill it on drop).
+    pub fn status(&self) -> Result<Value, String> {
+        let v = status(&self.control)?;
+        if let Some(p) = n(&v, "controller_pid") {
+            let mut seen = self.seen_pids.lock().expect("lock");
+            if p > 0 && !seen.contains(&(p as i32)) {
+                seen.push(p as i32);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Waits until the primary's status satisfies `pred`; returns it.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        wait_for(
+            &format!("primary: {what}"),
+            timeout,
+            &|| self.report(),
+            || self.status().ok().filter(|v| pred(v)),
+        )
+    }
+
+    /// Waits until the primary has committed at least epoch `epoch`; returns the status.
+    pub fn wait_committed(&self, epoch: u64, timeout: Duration) -> Value {
+        self.wait_status(&format!("committed_epoch >= {epoch}"), timeout, |v| {
+            committed_epoch(v).is_some_and(|c| c >= epoch)
+        })
+    }
+
+    /// Waits until a stdout line satisfies `pred`; returns it.
+    pub fn wait_line(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        wait_for(
+            &format!("app output: {what}"),
+            timeout,
+            &|| self.report(),
+            || {
+                self.out
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .find(|l| pred(l))
+                    .cloned()
+            },
+        )
+    }
+
+    /// Waits until the program printed `iter N ok` with N >= `n`.
+    pub fn wait_iter(&self, n: u64, timeout: Duration) {
+        wait_for(
+            &format!("app output: iter >= {n}"),
+            timeout,
+            &|| self.report(),
+            || (self.max_iter() >= n).then_some(()),
+        )
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// Waits for the program to exit and for its stdout to reach end of file (at most
+    /// `timeout` in all); returns the exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        let st = match wait_child(&mut self.child, timeout) {
+            Some(st) => st,
+            None => panic!(
+                "timed out after {timeout:?} waiting for the program to exit\n{}",
+                self.report()
+            ),
+        };
+        self.exit = Some(st);
+        self.wait_eof(timeout.saturating_sub(start.elapsed()) + Duration::from_secs(2));
+        st
+    }
+
+    /// Waits (bounded) until both output streams reached end of file: everything the
+    /// primary side released is then in [`Protected::stdout_lines`].
+    pub fn wait_eof(&self, timeout: Duration) {
+        wait_for(
+            "the program's stdout and stderr to close",
+            timeout,
+            &|| self.report(),
+            || {
+                (self.out_eof.load(Ordering::SeqCst) && self.err_eof.load(Ordering::SeqCst))
+                    .then_some(())
+            },
+        )
+    }
+
+    /// Simulates the primary host dying: freezes, then SIGKILLs, the controller
+    /// (`remusd primary`) and the app, the controller first so that it can tell nobody
+    /// anything. Returns (app_pid, controller_pid) as read from the status.
+    pub fn kill_primary_side(&mut self) -> (i32, i32) {
+        let v = self.status().unwrap_or_else(|e| {
+            panic!(
+                "cannot read the primary's status before killing it: {e}\n{}",
+                self.report()
+            )
+        });
+        let app = n(&v, "app_pid").unwrap_or(0) as i32;
+        let ctl = n(&v, "controller_pid").unwrap_or(0) as i32;
+        assert_eq!(
+            app,
+            self.pid(),
+            "status app_pid is not the program we started\nstatus: {v}\n{}",
+            self.report()
+        );
+        assert!(
+            ctl > 0 && ctl != app && comm(ctl).as_deref() == Some("remusd"),
+            "status controller_pid {ctl} is not a running remusd (comm {:?})\nstatus: {v}",
+            comm(ctl)
+        );
+        signal(ctl, libc::SIGSTOP);
+        signal(app, libc::SIGSTOP);
+        signal(ctl, libc::SIGKILL);
+        signal(app, libc::SIGKILL);
+        let st = wait_child(&mut self.child, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the app did not die after SIGKILL\n{}", self.report()));
+        self.exit = Some(st);
+        wait_for(
+            "remusd primary to die after SIGKILL",
+            Duration::from_secs(10),
+            &|| self.report(),
+            || (!alive(ctl)).then_some(()),
+        );
+        (app, ctl)
+    }
+
+    /// SIGKILLs the app and its controller.
+    pub fn kill(&mut self) {
+        let extra = self.seen_pids.lock().expect("lock").clone();
+        kill_all(&mut self.child, &extra);
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+    }
+
+    /// Output and status, for failure messages.
+    pub fn report(&self) -> String {
+        let st = match status(&self.control) {
+            Ok(v) => v.to_string(),
+            Err(e) => e,
+        };
+        let out = self.stdout_lines();
+        let from = out.len().saturating_sub(10);
+        format!(
+            "--- protected `{}` (pid {}, dir {}) status: {st}\n--- its stdout ({} lines; tail):\n{}\n\
+             --- its stderr (tail):\n{}\n",
+            self.name,
+            self.child.id(),
+            self.dir.path().display(),
+            out.len(),
+            out[from..].join("\n"),
+            tail(&self.stderr_text(), 30),
+        )
+    }
+}
+
+impl Drop for Protected {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iters_parses_only_iter_lines() {
+        let lines = [
+            "start pid 3 iterations 9",
+            "iter 4 ok",
+            "iter x ok",
+            "iter 5 ok",
+            "done 9",
+        ];
+        assert_eq!(iters(&lines), vec![4, 5]);
+    }
+
+    #[test]
+    fn restored_output_checks() {
+        let good = "iter 8 ok\niter 9 ok\niter 10 ok\ndone 10\n";
+        assert_eq!(check_restored_output(good, 7, 10), Ok(8));
+        assert!(
+            check_restored_output(good, 8, 10).is_err(),
+            "8 was released already"
+        );
+        assert!(
+            check_restored_output(good, 7, 11).is_err(),
+            "did not reach the target"
+        );
+        assert!(check_restored_output("iter 8 ok\niter 10 ok\ndone 10\n", 7, 10).is_err());
+        assert!(
+            check_restored_output("start pid 1 iterations 10\niter 8 ok\ndone 10", 0, 10).is_err()
+        );
+        assert!(check_restored_output("iter 8 ok\nMISMATCH bss at iter 9\n", 7, 10).is_err());
+        assert!(
+            check_restored_output("iter 9 ok\niter 10 ok\n", 7, 10).is_err(),
+            "no done"
+        );
+        assert!(check_restored_output("", 0, 10).is_err());
+    }
+
+    #[test]
+    fn descendants_finds_a_grandchild() {
+        let mut c = Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .expect("sh");
+        let pid = c.id() as i32;
+        let found = wait_for(
+            "sh to start sleep",
+            Duration::from_secs(10),
+            &String::new,
+            || {
+                let d = descendants(pid);
+                (!d.is_empty()).then_some(d)
+            },
+        );
+        assert!(found.iter().all(|&p| p != pid));
+        kill_all(&mut c, &[]);
+        for p in found {
+            wait_for(
+                "the grandchild to die",
+                Duration::from_secs(10),
+                &String::new,
+                || (!alive(p)).then_some(()),
+            );
+        }
+    }
+}

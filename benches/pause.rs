@@ -1,0 +1,176 @@
+//! The app's pause per epoch, as the app itself sees it, for 10 to 10,000 dirty pages per
+//! epoch, beside a `memcpy` of the same bytes measured in the same run.
+//!
+//! `cargo bench --bench pause` (release builds of the shim and controller; about a minute).
+//! `REMUS_BENCH_SECONDS` sets the measured time per size (default 4).
+//!
+//! Each size runs `benches/pause_app.c` protected by a standby on loopback with the default
+//! epoch (25 ms); see that file for how a pause is measured and told apart from the noise
+//! of the machine. The same program is also run unprotected for a second, to show how often
+//! the machine alone stops it (`noise/s`).
+
+use std::time::{Duration, Instant};
+
+use remus::{bins_for, progs, run_with_timeout, Protected, ProtectedOpts, Standby};
+use serde_json::Value;
+
+const SIZES: [u64; 4] = [10, 100, 1_000, 10_000];
+
+#[derive(Debug, Default)]
+struct Result {
+    attributed: bool,
+    pauses: u64,
+    gaps: u64,
+    p50_ns: u64,
+    p99_ns: u64,
+    max_ns: u64,
+    memcpy_ns: u64,
+}
+
+fn parse(out: &str) -> Option<Result> {
+    let line = out.lines().find(|l| l.starts_with("RESULT "))?;
+    let mut r = Result::default();
+    for kv in line.split_whitespace().skip(1) {
+        let (k, v) = kv.split_once('=')?;
+        let v: u64 = v.parse().ok()?;
+        match k {
+            "attributed" => r.attributed = v == 1,
+            "pauses" => r.pauses = v,
+            "gaps" => r.gaps = v,
+            "p50_ns" => r.p50_ns = v,
+            "p99_ns" => r.p99_ns = v,
+            "max_ns" => r.max_ns = v,
+            "memcpy_ns" => r.memcpy_ns = v,
+            _ => {}
+        }
+    }
+    Some(r)
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}
+
+fn ratio(a: u64, b: u64) -> String {
+    if b == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}x", a as f64 / b as f64)
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    let seconds: u64 = std::env::var("REMUS_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4)
+        .clamp(1, 20);
+    // Set before any other thread exists; the harness reads it when it builds.
+    std::env::set_var("REMUS_TEST_PROFILE", "release");
+    let started = Instant::now();
+    let b = bins_for(true);
+    let app = &progs().pause_app;
+    println!(
+        "remus pause benchmark: {} s per size, epoch 25 ms, release build ({})",
+        seconds,
+        b.lib.display()
+    );
+
+    let mut rows = Vec::new();
+    for pages in SIZES {
+        // The machine's own noise: the same program, unprotected, for one second.
+        let (st, out, err) = run_with_timeout(
+            std::process::Command::new(app).args([&pages.to_string(), "1000", "5000", "100"]),
+            Duration::from_secs(30),
+        );
+        let noise = match (st, parse(&out)) {
+            (Some(st), Some(r)) if st.success() => r.gaps,
+            _ => panic!("pause_app unprotected failed: {st:?}\n{out}\n{err}"),
+        };
+
+        let standby = Standby::start(500);
+        let ms = (seconds * 1000).to_string();
+        let mut p = Protected::start(
+            app,
+            &[&pages.to_string(), &ms, "5000", "300"],
+            &ProtectedOpts {
+                standby: Some(standby.addr.clone()),
+                ..Default::default()
+            },
+        );
+        // The shim's own measure of its handler, read while the app runs.
+        std::thread::sleep(Duration::from_millis(300 + seconds * 1000 * 3 / 4));
+        let shim: Option<Value> = p.status().ok();
+        let st = p.wait_exit(Duration::from_secs(seconds + 60));
+        let out = p.stdout_lines().join("\n");
+        let r = match parse(&out) {
+            Some(r) if st.success() => r,
+            _ => panic!("pause_app protected failed ({st:?})\n{}", p.report()),
+        };
+        let shim_p50 = shim
+            .as_ref()
+            .and_then(|v| v.get("pause_us")?.get("p50")?.as_f64())
+            .map(|x| format!("{x:.1}"))
+            .unwrap_or_else(|| "-".into());
+        let protected = shim
+            .as_ref()
+            .and_then(|v| v.get("protected")?.as_bool())
+            .unwrap_or(false);
+        rows.push((pages, r, noise, shim_p50, protected));
+        drop(p);
+        drop(standby);
+    }
+
+    println!();
+    println!(
+        "{:>6} {:>7} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "pages",
+        "pauses",
+        "p50 us",
+        "p99 us",
+        "max us",
+        "memcpy us",
+        "p50/memcpy",
+        "p99/memcpy",
+        "shim p50",
+        "noise/s",
+        "protected"
+    );
+    let mut notes = Vec::new();
+    for (pages, r, noise, shim_p50, protected) in &rows {
+        println!(
+            "{:>6} {:>7} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8}",
+            pages,
+            r.pauses,
+            us(r.p50_ns),
+            us(r.p99_ns),
+            us(r.max_ns),
+            us(r.memcpy_ns),
+            ratio(r.p50_ns, r.memcpy_ns),
+            ratio(r.p99_ns, r.memcpy_ns),
+            shim_p50,
+            noise,
+            protected
+        );
+        if !r.attributed {
+            notes.push(format!(
+                "{pages} pages: no gap could be attributed to an epoch; the percentiles are \
+                 over all {} gaps, noise included",
+                r.gaps
+            ));
+        }
+        if !protected {
+            notes.push(format!("{pages} pages: the status did not say protected"));
+        }
+    }
+    for n in notes {
+        println!("note: {n}");
+    }
+    println!(
+        "\npauses: gaps the app saw during which the epoch handler ran; noise/s: gaps of more \
+         than 5 us per second with no remus at all; shim p50: the handler's own measure \
+         (status pause_us). Total time {:.0?}.",
+        started.elapsed()
+    );
+}
