@@ -1,3 +1,4 @@
 //! remusd and remusctl: everything that can happen outside the protected process.
 
 pub mod image;
+pub mod restore;

@@ -1,0 +1,275 @@
+//! Restore: turn the standby's committed [`Image`] back into a running process.
+//!
+//! ptrace-driven, in the style of CRIU's "compel": the daemon forks a child that does almost
+//! nothing by itself (blocks signals, maps a small injection area holding `syscall; int3`,
+//! asks to be traced and stops). Everything else is done from here, in ordinary Rust, by
+//! making the stopped child execute one system call at a time ([`inject::Tracee`]):
+//!
+//! 1. forget the daemon's per-thread kernel state the fork copied (rseq registration, robust
+//!    futex list, clear-child-tid, alternate signal stack, signal dispositions);
+//! 2. install the descriptor table ([`fds`]) and the working directory;
+//! 3. unmap everything the child inherited from the daemon, except the injection area and the
+//!    kernel's special mappings, and move `[vvar]`, `[vvar_vclock]` and `[vdso]` to where the
+//!    image had them ([`layout`]);
+//! 4. map every region of the image at its address with its protection and write the image's
+//!    pages into it through `/proc/<pid>/mem` ([`regions`]);
+//! 5. `prctl(PR_SET_MM_MAP)` ([`mm`]);
+//! 6. set the signal mask, unmap the injection area (the last injected syscall; the child is
+//!    caught at its syscall-exit stop, so it never returns into the unmapped page), set the
+//!    registers and detach.
+//!
+//! The restored process is a child of the calling thread's process. While `restore` runs,
+//! no other thread of the caller may reap arbitrary children (`waitpid(-1, ..)`): it could
+//! swallow the ptrace stops this module waits for.
+
+mod child;
+mod fds;
+mod inject;
+mod layout;
+mod mm;
+mod regions;
+
+use std::path::PathBuf;
+
+use tracing::{debug, info, warn};
+
+use crate::image::{Image, Region, PAGE_SIZE};
+
+use inject::Tracee;
+
+/// What the standby tells restore.
+#[derive(Clone, Default)]
+pub struct RestoreOptions {
+    /// File the restored process's fd 1 is connected to (created if missing, appended to).
+    /// `None`: the caller's own fd 1.
+    pub stdout: Option<PathBuf>,
+    /// Same for fd 2.
+    pub stderr: Option<PathBuf>,
+    /// The standby's state directory (not used by restore itself yet).
+    pub state_dir: PathBuf,
+    /// The dump-based path, for tests and tools: the complete register set of a process that
+    /// was stopped from outside (ptrace), used instead of the shim's `ResumeContext`. With it
+    /// the registers are restored exactly as given (except `orig_rax`, which is set to -1:
+    /// adjust `rip`/`rax` yourself for a syscall that must restart), `fs_base` included, and
+    /// the signal mask is `meta.app_sigmask` instead of "everything blocked".
+    pub full_regs: Option<libc::user_regs_struct>,
+}
+
+impl std::fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("stdout", &self.stdout)
+            .field("stderr", &self.stderr)
+            .field("state_dir", &self.state_dir)
+            .field("full_regs", &self.full_regs.map(|r| format!("rip={:#x}", r.rip)))
+            .finish()
+    }
+}
+
+/// A process restore started; it runs and is a child of the caller, who must wait for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoredProcess {
+    pub pid: i32,
+}
+
+/// Why a restore failed. Each message names what failed (system call, address, path, errno).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("nothing to restore: the image has no committed epoch yet")]
+    NoCommittedEpoch,
+    #[error("cannot restore this image: {0}")]
+    Unsupported(String),
+    #[error("{what}: {source}")]
+    Os {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{call} in the process being restored failed ({what}): {}", errno_text(*.errno))]
+    Injected {
+        call: &'static str,
+        what: String,
+        errno: i32,
+    },
+    #[error(
+        "file {path:?} needed for {what} cannot be opened on this host: {}",
+        errno_text(*.errno)
+    )]
+    MissingFile {
+        path: String,
+        what: String,
+        errno: i32,
+    },
+    #[error("the process being restored (pid {pid}) {how} during restore ({during})")]
+    ChildDied {
+        pid: i32,
+        how: String,
+        during: String,
+    },
+    #[error("no free address range of {len:#x} bytes for {what}")]
+    NoAddressSpace { len: u64, what: &'static str },
+}
+
+fn errno_text(errno: i32) -> String {
+    format!("{} (errno {errno})", std::io::Error::from_raw_os_error(errno))
+}
+
+impl RestoreError {
+    pub(crate) fn os(what: impl Into<String>) -> RestoreError {
+        RestoreError::Os {
+            what: what.into(),
+            source: std::io::Error::last_os_error(),
+        }
+    }
+}
+
+/// Pages of the injection area: one of code (`syscall; int3`), the rest scratch for strings
+/// and structures passed to injected system calls.
+const INJ_PAGES: u64 = 3;
+
+/// Restores `image` as a new child process of the caller and lets it run.
+pub fn restore(image: &Image, opts: &RestoreOptions) -> Result<RestoredProcess, RestoreError> {
+    let meta = image.meta.as_ref().ok_or(RestoreError::NoCommittedEpoch)?;
+    let started = std::time::Instant::now();
+    check_image(image)?;
+
+    // Everything that allocates or may fail on bad input is prepared before the fork.
+    let fd_plan = fds::FdPlan::prepare(meta, opts)?;
+    let cwd = layout::cstring(&meta.cwd, "working directory")?;
+    let exe = exe_path(image);
+    let rseq = child::RseqInfo::of_this_process();
+
+    let inj_len = INJ_PAGES * PAGE_SIZE;
+    let mut tracee = None;
+    let mut last_err = None;
+    // Another thread of the daemon may map something at the chosen address between reading
+    // our maps and the fork; pick again then.
+    for attempt in 0..3 {
+        let own = std::fs::read_to_string("/proc/self/maps")
+            .map_err(|e| RestoreError::Os { what: "reading /proc/self/maps".into(), source: e })?;
+        let own = crate::image::parse_maps(&own).map_err(RestoreError::Unsupported)?;
+        let mut busy: Vec<(u64, u64)> = own.iter().map(|r| (r.start, r.end)).collect();
+        busy.extend(image.regions.iter().map(|r| (r.start, r.end)));
+        let inj = layout::find_free(&busy, inj_len).ok_or(RestoreError::NoAddressSpace {
+            len: inj_len,
+            what: "the injection area",
+        })?;
+        match child::spawn_stopped(inj, inj_len) {
+            Ok(pid) => {
+                tracee = Some(Tracee::new(pid, inj, inj_len)?);
+                break;
+            }
+            Err(e) => {
+                debug!(attempt, error = %e, "starting the restore child failed");
+                last_err = Some(e);
+            }
+        }
+    }
+    let mut t = match tracee {
+        Some(t) => t,
+        None => {
+            return Err(last_err.unwrap_or_else(|| RestoreError::Unsupported("no attempt".into())))
+        }
+    };
+    let pid = t.pid;
+    debug!(pid, inj = format_args!("{:#x}", t.code), "restore child stopped");
+
+    build(&mut t, image, meta, opts, &fd_plan, &cwd, exe.as_deref(), &rseq)?;
+    drop(fd_plan); // the parent's copies of the stdio files
+
+    info!(
+        pid,
+        epoch = meta.epoch,
+        regions = image.regions.len(),
+        pages = image.pages.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "restored process is running"
+    );
+    Ok(RestoredProcess { pid })
+}
+
+/// Everything between the child's first stop and its detach. On error the tracee is killed
+/// (and reaped) when `t` is dropped.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    t: &mut Tracee,
+    image: &Image,
+    meta: &crate::image::EpochMeta,
+    opts: &RestoreOptions,
+    fd_plan: &fds::FdPlan,
+    cwd: &std::ffi::CString,
+    exe: Option<&str>,
+    rseq: &child::RseqInfo,
+) -> Result<(), RestoreError> {
+    child::forget_daemon_state(t, rseq)?;
+    fd_plan.apply(t)?;
+    t.sys_path("chdir", libc::SYS_chdir, cwd, [0; 5], || {
+        format!("working directory {:?}", meta.cwd)
+    })?;
+
+    let own = t.read_maps()?;
+    layout::clear_address_space(t, &own)?;
+    layout::move_specials(t, &own, &image.regions)?;
+    regions::map_all(t, image)?;
+    mm::set_mm(t, meta, exe)?;
+
+    let (regs, mask) = match opts.full_regs {
+        Some(r) => (r, meta.app_sigmask),
+        None => {
+            let mut r = t.base_regs();
+            let c = &meta.ctx;
+            r.rip = c.rip;
+            r.rsp = c.rsp;
+            r.rbx = c.rbx;
+            r.rbp = c.rbp;
+            r.r12 = c.r12;
+            r.r13 = c.r13;
+            r.r14 = c.r14;
+            r.r15 = c.r15;
+            // The shim's save-context returns 1 on the restored side.
+            r.rax = 1;
+            r.fs_base = c.fs_base;
+            r.eflags = 0x202;
+            // Block everything but SIGKILL/SIGSTOP: the shim's handler returns through
+            // rt_sigreturn, which restores the app's own mask from the signal frame.
+            let all_but = !((1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1)));
+            (r, all_but)
+        }
+    };
+    t.finish(regs, mask)
+}
+
+/// Rejects images restore cannot work with before anything is forked.
+fn check_image(image: &Image) -> Result<(), RestoreError> {
+    let mut prev_end = 0;
+    for r in &image.regions {
+        if r.start % PAGE_SIZE != 0 || r.end % PAGE_SIZE != 0 || r.end <= r.start {
+            return Err(RestoreError::Unsupported(format!(
+                "region {:#x}-{:#x} {:?} is not page aligned",
+                r.start, r.end, r.path
+            )));
+        }
+        if r.start < prev_end {
+            return Err(RestoreError::Unsupported(format!(
+                "regions overlap or are unsorted at {:#x} {:?}",
+                r.start, r.path
+            )));
+        }
+        prev_end = r.end;
+    }
+    if image.regions.is_empty() {
+        return Err(RestoreError::Unsupported("the image has no memory regions".into()));
+    }
+    Ok(())
+}
+
+/// The executable: the file of the region holding `mm.start_code`.
+fn exe_path(image: &Image) -> Option<String> {
+    let sc = image.meta.as_ref()?.mm.start_code;
+    let r: &Region = image.regions.iter().find(|r| r.start <= sc && sc < r.end && r.is_file())?;
+    let p = regions::file_path(r);
+    if p.len() != r.path.len() {
+        warn!(path = %r.path, "the executable was deleted on the primary");
+    }
+    Some(p.to_string())
+}
