@@ -304,7 +304,10 @@ impl Msg {
         // SAFETY: Msg is repr(C), made of integers and a byte array with no padding holes
         // (4+4+8+8+488 = 512 bytes), so every byte is initialised.
         unsafe {
-            core::slice::from_raw_parts(self as *const Msg as *const u8, core::mem::size_of::<Msg>())
+            core::slice::from_raw_parts(
+                self as *const Msg as *const u8,
+                core::mem::size_of::<Msg>(),
+            )
         }
     }
 

@@ -1,0 +1,463 @@
+//! The epoch: runs inside the epoch signal handler with every other signal blocked. Reads the
+//! kernel's map of the process, asks the kernel which pages were written since the last epoch
+//! (re-protecting them), copies them into the staging area, records the descriptor table and
+//! the resume point, and tells the controller. Nothing here allocates or takes a lock.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use remus_abi::{
+    FdRecord, Msg, MsgKind, ResetRange, ResumeContext, StagingHeader, ABI_VERSION, ADDRS_OFF,
+    CHUNK_PAGES, CWD_MAX, DATA_OFF, FDS_OFF, MAPS_OFF, MAX_FDS, MAX_MAPS_BYTES, MAX_RESETS,
+    PAGE_SIZE, RESETS_OFF, STAGING_MAGIC,
+};
+
+use crate::pagemap::{self, PageRegion, Query};
+use crate::{fds, link, maps, state, sys, uffd};
+
+const MAX_TRACKED: usize = 8192;
+
+/// How a region's pages are followed from one epoch to the next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// Registered for async write-protect: ship what `PAGEMAP_SCAN` says was written.
+    Scan,
+    /// The kernel refused to register it: ship all its populated pages every epoch.
+    CopyAll,
+}
+
+#[derive(Clone, Copy)]
+struct Tracked {
+    start: u64,
+    end: u64,
+    perms: [u8; 4],
+    offset: u64,
+    inode: u64,
+    how: How,
+}
+
+const EMPTY: Tracked = Tracked {
+    start: 0,
+    end: 0,
+    perms: [0; 4],
+    offset: 0,
+    inode: 0,
+    how: How::Scan,
+};
+
+struct Scratch {
+    tracked: [Tracked; MAX_TRACKED],
+    n_tracked: usize,
+    next: [Tracked; MAX_TRACKED],
+    n_next: usize,
+    vec: [PageRegion; 512],
+    maps: [u8; MAX_MAPS_BYTES],
+}
+
+struct ScratchCell(UnsafeCell<Scratch>);
+// SAFETY: used only by the epoch handler, which cannot nest and runs on the only thread.
+unsafe impl Sync for ScratchCell {}
+
+static SCRATCH: ScratchCell = ScratchCell(UnsafeCell::new(Scratch {
+    tracked: [EMPTY; MAX_TRACKED],
+    n_tracked: 0,
+    next: [EMPTY; MAX_TRACKED],
+    n_next: 0,
+    vec: [PageRegion {
+        start: 0,
+        end: 0,
+        categories: 0,
+    }; 512],
+    maps: [0; MAX_MAPS_BYTES],
+}));
+
+static APP_SIGMASK: AtomicU64 = AtomicU64::new(0);
+
+pub fn set_app_sigmask(m: u64) {
+    APP_SIGMASK.store(m, Ordering::Relaxed);
+}
+
+/// Why an epoch could not be taken; the shim stops protecting and tells the controller.
+enum Abort {
+    /// Text for the controller and `status`.
+    Unsupported(&'static [u8], u64),
+    Thread(u64),
+    /// The controller went away mid-epoch.
+    Link,
+}
+
+/// Writes pages into the staging area chunk by chunk.
+struct Writer {
+    base: *mut u8,
+    epoch: u64,
+    chunk: u32,
+    n: usize,
+    total: u64,
+}
+
+impl Writer {
+    fn header(&self) -> *mut StagingHeader {
+        self.base as *mut StagingHeader
+    }
+
+    fn push_range(&mut self, start: u64, end: u64) -> Result<(), Abort> {
+        let mut a = start;
+        while a < end {
+            if self.n == CHUNK_PAGES {
+                self.flush(false)?;
+            }
+            // SAFETY: the staging area is STAGING_SIZE bytes; ADDRS_OFF + n*8 and DATA_OFF +
+            // n*PAGE_SIZE are in bounds because n < CHUNK_PAGES. The source page is mapped and
+            // readable (it was reported by PAGEMAP_SCAN in a readable region of this process,
+            // and the process is stopped in this handler).
+            unsafe {
+                *(self.base.add(ADDRS_OFF) as *mut u64).add(self.n) = a;
+                core::ptr::copy_nonoverlapping(
+                    a as *const u8,
+                    self.base.add(DATA_OFF + self.n * PAGE_SIZE),
+                    PAGE_SIZE,
+                );
+            }
+            self.n += 1;
+            self.total += 1;
+            a += PAGE_SIZE as u64;
+        }
+        Ok(())
+    }
+
+    /// Hands the filled chunk to the controller; for a non-final chunk, waits until it has
+    /// been copied out.
+    fn flush(&mut self, last: bool) -> Result<(), Abort> {
+        // SAFETY: the header is at the start of the staging area, which we own until the
+        // controller is notified.
+        unsafe {
+            let h = &mut *self.header();
+            h.magic = STAGING_MAGIC;
+            h.abi_version = ABI_VERSION;
+            h.epoch = self.epoch;
+            h.chunk = self.chunk;
+            h.last = last as u32;
+            h.n_pages = self.n as u32;
+            h.epoch_pages = self.total;
+        }
+        link::send(&Msg::new(
+            MsgKind::EpochChunk,
+            self.epoch,
+            self.chunk as u64,
+        ))
+        .map_err(|_| Abort::Link)?;
+        if !last {
+            loop {
+                match link::recv() {
+                    Ok(m) if m.kind == MsgKind::Drained as u32 => break,
+                    Ok(_) => continue,
+                    Err(_) => return Err(Abort::Link),
+                }
+            }
+            self.chunk += 1;
+            self.n = 0;
+        }
+        Ok(())
+    }
+}
+
+/// The epoch handler's body, called by `remus_checkpoint` after it saved `ctx`.
+pub extern "C" fn capture_epoch(ctx: *mut ResumeContext) {
+    let t0 = sys::monotonic_ns();
+    // SAFETY: ctx points at the handler's static context (see signals.rs).
+    let ctx = unsafe { &mut *ctx };
+    ctx.fs_base = sys::fs_base();
+    match take_epoch(ctx, t0) {
+        Ok(()) => {}
+        Err(Abort::Thread(n)) => {
+            state::set_mode(state::MODE_UNPROTECTED);
+            let mut l = sys::Line::<200>::new();
+            l.push(b"the program has ").num(n).push(b" threads (found at a checkpoint); remus protects single-threaded programs only; replication stopped");
+            link::send_text(MsgKind::ThreadCreated, n, 0, l.as_bytes());
+        }
+        Err(Abort::Unsupported(what, addr)) => {
+            state::set_mode(state::MODE_UNPROTECTED);
+            let mut l = sys::Line::<300>::new();
+            l.push(what)
+                .push(b" at ")
+                .hex(addr)
+                .push(b"; replication stopped");
+            link::send_text(MsgKind::Unsupported, addr, 0, l.as_bytes());
+        }
+        Err(Abort::Link) => state::set_mode(state::MODE_UNPROTECTED),
+    }
+}
+
+fn thread_count() -> u64 {
+    let fd = match open_dir(c"/proc/self/task") {
+        Some(fd) => fd,
+        None => return 1,
+    };
+    let mut buf = [0u8; 1024];
+    let mut n = 0u64;
+    loop {
+        // SAFETY: buf is writable for its length.
+        let got = match unsafe {
+            sys::raw6(
+                libc::SYS_getdents64,
+                fd as usize,
+                buf.as_mut_ptr() as usize,
+                buf.len(),
+                0,
+                0,
+                0,
+            )
+        } {
+            Ok(0) | Err(_) => break,
+            Ok(g) => g as usize,
+        };
+        let mut off = 0;
+        while off + 19 < got {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if buf[off + 19] != b'.' {
+                n += 1;
+            }
+            if reclen == 0 {
+                break;
+            }
+            off += reclen;
+        }
+    }
+    sys::close(fd);
+    n.max(1)
+}
+
+pub fn open_dir(path: &core::ffi::CStr) -> Option<i32> {
+    // SAFETY: path is NUL-terminated.
+    unsafe {
+        sys::raw6(
+            libc::SYS_openat,
+            libc::AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as usize,
+            0,
+            0,
+            0,
+        )
+    }
+    .ok()
+    .map(|fd| fd as i32)
+}
+
+fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
+    let threads = thread_count();
+    if threads > 1 {
+        return Err(Abort::Thread(threads));
+    }
+    let base = state::STAGING.load(Ordering::Relaxed);
+    let staging_addr = base as u64;
+    let uffd = state::UFFD.load(Ordering::Relaxed);
+    let pm = state::PAGEMAP.load(Ordering::Relaxed);
+    let epoch = state::EPOCH.load(Ordering::Relaxed) + 1;
+    // SAFETY: see ScratchCell.
+    let s = unsafe { &mut *SCRATCH.0.get() };
+
+    let maps_len = match sys::read_file(c"/proc/self/maps", &mut s.maps) {
+        Ok(n) if n < s.maps.len() => n,
+        Ok(_) => {
+            return Err(Abort::Unsupported(
+                b"more mappings than the shim can track (maps text over 2 MiB)",
+                0,
+            ))
+        }
+        Err(_) => return Err(Abort::Unsupported(b"cannot read /proc/self/maps", 0)),
+    };
+
+    let mut w = Writer {
+        base,
+        epoch,
+        chunk: 0,
+        n: 0,
+        total: 0,
+    };
+    let mut n_resets = 0usize;
+    let mut out_len = 0usize;
+    let resets = base.wrapping_add(RESETS_OFF) as *mut ResetRange;
+    let out_maps = base.wrapping_add(MAPS_OFF);
+    s.n_next = 0;
+    let mut cursor = 0usize;
+
+    let text: &[u8] = &s.maps[..maps_len];
+    for (m, at, len) in maps::lines(text) {
+        if m.start == staging_addr {
+            continue; // the staging area is the controller's, not the app's
+        }
+        // SAFETY: out_maps + out_len + len <= MAPS_OFF + MAX_MAPS_BYTES since the whole text
+        // is shorter than MAX_MAPS_BYTES; source and destination do not overlap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(text.as_ptr().add(at), out_maps.add(out_len), len)
+        };
+        out_len += len;
+
+        if m.is_special() || !m.readable() {
+            continue; // kernel mappings, and PROT_NONE reservations hold no data to ship
+        }
+        if m.shared() {
+            if m.writable() {
+                return Err(Abort::Unsupported(
+                    b"a writable shared mapping (MAP_SHARED) cannot be replicated yet",
+                    m.start,
+                ));
+            }
+            continue; // a read-only shared file mapping comes back from the file
+        }
+        if m.executable() && m.is_file() && !m.writable() {
+            continue; // code comes back from the file
+        }
+
+        // Find the same region in last epoch's table (both are sorted by address).
+        while cursor < s.n_tracked && s.tracked[cursor].end <= m.start {
+            cursor += 1;
+        }
+        let known = (cursor < s.n_tracked)
+            .then(|| s.tracked[cursor])
+            .filter(|t| {
+                t.start == m.start
+                    && t.end == m.end
+                    && t.perms == m.perms
+                    && t.offset == m.offset
+                    && t.inode == m.inode
+            });
+
+        let mut how = None;
+        if let Some(t) = known {
+            if t.how == How::Scan {
+                let r = pagemap::scan(
+                    pm,
+                    m.start,
+                    m.end,
+                    Query::WrittenAndReprotect,
+                    &mut s.vec,
+                    |a, b| w.push_range(a, b).map_err(|_| -1),
+                );
+                match r {
+                    Ok(()) => how = Some(How::Scan),
+                    Err(-1) => return Err(Abort::Link),
+                    // EPERM: the range is no longer registered: it was unmapped and mapped
+                    // again behind our back. Treat it as new.
+                    Err(_) => {}
+                }
+            }
+        }
+        let how = match how {
+            Some(h) => h,
+            None => {
+                if n_resets == MAX_RESETS {
+                    return Err(Abort::Unsupported(
+                        b"too many new mappings in one epoch",
+                        m.start,
+                    ));
+                }
+                // SAFETY: n_resets < MAX_RESETS; the resets array lies inside staging.
+                unsafe {
+                    *resets.add(n_resets) = ResetRange {
+                        start: m.start,
+                        end: m.end,
+                    }
+                };
+                n_resets += 1;
+                let r = pagemap::scan(pm, m.start, m.end, Query::Populated, &mut s.vec, |a, b| {
+                    w.push_range(a, b).map_err(|_| -1)
+                });
+                if r == Err(-1) {
+                    return Err(Abort::Link);
+                }
+                if r.is_err() {
+                    return Err(Abort::Unsupported(
+                        b"PAGEMAP_SCAN failed on a mapping",
+                        m.start,
+                    ));
+                }
+                if uffd::register_wp(uffd, m.start, m.end).is_ok()
+                    && uffd::write_protect(uffd, m.start, m.end).is_ok()
+                {
+                    How::Scan
+                } else {
+                    How::CopyAll
+                }
+            }
+        };
+        if s.n_next == MAX_TRACKED {
+            return Err(Abort::Unsupported(
+                b"more writable mappings than the shim can track",
+                m.start,
+            ));
+        }
+        s.next[s.n_next] = Tracked {
+            start: m.start,
+            end: m.end,
+            perms: m.perms,
+            offset: m.offset,
+            inode: m.inode,
+            how,
+        };
+        s.n_next += 1;
+    }
+    // The next epoch compares against what we saw now.
+    let n = s.n_next;
+    s.tracked[..n].copy_from_slice(&s.next[..n]);
+    s.n_tracked = n;
+
+    // SAFETY: FDS_OFF .. FDS_OFF + MAX_FDS records lie inside staging.
+    let fd_out =
+        unsafe { core::slice::from_raw_parts_mut(base.add(FDS_OFF) as *mut FdRecord, MAX_FDS) };
+    let n_fds = fds::capture(fd_out);
+
+    // SAFETY: the header is at offset 0 of staging.
+    let h = unsafe { &mut *(base as *mut StagingHeader) };
+    h.n_resets = n_resets as u32;
+    h.n_fds = n_fds as u32;
+    h.maps_len = out_len as u32;
+    h.ctx = *ctx;
+    h.mm = crate::init::mm_fields();
+    // SAFETY: brk(0) returns the current break and changes nothing.
+    h.mm.brk = unsafe { sys::raw6(libc::SYS_brk, 0, 0, 0, 0, 0, 0) }.unwrap_or(0) as u64;
+    h.app_sigmask = APP_SIGMASK.load(Ordering::Relaxed);
+    let mut ss: libc::stack_t = libc::stack_t {
+        ss_sp: core::ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    };
+    // SAFETY: sigaltstack with a null new stack only writes the current one into ss.
+    let _ = unsafe {
+        sys::raw6(
+            libc::SYS_sigaltstack,
+            0,
+            &mut ss as *mut _ as usize,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    h.altstack_sp = ss.ss_sp as u64;
+    h.altstack_flags = ss.ss_flags;
+    h.altstack_size = ss.ss_size as u64;
+    h.tid = sys::gettid();
+    crate::init::fill_auxv(h);
+    // SAFETY: getcwd writes at most CWD_MAX bytes into h.cwd.
+    h.cwd_len = match unsafe {
+        sys::raw6(
+            libc::SYS_getcwd,
+            h.cwd.as_mut_ptr() as usize,
+            CWD_MAX,
+            0,
+            0,
+            0,
+            0,
+        )
+    } {
+        Ok(n) => (n as u32).saturating_sub(1), // the kernel counts the NUL
+        Err(_) => 0,
+    };
+    h.flags = 0;
+    h.pause_ns = sys::monotonic_ns().saturating_sub(t0);
+    w.flush(true)?;
+    state::EPOCH.store(epoch, Ordering::Relaxed);
+    Ok(())
+}

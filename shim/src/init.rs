@@ -1,0 +1,429 @@
+//! Start-up, from the library's constructor: decide whether this process is the one to
+//! protect, probe the kernel, create the staging area, start `remusd primary`, and wait for it
+//! to say the standby is there. Runs before `main`, single-threaded; allocation is fine here.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::Ordering;
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+
+use remus_abi::{
+    Msg, MsgKind, StagingHeader, ABI_VERSION, CONTROLLER_SHIM_SOCK_FD, CONTROLLER_STAGING_FD,
+    ENV_ALLOW_UNPROTECTED, ENV_CONTROL, ENV_EPOCH_MS, ENV_PRIMARY_ARGS, ENV_PROTECTED_PID,
+    ENV_REMUSD, ENV_STANDBY, MAX_AUXV_WORDS, STAGING_SIZE,
+};
+
+use crate::{fatal, hooks, link, probe, signals, state, sys};
+
+struct Statics {
+    mm: remus_abi::MmFields,
+    auxv: [u64; MAX_AUXV_WORDS],
+    n_auxv: usize,
+}
+
+struct StaticsCell(UnsafeCell<Statics>);
+// SAFETY: written once during start-up (single-threaded, before the epoch handler exists),
+// read-only afterwards.
+unsafe impl Sync for StaticsCell {}
+
+static STATICS: StaticsCell = StaticsCell(UnsafeCell::new(Statics {
+    mm: remus_abi::MmFields {
+        start_code: 0,
+        end_code: 0,
+        start_data: 0,
+        end_data: 0,
+        start_brk: 0,
+        brk: 0,
+        start_stack: 0,
+        arg_start: 0,
+        arg_end: 0,
+        env_start: 0,
+        env_end: 0,
+    },
+    auxv: [0; MAX_AUXV_WORDS],
+    n_auxv: 0,
+}));
+
+pub fn mm_fields() -> remus_abi::MmFields {
+    // SAFETY: read-only after start-up (see StaticsCell).
+    unsafe { (*STATICS.0.get()).mm }
+}
+
+pub fn fill_auxv(h: &mut StagingHeader) {
+    // SAFETY: read-only after start-up.
+    let s = unsafe { &*STATICS.0.get() };
+    h.auxv[..s.n_auxv].copy_from_slice(&s.auxv[..s.n_auxv]);
+    h.n_auxv = s.n_auxv as u32;
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn flag(name: &str) -> bool {
+    env(name).is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// The library constructor's body.
+pub fn run() {
+    let pid = sys::getpid();
+    if let Some(owner) = env(ENV_PROTECTED_PID) {
+        if owner != pid.to_string() {
+            return; // a child of the protected program: not ours to replicate
+        }
+    }
+    let allow = flag(ENV_ALLOW_UNPROTECTED);
+    let standby = env(ENV_STANDBY);
+    if standby.is_none() && !allow {
+        fatal::refuse(
+            format!("{ENV_STANDBY} is not set, so there is no standby to protect this program; set it to the host:port a `remusd standby --listen` is listening on (or use scripts/remus-run --standby ADDR), or set {ENV_ALLOW_UNPROTECTED}=1 to run without protection")
+                .as_bytes(),
+        );
+    }
+    let kernel = match probe::probe() {
+        Ok(k) => k,
+        Err(why) => {
+            if allow {
+                fatal::say(
+                    format!("WARNING: running UNPROTECTED ({ENV_ALLOW_UNPROTECTED}=1): {why}")
+                        .as_bytes(),
+                );
+                return;
+            }
+            fatal::refuse(why.as_bytes());
+        }
+    };
+    let uffd = sys::move_fd_high(kernel.uffd).unwrap_or(kernel.uffd);
+    let pagemap = sys::move_fd_high(kernel.pagemap).unwrap_or(kernel.pagemap);
+    state::UFFD.store(uffd, Ordering::Relaxed);
+    state::PAGEMAP.store(pagemap, Ordering::Relaxed);
+    state::APP_PID.store(pid, Ordering::Relaxed);
+    read_statics();
+    find_tid_offset();
+    find_rseq();
+    std::env::set_var(ENV_PROTECTED_PID, pid.to_string());
+
+    let (staging_fd, staging) = match make_staging() {
+        Ok(v) => v,
+        Err(e) => fatal::refuse(
+            format!(
+                "cannot create the staging area ({} MiB shared memory): {e}",
+                STAGING_SIZE >> 20
+            )
+            .as_bytes(),
+        ),
+    };
+    state::STAGING.store(staging, Ordering::Relaxed);
+
+    let mut sv = [0i32; 2];
+    // SAFETY: socketpair writes two descriptors into sv.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } != 0
+    {
+        fatal::refuse(
+            format!(
+                "cannot create the controller socket: {}",
+                std::io::Error::last_os_error()
+            )
+            .as_bytes(),
+        );
+    }
+    let ours = sys::move_fd_high(sv[0]).unwrap_or(sv[0]);
+    let theirs = sys::move_fd_high(sv[1]).unwrap_or(sv[1]);
+    state::SOCK.store(ours, Ordering::Relaxed);
+
+    let log_file = env("REMUS_LOG_FILE").unwrap_or_else(|| {
+        // SAFETY: getuid has no preconditions.
+        let dir = format!("/tmp/remus-{}", unsafe { libc::getuid() });
+        let _ = std::fs::create_dir_all(&dir);
+        format!("{dir}/primary-{pid}.log")
+    });
+    if let Err(e) = spawn_controller(
+        pid,
+        standby.as_deref(),
+        allow,
+        &log_file,
+        theirs,
+        staging_fd,
+    ) {
+        fatal::refuse(e.as_bytes());
+    }
+    sys::close(theirs);
+    sys::close(staging_fd);
+
+    // SAFETY: registering a fork handler with no parent/prepare hooks.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+
+    let _ = link::send(&Msg::new(MsgKind::Hello, pid as u64, ABI_VERSION as u64));
+    let real = hooks::real_sigaction();
+    match link::recv() {
+        Ok(m) if m.kind == MsgKind::Ready as u32 => {
+            state::set_mode(state::MODE_PROTECTED);
+            signals::install(real, true);
+        }
+        Ok(m) if m.kind == MsgKind::RunUnprotected as u32 => {
+            fatal::say(&[b"WARNING: running UNPROTECTED: ".as_slice(), m.text()].concat());
+            state::set_mode(state::MODE_UNPROTECTED);
+            signals::install(real, false);
+        }
+        Ok(m) if m.kind == MsgKind::Refuse as u32 => fatal::refuse(m.text()),
+        Ok(m) => fatal::refuse(
+            format!(
+                "remusd primary answered with an unexpected message (kind {})",
+                m.kind
+            )
+            .as_bytes(),
+        ),
+        Err(e) => fatal::refuse(
+            format!(
+                "remusd primary exited before answering ({}); see its log {log_file}",
+                if e == 0 {
+                    "end of file".to_string()
+                } else {
+                    std::io::Error::from_raw_os_error(e).to_string()
+                }
+            )
+            .as_bytes(),
+        ),
+    }
+}
+
+extern "C" fn after_fork_in_child() {
+    // A forked child is not the protected process: it must not take checkpoints nor talk to
+    // the controller as if it were the app (its copies of our descriptors are closed).
+    state::set_mode(state::MODE_PASSIVE);
+    for fd in [&state::SOCK, &state::UFFD, &state::PAGEMAP] {
+        let v = fd.swap(-1, Ordering::Relaxed);
+        if v >= 0 {
+            sys::close(v);
+        }
+    }
+}
+
+fn make_staging() -> Result<(i32, *mut u8), std::io::Error> {
+    // SAFETY: memfd_create with a static NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(c"remus-staging".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = sys::move_fd_high(fd).unwrap_or(fd);
+    // SAFETY: sizing our own memfd.
+    if unsafe { libc::ftruncate(fd, STAGING_SIZE as libc::off_t) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a shared mapping of the memfd at a kernel-chosen address; it lives as long as the
+    // process (the restored process never uses it).
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            STAGING_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((fd, p as *mut u8))
+}
+
+fn find_remusd() -> Result<std::path::PathBuf, String> {
+    if let Some(p) = env(ENV_REMUSD) {
+        return Ok(p.into());
+    }
+    // Next to libremus.so.
+    // SAFETY: dladdr on one of our own functions fills `info` with static strings.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::dladdr(find_remusd as *const core::ffi::c_void, &mut info) } != 0
+        && !info.dli_fname.is_null()
+    {
+        // SAFETY: dli_fname is a NUL-terminated path owned by the dynamic loader.
+        let lib = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
+            unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes(),
+        ));
+        if let Some(dir) = lib.parent() {
+            let cand = dir.join("remusd");
+            if cand.is_file() {
+                return Ok(cand);
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let cand = dir.join("remusd");
+            if cand.is_file() {
+                return Ok(cand);
+            }
+        }
+    }
+    Err(format!("cannot find remusd (not next to libremus.so, not on PATH); set {ENV_REMUSD}=/path/to/remusd"))
+}
+
+fn spawn_controller(
+    pid: i32,
+    standby: Option<&str>,
+    allow: bool,
+    log_file: &str,
+    sock: i32,
+    staging: i32,
+) -> Result<(), String> {
+    let remusd = find_remusd()?;
+    let mut args: Vec<String> = vec![
+        remusd.display().to_string(),
+        "primary".into(),
+        "--app-pid".into(),
+        pid.to_string(),
+    ];
+    if let Some(s) = standby {
+        args.extend(["--standby".into(), s.to_string()]);
+    }
+    if let Some(ms) = env(ENV_EPOCH_MS) {
+        args.extend(["--epoch-ms".into(), ms]);
+    }
+    if let Some(c) = env(ENV_CONTROL) {
+        args.extend(["--control".into(), c]);
+    }
+    if allow {
+        args.push("--allow-unprotected".into());
+    }
+    args.extend(["--log-file".into(), log_file.to_string()]);
+    if let Some(extra) = env(ENV_PRIMARY_ARGS) {
+        args.extend(extra.split_whitespace().map(String::from));
+    }
+    let argv: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_str()).unwrap_or_default())
+        .collect();
+    let envv: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != "LD_PRELOAD" && k != ENV_PROTECTED_PID)
+        .map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).unwrap_or_default())
+        .collect();
+    let mut argp: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argp.push(core::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = envv.iter().map(|a| a.as_ptr()).collect();
+    envp.push(core::ptr::null());
+    let path = argv[0].clone();
+
+    // SAFETY: fork before main, with one thread. The child only makes system calls, then
+    // execs or exits.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(format!(
+            "cannot fork remusd primary: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if child == 0 {
+        // SAFETY: in the child: detach (double fork so the app never has remusd as a child it
+        // could reap or wait for), wire fds 3 and 4, stdio to /dev/null, exec.
+        unsafe {
+            libc::setsid();
+            if libc::fork() != 0 {
+                libc::_exit(0);
+            }
+            libc::dup2(sock, CONTROLLER_SHIM_SOCK_FD);
+            libc::dup2(staging, CONTROLLER_STAGING_FD);
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null >= 0 {
+                libc::dup2(null, 0);
+                libc::dup2(null, 1);
+                libc::dup2(null, 2);
+            }
+            libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32);
+            libc::execve(path.as_ptr(), argp.as_ptr(), envp.as_ptr());
+            let msg = Msg::new(MsgKind::Refuse, 0, 0).with_text(
+                format!(
+                    "cannot run {}: {}",
+                    remusd.display(),
+                    std::io::Error::last_os_error()
+                )
+                .as_bytes(),
+            );
+            let _ = sys::write_all(CONTROLLER_SHIM_SOCK_FD, msg.as_bytes());
+            libc::_exit(127);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: reaping the intermediate child we just forked.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    Ok(())
+}
+
+fn read_statics() {
+    // SAFETY: start-up, single-threaded (see StaticsCell).
+    let s = unsafe { &mut *STATICS.0.get() };
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        if let Some(close) = stat.rfind(')') {
+            // Fields after the comm; field 3 (state) is index 0.
+            let f: Vec<u64> = stat[close + 2..]
+                .split_whitespace()
+                .map(|x| x.parse::<i64>().unwrap_or(0) as u64)
+                .collect();
+            let at = |n: usize| f.get(n - 3).copied().unwrap_or(0);
+            s.mm.start_code = at(26);
+            s.mm.end_code = at(27);
+            s.mm.start_stack = at(28);
+            s.mm.start_data = at(45);
+            s.mm.end_data = at(46);
+            s.mm.start_brk = at(47);
+            s.mm.arg_start = at(48);
+            s.mm.arg_end = at(49);
+            s.mm.env_start = at(50);
+            s.mm.env_end = at(51);
+        }
+    }
+    if let Ok(aux) = std::fs::read("/proc/self/auxv") {
+        let words: Vec<u64> = aux
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        let n = words.len().min(MAX_AUXV_WORDS);
+        s.auxv[..n].copy_from_slice(&words[..n]);
+        s.n_auxv = n;
+    }
+}
+
+/// glibc keeps the thread id in the thread control block (`raise`, `pthread_kill` and mutexes
+/// read it). glibc 2.36 on x86-64 has it at 0x2d0; check there first, then look around.
+fn find_tid_offset() {
+    let tp = sys::fs_base();
+    let tid = sys::gettid();
+    if tp == 0 {
+        return;
+    }
+    let probe = |off: u64| {
+        // SAFETY: the TCB (glibc's struct pthread) is at least 0x900 bytes and readable.
+        unsafe { ((tp + off) as *const i32).read_volatile() == tid }
+    };
+    if probe(0x2d0) {
+        state::TID_OFFSET.store(0x2d0, Ordering::Relaxed);
+        return;
+    }
+    for off in (0x100..0x800).step_by(4) {
+        if probe(off) {
+            state::TID_OFFSET.store(off, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+fn find_rseq() {
+    // SAFETY: dlsym with static names; the symbols, if present, are glibc's read-only exports.
+    unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
+        if !off.is_null() && !size.is_null() && *size != 0 {
+            state::RSEQ_OFFSET.store(*off as u64, Ordering::Relaxed);
+            state::RSEQ_SIZE.store(*size, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Thin wrappers over the raw system calls the shim makes from places where glibc must not be
+//! entered (the signal handler, the memory hooks). Each returns `Err(errno)` on failure.
+
+use core::ffi::c_long;
+
+/// Result of a raw system call: the value, or the positive errno.
+pub type SysResult = Result<c_long, i32>;
+
+fn check(r: c_long) -> SysResult {
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot; always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+pub fn set_errno(e: i32) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = e }
+}
+
+/// `syscall(2)` with up to six arguments.
+///
+/// # Safety
+/// The caller upholds the contract of the system call `nr` for the given arguments
+/// (pointers valid for the lengths the kernel will read or write).
+pub unsafe fn raw6(
+    nr: c_long,
+    a: usize,
+    b: usize,
+    c: usize,
+    d: usize,
+    e: usize,
+    f: usize,
+) -> SysResult {
+    check(libc::syscall(nr, a, b, c, d, e, f))
+}
+
+pub fn write_all(fd: i32, buf: &[u8]) -> Result<(), i32> {
+    let mut off = 0;
+    while off < buf.len() {
+        // SAFETY: buf[off..] is a valid readable slice.
+        match unsafe {
+            raw6(
+                libc::SYS_write,
+                fd as usize,
+                buf[off..].as_ptr() as usize,
+                buf.len() - off,
+                0,
+                0,
+                0,
+            )
+        } {
+            Ok(n) => off += n as usize,
+            Err(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the whole of a (proc) file into `buf`; returns the length read. Stops when `buf` is
+/// full (the caller treats a full buffer as "too large").
+pub fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> Result<usize, i32> {
+    // SAFETY: path is NUL-terminated.
+    let fd = unsafe {
+        raw6(
+            libc::SYS_openat,
+            libc::AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            (libc::O_RDONLY | libc::O_CLOEXEC) as usize,
+            0,
+            0,
+            0,
+        )
+    }? as i32;
+    let mut len = 0;
+    let res = loop {
+        if len == buf.len() {
+            break Ok(len);
+        }
+        // SAFETY: buf[len..] is a valid writable slice.
+        match unsafe {
+            raw6(
+                libc::SYS_read,
+                fd as usize,
+                buf[len..].as_mut_ptr() as usize,
+                buf.len() - len,
+                0,
+                0,
+                0,
+            )
+        } {
+            Ok(0) => break Ok(len),
+            Ok(n) => len += n as usize,
+            Err(libc::EINTR) => continue,
+            Err(e) => break Err(e),
+        }
+    };
+    close(fd);
+    res
+}
+
+pub fn close(fd: i32) {
+    // SAFETY: closing a descriptor has no memory-safety preconditions.
+    let _ = unsafe { raw6(libc::SYS_close, fd as usize, 0, 0, 0, 0, 0) };
+}
+
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments.
+    unsafe { raw6(libc::SYS_gettid, 0, 0, 0, 0, 0, 0) }.unwrap_or(0) as i32
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: getpid has no arguments.
+    unsafe { raw6(libc::SYS_getpid, 0, 0, 0, 0, 0, 0) }.unwrap_or(0) as i32
+}
+
+pub fn fs_base() -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes one u64 to the pointer we pass.
+    let _ = unsafe {
+        raw6(
+            libc::SYS_arch_prctl,
+            0x1003,
+            &mut v as *mut u64 as usize,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    v
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec; it is async-signal-safe (vDSO).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `tgkill(getpid(), gettid(), sig)`.
+pub fn raise_here(sig: i32) {
+    // SAFETY: sends a signal to this thread; no memory is passed.
+    let _ = unsafe {
+        raw6(
+            libc::SYS_tgkill,
+            getpid() as usize,
+            gettid() as usize,
+            sig as usize,
+            0,
+            0,
+            0,
+        )
+    };
+}
+
+/// Moves `fd` to the lowest free number at or above `SHIM_FD_BASE` (close-on-exec) and closes
+/// the original. Init-time only.
+pub fn move_fd_high(fd: i32) -> Result<i32, i32> {
+    // SAFETY: F_DUPFD_CLOEXEC has no memory arguments.
+    let nfd = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, remus_abi::SHIM_FD_BASE) };
+    if nfd < 0 {
+        return Err(errno());
+    }
+    close(fd);
+    Ok(nfd)
+}
+
+/// Formats `v` in decimal into `buf`, returning the digits. Allocation-free.
+pub fn fmt_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// A small fixed-capacity byte buffer for building messages without allocating.
+pub struct Line<const N: usize> {
+    pub buf: [u8; N],
+    pub len: usize,
+}
+
+impl<const N: usize> Line<N> {
+    pub const fn new() -> Self {
+        Line {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+    pub fn push(&mut self, s: &[u8]) -> &mut Self {
+        let n = s.len().min(N - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+        self
+    }
+    pub fn num(&mut self, v: u64) -> &mut Self {
+        let mut b = [0u8; 20];
+        let d = fmt_u64(v, &mut b);
+        let d: &[u8] = d;
+        let tmp: [u8; 20] = {
+            let mut t = [0u8; 20];
+            t[..d.len()].copy_from_slice(d);
+            t
+        };
+        self.push(&tmp[..d.len()])
+    }
+    pub fn hex(&mut self, v: u64) -> &mut Self {
+        let mut t = [0u8; 16];
+        let mut n = 0;
+        let mut started = false;
+        for i in (0..16).rev() {
+            let d = ((v >> (i * 4)) & 0xf) as u8;
+            if d != 0 || started || i == 0 {
+                started = true;
+                t[n] = if d < 10 { b'0' + d } else { b'a' + d - 10 };
+                n += 1;
+            }
+        }
+        self.push(b"0x");
+        self.push(&t[..n])
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
