@@ -224,7 +224,13 @@ impl Image {
     /// Applies one complete, verified epoch: forget the reset ranges, store the pages, take
     /// the metadata. `pages` are (address, 4096 bytes).
     pub fn apply(&mut self, meta: EpochMeta, pages: Vec<(u64, Box<[u8]>)>) -> Result<(), String> {
+        // Check everything before touching the image: a bad epoch leaves it as it was.
         let regions = parse_maps(&meta.maps)?;
+        if let Some((addr, data)) =
+            pages.iter().find(|(addr, data)| data.len() != remus_abi::PAGE_SIZE || addr % PAGE_SIZE != 0)
+        {
+            return Err(format!("bad page at {addr:#x} ({} bytes)", data.len()));
+        }
         for &(s, e) in &meta.resets {
             let doomed: Vec<u64> = self.pages.range(s..e).map(|(a, _)| *a).collect();
             for a in doomed {
@@ -232,9 +238,6 @@ impl Image {
             }
         }
         for (addr, data) in pages {
-            if data.len() != remus_abi::PAGE_SIZE || addr % PAGE_SIZE != 0 {
-                return Err(format!("bad page at {addr:#x} ({} bytes)", data.len()));
-            }
             self.pages.insert(addr, data);
         }
         // Forget pages no region covers any more: they belong to unmapped memory.

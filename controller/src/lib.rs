@@ -1,4 +1,10 @@
 //! remusd and remusctl: everything that can happen outside the protected process.
 
+pub mod control;
 pub mod image;
+pub mod logging;
+pub mod primary;
 pub mod restore;
+pub mod standby;
+pub mod sys;
+pub mod wire;

@@ -1,1 +1,97 @@
-fn main(){}
+//! remusd: the remus daemon, as `primary` (beside the protected app, started by the shim) or
+//! `standby` (on the standby host).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use remus_controller::{logging, primary, standby};
+
+#[derive(Parser)]
+#[command(name = "remusd", version, about = "remus replication daemon")]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Replicate one app to a standby (started by libremus.so; inherits fd 3 = the shim's
+    /// socket and fd 4 = the staging memfd).
+    Primary {
+        /// The protected process.
+        #[arg(long)]
+        app_pid: i32,
+        /// The standby's HOST:PORT.
+        #[arg(long)]
+        standby: Option<String>,
+        /// Milliseconds between checkpoints.
+        #[arg(long, default_value_t = 25)]
+        epoch_ms: u64,
+        /// Control socket (default /tmp/remus-<uid>/primary-<pid>.sock).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Milliseconds between heartbeats when idle; the standby is lost after 4 missed
+        /// (at least 1 s).
+        #[arg(long, default_value_t = 100)]
+        heartbeat_ms: u64,
+        /// Run the app without protection when no standby can be reached.
+        #[arg(long)]
+        allow_unprotected: bool,
+        /// Log to this file instead of stderr.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
+    /// Receive epochs from a primary and take over when it fails.
+    Standby {
+        /// ADDR:PORT to listen on.
+        #[arg(long)]
+        listen: String,
+        /// Directory for committed.json and takeover.json.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Declare the primary dead after this many milliseconds of silence.
+        #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+        /// The restored process's stdout (default: the standby's).
+        #[arg(long)]
+        stdout: Option<PathBuf>,
+        /// The restored process's stderr (default: the standby's).
+        #[arg(long)]
+        stderr: Option<PathBuf>,
+        /// Control socket (default /tmp/remus-<uid>/standby-<pid>.sock).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Log to this file instead of stderr.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let log_file = match &cli.role {
+        Role::Primary { log_file, .. } | Role::Standby { log_file, .. } => log_file.clone(),
+    };
+    if let Err(e) = logging::init(log_file.as_deref()) {
+        eprintln!("remusd: {e:#}");
+        std::process::exit(1);
+    }
+    let result = match cli.role {
+        Role::Primary { app_pid, standby, epoch_ms, control, heartbeat_ms, allow_unprotected, .. } => {
+            primary::run(primary::PrimaryArgs { app_pid, standby, epoch_ms, control, heartbeat_ms, allow_unprotected })
+        }
+        Role::Standby { listen, state_dir, timeout_ms, stdout, stderr, control, .. } => {
+            standby::run(standby::StandbyArgs { listen, state_dir, timeout_ms, stdout, stderr, control })
+        }
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            if log_file.is_some() {
+                eprintln!("remusd: {e:#}");
+            }
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The daemon side of the control socket.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::status::SharedStatus;
+
+#[derive(Debug, Error)]
+pub enum StartControlError {
+    #[error("creating the control directory {0}: {1}")]
+    Dir(PathBuf, io::Error),
+    #[error("control socket {0} is in use by another running controller")]
+    InUse(PathBuf),
+    #[error("binding the control socket {0}: {1}")]
+    Bind(PathBuf, io::Error),
+}
+
+/// A listening control socket; the socket file is removed when this is dropped.
+pub struct ControlServer {
+    path: PathBuf,
+}
+
+impl ControlServer {
+    /// Binds `path` (or the default `/tmp/remus-<uid>/<role>-<pid>.sock`) and serves `status`
+    /// from a background thread.
+    pub fn start(path: Option<PathBuf>, role: &str, status: SharedStatus) -> Result<ControlServer, StartControlError> {
+        let path = match path {
+            Some(p) => p,
+            None => {
+                let dir = super::default_dir();
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| StartControlError::Dir(dir.clone(), e))?;
+                // The directory may predate us with a looser mode.
+                let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+                super::default_socket(role)
+            }
+        };
+        if path.exists() {
+            if UnixStream::connect(&path).is_ok() {
+                return Err(StartControlError::InUse(path));
+            }
+            let _ = fs::remove_file(&path);
+        }
+        let listener = UnixListener::bind(&path).map_err(|e| StartControlError::Bind(path.clone(), e))?;
+        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || serve(listener, status))
+            .map_err(|e| StartControlError::Bind(path.clone(), e))?;
+        tracing::info!(socket = %path.display(), "control socket ready");
+        Ok(ControlServer { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn serve(listener: UnixListener, status: SharedStatus) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(c) => {
+                if let Err(e) = answer(c, &status) {
+                    tracing::debug!("control client: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!("control socket accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn answer(c: UnixStream, status: &SharedStatus) -> io::Result<()> {
+    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+    c.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(&c).take_line(&mut line)?;
+    let reply = match line.trim() {
+        "status" => serde_json::to_string(&status.snapshot()).map_err(io::Error::other)?,
+        other => serde_json::json!({ "error": format!("unknown command {other:?}; known: status") }).to_string(),
+    };
+    let mut w = &c;
+    w.write_all(reply.as_bytes())?;
+    w.write_all(b"\n")?;
+    w.flush()
+}
+
+trait TakeLine {
+    fn take_line(&mut self, buf: &mut String) -> io::Result<usize>;
+}
+
+impl<R: BufRead> TakeLine for R {
+    /// One line of at most 256 bytes.
+    fn take_line(&mut self, buf: &mut String) -> io::Result<usize> {
+        io::Read::take(self, 256).read_line(buf)
+    }
+}

@@ -1,0 +1,305 @@
+//! What `remusctl status` shows: one JSON object per daemon.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// Pauses kept for the percentiles.
+const PAUSE_WINDOW: usize = 1000;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseUs {
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+/// The status JSON. Every key is always present (null where it does not apply).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// "primary" | "standby"
+    pub role: String,
+    /// primary: "starting" | "protected" | "unprotected";
+    /// standby: "waiting" | "receiving" | "took_over" | "app_exited" | "primary_unprotected".
+    pub state: String,
+    pub protected: bool,
+    /// Why not protected (set whenever `protected` is false).
+    pub reason: Option<String>,
+    /// primary: the app; standby: the restored process after a takeover.
+    pub app_pid: Option<i32>,
+    pub controller_pid: u32,
+    /// Last epoch taken (primary) or received (standby).
+    pub epoch: Option<u64>,
+    /// Last epoch acknowledged (primary) or applied (standby).
+    pub committed_epoch: Option<u64>,
+    pub epoch_ms: Option<u64>,
+    pub heartbeat_ms: Option<u64>,
+    pub last_dirty_pages: Option<u64>,
+    pub pause_us: PauseUs,
+    /// Page bytes plus metadata, before compression.
+    pub bytes_raw: u64,
+    /// Bytes written to (primary) or read from (standby) the replication connection.
+    pub bytes_wire: u64,
+    /// "up" | "down"
+    pub link: String,
+    /// Milliseconds since the last frame from the peer (null if none yet).
+    pub heartbeat_age_ms: Option<u64>,
+    /// primary: the standby's address.
+    pub standby: Option<String>,
+    /// standby: the address it listens on.
+    pub listen: Option<String>,
+    /// standby: the address of the connected (or last) primary.
+    pub peer: Option<String>,
+    /// The protected program (from the primary's hello).
+    pub app_exe: Option<String>,
+    pub restored_pid: Option<i32>,
+    /// The app's exit code (primary: from the shim; standby: from the goodbye, or of the
+    /// restored process).
+    pub exit_code: Option<i32>,
+    pub epochs_total: u64,
+}
+
+impl Status {
+    pub fn new(role: &str, state: &str) -> Status {
+        Status {
+            role: role.into(),
+            state: state.into(),
+            protected: false,
+            reason: None,
+            app_pid: None,
+            controller_pid: std::process::id(),
+            epoch: None,
+            committed_epoch: None,
+            epoch_ms: None,
+            heartbeat_ms: None,
+            last_dirty_pages: None,
+            pause_us: PauseUs::default(),
+            bytes_raw: 0,
+            bytes_wire: 0,
+            link: "down".into(),
+            heartbeat_age_ms: None,
+            standby: None,
+            listen: None,
+            peer: None,
+            app_exe: None,
+            restored_pid: None,
+            exit_code: None,
+            epochs_total: 0,
+        }
+    }
+
+    /// The human form: a few aligned lines.
+    pub fn human(&self) -> String {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| {
+            let _ = writeln!(s, "{k:<12} {v}");
+        };
+        let prot = if self.protected { "yes".to_string() } else { format!("NO ({})", opt(self.reason.clone())) };
+        line("role", format!("{} (controller pid {})", self.role, self.controller_pid));
+        line("state", self.state.clone());
+        line("protected", prot);
+        let mut app = opt(self.app_pid.map(|p| p.to_string()));
+        if let Some(exe) = &self.app_exe {
+            app.push_str(&format!("  {exe}"));
+        }
+        line("app", app);
+        let peer = match self.role.as_str() {
+            "primary" => format!("standby {}", opt(self.standby.clone())),
+            _ => format!("listen {}  primary {}", opt(self.listen.clone()), opt(self.peer.clone())),
+        };
+        line(
+            "link",
+            format!(
+                "{}  {}  last frame {}",
+                self.link,
+                peer,
+                opt(self.heartbeat_age_ms.map(|a| format!("{a} ms ago")))
+            ),
+        );
+        line(
+            "epoch",
+            format!(
+                "{} (committed {})  every {}  {} epochs",
+                opt(self.epoch.map(|e| e.to_string())),
+                opt(self.committed_epoch.map(|e| e.to_string())),
+                opt(self.epoch_ms.map(|e| format!("{e} ms"))),
+                self.epochs_total
+            ),
+        );
+        line(
+            "dirty",
+            format!(
+                "{} pages last epoch  pause p50 {} us  p99 {} us  max {} us",
+                opt(self.last_dirty_pages.map(|p| p.to_string())),
+                self.pause_us.p50,
+                self.pause_us.p99,
+                self.pause_us.max
+            ),
+        );
+        let ratio = if self.bytes_wire > 0 { self.bytes_raw as f64 / self.bytes_wire as f64 } else { 0.0 };
+        line(
+            "bytes",
+            format!("{} raw  {} on the wire  ({ratio:.1}x)", human_bytes(self.bytes_raw), human_bytes(self.bytes_wire)),
+        );
+        if self.restored_pid.is_some() || self.exit_code.is_some() {
+            line(
+                "exit",
+                format!(
+                    "restored pid {}  exit code {}",
+                    opt(self.restored_pid.map(|p| p.to_string())),
+                    opt(self.exit_code.map(|c| c.to_string()))
+                ),
+            );
+        }
+        s
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// The live status of a daemon, shared between its threads.
+pub struct Board {
+    pub status: Status,
+    pauses_ns: VecDeque<u64>,
+    last_peer_frame: Option<Instant>,
+}
+
+impl Board {
+    pub fn record_pause(&mut self, ns: u64) {
+        if self.pauses_ns.len() == PAUSE_WINDOW {
+            self.pauses_ns.pop_front();
+        }
+        self.pauses_ns.push_back(ns);
+    }
+
+    pub fn peer_frame(&mut self) {
+        self.last_peer_frame = Some(Instant::now());
+    }
+
+    pub fn forget_peer(&mut self) {
+        self.last_peer_frame = None;
+    }
+
+    /// Marks the daemon unprotected with `reason` (state left to the caller).
+    pub fn unprotect(&mut self, reason: impl Into<String>) {
+        self.status.protected = false;
+        self.status.reason = Some(reason.into());
+    }
+
+    /// The status as of now (percentiles and ages computed).
+    pub fn snapshot(&self) -> Status {
+        let mut s = self.status.clone();
+        s.pause_us = percentiles_us(&self.pauses_ns);
+        s.heartbeat_age_ms = self.last_peer_frame.map(|t| t.elapsed().as_millis() as u64);
+        if !s.protected && s.reason.is_none() {
+            s.reason = Some(format!("state {}", s.state));
+        }
+        s
+    }
+}
+
+fn percentiles_us(ns: &VecDeque<u64>) -> PauseUs {
+    if ns.is_empty() {
+        return PauseUs::default();
+    }
+    let mut v: Vec<u64> = ns.iter().copied().collect();
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] / 1000;
+    PauseUs { p50: at(0.5), p99: at(0.99), max: v[v.len() - 1] / 1000 }
+}
+
+/// Shared handle to a [`Board`].
+#[derive(Clone)]
+pub struct SharedStatus(Arc<Mutex<Board>>);
+
+impl SharedStatus {
+    pub fn new(status: Status) -> Self {
+        SharedStatus(Arc::new(Mutex::new(Board { status, pauses_ns: VecDeque::new(), last_peer_frame: None })))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Board> {
+        // A panic elsewhere while holding the lock leaves a status that is still readable.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn snapshot(&self) -> Status {
+        self.lock().snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape() {
+        let sh = SharedStatus::new(Status::new("primary", "protected"));
+        {
+            let mut b = sh.lock();
+            b.status.protected = true;
+            b.status.app_pid = Some(1234);
+            b.status.epoch = Some(7);
+            for i in 1..=100 {
+                b.record_pause(i * 1000);
+            }
+            b.peer_frame();
+        }
+        let v: serde_json::Value = serde_json::to_value(sh.snapshot()).unwrap();
+        let o = v.as_object().unwrap();
+        for k in [
+            "role",
+            "state",
+            "protected",
+            "reason",
+            "app_pid",
+            "controller_pid",
+            "epoch",
+            "committed_epoch",
+            "epoch_ms",
+            "last_dirty_pages",
+            "pause_us",
+            "bytes_raw",
+            "bytes_wire",
+            "link",
+            "heartbeat_age_ms",
+            "standby",
+            "listen",
+            "restored_pid",
+            "exit_code",
+        ] {
+            assert!(o.contains_key(k), "missing key {k}");
+        }
+        assert_eq!(o["role"], "primary");
+        assert_eq!(o["protected"], true);
+        assert!(o["reason"].is_null());
+        assert!(o["committed_epoch"].is_null());
+        assert_eq!(o["app_pid"], 1234);
+        assert_eq!(o["pause_us"]["p50"], 51);
+        assert_eq!(o["pause_us"]["p99"], 99);
+        assert_eq!(o["pause_us"]["max"], 100);
+        assert!(o["heartbeat_age_ms"].is_u64());
+        // Roundtrip, and a reason whenever unprotected.
+        let mut s: Status = serde_json::from_value(v).unwrap();
+        s.protected = false;
+        let b = Board { status: s, pauses_ns: VecDeque::new(), last_peer_frame: None };
+        assert!(b.snapshot().reason.is_some());
+        assert!(b.snapshot().human().contains("protected"));
+    }
+}

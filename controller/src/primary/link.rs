@@ -1,0 +1,339 @@
+//! The primary's connection to the standby: handshake, a sender thread (epoch parts, commits,
+//! heartbeats, goodbye) and a reader thread (acks, heartbeats).
+
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use thiserror::Error;
+
+use crate::control::status::SharedStatus;
+use crate::image::EpochMeta;
+use crate::wire::frame::SendFrameError;
+use crate::wire::messages::{EpochCommit, EpochPart, GoodbyeReason, Hello, PageBytes, WireMsg};
+use crate::wire::{DecodeFrameError, FrameReader, FrameWriter};
+
+/// Pages per `EpochPart` frame: 4096 pages = 16 MiB.
+pub const PART_PAGES: usize = 4096;
+/// Epoch items the sender may have queued before the epoch loop stops signalling.
+pub const QUEUE: usize = 8;
+
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, io::Error),
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, io::Error),
+    #[error("handshake with {0} failed: {1}")]
+    Send(String, SendFrameError),
+    #[error("handshake with {0} failed: {1}")]
+    Recv(String, DecodeFrameError),
+    #[error("{0} closed the connection during the handshake")]
+    Closed(String),
+    #[error("{0} answered the hello with a {1}, expected HelloAck")]
+    Unexpected(String, &'static str),
+    #[error("the standby at {0} refused: {1}")]
+    Refused(String, String),
+}
+
+/// What the epoch loop hands to the sender.
+pub enum Outbound {
+    /// Pages of `epoch` (split into parts of at most [`PART_PAGES`]).
+    Pages { epoch: u64, pages: Vec<(u64, PageBytes)> },
+    /// The end of `epoch`.
+    Commit { epoch: u64, meta: EpochMeta },
+    /// Say goodbye, then signal `done` and stop.
+    Goodbye { reason: GoodbyeReason, done: Sender<()> },
+}
+
+/// Why the link is down (first reason wins).
+#[derive(Default)]
+struct Health {
+    down: Mutex<Option<String>>,
+    last_rx: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    fn fail(&self, why: String) {
+        let mut d = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        if d.is_none() {
+            *d = Some(why);
+        }
+    }
+    fn rx(&self) {
+        *self.last_rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+}
+
+pub struct Link {
+    pub addr: String,
+    tx: Sender<Outbound>,
+    health: Arc<Health>,
+    stream: TcpStream,
+    lost_after: Duration,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The standby is declared lost after this much silence: 4 heartbeats, at least 1 s.
+pub fn lost_after(heartbeat: Duration) -> Duration {
+    (heartbeat * 4).max(Duration::from_secs(1))
+}
+
+impl Link {
+    /// Connects to `addr`, says hello and waits for the standby's answer.
+    pub fn connect(
+        addr: &str,
+        hello: Hello,
+        heartbeat: Duration,
+        timeout: Duration,
+        status: SharedStatus,
+    ) -> Result<Link, ConnectError> {
+        let addrs: Vec<SocketAddr> =
+            addr.to_socket_addrs().map_err(|e| ConnectError::Resolve(addr.into(), e))?.collect();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        let mut stream = None;
+        for a in &addrs {
+            match TcpStream::connect_timeout(a, timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let stream = stream.ok_or_else(|| ConnectError::Connect(addr.into(), last))?;
+        let conn = |e: io::Error| ConnectError::Connect(addr.into(), e);
+        stream.set_nodelay(true).map_err(conn)?;
+        let lost = lost_after(heartbeat);
+        stream.set_write_timeout(Some(lost.max(timeout))).map_err(conn)?;
+        stream.set_read_timeout(Some(timeout)).map_err(conn)?;
+        let mut writer = FrameWriter::new(stream.try_clone().map_err(conn)?);
+        writer.send(&WireMsg::Hello(hello)).map_err(|e| ConnectError::Send(addr.into(), e))?;
+        let health = Arc::new(Health::default());
+        let mut reader = FrameReader::new(Counting { inner: stream.try_clone().map_err(conn)?, status: status.clone() });
+        match reader.read_msg() {
+            Ok(Some(WireMsg::HelloAck(ack))) => {
+                if let Some(why) = ack.refused {
+                    return Err(ConnectError::Refused(addr.into(), why));
+                }
+                tracing::info!(standby = addr, standby_pid = ack.standby_pid, "standby accepted the hello");
+            }
+            Ok(Some(m)) => return Err(ConnectError::Unexpected(addr.into(), m.name())),
+            Ok(None) => return Err(ConnectError::Closed(addr.into())),
+            Err(e) => return Err(ConnectError::Recv(addr.into(), e)),
+        }
+        stream.set_read_timeout(None).map_err(conn)?;
+        health.rx();
+        {
+            let mut b = status.lock();
+            b.peer_frame();
+            b.status.link = "up".into();
+            b.status.bytes_wire = writer.bytes();
+        }
+        let (tx, rx) = bounded(QUEUE);
+        let mut threads = Vec::new();
+        let (h, st, a) = (health.clone(), status.clone(), addr.to_string());
+        threads.push(
+            std::thread::Builder::new()
+                .name("link-send".into())
+                .spawn(move || send_loop(writer, rx, heartbeat, h, st, a))
+                .map_err(conn)?,
+        );
+        let (h, st, a) = (health.clone(), status, addr.to_string());
+        threads.push(
+            std::thread::Builder::new()
+                .name("link-recv".into())
+                .spawn(move || recv_loop(reader, h, st, a))
+                .map_err(conn)?,
+        );
+        Ok(Link { addr: addr.into(), tx, health, stream, lost_after: lost, threads })
+    }
+
+    /// `Some(reason)` once the standby is lost: the connection failed, or it has been silent
+    /// longer than [`lost_after`].
+    pub fn lost(&self) -> Option<String> {
+        if let Some(why) = self.health.down.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(why);
+        }
+        let last = *self.health.last_rx.lock().unwrap_or_else(|p| p.into_inner());
+        match last {
+            Some(t) if t.elapsed() > self.lost_after => Some(format!(
+                "no heartbeat or ack for {} ms (limit {} ms)",
+                t.elapsed().as_millis(),
+                self.lost_after.as_millis()
+            )),
+            _ => None,
+        }
+    }
+
+    /// Items queued for the sender.
+    pub fn backlog(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Queues `item`, waiting while the queue is full; gives up (returning false) if the link
+    /// is lost meanwhile.
+    pub fn ship(&self, item: Outbound) -> bool {
+        let mut item = item;
+        loop {
+            match self.tx.send_timeout(item, Duration::from_millis(50)) {
+                Ok(()) => return true,
+                Err(crossbeam::channel::SendTimeoutError::Timeout(it)) => {
+                    if self.lost().is_some() {
+                        return false;
+                    }
+                    item = it;
+                }
+                Err(crossbeam::channel::SendTimeoutError::Disconnected(_)) => return false,
+            }
+        }
+    }
+
+    /// Sends a goodbye after everything queued, and waits (at most `wait`) until it is written.
+    pub fn goodbye(&self, reason: GoodbyeReason, wait: Duration) -> bool {
+        let (done_tx, done_rx) = bounded(1);
+        if !self.ship(Outbound::Goodbye { reason, done: done_tx }) {
+            return false;
+        }
+        done_rx.recv_timeout(wait).is_ok()
+    }
+
+    /// Drops the connection (without a goodbye) and stops the threads.
+    pub fn close(self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        drop(self.tx);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Counts bytes read from the standby into the status (and nothing else).
+struct Counting {
+    inner: TcpStream,
+    status: SharedStatus,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.status.lock().peer_frame();
+        }
+        Ok(n)
+    }
+}
+
+fn send_loop(
+    mut w: FrameWriter<TcpStream>,
+    rx: Receiver<Outbound>,
+    heartbeat: Duration,
+    health: Arc<Health>,
+    status: SharedStatus,
+    addr: String,
+) {
+    let mut part = 0u32;
+    let mut part_epoch = 0u64;
+    let mut last_tx = Instant::now();
+    loop {
+        let wait = heartbeat.saturating_sub(last_tx.elapsed());
+        let item = match rx.recv_timeout(wait) {
+            Ok(i) => i,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(e) = w.send(&WireMsg::Heartbeat) {
+                    health.fail(format!("sending a heartbeat: {e}"));
+                    return;
+                }
+                last_tx = Instant::now();
+                status.lock().status.bytes_wire = w.bytes();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let result = match item {
+            Outbound::Pages { epoch, mut pages } => {
+                if epoch != part_epoch {
+                    part_epoch = epoch;
+                    part = 0;
+                }
+                let mut r = Ok(());
+                while !pages.is_empty() {
+                    let rest = pages.split_off(pages.len().min(PART_PAGES));
+                    let raw = pages.len() as u64 * remus_abi::PAGE_SIZE as u64;
+                    let msg = WireMsg::EpochPart(EpochPart { epoch, part, pages: std::mem::replace(&mut pages, rest) });
+                    part += 1;
+                    r = w.send(&msg).map(|_| ());
+                    if r.is_err() {
+                        break;
+                    }
+                    let mut b = status.lock();
+                    b.status.bytes_raw += raw;
+                    b.status.bytes_wire = w.bytes();
+                }
+                r
+            }
+            Outbound::Commit { epoch, meta } => {
+                let parts = if epoch == part_epoch { part } else { 0 };
+                part_epoch = 0;
+                part = 0;
+                let raw = (meta.maps.len() + meta.fds.len() * 64 + meta.resets.len() * 16 + 512) as u64;
+                let r = w.send(&WireMsg::EpochCommit(EpochCommit { epoch, parts, meta }));
+                if r.is_ok() {
+                    let mut b = status.lock();
+                    b.status.bytes_raw += raw;
+                    b.status.bytes_wire = w.bytes();
+                }
+                r.map(|_| ())
+            }
+            Outbound::Goodbye { reason, done } => {
+                tracing::info!(standby = %addr, %reason, "saying goodbye to the standby");
+                let r = w.send(&WireMsg::Goodbye { reason });
+                let _ = w.get_ref().shutdown(Shutdown::Write);
+                let _ = done.send(());
+                if let Err(e) = r {
+                    tracing::warn!("goodbye to {addr} not delivered: {e}");
+                }
+                return;
+            }
+        };
+        if let Err(e) = result {
+            health.fail(format!("sending to the standby: {e}"));
+            return;
+        }
+        last_tx = Instant::now();
+    }
+}
+
+fn recv_loop(mut r: FrameReader<Counting>, health: Arc<Health>, status: SharedStatus, addr: String) {
+    loop {
+        match r.read_msg() {
+            Ok(Some(WireMsg::Ack { epoch })) => {
+                health.rx();
+                let mut b = status.lock();
+                b.status.committed_epoch = Some(epoch);
+                tracing::trace!(epoch, "standby acked");
+            }
+            Ok(Some(WireMsg::Heartbeat)) => health.rx(),
+            Ok(Some(WireMsg::Goodbye { reason })) => {
+                health.fail(format!("the standby said goodbye: {reason}"));
+                return;
+            }
+            Ok(Some(m)) => {
+                health.fail(format!("the standby sent an unexpected {}", m.name()));
+                return;
+            }
+            Ok(None) => {
+                health.fail("the standby closed the connection".into());
+                return;
+            }
+            Err(e) => {
+                health.fail(format!("{e}"));
+                return;
+            }
+        }
+        let _ = &addr;
+    }
+}

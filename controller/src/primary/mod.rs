@@ -1,0 +1,471 @@
+//! `remusd primary`: started by the shim beside the protected app. Takes epochs from the shim
+//! and ships them to the standby.
+
+pub mod link;
+pub mod shim_link;
+pub mod staging;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use remus_abi::{Msg, MsgKind};
+
+use crate::control::server::ControlServer;
+use crate::control::status::{SharedStatus, Status};
+use crate::wire::messages::{AppExit, GoodbyeReason, Hello, PROTOCOL_VERSION};
+use link::{Link, Outbound};
+use shim_link::{FromShim, ShimLink};
+use staging::Staging;
+
+pub struct PrimaryArgs {
+    pub app_pid: i32,
+    pub standby: Option<String>,
+    pub epoch_ms: u64,
+    pub control: Option<PathBuf>,
+    pub heartbeat_ms: u64,
+    pub allow_unprotected: bool,
+}
+
+/// An epoch whose chunks are arriving.
+struct InEpoch {
+    signalled_at: Instant,
+    /// (epoch, next chunk) once the first chunk arrived.
+    progress: Option<(u64, u32)>,
+    pages: u64,
+    warned: bool,
+}
+
+struct Primary {
+    args: PrimaryArgs,
+    shim: ShimLink,
+    staging: Staging,
+    status: SharedStatus,
+    link: Option<Link>,
+    in_epoch: Option<InEpoch>,
+    last_epoch: Option<u64>,
+    next_tick: Instant,
+    /// Protection was given up for good (second thread, unsupported state, standby lost).
+    given_up: bool,
+}
+
+/// How the primary ends.
+enum End {
+    Exit(i32),
+}
+
+/// Runs `remusd primary`; returns the process exit code.
+pub fn run(args: PrimaryArgs) -> Result<i32> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let sock = crate::sys::take_inherited_fd(remus_abi::CONTROLLER_SHIM_SOCK_FD, "the shim's socket")?;
+    let shim = ShimLink::new(sock).context("the shim's socket (fd 3)")?;
+    let staging_fd = crate::sys::take_inherited_fd(remus_abi::CONTROLLER_STAGING_FD, "the staging memfd")?;
+    let staging = Staging::map(&File::from(staging_fd)).context("mapping the staging memfd (fd 4)")?;
+
+    let mut st = Status::new("primary", "starting");
+    st.app_pid = Some(args.app_pid);
+    st.epoch_ms = Some(args.epoch_ms);
+    st.heartbeat_ms = Some(args.heartbeat_ms);
+    st.standby = args.standby.clone();
+    st.app_exe = std::fs::read_link(format!("/proc/{}/exe", args.app_pid)).ok().map(|p| p.display().to_string());
+    st.reason = Some("starting".into());
+    let status = SharedStatus::new(st);
+    let _control = ControlServer::start(args.control.clone(), "primary", status.clone())?;
+
+    let mut p = Primary {
+        args,
+        shim,
+        staging,
+        status,
+        link: None,
+        in_epoch: None,
+        last_epoch: None,
+        next_tick: Instant::now(),
+        given_up: false,
+    };
+    let End::Exit(code) = p.main(&stop)?;
+    Ok(code)
+}
+
+impl Primary {
+    fn main(&mut self, stop: &AtomicBool) -> Result<End> {
+        self.await_hello()?;
+        if let Some(end) = self.connect()? {
+            return Ok(end);
+        }
+        let pidfd = crate::sys::pidfd_open(self.args.app_pid)
+            .with_context(|| format!("pidfd_open({}) for the app", self.args.app_pid))?;
+        let epoch = Duration::from_millis(self.args.epoch_ms.max(1));
+        self.next_tick = Instant::now();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(self.operator_stop());
+            }
+            let now = Instant::now();
+            let timeout = if self.can_signal() {
+                self.next_tick.saturating_duration_since(now).min(Duration::from_millis(50))
+            } else {
+                Duration::from_millis(50)
+            };
+            let ready = crate::sys::poll_readable(&[self.shim.raw_fd(), pidfd.as_raw_fd()], Some(timeout))
+                .context("poll")?;
+            if ready[0] {
+                while let Some(m) = self.shim.try_recv().context("receiving from the shim")? {
+                    if let Some(end) = self.on_shim(m)? {
+                        return Ok(end);
+                    }
+                }
+            }
+            if ready[1] {
+                // Anything the shim said before dying is already queued: read it first.
+                while let Some(m) = self.shim.try_recv().context("receiving from the shim")? {
+                    if let Some(end) = self.on_shim(m)? {
+                        return Ok(end);
+                    }
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(self.operator_stop());
+                }
+                return Ok(self.app_vanished("the app died without saying goodbye (killed?)"));
+            }
+            self.check_link();
+            if let Some(e) = &mut self.in_epoch {
+                if !e.warned && e.signalled_at.elapsed() > Duration::from_secs(10) {
+                    e.warned = true;
+                    tracing::warn!(
+                        "the app has not answered the epoch signal for 10 s (signal blocked, or stopped?)"
+                    );
+                }
+            }
+            if self.can_signal() && Instant::now() >= self.next_tick {
+                self.signal_epoch(epoch)?;
+            }
+        }
+    }
+
+    fn can_signal(&self) -> bool {
+        self.in_epoch.is_none()
+            && !self.given_up
+            && self.link.as_ref().is_some_and(|l| l.backlog() < 2 && l.lost().is_none())
+    }
+
+    fn signal_epoch(&mut self, epoch: Duration) -> Result<()> {
+        let now = Instant::now();
+        if let Err(e) = crate::sys::kill(self.args.app_pid, remus_abi::EPOCH_SIGNAL) {
+            tracing::warn!("sending the epoch signal to {}: {e}", self.args.app_pid);
+            // The pidfd tells us if the app is gone; try again next tick.
+            self.next_tick = now + epoch;
+            return Ok(());
+        }
+        self.in_epoch = Some(InEpoch { signalled_at: now, progress: None, pages: 0, warned: false });
+        // The next epoch is due one period after this one started (or at once if late).
+        self.next_tick = now + epoch;
+        Ok(())
+    }
+
+    fn await_hello(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("the shim did not say hello within 10 s");
+            }
+            match self.shim.recv_timeout(left).context("waiting for the shim's hello")? {
+                Some(FromShim::Msg(m)) if m.kind == MsgKind::Hello as u32 => {
+                    if m.b != remus_abi::ABI_VERSION as u64 {
+                        let text = format!(
+                            "remus: the shim speaks ABI {} and remusd speaks ABI {}: install matching libremus.so and remusd",
+                            m.b,
+                            remus_abi::ABI_VERSION
+                        );
+                        let _ = self.shim.send(MsgKind::Refuse, 0, 0, &text);
+                        bail!("{text}");
+                    }
+                    if m.a as i32 != self.args.app_pid {
+                        tracing::warn!(hello_pid = m.a, app_pid = self.args.app_pid, "the shim's hello names another pid");
+                    }
+                    tracing::info!(app_pid = self.args.app_pid, "shim said hello");
+                    return Ok(());
+                }
+                Some(FromShim::Msg(m)) if m.kind == MsgKind::Log as u32 => {
+                    tracing::info!(target: "shim", "{}", String::from_utf8_lossy(m.text()));
+                }
+                Some(FromShim::Msg(m)) => tracing::warn!(kind = m.kind, "unexpected message from the shim before hello"),
+                Some(FromShim::Eof) => bail!("the shim closed its socket before saying hello"),
+                None => {}
+            }
+        }
+    }
+
+    fn hello(&self) -> Hello {
+        let pid = self.args.app_pid;
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+            .unwrap_or_default();
+        let link = |what: &str| {
+            std::fs::read_link(format!("/proc/{pid}/{what}")).map(|p| p.display().to_string()).unwrap_or_default()
+        };
+        Hello {
+            version: PROTOCOL_VERSION,
+            app_pid: pid,
+            exe: link("exe"),
+            argv,
+            cwd: link("cwd"),
+            epoch_ms: self.args.epoch_ms,
+            heartbeat_ms: self.args.heartbeat_ms,
+        }
+    }
+
+    /// Connects to the standby and tells the shim. `Some(end)` if remusd must stop here.
+    fn connect(&mut self) -> Result<Option<End>> {
+        let why = match self.args.standby.clone() {
+            None => "no standby is configured (set REMUS_STANDBY=HOST:PORT or pass --standby)".to_string(),
+            Some(addr) => {
+                let hb = Duration::from_millis(self.args.heartbeat_ms.max(1));
+                match Link::connect(&addr, self.hello(), hb, Duration::from_secs(3), self.status.clone()) {
+                    Ok(link) => {
+                        tracing::info!(standby = %addr, "connected to the standby; protection starts");
+                        self.link = Some(link);
+                        {
+                            let mut b = self.status.lock();
+                            b.status.state = "protected".into();
+                            b.status.protected = true;
+                            b.status.reason = None;
+                        }
+                        self.shim.send(MsgKind::Ready, 0, 0, "").context("telling the shim we are ready")?;
+                        return Ok(None);
+                    }
+                    Err(e) => format!("cannot reach the standby: {e}"),
+                }
+            }
+        };
+        let listen = self.args.standby.clone().unwrap_or_else(|| "HOST:PORT".into());
+        if self.args.allow_unprotected {
+            tracing::warn!("running UNPROTECTED: {why}");
+            self.given_up = true;
+            {
+                let mut b = self.status.lock();
+                b.status.state = "unprotected".into();
+                b.unprotect(why.clone());
+            }
+            self.shim
+                .send(MsgKind::RunUnprotected, 0, 0, &format!("remus: running unprotected: {why}"))
+                .context("telling the shim to run unprotected")?;
+            Ok(None)
+        } else {
+            let text = format!(
+                "remus: {why}. Start `remusd standby --listen {listen} --state-dir DIR` on the standby host, \
+                 or set REMUS_ALLOW_UNPROTECTED=1 to run without protection."
+            );
+            tracing::error!("{text}");
+            let _ = self.shim.send(MsgKind::Refuse, 0, 0, &text);
+            Ok(Some(End::Exit(1)))
+        }
+    }
+
+    /// Gives up protection for good: tells the standby (when `goodbye`) and drops the link.
+    fn unprotect(&mut self, reason: String, goodbye: bool) {
+        if !self.given_up {
+            tracing::warn!("protection stops: {reason}");
+        }
+        self.given_up = true;
+        if let Some(link) = self.link.take() {
+            if goodbye {
+                link.goodbye(GoodbyeReason::Unprotected { reason: reason.clone() }, Duration::from_secs(2));
+            }
+            link.close();
+        }
+        let mut b = self.status.lock();
+        b.status.state = "unprotected".into();
+        b.status.link = "down".into();
+        b.unprotect(reason);
+    }
+
+    fn check_link(&mut self) {
+        let Some(link) = &self.link else { return };
+        if let Some(why) = link.lost() {
+            let reason = format!("standby {} lost: {why}", link.addr);
+            tracing::error!("{reason}; the app keeps running unprotected");
+            self.unprotect(reason, false);
+        }
+    }
+
+    fn on_shim(&mut self, m: FromShim) -> Result<Option<End>> {
+        let m: Msg = match m {
+            FromShim::Msg(m) => m,
+            FromShim::Eof => return Ok(Some(self.app_vanished("the shim's socket closed without an exit message"))),
+        };
+        let text = String::from_utf8_lossy(m.text()).into_owned();
+        match MsgKind::from_u32(m.kind) {
+            Some(MsgKind::EpochChunk) => self.on_chunk(m.a, m.b)?,
+            Some(MsgKind::ThreadCreated) => {
+                self.unprotect(format!("the app created a second thread ({text}); remus protects single-threaded processes only"), true)
+            }
+            Some(MsgKind::Unsupported) => self.unprotect(format!("the app uses state remus cannot replicate: {text}"), true),
+            Some(MsgKind::Exiting) => {
+                let exit = AppExit::from_shim(m.a, m.b);
+                tracing::info!("the app {exit}");
+                {
+                    let mut b = self.status.lock();
+                    b.status.exit_code = exit.exit_code();
+                    b.status.state = "unprotected".into();
+                    b.unprotect(format!("the app {exit}"));
+                }
+                if let Some(link) = self.link.take() {
+                    if !link.goodbye(GoodbyeReason::AppExited(exit), Duration::from_secs(3)) {
+                        tracing::warn!("could not deliver the goodbye to the standby");
+                    }
+                    link.close();
+                }
+                return Ok(Some(End::Exit(0)));
+            }
+            Some(MsgKind::Log) => tracing::info!(target: "shim", "{text}"),
+            Some(MsgKind::Hello) => tracing::warn!("the shim said hello twice; ignored"),
+            _ => tracing::warn!(kind = m.kind, "unexpected message from the shim; ignored"),
+        }
+        Ok(None)
+    }
+
+    fn on_chunk(&mut self, epoch: u64, chunk: u64) -> Result<()> {
+        let bytes = self.staging.bytes();
+        let hdr = staging::read_header(bytes, (epoch, chunk));
+        let last = hdr.as_ref().map(|h| h.last != 0).unwrap_or(false);
+        let drain = |shim: &ShimLink| -> Result<()> {
+            if !last {
+                shim.send(MsgKind::Drained, epoch, chunk, "").context("telling the shim the chunk is drained")?;
+            }
+            Ok(())
+        };
+        if self.given_up || self.link.is_none() {
+            drain(&self.shim)?;
+            if last {
+                self.in_epoch = None;
+            }
+            return Ok(());
+        }
+        let h = match hdr {
+            Ok(h) => h,
+            Err(e) => {
+                drain(&self.shim)?;
+                self.in_epoch = None;
+                self.unprotect(format!("bad epoch {epoch} chunk {chunk} from the shim: {e}"), true);
+                return Ok(());
+            }
+        };
+        // Chunks arrive in order, epochs are consecutive.
+        let expect = match self.in_epoch.as_ref().and_then(|e| e.progress) {
+            Some((e, c)) => Some((e, c as u64)),
+            None => self.last_epoch.map(|e| (e + 1, 0)),
+        };
+        if let Some(want) = expect {
+            if (epoch, chunk) != want {
+                drain(&self.shim)?;
+                self.in_epoch = None;
+                self.unprotect(
+                    format!("the shim sent epoch {epoch} chunk {chunk}, expected epoch {} chunk {}", want.0, want.1),
+                    true,
+                );
+                return Ok(());
+            }
+        } else if chunk != 0 {
+            drain(&self.shim)?;
+            self.unprotect(format!("the shim's first chunk is epoch {epoch} chunk {chunk}, expected chunk 0"), true);
+            return Ok(());
+        }
+        let pages = staging::read_pages(bytes, &h);
+        let meta = if last {
+            let total = self.in_epoch.as_ref().map_or(0, |e| e.pages) + h.n_pages as u64;
+            Some(staging::read_meta(bytes, &h, total))
+        } else {
+            None
+        };
+        // The staging area is copied out: let the shim go on.
+        drain(&self.shim)?;
+        let (pages, meta) = match (pages, meta.transpose()) {
+            (Ok(p), Ok(m)) => (p, m),
+            (Err(e), _) | (_, Err(e)) => {
+                self.in_epoch = None;
+                self.unprotect(format!("bad epoch {epoch} chunk {chunk} from the shim: {e}"), true);
+                return Ok(());
+            }
+        };
+        let ie = self.in_epoch.get_or_insert(InEpoch {
+            signalled_at: Instant::now(),
+            progress: None,
+            pages: 0,
+            warned: false,
+        });
+        ie.progress = Some((epoch, chunk as u32 + 1));
+        ie.pages += pages.len() as u64;
+        let link = self.link.as_ref().expect("checked above");
+        let mut ok = pages.is_empty() || link.ship(Outbound::Pages { epoch, pages });
+        if let Some(meta) = meta {
+            if meta.pages != h.epoch_pages {
+                tracing::warn!(epoch, shipped = meta.pages, header = h.epoch_pages, "page count differs from the shim's");
+            }
+            if h.flags & remus_abi::HDR_FLAG_UNSUPPORTED != 0 {
+                self.in_epoch = None;
+                self.unprotect(format!("epoch {epoch} is flagged unsupported by the shim"), true);
+                return Ok(());
+            }
+            let (n, pause) = (meta.pages, meta.pause_ns);
+            ok = ok && link.ship(Outbound::Commit { epoch, meta });
+            self.in_epoch = None;
+            self.last_epoch = Some(epoch);
+            let mut b = self.status.lock();
+            b.status.epoch = Some(epoch);
+            b.status.last_dirty_pages = Some(n);
+            b.status.epochs_total += 1;
+            b.record_pause(pause);
+            tracing::debug!(epoch, pages = n, pause_us = pause / 1000, "epoch taken");
+        }
+        if !ok {
+            self.check_link();
+        }
+        Ok(())
+    }
+
+    /// The app died without an exit message (killed), or the shim's socket closed: drop the
+    /// connection without a goodbye, as a dying host would.
+    fn app_vanished(&mut self, why: &str) -> End {
+        tracing::warn!("{why}; dropping the standby connection without a goodbye");
+        if let Some(link) = self.link.take() {
+            link.close();
+        }
+        End::Exit(0)
+    }
+
+    fn operator_stop(&mut self) -> End {
+        tracing::info!("stopped by a signal; telling the standby not to take over");
+        // The app may be dying from the same Ctrl-C: give its exit message a moment.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < deadline {
+            match self.shim.recv_timeout(Duration::from_millis(50)) {
+                Ok(Some(FromShim::Msg(m))) if m.kind == MsgKind::Exiting as u32 => {
+                    if let Ok(Some(end)) = self.on_shim(FromShim::Msg(m)) {
+                        return end;
+                    }
+                }
+                Ok(Some(FromShim::Msg(m))) if m.kind == MsgKind::EpochChunk as u32 => {
+                    // Never leave the shim blocked on a chunk; nothing is shipped any more.
+                    self.given_up = true;
+                    let _ = self.on_chunk(m.a, m.b);
+                }
+                Ok(Some(FromShim::Eof)) | Err(_) => break,
+                _ => {}
+            }
+        }
+        if let Some(link) = self.link.take() {
+            link.goodbye(GoodbyeReason::OperatorStop, Duration::from_secs(2));
+            link.close();
+        }
+        End::Exit(0)
+    }
+}

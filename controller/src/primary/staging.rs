@@ -1,0 +1,300 @@
+//! Reading the shim's staging area (layout in `remus_abi`'s crate docs).
+//!
+//! The shim writes the area only while the controller is not reading it (it waits for
+//! `Drained` before reusing it, and the controller never signals a new epoch before the last
+//! chunk of the previous one is copied out), so everything here copies the data out at once
+//! and never keeps references into the mapping.
+
+use std::fs::File;
+use std::mem::size_of;
+
+use remus_abi::{
+    FdRecord, ResetRange, StagingHeader, ABI_VERSION, ADDRS_OFF, CHUNK_PAGES, CWD_MAX, DATA_OFF, FDS_OFF,
+    FD_PATH_MAX, MAPS_OFF, MAX_AUXV_WORDS, MAX_FDS, MAX_MAPS_BYTES, MAX_RESETS, PAGE_SIZE, RESETS_OFF,
+    STAGING_MAGIC, STAGING_SIZE,
+};
+use thiserror::Error;
+
+use crate::image::{EpochMeta, FdEntry};
+use crate::wire::messages::PageBytes;
+
+#[derive(Debug, Error)]
+pub enum ReadStagingError {
+    #[error("staging memfd: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("staging memfd is {got} bytes, the ABI needs {need}: the shim and remusd are from different builds")]
+    TooSmall { got: u64, need: u64 },
+    #[error("staging header has magic {0:#x}, expected {STAGING_MAGIC:#x}")]
+    BadMagic(u64),
+    #[error("staging ABI version {got}, this remusd speaks {ABI_VERSION}: the shim and remusd are from different builds")]
+    AbiVersion { got: u32 },
+    #[error("staging header says {n} {what}, the limit is {max}")]
+    Count { what: &'static str, n: u64, max: u64 },
+    #[error("staging holds epoch {got_epoch} chunk {got_chunk}, the shim announced epoch {want_epoch} chunk {want_chunk}")]
+    WrongChunk { want_epoch: u64, want_chunk: u64, got_epoch: u64, got_chunk: u64 },
+    #[error("page address {0:#x} in staging is not page aligned")]
+    Unaligned(u64),
+}
+
+/// The staging area, mapped shared and read-only.
+pub struct Staging {
+    map: memmap2::Mmap,
+}
+
+impl Staging {
+    pub fn map(file: &File) -> Result<Staging, ReadStagingError> {
+        let len = file.metadata()?.len();
+        if len < STAGING_SIZE as u64 {
+            return Err(ReadStagingError::TooSmall { got: len, need: STAGING_SIZE as u64 });
+        }
+        // SAFETY: the memfd is at least STAGING_SIZE bytes (checked above) and is never
+        // shrunk; the shim writes it only while remusd is not reading it (see module docs), and
+        // every read below copies the bytes out.
+        let map = unsafe { memmap2::MmapOptions::new().len(STAGING_SIZE).map(file)? };
+        Ok(Staging { map })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// Reads a plain-data `T` at `off` in `b`.
+///
+/// Only for the `#[repr(C)]` integer-and-array types of `remus_abi`, for which every bit
+/// pattern is valid.
+fn read_pod<T>(b: &[u8], off: usize) -> Option<T> {
+    let end = off.checked_add(size_of::<T>())?;
+    if end > b.len() {
+        return None;
+    }
+    // SAFETY: off..end is inside `b` (checked above); read_unaligned has no alignment
+    // requirement; callers only use types made of integers and integer arrays, so any bytes
+    // form a valid value.
+    Some(unsafe { std::ptr::read_unaligned(b.as_ptr().add(off) as *const T) })
+}
+
+fn le_u64(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn check(what: &'static str, n: u64, max: usize) -> Result<usize, ReadStagingError> {
+    if n > max as u64 {
+        return Err(ReadStagingError::Count { what, n, max: max as u64 });
+    }
+    Ok(n as usize)
+}
+
+/// Reads and checks the header. `want` = (epoch, chunk) announced by the `EpochChunk` message.
+pub fn read_header(b: &[u8], want: (u64, u64)) -> Result<Box<StagingHeader>, ReadStagingError> {
+    if b.len() < STAGING_SIZE {
+        return Err(ReadStagingError::TooSmall { got: b.len() as u64, need: STAGING_SIZE as u64 });
+    }
+    let h: Box<StagingHeader> = Box::new(read_pod(b, 0).ok_or(ReadStagingError::TooSmall {
+        got: b.len() as u64,
+        need: size_of::<StagingHeader>() as u64,
+    })?);
+    if h.magic != STAGING_MAGIC {
+        return Err(ReadStagingError::BadMagic(h.magic));
+    }
+    if h.abi_version != ABI_VERSION {
+        return Err(ReadStagingError::AbiVersion { got: h.abi_version });
+    }
+    if (h.epoch, h.chunk as u64) != want {
+        return Err(ReadStagingError::WrongChunk {
+            want_epoch: want.0,
+            want_chunk: want.1,
+            got_epoch: h.epoch,
+            got_chunk: h.chunk as u64,
+        });
+    }
+    check("pages", h.n_pages.into(), CHUNK_PAGES)?;
+    if h.last != 0 {
+        check("reset ranges", h.n_resets.into(), MAX_RESETS)?;
+        check("fds", h.n_fds.into(), MAX_FDS)?;
+        check("bytes of maps", h.maps_len.into(), MAX_MAPS_BYTES)?;
+        check("bytes of cwd", h.cwd_len.into(), CWD_MAX)?;
+        check("auxv words", h.n_auxv.into(), MAX_AUXV_WORDS)?;
+    }
+    Ok(h)
+}
+
+/// Copies the chunk's pages out.
+pub fn read_pages(b: &[u8], h: &StagingHeader) -> Result<Vec<(u64, PageBytes)>, ReadStagingError> {
+    let n = check("pages", h.n_pages.into(), CHUNK_PAGES)?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let addr = le_u64(b, ADDRS_OFF + i * 8);
+        if addr % PAGE_SIZE as u64 != 0 {
+            return Err(ReadStagingError::Unaligned(addr));
+        }
+        let off = DATA_OFF + i * PAGE_SIZE;
+        out.push((addr, PageBytes(b[off..off + PAGE_SIZE].to_vec())));
+    }
+    Ok(out)
+}
+
+/// Reads the epoch's metadata from the last chunk. `pages` = pages shipped in all chunks.
+pub fn read_meta(b: &[u8], h: &StagingHeader, pages: u64) -> Result<EpochMeta, ReadStagingError> {
+    let n_resets = check("reset ranges", h.n_resets.into(), MAX_RESETS)?;
+    let n_fds = check("fds", h.n_fds.into(), MAX_FDS)?;
+    let maps_len = check("bytes of maps", h.maps_len.into(), MAX_MAPS_BYTES)?;
+    let cwd_len = check("bytes of cwd", h.cwd_len.into(), CWD_MAX)?;
+    let n_auxv = check("auxv words", h.n_auxv.into(), MAX_AUXV_WORDS)?;
+    let mut resets = Vec::with_capacity(n_resets);
+    for i in 0..n_resets {
+        let r: ResetRange = read_pod(b, RESETS_OFF + i * size_of::<ResetRange>())
+            .ok_or(ReadStagingError::Count { what: "reset ranges", n: i as u64, max: MAX_RESETS as u64 })?;
+        resets.push((r.start, r.end));
+    }
+    let mut fds = Vec::with_capacity(n_fds);
+    for i in 0..n_fds {
+        let r: FdRecord = read_pod(b, FDS_OFF + i * size_of::<FdRecord>())
+            .ok_or(ReadStagingError::Count { what: "fds", n: i as u64, max: MAX_FDS as u64 })?;
+        let plen = (r.path_len as usize).min(FD_PATH_MAX);
+        let mut path = String::from_utf8_lossy(&r.path[..plen]).into_owned();
+        if r.path_truncated != 0 {
+            path.push_str("...");
+        }
+        fds.push(FdEntry {
+            fd: r.fd,
+            kind: remus_abi::FdKind::from_u32(r.kind).into(),
+            flags: r.flags,
+            fd_flags: r.fd_flags,
+            offset: r.offset,
+            path,
+        });
+    }
+    Ok(EpochMeta {
+        epoch: h.epoch,
+        maps: String::from_utf8_lossy(&b[MAPS_OFF..MAPS_OFF + maps_len]).into_owned(),
+        resets,
+        fds,
+        ctx: h.ctx.into(),
+        mm: h.mm.into(),
+        auxv: h.auxv[..n_auxv].to_vec(),
+        cwd: String::from_utf8_lossy(&h.cwd[..cwd_len]).into_owned(),
+        app_sigmask: h.app_sigmask,
+        altstack: (h.altstack_sp, h.altstack_flags, h.altstack_size),
+        tid: h.tid,
+        pages,
+        pause_ns: h.pause_ns,
+    })
+}
+
+/// Test helper: writes a synthetic chunk into a staging buffer, as the shim would.
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+
+    pub struct FakeChunk<'a> {
+        pub epoch: u64,
+        pub chunk: u32,
+        pub last: bool,
+        pub pages: &'a [(u64, u8)],
+        pub resets: &'a [(u64, u64)],
+        pub maps: &'a str,
+        pub fds: &'a [(i32, &'a str)],
+        pub cwd: &'a str,
+        pub pause_ns: u64,
+    }
+
+    fn put<T>(b: &mut [u8], off: usize, v: &T) {
+        let n = size_of::<T>();
+        // SAFETY: v is a plain-data value of n bytes; reading its bytes is sound.
+        let bytes = unsafe { std::slice::from_raw_parts(v as *const T as *const u8, n) };
+        b[off..off + n].copy_from_slice(bytes);
+    }
+
+    pub fn write(b: &mut [u8], c: &FakeChunk) {
+        let mut h: StagingHeader = read_pod(b, 0).unwrap();
+        h.magic = STAGING_MAGIC;
+        h.abi_version = ABI_VERSION;
+        h.epoch = c.epoch;
+        h.chunk = c.chunk;
+        h.last = c.last as u32;
+        h.n_pages = c.pages.len() as u32;
+        h.n_resets = c.resets.len() as u32;
+        h.n_fds = c.fds.len() as u32;
+        h.maps_len = c.maps.len() as u32;
+        h.cwd_len = c.cwd.len() as u32;
+        h.cwd[..c.cwd.len()].copy_from_slice(c.cwd.as_bytes());
+        h.pause_ns = c.pause_ns;
+        h.n_auxv = 2;
+        h.auxv[0] = 6;
+        h.auxv[1] = 4096;
+        h.ctx.rip = 0x401000;
+        h.tid = 77;
+        put(b, 0, &h);
+        for (i, &(addr, fill)) in c.pages.iter().enumerate() {
+            b[ADDRS_OFF + i * 8..ADDRS_OFF + i * 8 + 8].copy_from_slice(&addr.to_le_bytes());
+            b[DATA_OFF + i * PAGE_SIZE..DATA_OFF + (i + 1) * PAGE_SIZE].fill(fill);
+        }
+        for (i, &(s, e)) in c.resets.iter().enumerate() {
+            put(b, RESETS_OFF + i * size_of::<ResetRange>(), &ResetRange { start: s, end: e });
+        }
+        for (i, &(fd, path)) in c.fds.iter().enumerate() {
+            let mut r = FdRecord {
+                fd,
+                kind: 1,
+                flags: 2,
+                fd_flags: 0,
+                offset: 5,
+                path_len: path.len() as u32,
+                path_truncated: 0,
+                path: [0; FD_PATH_MAX],
+            };
+            r.path[..path.len()].copy_from_slice(path.as_bytes());
+            put(b, FDS_OFF + i * size_of::<FdRecord>(), &r);
+        }
+        b[MAPS_OFF..MAPS_OFF + c.maps.len()].copy_from_slice(c.maps.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::*;
+    use super::*;
+
+    #[test]
+    fn reads_a_synthetic_chunk() {
+        let mut b = vec![0u8; STAGING_SIZE];
+        assert!(matches!(read_header(&b, (1, 0)), Err(ReadStagingError::BadMagic(0))));
+        let maps = "1000-3000 rw-p 00000000 00:00 0\n";
+        write(
+            &mut b,
+            &FakeChunk {
+                epoch: 1,
+                chunk: 0,
+                last: true,
+                pages: &[(0x1000, 1), (0x2000, 2)],
+                resets: &[(0x1000, 0x3000)],
+                maps,
+                fds: &[(0, "/dev/null")],
+                cwd: "/tmp",
+                pause_ns: 1500,
+            },
+        );
+        assert!(matches!(read_header(&b, (1, 1)), Err(ReadStagingError::WrongChunk { .. })));
+        let h = read_header(&b, (1, 0)).unwrap();
+        let pages = read_pages(&b, &h).unwrap();
+        assert_eq!(pages.len(), 2);
+        assert_eq!(pages[1].0, 0x2000);
+        assert!(pages[1].1 .0.iter().all(|&x| x == 2));
+        let m = read_meta(&b, &h, 2).unwrap();
+        assert_eq!(m.maps, maps);
+        assert_eq!(m.resets, vec![(0x1000, 0x3000)]);
+        assert_eq!(m.fds[0].path, "/dev/null");
+        assert_eq!(m.fds[0].offset, 5);
+        assert_eq!(m.cwd, "/tmp");
+        assert_eq!(m.auxv, vec![6, 4096]);
+        assert_eq!(m.ctx.rip, 0x401000);
+        assert_eq!(m.tid, 77);
+        assert_eq!(m.pages, 2);
+        // Counts beyond the limits are refused, not trusted.
+        b[28..32].copy_from_slice(&(CHUNK_PAGES as u32 + 1).to_le_bytes());
+        assert!(matches!(read_header(&b, (1, 0)), Err(ReadStagingError::Count { what: "pages", .. })));
+    }
+}

@@ -1,0 +1,486 @@
+//! `remusd standby`: receives epochs from one primary at a time, keeps the last committed
+//! image, and restores it when the primary's host fails.
+
+pub mod detector;
+pub mod receiver;
+
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossbeam::channel::{bounded, unbounded, RecvTimeoutError};
+
+use crate::control::server::ControlServer;
+use crate::control::status::{SharedStatus, Status};
+use crate::image::Image;
+use crate::wire::messages::{GoodbyeReason, HelloAck, WireMsg, PROTOCOL_VERSION};
+use crate::wire::{DecodeFrameError, FrameReader, FrameWriter};
+use detector::Liveness;
+use receiver::{Event, Receiver};
+
+pub struct StandbyArgs {
+    pub listen: String,
+    pub state_dir: PathBuf,
+    pub timeout_ms: u64,
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+    pub control: Option<PathBuf>,
+}
+
+/// How a session with one primary ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The primary (or its host) is gone without a goodbye: take over.
+    Lost(String),
+    /// The primary sent something wrong; the connection was dropped. The primary is alive, so
+    /// the standby does not take over.
+    Protocol(String),
+    /// The primary said goodbye.
+    Goodbye(GoodbyeReason),
+    /// No usable hello.
+    Handshake(String),
+    /// The standby itself is being stopped.
+    Stopped,
+}
+
+/// What a session needs from the daemon.
+pub struct SessionCtx {
+    pub timeout: Duration,
+    pub status: SharedStatus,
+    /// Where `committed.json` goes (None: nowhere, for tests).
+    pub state_dir: Option<PathBuf>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Runs `remusd standby`; returns the process exit code.
+pub fn run(args: StandbyArgs) -> Result<i32> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
+    let listener = TcpListener::bind(&args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| args.listen.clone());
+    let mut st = Status::new("standby", "waiting");
+    st.listen = Some(local.clone());
+    st.reason = Some("no primary connected".into());
+    let status = SharedStatus::new(st);
+    let _control = ControlServer::start(args.control.clone(), "standby", status.clone())?;
+    tracing::info!(listen = %local, state_dir = %args.state_dir.display(), "standby waiting for a primary");
+
+    let busy = Arc::new(AtomicBool::new(false));
+    let refusal: Arc<Mutex<String>> = Arc::new(Mutex::new("this standby is already protecting another primary".into()));
+    let (conn_tx, conn_rx) = bounded::<(TcpStream, String)>(1);
+    {
+        let (busy, refusal) = (busy.clone(), refusal.clone());
+        std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || {
+                for s in listener.incoming() {
+                    let s = match s {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!("accept: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                    };
+                    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+                    if busy.swap(true, Ordering::SeqCst) {
+                        let why = refusal.lock().map(|s| s.clone()).unwrap_or_default();
+                        tracing::warn!(%peer, "refusing a second primary: {why}");
+                        std::thread::spawn(move || refuse(s, &why));
+                    } else if conn_tx.send((s, peer)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("starting the accept thread")?;
+    }
+
+    let ctx = SessionCtx {
+        timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        status: status.clone(),
+        state_dir: Some(args.state_dir.clone()),
+        stop: stop.clone(),
+    };
+    loop {
+        let (stream, peer) = match conn_rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => {
+                if stop.load(Ordering::Relaxed) {
+                    tracing::info!("standby stopped");
+                    return Ok(0);
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => anyhow::bail!("the accept thread stopped"),
+        };
+        tracing::info!(%peer, "primary connected");
+        let (end, rx) = session(stream, peer.clone(), &ctx);
+        let committed = rx.image.committed_epoch();
+        let forget = |state: &str, reason: String, exit_code: Option<i32>| {
+            remove_committed(&args.state_dir);
+            let mut b = status.lock();
+            b.status.state = state.into();
+            b.status.link = "down".into();
+            b.status.committed_epoch = None;
+            b.status.exit_code = exit_code;
+            b.unprotect(reason);
+        };
+        match end {
+            SessionEnd::Stopped => return Ok(0),
+            SessionEnd::Lost(why) => {
+                let Some(epoch) = committed else {
+                    tracing::warn!(%peer, "primary lost ({why}) before the first image was committed; nothing to restore");
+                    forget("waiting", format!("primary {peer} lost before the first image was committed ({why})"), None);
+                    busy.store(false, Ordering::SeqCst);
+                    continue;
+                };
+                tracing::error!(%peer, epoch, "primary lost: {why}; TAKING OVER from epoch {epoch}");
+                *refusal.lock().unwrap_or_else(|p| p.into_inner()) =
+                    "this standby has taken over and cannot protect a new primary".into();
+                return takeover(&rx.image, &peer, &why, &args, &status, &stop);
+            }
+            SessionEnd::Protocol(why) => {
+                tracing::error!(%peer, "dropped the primary after a protocol error: {why}");
+                let mut b = status.lock();
+                b.status.state = "waiting".into();
+                b.status.link = "down".into();
+                b.unprotect(format!(
+                    "dropped primary {peer} after a protocol error ({why}); committed image (epoch {}) left untouched; \
+                     not taking over since the primary is alive",
+                    committed.map_or("none".to_string(), |e| e.to_string())
+                ));
+            }
+            SessionEnd::Goodbye(GoodbyeReason::AppExited(e)) => {
+                tracing::info!(%peer, "the app {e}; image discarded, not resurrecting it");
+                forget("app_exited", format!("the app {e}"), e.exit_code());
+            }
+            SessionEnd::Goodbye(GoodbyeReason::Unprotected { reason }) => {
+                tracing::warn!(%peer, "the primary is unprotected ({reason}); image discarded, no takeover");
+                forget("primary_unprotected", format!("the primary became unprotected: {reason}"), None);
+            }
+            SessionEnd::Goodbye(GoodbyeReason::OperatorStop) => {
+                tracing::info!(%peer, "the primary was stopped by an operator; image discarded");
+                forget("waiting", format!("primary {peer} was stopped by an operator"), None);
+            }
+            SessionEnd::Handshake(why) => {
+                tracing::warn!(%peer, "handshake failed: {why}");
+                let mut b = status.lock();
+                b.status.state = "waiting".into();
+                b.status.link = "down".into();
+                b.unprotect(format!("handshake with {peer} failed: {why}"));
+            }
+        }
+        busy.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Answers the hello of a primary this standby cannot take.
+fn refuse(s: TcpStream, why: &str) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    let Ok(clone) = s.try_clone() else { return };
+    if let Ok(Some(WireMsg::Hello(_))) = FrameReader::new(clone).read_msg() {
+        let ack = HelloAck { version: PROTOCOL_VERSION, standby_pid: std::process::id(), refused: Some(why.into()) };
+        let _ = FrameWriter::new(&s).send(&WireMsg::HelloAck(ack));
+    }
+    let _ = s.shutdown(Shutdown::Both);
+}
+
+/// Counts bytes and signs of life on the way in.
+struct Counting {
+    inner: TcpStream,
+    live: Liveness,
+    status: SharedStatus,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.live.alive();
+            let mut b = self.status.lock();
+            b.peer_frame();
+            b.status.bytes_wire += n as u64;
+        }
+        Ok(n)
+    }
+}
+
+type Incoming = Result<Option<WireMsg>, DecodeFrameError>;
+
+/// Serves one primary until it says goodbye, fails, or misbehaves. Returns how it ended and
+/// the receiver (with its committed image).
+pub fn session(stream: TcpStream, peer: String, ctx: &SessionCtx) -> (SessionEnd, Receiver) {
+    let mut rx = Receiver::new();
+    let end = match session_inner(&stream, &peer, ctx, &mut rx) {
+        Ok(end) => end,
+        Err(e) => SessionEnd::Lost(format!("{e:#}")),
+    };
+    let _ = stream.shutdown(Shutdown::Both);
+    (end, rx)
+}
+
+fn session_inner(stream: &TcpStream, peer: &str, ctx: &SessionCtx, rx: &mut Receiver) -> Result<SessionEnd> {
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let live = Liveness::new();
+    live.alive();
+    {
+        let mut b = ctx.status.lock();
+        b.status.state = "receiving".into();
+        b.status.link = "up".into();
+        b.status.peer = Some(peer.into());
+        b.status.epoch = None;
+        b.status.committed_epoch = None;
+        b.status.exit_code = None;
+        b.status.restored_pid = None;
+        b.status.app_pid = None;
+        b.unprotect("waiting for the first committed epoch");
+        b.peer_frame();
+    }
+    let (msg_tx, msg_rx) = unbounded::<Incoming>();
+    let reader = {
+        let mut r = FrameReader::new(Counting { inner: stream.try_clone()?, live: live.clone(), status: ctx.status.clone() });
+        std::thread::Builder::new().name("standby-recv".into()).spawn(move || loop {
+            let m = r.read_msg();
+            let done = !matches!(m, Ok(Some(_)));
+            if msg_tx.send(m).is_err() || done {
+                return;
+            }
+        })?
+    };
+    let writer = Arc::new(Mutex::new(FrameWriter::new(stream.try_clone()?)));
+    let hb_stop = Arc::new(AtomicBool::new(false));
+    let mut hb_thread = None;
+    let end = (|| -> Result<SessionEnd> {
+        // Handshake: the hello must come within a few seconds.
+        let hello_deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if ctx.stop.load(Ordering::Relaxed) {
+                return Ok(SessionEnd::Stopped);
+            }
+            let wait = if rx.hello.is_none() {
+                let left = hello_deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(SessionEnd::Handshake("no hello within 5 s".into()));
+                }
+                left.min(Duration::from_millis(50))
+            } else {
+                Duration::from_millis(20)
+            };
+            let m = match msg_rx.recv_timeout(wait) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    if rx.hello.is_some() {
+                        if let Some(s) = live.dead(ctx.timeout) {
+                            return Ok(SessionEnd::Lost(format!(
+                                "no frame from the primary for {} ms (timeout {} ms)",
+                                s.as_millis(),
+                                ctx.timeout.as_millis()
+                            )));
+                        }
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(SessionEnd::Lost("the connection reader stopped".into())),
+            };
+            let msg = match m {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    if rx.hello.is_none() {
+                        return Ok(SessionEnd::Handshake("the peer closed the connection before its hello".into()));
+                    }
+                    return Ok(SessionEnd::Lost("the connection closed without a goodbye".into()));
+                }
+                Err(e) if e.is_connection_break() => {
+                    if rx.hello.is_none() {
+                        return Ok(SessionEnd::Handshake(e.to_string()));
+                    }
+                    return Ok(SessionEnd::Lost(format!("the connection broke: {e}")));
+                }
+                Err(e) => {
+                    if rx.hello.is_none() {
+                        return Ok(SessionEnd::Handshake(e.to_string()));
+                    }
+                    return Ok(SessionEnd::Protocol(e.to_string()));
+                }
+            };
+            let ev = match rx.handle(msg) {
+                Ok(ev) => ev,
+                Err(e) if rx.hello.is_none() => return Ok(SessionEnd::Handshake(e.to_string())),
+                Err(e) => return Ok(SessionEnd::Protocol(e.to_string())),
+            };
+            match ev {
+                Event::Nothing => {
+                    ctx.status.lock().status.epoch = rx.last_seen;
+                }
+                Event::Hello(h) => {
+                    tracing::info!(
+                        %peer, app_pid = h.app_pid, exe = %h.exe, epoch_ms = h.epoch_ms,
+                        heartbeat_ms = h.heartbeat_ms, "primary said hello"
+                    );
+                    let ack = HelloAck { version: PROTOCOL_VERSION, standby_pid: std::process::id(), refused: None };
+                    writer.lock().unwrap_or_else(|p| p.into_inner()).send(&WireMsg::HelloAck(ack))?;
+                    {
+                        let mut b = ctx.status.lock();
+                        b.status.epoch_ms = Some(h.epoch_ms);
+                        b.status.heartbeat_ms = Some(h.heartbeat_ms);
+                        b.status.app_exe = Some(h.exe.clone());
+                    }
+                    let hb = Duration::from_millis(h.heartbeat_ms.max(1));
+                    let (w, stop) = (writer.clone(), hb_stop.clone());
+                    hb_thread = Some(std::thread::Builder::new().name("standby-hb".into()).spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(hb);
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            if w.lock().unwrap_or_else(|p| p.into_inner()).send(&WireMsg::Heartbeat).is_err() {
+                                return;
+                            }
+                        }
+                    })?);
+                }
+                Event::Committed { epoch, pages } => {
+                    writer.lock().unwrap_or_else(|p| p.into_inner()).send(&WireMsg::Ack { epoch })?;
+                    {
+                        let mut b = ctx.status.lock();
+                        b.status.epoch = Some(epoch);
+                        b.status.committed_epoch = Some(epoch);
+                        b.status.last_dirty_pages = Some(pages);
+                        b.status.epochs_total += 1;
+                        b.status.bytes_raw = rx.bytes_raw;
+                        b.status.protected = true;
+                        b.status.reason = None;
+                        if let Some(m) = &rx.image.meta {
+                            b.record_pause(m.pause_ns);
+                        }
+                    }
+                    if let Some(dir) = &ctx.state_dir {
+                        if let Err(e) = write_committed(dir, &rx.image, peer) {
+                            tracing::warn!("writing committed.json: {e:#}");
+                        }
+                    }
+                    tracing::debug!(epoch, pages, "epoch committed");
+                }
+                Event::Goodbye(reason) => return Ok(SessionEnd::Goodbye(reason)),
+            }
+        }
+    })();
+    hb_stop.store(true, Ordering::Relaxed);
+    let _ = stream.shutdown(Shutdown::Both);
+    let _ = reader.join();
+    if let Some(t) = hb_thread {
+        let _ = t.join();
+    }
+    end
+}
+
+fn write_json_atomic(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(v)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn write_committed(dir: &Path, image: &Image, peer: &str) -> Result<()> {
+    let Some(m) = &image.meta else { return Ok(()) };
+    let v = serde_json::json!({
+        "epoch": m.epoch,
+        "time_ms": crate::sys::unix_ms(),
+        "primary": peer,
+        "regions": image.regions.len(),
+        "pages": image.pages.len(),
+        "fds": m.fds.len(),
+        "cwd": m.cwd,
+    });
+    write_json_atomic(&dir.join("committed.json"), &v)
+}
+
+fn remove_committed(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("committed.json"));
+}
+
+/// Restores the image, waits for the restored process and returns its exit code.
+fn takeover(image: &Image, peer: &str, why: &str, args: &StandbyArgs, status: &SharedStatus, stop: &AtomicBool) -> Result<i32> {
+    let epoch = image.committed_epoch().unwrap_or(0);
+    let opts = crate::restore::RestoreOptions {
+        stdout: args.stdout.clone(),
+        stderr: args.stderr.clone(),
+        state_dir: args.state_dir.clone(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let restored = match crate::restore::restore(image, &opts) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(epoch, "TAKEOVER FAILED: restoring epoch {epoch}: {e}");
+            let _ = write_json_atomic(
+                &args.state_dir.join("takeover.json"),
+                &serde_json::json!({ "epoch": epoch, "error": e.to_string(), "time_ms": crate::sys::unix_ms(), "primary": peer }),
+            );
+            let mut b = status.lock();
+            b.status.state = "waiting".into();
+            b.unprotect(format!("takeover from epoch {epoch} failed: {e}"));
+            return Err(anyhow::anyhow!("restoring epoch {epoch} failed: {e}"));
+        }
+    };
+    let pid = restored.pid;
+    tracing::warn!(
+        epoch, pid, restore_ms = started.elapsed().as_millis() as u64,
+        "TOOK OVER: restored epoch {epoch} as pid {pid} (primary {peer} lost: {why}); it runs unprotected"
+    );
+    {
+        let mut b = status.lock();
+        b.status.state = "took_over".into();
+        b.status.link = "down".into();
+        b.status.app_pid = Some(pid);
+        b.status.restored_pid = Some(pid);
+        b.forget_peer();
+        b.unprotect(format!(
+            "took over from primary {peer} ({why}) at epoch {epoch}; the restored process runs unprotected"
+        ));
+    }
+    write_json_atomic(
+        &args.state_dir.join("takeover.json"),
+        &serde_json::json!({ "epoch": epoch, "pid": pid, "time_ms": crate::sys::unix_ms(), "primary": peer, "reason": why }),
+    )?;
+    let code = wait_restored(pid, stop)?;
+    tracing::info!(pid, code, "the restored process exited");
+    status.lock().status.exit_code = Some(code);
+    Ok(code)
+}
+
+/// Waits for the restored child; a stop signal to the standby is passed on to it once.
+fn wait_restored(pid: i32, stop: &AtomicBool) -> Result<i32> {
+    let pidfd = crate::sys::pidfd_open(pid).with_context(|| format!("pidfd_open({pid})"))?;
+    let mut forwarded = false;
+    use std::os::fd::AsRawFd;
+    loop {
+        let ready = crate::sys::poll_readable(&[pidfd.as_raw_fd()], Some(Duration::from_millis(200)))?;
+        if ready[0] {
+            break;
+        }
+        if stop.load(Ordering::Relaxed) && !forwarded {
+            tracing::info!(pid, "passing the stop signal on to the restored process");
+            let _ = crate::sys::kill(pid, libc::SIGTERM);
+            forwarded = true;
+        }
+    }
+    match crate::sys::wait_child(pid) {
+        Ok(code) => Ok(code),
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+            tracing::warn!(pid, "the restored process is not our child; its exit code is unknown");
+            Ok(0)
+        }
+        Err(e) => Err(e).context("waitpid"),
+    }
+}

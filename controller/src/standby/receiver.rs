@@ -1,0 +1,162 @@
+//! The standby's protocol state for one primary: pending parts, verification, and the
+//! committed [`Image`]. Pure logic, no I/O: the session feeds it decoded messages.
+
+use thiserror::Error;
+
+use crate::image::{Image, EpochMeta};
+use crate::wire::messages::{EpochCommit, EpochPart, GoodbyeReason, Hello, WireMsg, PROTOCOL_VERSION};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ReceiveError {
+    #[error("expected Hello first, got {0}")]
+    NoHello(&'static str),
+    #[error("primary speaks protocol {got}, this standby speaks {PROTOCOL_VERSION}")]
+    Version { got: u16 },
+    #[error("unexpected {0} from the primary")]
+    Unexpected(&'static str),
+    #[error("epoch {got} arrived, expected epoch {want}")]
+    EpochOutOfOrder { want: u64, got: u64 },
+    #[error("epoch {epoch}: part {got} arrived, expected part {want}")]
+    PartOutOfOrder { epoch: u64, want: u32, got: u32 },
+    #[error("epoch {epoch}: commit says {said} {what}, {got} arrived")]
+    Incomplete { epoch: u64, what: &'static str, said: u64, got: u64 },
+    #[error("epoch {epoch}: commit metadata is for epoch {meta}")]
+    MetaEpoch { epoch: u64, meta: u64 },
+    #[error("epoch {epoch}: bad page at {addr:#x} ({len} bytes)")]
+    BadPage { epoch: u64, addr: u64, len: usize },
+    #[error("epoch {epoch} cannot be applied: {why}")]
+    Apply { epoch: u64, why: String },
+}
+
+/// What the session should do after a message.
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    Nothing,
+    /// Hello accepted: answer with a HelloAck.
+    Hello(Hello),
+    /// The epoch is applied: ack it.
+    Committed { epoch: u64, pages: u64 },
+    /// The primary says goodbye.
+    Goodbye(GoodbyeReason),
+}
+
+struct Pending {
+    epoch: u64,
+    parts: u32,
+    pages: Vec<(u64, Box<[u8]>)>,
+}
+
+#[derive(Default)]
+pub struct Receiver {
+    pub image: Image,
+    pub hello: Option<Hello>,
+    pending: Option<Pending>,
+    /// Last epoch seen in a part or commit (committed or not).
+    pub last_seen: Option<u64>,
+    /// Page bytes and metadata received (before compression).
+    pub bytes_raw: u64,
+}
+
+impl Receiver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The epoch the next part or commit must belong to (None: anything, before the first).
+    fn want_epoch(&self) -> Option<u64> {
+        match (&self.pending, self.image.committed_epoch()) {
+            (Some(p), _) => Some(p.epoch),
+            (None, Some(c)) => Some(c + 1),
+            (None, None) => None,
+        }
+    }
+
+    /// Handles one message. On error the committed image is untouched (the pending epoch is
+    /// dropped) and the session must end.
+    pub fn handle(&mut self, msg: WireMsg) -> Result<Event, ReceiveError> {
+        if self.hello.is_none() {
+            return match msg {
+                WireMsg::Hello(h) => {
+                    if h.version != PROTOCOL_VERSION {
+                        return Err(ReceiveError::Version { got: h.version });
+                    }
+                    self.hello = Some(h.clone());
+                    Ok(Event::Hello(h))
+                }
+                m => Err(ReceiveError::NoHello(m.name())),
+            };
+        }
+        let r = match msg {
+            WireMsg::EpochPart(p) => self.part(p).map(|_| Event::Nothing),
+            WireMsg::EpochCommit(c) => self.commit(c),
+            WireMsg::Heartbeat => Ok(Event::Nothing),
+            WireMsg::Goodbye { reason } => Ok(Event::Goodbye(reason)),
+            m => Err(ReceiveError::Unexpected(m.name())),
+        };
+        if r.is_err() {
+            self.pending = None;
+        }
+        r
+    }
+
+    fn part(&mut self, p: EpochPart) -> Result<(), ReceiveError> {
+        if let Some(want) = self.want_epoch() {
+            if p.epoch != want {
+                return Err(ReceiveError::EpochOutOfOrder { want, got: p.epoch });
+            }
+        }
+        self.last_seen = Some(p.epoch);
+        let pend = self.pending.get_or_insert(Pending { epoch: p.epoch, parts: 0, pages: Vec::new() });
+        if p.part != pend.parts {
+            return Err(ReceiveError::PartOutOfOrder { epoch: p.epoch, want: pend.parts, got: p.part });
+        }
+        pend.parts += 1;
+        pend.pages.reserve(p.pages.len());
+        for (addr, data) in p.pages {
+            if data.0.len() != remus_abi::PAGE_SIZE || addr % remus_abi::PAGE_SIZE as u64 != 0 {
+                return Err(ReceiveError::BadPage { epoch: p.epoch, addr, len: data.0.len() });
+            }
+            self.bytes_raw += data.0.len() as u64;
+            pend.pages.push((addr, data.0.into_boxed_slice()));
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, c: EpochCommit) -> Result<Event, ReceiveError> {
+        if let Some(want) = self.want_epoch() {
+            if c.epoch != want {
+                return Err(ReceiveError::EpochOutOfOrder { want, got: c.epoch });
+            }
+        }
+        self.last_seen = Some(c.epoch);
+        let pend = self.pending.take().unwrap_or(Pending { epoch: c.epoch, parts: 0, pages: Vec::new() });
+        if c.parts != pend.parts {
+            return Err(ReceiveError::Incomplete {
+                epoch: c.epoch,
+                what: "parts",
+                said: c.parts.into(),
+                got: pend.parts.into(),
+            });
+        }
+        if c.meta.epoch != c.epoch {
+            return Err(ReceiveError::MetaEpoch { epoch: c.epoch, meta: c.meta.epoch });
+        }
+        if c.meta.pages != pend.pages.len() as u64 {
+            return Err(ReceiveError::Incomplete {
+                epoch: c.epoch,
+                what: "pages",
+                said: c.meta.pages,
+                got: pend.pages.len() as u64,
+            });
+        }
+        let pages = pend.pages.len() as u64;
+        self.bytes_raw += meta_size(&c.meta);
+        self.image.apply(c.meta, pend.pages).map_err(|why| ReceiveError::Apply { epoch: c.epoch, why })?;
+        Ok(Event::Committed { epoch: c.epoch, pages })
+    }
+}
+
+/// Rough size of the metadata, for the bytes_raw counter.
+fn meta_size(m: &EpochMeta) -> u64 {
+    (m.maps.len() + m.fds.len() * 64 + m.resets.len() * 16 + 512) as u64
+}

@@ -1,0 +1,120 @@
+//! The few system calls the controller makes that `std` does not wrap. All of the controller's
+//! `unsafe` for system calls lives here (the staging area has its own, in
+//! `primary::staging`).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// `pidfd_open(2)`: a descriptor that becomes readable when `pid` exits.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1; no memory is
+    // passed.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: r is a fresh descriptor returned by the kernel that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// Which of the descriptors given to [`poll_readable`] are readable (or hung up).
+pub fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let ms: libc::c_int = match timeout {
+        None => -1,
+        Some(d) => d.as_millis().min(i32::MAX as u128) as libc::c_int,
+    };
+    // SAFETY: pfds is a valid, exclusively borrowed array of pollfd of the length passed.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(pfds.iter().map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0).collect())
+}
+
+/// `kill(2)`.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill takes two integers; no memory is involved.
+    if unsafe { libc::kill(pid, sig) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits for the child `pid`; returns its shell-style exit code (code, or 128 + signal).
+pub fn wait_child(pid: i32) -> io::Result<i32> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: status is a valid out-pointer for the duration of the call.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if libc::WIFEXITED(status) {
+            return Ok(libc::WEXITSTATUS(status));
+        }
+        if libc::WIFSIGNALED(status) {
+            return Ok(128 + libc::WTERMSIG(status));
+        }
+    }
+}
+
+pub fn getuid() -> u32 {
+    // SAFETY: getuid cannot fail and touches no memory.
+    unsafe { libc::getuid() }
+}
+
+/// Whether `fd` is an open descriptor in this process.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only queries the descriptor table.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// `SO_TYPE` of a socket (e.g. `libc::SOCK_SEQPACKET`).
+pub fn socket_type(fd: &impl AsRawFd) -> io::Result<i32> {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: ty and len are valid out-pointers of the sizes the kernel expects.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            &mut ty as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ty)
+}
+
+/// Takes ownership of an inherited descriptor after checking it is open.
+pub fn take_inherited_fd(fd: RawFd, what: &str) -> io::Result<OwnedFd> {
+    if !fd_is_open(fd) {
+        return Err(io::Error::other(format!(
+            "fd {fd} ({what}) is not open: remusd primary is started by libremus.so, not by hand"
+        )));
+    }
+    // SAFETY: the descriptor is open, was inherited for this purpose, and this is the only
+    // place that takes ownership of this number.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
