@@ -1157,3 +1157,102 @@ mod tests {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The failover scenario shared by the failover tests
+// ---------------------------------------------------------------------------------------
+
+/// What a failover run saw.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    /// The primary's committed epoch just before the kill.
+    pub committed_at_kill: u64,
+    /// The highest iteration whose output the primary released before it died.
+    pub released: u64,
+    /// The first iteration the restored program printed.
+    pub first_restored: u64,
+}
+
+/// Runs `prog args` protected by a fresh standby; once the primary has committed at least
+/// `after_epochs` epochs, kills the primary side (app and `remusd primary`) with SIGKILL;
+/// then requires that the standby takes over, that the restored program continues after the
+/// last iteration the primary released (it does not start over and its own checks pass) up
+/// to `done target`, and that the standby exits 0 with it.
+pub fn failover_scenario(prog: &Path, args: &[&str], target: u64, after_epochs: u64) -> Failover {
+    let long = Duration::from_secs(120);
+    let mut standby = Standby::start(500);
+    let mut app = Protected::start(
+        prog,
+        args,
+        &ProtectedOpts {
+            standby: Some(standby.addr.clone()),
+            ..Default::default()
+        },
+    );
+    let v = app.wait_committed(after_epochs, long);
+    assert_eq!(
+        v.get("protected"),
+        Some(&Value::Bool(true)),
+        "the primary is not protected: {v}\n{}",
+        app.report()
+    );
+    let committed_at_kill = committed_epoch(&v).unwrap_or(0);
+    app.kill_primary_side();
+    // Everything the primary side released is in the pipe: read it to the end.
+    app.wait_eof(Duration::from_secs(30));
+    let out = app.stdout_lines();
+    if let Some(l) = out.iter().find(|l| l.contains("MISMATCH")) {
+        panic!(
+            "the program failed its own check before failover: {l}\n{}",
+            app.report()
+        );
+    }
+    let released = iters(&out).into_iter().max().unwrap_or(0);
+    assert!(
+        released + 300 < target,
+        "the program reached iteration {released} of {target} before the kill: give it more \
+         iterations for this test to mean anything\n{}",
+        app.report()
+    );
+
+    let sv = wait_for(
+        "the standby to take over (state took_over with a restored_pid)",
+        long,
+        &|| format!("{}{}", standby.report(), app.report()),
+        || {
+            standby
+                .status()
+                .ok()
+                .filter(|v| s(v, "state") == "took_over" && n(v, "restored_pid").is_some())
+        },
+    );
+    let restored = n(&sv, "restored_pid").unwrap_or(0) as i32;
+    assert!(
+        restored > 0 && alive(restored),
+        "restored_pid {restored} is not running: {sv}\n{}",
+        standby.report()
+    );
+
+    let st = standby.wait_exit("the restored program to finish", Duration::from_secs(300));
+    let text = standby.app_stdout_text();
+    let first_restored = match check_restored_output(&text, released, target) {
+        Ok(f) => f,
+        Err(e) => panic!(
+            "{e}\n(released before the kill: iteration {released}; committed epoch at kill: \
+             {committed_at_kill})\n{}",
+            standby.report()
+        ),
+    };
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "the standby should exit with the restored program's exit code 0, got {}\n{}",
+        describe_status(&st),
+        standby.report()
+    );
+    Failover {
+        committed_at_kill,
+        released,
+        first_restored,
+    }
+}

@@ -1,0 +1,284 @@
+//! One test per error a user can meet: what they are told, and what happens to the program.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use remus::{
+    committed_epoch, describe_status, free_port, iters, n, progs, s, Protected, ProtectedOpts,
+    Standby,
+};
+use serde_json::Value;
+
+/// Generous deadlines: only there to turn a hang into a failure.
+const LONG: Duration = Duration::from_secs(60);
+const STANDBY_TIMEOUT_MS: u64 = 500;
+
+fn memcheck(args: &[&str], opts: &ProtectedOpts) -> Protected {
+    Protected::start(&progs().memcheck, args, opts)
+}
+
+fn protected_to(standby: &Standby) -> ProtectedOpts {
+    ProtectedOpts {
+        standby: Some(standby.addr.clone()),
+        ..Default::default()
+    }
+}
+
+/// The `remus: ...` lines the shim printed.
+fn remus_lines(p: &Protected) -> Vec<String> {
+    p.stderr_text()
+        .lines()
+        .filter(|l| l.starts_with("remus:"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asserts that the program was refused: exit 1, never started, one `remus:` line on
+/// stderr that contains every word of `names` (case-insensitive).
+fn assert_refused(p: &mut Protected, names: &[&str]) {
+    let st = p.wait_exit(LONG);
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "expected exit 1, got {}\n{}",
+        describe_status(&st),
+        p.report()
+    );
+    let out = p.stdout_lines();
+    assert!(
+        !out.iter().any(|l| l.starts_with("start ")),
+        "the program was started although it could not be protected\n{}",
+        p.report()
+    );
+    let lines = remus_lines(p);
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one `remus: ...` line on stderr\n{}",
+        p.report()
+    );
+    let l = lines[0].to_lowercase();
+    for name in names {
+        assert!(
+            l.contains(&name.to_lowercase()),
+            "the error line does not name {name:?}: {}\n{}",
+            lines[0],
+            p.report()
+        );
+    }
+}
+
+/// Polls the standby a few timeouts long and asserts that it never takes over: it is either
+/// still there and says so, or gone without having run anything.
+fn assert_no_takeover(standby: &mut Standby, expect_state: &str) {
+    let timeouts = 6;
+    let polls = timeouts * STANDBY_TIMEOUT_MS / 50;
+    for _ in 0..polls {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(st) = standby.try_wait() {
+            panic!(
+                "the standby exited ({}) instead of staying in {expect_state}\n{}",
+                describe_status(&st),
+                standby.report()
+            );
+        }
+        let v = standby
+            .status()
+            .unwrap_or_else(|e| panic!("standby status: {e}\n{}", standby.report()));
+        assert_eq!(
+            s(&v, "state"),
+            expect_state,
+            "the standby left {expect_state}: {v}\n{}",
+            standby.report()
+        );
+        assert!(
+            n(&v, "restored_pid").is_none(),
+            "the standby restored a process: {v}\n{}",
+            standby.report()
+        );
+    }
+    assert_eq!(
+        standby.app_stdout_text(),
+        "",
+        "something ran on the standby\n{}",
+        standby.report()
+    );
+}
+
+#[test]
+fn no_standby_configured_refuses_to_start() {
+    let mut p = memcheck(&["100"], &ProtectedOpts::default());
+    assert_refused(&mut p, &["REMUS_STANDBY"]);
+}
+
+#[test]
+fn unreachable_standby_refuses_to_start() {
+    // Nobody listens there: the port was free a moment ago.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut p = memcheck(
+        &["100"],
+        &ProtectedOpts {
+            standby: Some(addr.clone()),
+            ..Default::default()
+        },
+    );
+    assert_refused(&mut p, &[&addr]);
+}
+
+#[test]
+fn allow_unprotected_runs_and_says_why() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut p = memcheck(
+        &["200"],
+        &ProtectedOpts {
+            standby: Some(addr.clone()),
+            allow_unprotected: true,
+            ..Default::default()
+        },
+    );
+    p.wait_iter(5, LONG);
+    let v = p.wait_status("a status", LONG, |_| true);
+    assert_eq!(s(&v, "role"), "primary", "{v}");
+    assert_eq!(
+        v.get("protected"),
+        Some(&Value::Bool(false)),
+        "an unprotected program must say protected:false: {v}"
+    );
+    assert_eq!(s(&v, "state"), "unprotected", "{v}");
+    assert!(
+        !s(&v, "reason").trim().is_empty(),
+        "protected:false needs a reason: {v}"
+    );
+    assert!(
+        s(&v, "reason").contains(&addr) || s(&v, "reason").to_lowercase().contains("standby"),
+        "the reason should say the standby could not be reached: {v}"
+    );
+    // The warning on stderr names the problem too.
+    assert!(
+        !remus_lines(&p).is_empty(),
+        "running unprotected should print a `remus:` warning\n{}",
+        p.report()
+    );
+    let st = p.wait_exit(LONG);
+    assert!(st.success(), "{}\n{}", describe_status(&st), p.report());
+    assert_eq!(
+        p.stdout_lines().last().map(String::as_str),
+        Some("done 200"),
+        "{}",
+        p.report()
+    );
+}
+
+#[test]
+fn second_thread_stops_protection_on_both_sides_and_no_takeover() {
+    let mut standby = Standby::start(STANDBY_TIMEOUT_MS);
+    let mut p = Protected::start(
+        &progs().threads,
+        &["100000", "400"],
+        &protected_to(&standby),
+    );
+    p.wait_committed(1, LONG);
+    p.wait_line("thread created", LONG, |l| l == "thread created");
+    let v = p.wait_status("protected:false after the second thread", LONG, |v| {
+        v.get("protected") == Some(&Value::Bool(false))
+    });
+    assert!(
+        s(&v, "reason").to_lowercase().contains("thread"),
+        "the primary's reason should mention the thread: {v}"
+    );
+    assert_eq!(s(&v, "state"), "unprotected", "{v}");
+    let sv = standby.wait_status("state primary_unprotected", LONG, |v| {
+        s(v, "state") == "primary_unprotected"
+    });
+    assert!(
+        s(&sv, "reason").to_lowercase().contains("thread"),
+        "the standby's reason should mention the thread: {sv}"
+    );
+    // The program goes on (unprotected) after its thread is created.
+    let after = p.max_iter() + 20;
+    p.wait_iter(after, LONG);
+
+    p.kill_primary_side();
+    assert_no_takeover(&mut standby, "primary_unprotected");
+}
+
+#[test]
+fn standby_killed_mid_run_program_keeps_running_unprotected() {
+    let mut standby = Standby::start(STANDBY_TIMEOUT_MS);
+    let target = 1500u64;
+    let mut p = memcheck(&[&target.to_string()], &protected_to(&standby));
+    let v = p.wait_committed(5, LONG);
+    assert_eq!(v.get("protected"), Some(&Value::Bool(true)), "{v}");
+    standby.kill();
+    let v = p.wait_status("protected:false after the standby died", LONG, |v| {
+        v.get("protected") == Some(&Value::Bool(false))
+    });
+    assert!(
+        !s(&v, "reason").trim().is_empty(),
+        "protected:false needs a reason: {v}"
+    );
+    // Keeps running and printing: output is no longer held for a standby that is gone.
+    let seen = p.max_iter();
+    assert!(
+        seen < target - 100,
+        "memcheck ran too fast for this test ({seen} of {target})"
+    );
+    p.wait_iter(seen + 100, LONG);
+    let st = p.wait_exit(LONG * 2);
+    assert!(st.success(), "{}\n{}", describe_status(&st), p.report());
+    let out = p.stdout_lines();
+    assert!(
+        !out.iter().any(|l| l.contains("MISMATCH")),
+        "{}",
+        p.report()
+    );
+    assert_eq!(
+        out.last().map(String::as_str),
+        Some(format!("done {target}").as_str())
+    );
+    let it = iters(&out);
+    assert_eq!(
+        it,
+        (1..=target).collect::<Vec<_>>(),
+        "every iteration printed exactly once, in order"
+    );
+}
+
+/// The program exits (or dies) on its own: the standby is told, does not take over, and
+/// keeps saying app_exited.
+fn ends_on_its_own(args: &[&str], expect: impl Fn(&std::process::ExitStatus) -> bool) {
+    let mut standby = Standby::start(STANDBY_TIMEOUT_MS);
+    let mut p = memcheck(args, &protected_to(&standby));
+    // Protection was established before the end.
+    p.wait_status("committed_epoch >= 1", LONG, |v| {
+        committed_epoch(v).is_some_and(|c| c >= 1)
+    });
+    let st = p.wait_exit(LONG);
+    assert!(
+        expect(&st),
+        "unexpected end: {}\n{}",
+        describe_status(&st),
+        p.report()
+    );
+    standby.wait_status("state app_exited", LONG, |v| s(v, "state") == "app_exited");
+    assert_no_takeover(&mut standby, "app_exited");
+}
+
+#[test]
+fn program_exits_on_its_own_is_not_resurrected() {
+    ends_on_its_own(&["600"], |st| st.code() == Some(0));
+}
+
+#[test]
+fn program_segfaults_is_not_resurrected() {
+    ends_on_its_own(&["100000", "--segv-at", "600"], |st| {
+        st.signal() == Some(libc::SIGSEGV)
+    });
+}
+
+#[test]
+fn program_aborts_is_not_resurrected() {
+    ends_on_its_own(&["100000", "--abort-at", "600"], |st| {
+        st.signal() == Some(libc::SIGABRT)
+    });
+}
