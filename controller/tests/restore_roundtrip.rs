@@ -1,0 +1,273 @@
+//! Restore without the shim: dump a running C program from outside (ptrace), kill it, restore
+//! the dump with `remus_controller::restore`, and check that the restored program's own checks
+//! pass, that it continues where the dump left it, and that it exits 0.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use remus_controller::image::{parse_maps, EpochMeta, FdEntry, FdKind, Image, MmFields, PAGE_SIZE};
+use remus_controller::restore::{restore, RestoreOptions};
+
+const ROUNDS: u32 = 30;
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("remus-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn build_prog(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/restore_prog.c");
+    let out = dir.join("restore_prog");
+    let st = Command::new("cc").args(["-O2", "-g", "-o"]).arg(&out).arg(&src).status().expect("run cc");
+    assert!(st.success(), "cc failed");
+    out
+}
+
+fn wait_for(path: &Path, needle: &str, timeout: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let s = fs::read_to_string(path).unwrap_or_default();
+        if s.contains(needle) {
+            return s;
+        }
+        assert!(t0.elapsed() < timeout, "timed out waiting for {needle:?} in {}: {s:?}", path.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn waitpid_stopped(pid: i32) -> i32 {
+    let mut st = 0;
+    // SAFETY: valid out-pointer.
+    let rc = unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+    assert_eq!(rc, pid, "waitpid: {}", std::io::Error::last_os_error());
+    assert!(libc::WIFSTOPPED(st), "not stopped: {st:#x}");
+    st
+}
+
+/// What the dump produced besides the image.
+struct Dump {
+    image: Image,
+    regs: libc::user_regs_struct,
+}
+
+/// Stops `pid` from outside and dumps it into an `Image`: the thing the shim does from inside.
+fn dump(pid: i32) -> Dump {
+    // SAFETY: ptrace requests with integer arguments on a process we started.
+    unsafe {
+        assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize), 0, "seize");
+        assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0usize, 0usize), 0, "interrupt");
+    }
+    waitpid_stopped(pid);
+    // SAFETY: all-zero is a valid user_regs_struct; GETREGS fills it.
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    // SAFETY: data points at a user_regs_struct.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0usize, &mut regs as *mut _) };
+    assert_eq!(rc, 0);
+    // Stopped inside a system call that will restart: make the restored process redo it.
+    if (regs.orig_rax as i64) >= 0 {
+        match regs.rax as i64 {
+            -512 | -513 | -514 | -516 => {
+                regs.rax = regs.orig_rax;
+                regs.rip -= 2;
+            }
+            _ => {}
+        }
+    }
+    let mut sigmask = 0u64;
+    // SAFETY: addr = sizeof sigset (8), data points at a u64.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, pid, 8usize, &mut sigmask as *mut u64) };
+    assert_eq!(rc, 0);
+
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let regions = parse_maps(&maps).unwrap();
+    let mem = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let pagemap = fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut pages = Vec::new();
+    for r in &regions {
+        if r.is_special() || !r.read {
+            continue;
+        }
+        let n = (r.len() / PAGE_SIZE) as usize;
+        let mut pm = vec![0u8; n * 8];
+        pagemap.read_exact_at(&mut pm, r.start / PAGE_SIZE * 8).unwrap();
+        for i in 0..n {
+            let e = u64::from_ne_bytes(pm[i * 8..i * 8 + 8].try_into().unwrap());
+            let populated = e & (3 << 62) != 0;
+            let file_page = e & (1 << 61) != 0;
+            if !populated || (r.is_file() && file_page) {
+                continue;
+            }
+            let addr = r.start + i as u64 * PAGE_SIZE;
+            let mut page = vec![0u8; PAGE_SIZE as usize];
+            mem.read_exact_at(&mut page, addr).unwrap_or_else(|e| panic!("read {addr:#x}: {e}"));
+            pages.push((addr, page.into_boxed_slice()));
+        }
+    }
+
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    // Field 3 (state) is after[0]; field k is after[k - 3].
+    let f: Vec<u64> = after.split(' ').map(|s| s.trim().parse().unwrap_or(0)).collect();
+    let field = |k: usize| f[k - 3];
+    let heap_end = regions.iter().find(|r| r.path == "[heap]").map(|r| r.end);
+    let mm = MmFields {
+        start_code: field(26),
+        end_code: field(27),
+        start_stack: field(28),
+        start_data: field(45),
+        end_data: field(46),
+        start_brk: field(47),
+        brk: heap_end.unwrap_or(field(47)),
+        arg_start: field(48),
+        arg_end: field(49),
+        env_start: field(50),
+        env_end: field(51),
+    };
+    let mut auxv_bytes = Vec::new();
+    fs::File::open(format!("/proc/{pid}/auxv")).unwrap().read_to_end(&mut auxv_bytes).unwrap();
+    let auxv = auxv_bytes.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect();
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap().to_string_lossy().into_owned();
+
+    let mut fds = Vec::new();
+    for ent in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let ent = ent.unwrap();
+        let fd: i32 = ent.file_name().to_string_lossy().parse().unwrap();
+        let path = fs::read_link(ent.path()).unwrap().to_string_lossy().into_owned();
+        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        let get = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+        let pos: i64 = get("pos:").and_then(|v| v.parse().ok()).unwrap_or(-1);
+        let flags = i32::from_str_radix(&get("flags:").unwrap(), 8).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        let kind = match fs::metadata(ent.path()) {
+            Ok(m) if m.file_type().is_file() => FdKind::Regular,
+            Ok(m) if m.file_type().is_dir() => FdKind::Directory,
+            Ok(m) if m.file_type().is_char_device() => FdKind::CharDevice,
+            Ok(m) if m.file_type().is_fifo() => FdKind::Fifo,
+            Ok(m) if m.file_type().is_socket() => FdKind::Socket,
+            _ => FdKind::Other,
+        };
+        fds.push(FdEntry {
+            fd,
+            kind,
+            flags: flags & !libc::O_CLOEXEC,
+            fd_flags: if flags & libc::O_CLOEXEC != 0 { libc::FD_CLOEXEC } else { 0 },
+            offset: pos,
+            path,
+        });
+    }
+
+    let meta = EpochMeta {
+        epoch: 1,
+        maps,
+        fds,
+        mm,
+        auxv,
+        cwd,
+        app_sigmask: sigmask,
+        tid: pid,
+        ..Default::default()
+    };
+    let mut image = Image::default();
+    image.apply(meta, pages).unwrap();
+    Dump { image, regs }
+}
+
+fn wait_exit(pid: i32, timeout: Duration) -> i32 {
+    let t0 = Instant::now();
+    loop {
+        let mut st = 0;
+        // SAFETY: valid out-pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        if rc == pid {
+            return st;
+        }
+        assert!(rc == 0, "waitpid: {}", std::io::Error::last_os_error());
+        if t0.elapsed() > timeout {
+            // SAFETY: killing our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("restored process {pid} did not finish in {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn last_round(out: &str) -> Option<u32> {
+    out.lines().filter_map(|l| l.strip_prefix("round ")?.strip_suffix(" ok")?.parse().ok()).last()
+}
+
+fn first_round(out: &str) -> Option<u32> {
+    out.lines().find_map(|l| l.strip_prefix("round ")?.strip_suffix(" ok")?.parse().ok())
+}
+
+#[test]
+fn restore_roundtrip() {
+    let _ = tracing_subscriber::fmt().with_env_filter("debug").with_test_writer().try_init();
+    let dir = tempdir("restore");
+    let prog = build_prog(&dir);
+    let data: Vec<u8> = (0..4096u32).map(|i| ((i * 13 + 5) % 251) as u8).collect();
+    fs::write(dir.join("data"), data).unwrap();
+    let mapdata: Vec<u8> = (0..3 * 4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    fs::write(dir.join("mapfile"), mapdata).unwrap();
+    let orig_out = dir.join("orig.out");
+    let mut child = Command::new(&prog)
+        .arg(ROUNDS.to_string())
+        .arg(dir.join("data"))
+        .arg(dir.join("mapfile"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&orig_out).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    wait_for(&orig_out, "round 3 ok", Duration::from_secs(20));
+
+    let d = dump(pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = fs::read_to_string(&orig_out).unwrap();
+    let dumped_at = last_round(&before).expect("original made progress");
+
+    let restored_out = dir.join("restored.out");
+    let opts = RestoreOptions {
+        stdout: Some(restored_out.clone()),
+        stderr: Some(dir.join("restored.err")),
+        state_dir: dir.clone(),
+        full_regs: Some(d.regs),
+    };
+    let t0 = Instant::now();
+    let rp = restore(&d.image, &opts).unwrap_or_else(|e| panic!("restore failed: {e}"));
+    eprintln!("restore took {:?}", t0.elapsed());
+
+    // The restored address space matches the dump: every region at its address with its
+    // protection (neighbours may merge differently).
+    let maps_after = fs::read_to_string(format!("/proc/{}/maps", rp.pid)).unwrap_or_default();
+    let after = parse_maps(&maps_after).unwrap();
+    for r in d.image.regions.iter().filter(|r| r.path != "[vsyscall]") {
+        let ok = after.iter().any(|a| a.start <= r.start && r.end <= a.end && a.prot() == r.prot());
+        assert!(ok || maps_after.is_empty(), "region {r:?} missing after restore:\n{maps_after}");
+    }
+
+    let st = wait_exit(rp.pid, Duration::from_secs(30));
+    let out = fs::read_to_string(&restored_out).unwrap_or_default();
+    let err = fs::read_to_string(dir.join("restored.err")).unwrap_or_default();
+    eprintln!("original:\n{before}\nrestored:\n{out}\nstderr:\n{err}");
+    assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "restored process ended with status {st:#x}");
+    assert!(!out.contains("FAIL"), "restored program's checks failed:\n{out}");
+    assert!(!out.contains("ready"), "restored program started over:\n{out}");
+    assert_eq!(first_round(&out), Some(dumped_at + 1), "restored program did not continue where the dump was taken");
+    assert_eq!(last_round(&out), Some(ROUNDS - 1));
+    assert!(out.ends_with("done\n"), "{out}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn restore_refuses_an_empty_image() {
+    let e = restore(&Image::default(), &RestoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("no committed epoch"), "{e}");
+}
