@@ -43,6 +43,9 @@ impl Region {
             | (if self.write { libc::PROT_WRITE } else { 0 })
             | (if self.exec { libc::PROT_EXEC } else { 0 })
     }
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
@@ -226,9 +229,9 @@ impl Image {
     pub fn apply(&mut self, meta: EpochMeta, pages: Vec<(u64, Box<[u8]>)>) -> Result<(), String> {
         // Check everything before touching the image: a bad epoch leaves it as it was.
         let regions = parse_maps(&meta.maps)?;
-        if let Some((addr, data)) =
-            pages.iter().find(|(addr, data)| data.len() != remus_abi::PAGE_SIZE || addr % PAGE_SIZE != 0)
-        {
+        if let Some((addr, data)) = pages.iter().find(|(addr, data)| {
+            data.len() != remus_abi::PAGE_SIZE || !addr.is_multiple_of(PAGE_SIZE)
+        }) {
             return Err(format!("bad page at {addr:#x} ({} bytes)", data.len()));
         }
         for &(s, e) in &meta.resets {
@@ -282,11 +285,24 @@ mod tests {
     fn apply_resets_and_prunes() {
         let mut img = Image::default();
         let maps = "1000-3000 rw-p 00000000 00:00 0\n".to_string();
-        let meta = EpochMeta { epoch: 1, maps: maps.clone(), ..Default::default() };
+        let meta = EpochMeta {
+            epoch: 1,
+            maps: maps.clone(),
+            ..Default::default()
+        };
         let pg = |b: u8| vec![b; 4096].into_boxed_slice();
-        img.apply(meta, vec![(0x1000, pg(1)), (0x2000, pg(2)), (0x5000, pg(5))]).unwrap();
+        img.apply(
+            meta,
+            vec![(0x1000, pg(1)), (0x2000, pg(2)), (0x5000, pg(5))],
+        )
+        .unwrap();
         assert_eq!(img.pages.len(), 2, "page outside every region is dropped");
-        let meta = EpochMeta { epoch: 2, maps, resets: vec![(0x1000, 0x3000)], ..Default::default() };
+        let meta = EpochMeta {
+            epoch: 2,
+            maps,
+            resets: vec![(0x1000, 0x3000)],
+            ..Default::default()
+        };
         img.apply(meta, vec![(0x2000, pg(7))]).unwrap();
         assert_eq!(img.pages.len(), 1);
         assert_eq!(img.pages[&0x2000][0], 7);

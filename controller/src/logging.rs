@@ -14,7 +14,9 @@ pub fn init(file: Option<&Path>) -> Result<()> {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     match file {
         Some(p) => {
             let f = std::fs::OpenOptions::new()
@@ -22,7 +24,10 @@ pub fn init(file: Option<&Path>) -> Result<()> {
                 .append(true)
                 .open(p)
                 .with_context(|| format!("opening the log file {}", p.display()))?;
-            builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .init();
         }
         None => builder.with_writer(std::io::stderr).init(),
     }

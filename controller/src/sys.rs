@@ -20,7 +20,14 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 
 /// Which of the descriptors given to [`poll_readable`] are readable (or hung up).
 pub fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    let mut pfds: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let ms: libc::c_int = match timeout {
         None => -1,
         Some(d) => d.as_millis().min(i32::MAX as u128) as libc::c_int,
@@ -34,7 +41,10 @@ pub fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec
         }
         return Err(e);
     }
-    Ok(pfds.iter().map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0).collect())
+    Ok(pfds
+        .iter()
+        .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+        .collect())
 }
 
 /// `kill(2)`.

@@ -77,12 +77,38 @@ fn main() {
         std::process::exit(1);
     }
     let result = match cli.role {
-        Role::Primary { app_pid, standby, epoch_ms, control, heartbeat_ms, allow_unprotected, .. } => {
-            primary::run(primary::PrimaryArgs { app_pid, standby, epoch_ms, control, heartbeat_ms, allow_unprotected })
-        }
-        Role::Standby { listen, state_dir, timeout_ms, stdout, stderr, control, .. } => {
-            standby::run(standby::StandbyArgs { listen, state_dir, timeout_ms, stdout, stderr, control })
-        }
+        Role::Primary {
+            app_pid,
+            standby,
+            epoch_ms,
+            control,
+            heartbeat_ms,
+            allow_unprotected,
+            ..
+        } => primary::run(primary::PrimaryArgs {
+            app_pid,
+            standby,
+            epoch_ms,
+            control,
+            heartbeat_ms,
+            allow_unprotected,
+        }),
+        Role::Standby {
+            listen,
+            state_dir,
+            timeout_ms,
+            stdout,
+            stderr,
+            control,
+            ..
+        } => standby::run(standby::StandbyArgs {
+            listen,
+            state_dir,
+            timeout_ms,
+            stdout,
+            stderr,
+            control,
+        }),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -27,12 +27,15 @@ pub enum QueryError {
 pub fn query_status(path: &Path) -> Result<Status, QueryError> {
     let mut c = UnixStream::connect(path).map_err(|e| QueryError::Connect(path.into(), e))?;
     let io_err = |e| QueryError::Io(path.into(), e);
-    c.set_read_timeout(Some(Duration::from_secs(3))).map_err(io_err)?;
-    c.set_write_timeout(Some(Duration::from_secs(3))).map_err(io_err)?;
+    c.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(io_err)?;
+    c.set_write_timeout(Some(Duration::from_secs(3)))
+        .map_err(io_err)?;
     c.write_all(b"status\n").map_err(io_err)?;
     let mut reply = String::new();
     c.read_to_string(&mut reply).map_err(io_err)?;
-    serde_json::from_str(reply.trim()).map_err(|e| QueryError::BadReply(path.into(), format!("{e}: {:?}", truncate(&reply))))
+    serde_json::from_str(reply.trim())
+        .map_err(|e| QueryError::BadReply(path.into(), format!("{e}: {:?}", truncate(&reply))))
 }
 
 fn truncate(s: &str) -> &str {

@@ -29,7 +29,11 @@ pub struct ControlServer {
 impl ControlServer {
     /// Binds `path` (or the default `/tmp/remus-<uid>/<role>-<pid>.sock`) and serves `status`
     /// from a background thread.
-    pub fn start(path: Option<PathBuf>, role: &str, status: SharedStatus) -> Result<ControlServer, StartControlError> {
+    pub fn start(
+        path: Option<PathBuf>,
+        role: &str,
+        status: SharedStatus,
+    ) -> Result<ControlServer, StartControlError> {
         let path = match path {
             Some(p) => p,
             None => {
@@ -50,7 +54,8 @@ impl ControlServer {
             }
             let _ = fs::remove_file(&path);
         }
-        let listener = UnixListener::bind(&path).map_err(|e| StartControlError::Bind(path.clone(), e))?;
+        let listener =
+            UnixListener::bind(&path).map_err(|e| StartControlError::Bind(path.clone(), e))?;
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
         std::thread::Builder::new()
             .name("control".into())
@@ -94,7 +99,10 @@ fn answer(c: UnixStream, status: &SharedStatus) -> io::Result<()> {
     BufReader::new(&c).take_line(&mut line)?;
     let reply = match line.trim() {
         "status" => serde_json::to_string(&status.snapshot()).map_err(io::Error::other)?,
-        other => serde_json::json!({ "error": format!("unknown command {other:?}; known: status") }).to_string(),
+        other => {
+            serde_json::json!({ "error": format!("unknown command {other:?}; known: status") })
+                .to_string()
+        }
     };
     let mut w = &c;
     w.write_all(reply.as_bytes())?;

@@ -98,8 +98,15 @@ impl Status {
         let mut line = |k: &str, v: String| {
             let _ = writeln!(s, "{k:<12} {v}");
         };
-        let prot = if self.protected { "yes".to_string() } else { format!("NO ({})", opt(self.reason.clone())) };
-        line("role", format!("{} (controller pid {})", self.role, self.controller_pid));
+        let prot = if self.protected {
+            "yes".to_string()
+        } else {
+            format!("NO ({})", opt(self.reason.clone()))
+        };
+        line(
+            "role",
+            format!("{} (controller pid {})", self.role, self.controller_pid),
+        );
         line("state", self.state.clone());
         line("protected", prot);
         let mut app = opt(self.app_pid.map(|p| p.to_string()));
@@ -109,7 +116,11 @@ impl Status {
         line("app", app);
         let peer = match self.role.as_str() {
             "primary" => format!("standby {}", opt(self.standby.clone())),
-            _ => format!("listen {}  primary {}", opt(self.listen.clone()), opt(self.peer.clone())),
+            _ => format!(
+                "listen {}  primary {}",
+                opt(self.listen.clone()),
+                opt(self.peer.clone())
+            ),
         };
         line(
             "link",
@@ -140,10 +151,18 @@ impl Status {
                 self.pause_us.max
             ),
         );
-        let ratio = if self.bytes_wire > 0 { self.bytes_raw as f64 / self.bytes_wire as f64 } else { 0.0 };
+        let ratio = if self.bytes_wire > 0 {
+            self.bytes_raw as f64 / self.bytes_wire as f64
+        } else {
+            0.0
+        };
         line(
             "bytes",
-            format!("{} raw  {} on the wire  ({ratio:.1}x)", human_bytes(self.bytes_raw), human_bytes(self.bytes_wire)),
+            format!(
+                "{} raw  {} on the wire  ({ratio:.1}x)",
+                human_bytes(self.bytes_raw),
+                human_bytes(self.bytes_wire)
+            ),
         );
         if self.restored_pid.is_some() || self.exit_code.is_some() {
             line(
@@ -222,7 +241,11 @@ fn percentiles_us(ns: &VecDeque<u64>) -> PauseUs {
     let mut v: Vec<u64> = ns.iter().copied().collect();
     v.sort_unstable();
     let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] / 1000;
-    PauseUs { p50: at(0.5), p99: at(0.99), max: v[v.len() - 1] / 1000 }
+    PauseUs {
+        p50: at(0.5),
+        p99: at(0.99),
+        max: v[v.len() - 1] / 1000,
+    }
 }
 
 /// Shared handle to a [`Board`].
@@ -231,7 +254,11 @@ pub struct SharedStatus(Arc<Mutex<Board>>);
 
 impl SharedStatus {
     pub fn new(status: Status) -> Self {
-        SharedStatus(Arc::new(Mutex::new(Board { status, pauses_ns: VecDeque::new(), last_peer_frame: None })))
+        SharedStatus(Arc::new(Mutex::new(Board {
+            status,
+            pauses_ns: VecDeque::new(),
+            last_peer_frame: None,
+        })))
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Board> {
@@ -298,7 +325,11 @@ mod tests {
         // Roundtrip, and a reason whenever unprotected.
         let mut s: Status = serde_json::from_value(v).unwrap();
         s.protected = false;
-        let b = Board { status: s, pauses_ns: VecDeque::new(), last_peer_frame: None };
+        let b = Board {
+            status: s,
+            pauses_ns: VecDeque::new(),
+            last_peer_frame: None,
+        };
         assert!(b.snapshot().reason.is_some());
         assert!(b.snapshot().human().contains("protected"));
     }

@@ -42,11 +42,17 @@ pub enum ConnectError {
 /// What the epoch loop hands to the sender.
 pub enum Outbound {
     /// Pages of `epoch` (split into parts of at most [`PART_PAGES`]).
-    Pages { epoch: u64, pages: Vec<(u64, PageBytes)> },
+    Pages {
+        epoch: u64,
+        pages: Vec<(u64, PageBytes)>,
+    },
     /// The end of `epoch`.
-    Commit { epoch: u64, meta: EpochMeta },
+    Commit { epoch: u64, meta: Box<EpochMeta> },
     /// Say goodbye, then signal `done` and stop.
-    Goodbye { reason: GoodbyeReason, done: Sender<()> },
+    Goodbye {
+        reason: GoodbyeReason,
+        done: Sender<()>,
+    },
 }
 
 /// Why the link is down (first reason wins).
@@ -91,8 +97,10 @@ impl Link {
         timeout: Duration,
         status: SharedStatus,
     ) -> Result<Link, ConnectError> {
-        let addrs: Vec<SocketAddr> =
-            addr.to_socket_addrs().map_err(|e| ConnectError::Resolve(addr.into(), e))?.collect();
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| ConnectError::Resolve(addr.into(), e))?
+            .collect();
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         let mut stream = None;
         for a in &addrs {
@@ -108,18 +116,29 @@ impl Link {
         let conn = |e: io::Error| ConnectError::Connect(addr.into(), e);
         stream.set_nodelay(true).map_err(conn)?;
         let lost = lost_after(heartbeat);
-        stream.set_write_timeout(Some(lost.max(timeout))).map_err(conn)?;
+        stream
+            .set_write_timeout(Some(lost.max(timeout)))
+            .map_err(conn)?;
         stream.set_read_timeout(Some(timeout)).map_err(conn)?;
         let mut writer = FrameWriter::new(stream.try_clone().map_err(conn)?);
-        writer.send(&WireMsg::Hello(hello)).map_err(|e| ConnectError::Send(addr.into(), e))?;
+        writer
+            .send(&WireMsg::Hello(hello))
+            .map_err(|e| ConnectError::Send(addr.into(), e))?;
         let health = Arc::new(Health::default());
-        let mut reader = FrameReader::new(Counting { inner: stream.try_clone().map_err(conn)?, status: status.clone() });
+        let mut reader = FrameReader::new(Counting {
+            inner: stream.try_clone().map_err(conn)?,
+            status: status.clone(),
+        });
         match reader.read_msg() {
             Ok(Some(WireMsg::HelloAck(ack))) => {
                 if let Some(why) = ack.refused {
                     return Err(ConnectError::Refused(addr.into(), why));
                 }
-                tracing::info!(standby = addr, standby_pid = ack.standby_pid, "standby accepted the hello");
+                tracing::info!(
+                    standby = addr,
+                    standby_pid = ack.standby_pid,
+                    "standby accepted the hello"
+                );
             }
             Ok(Some(m)) => return Err(ConnectError::Unexpected(addr.into(), m.name())),
             Ok(None) => return Err(ConnectError::Closed(addr.into())),
@@ -149,16 +168,33 @@ impl Link {
                 .spawn(move || recv_loop(reader, h, st, a))
                 .map_err(conn)?,
         );
-        Ok(Link { addr: addr.into(), tx, health, stream, lost_after: lost, threads })
+        Ok(Link {
+            addr: addr.into(),
+            tx,
+            health,
+            stream,
+            lost_after: lost,
+            threads,
+        })
     }
 
     /// `Some(reason)` once the standby is lost: the connection failed, or it has been silent
     /// longer than [`lost_after`].
     pub fn lost(&self) -> Option<String> {
-        if let Some(why) = self.health.down.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(why) = self
+            .health
+            .down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             return Some(why);
         }
-        let last = *self.health.last_rx.lock().unwrap_or_else(|p| p.into_inner());
+        let last = *self
+            .health
+            .last_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match last {
             Some(t) if t.elapsed() > self.lost_after => Some(format!(
                 "no heartbeat or ack for {} ms (limit {} ms)",
@@ -195,7 +231,10 @@ impl Link {
     /// Sends a goodbye after everything queued, and waits (at most `wait`) until it is written.
     pub fn goodbye(&self, reason: GoodbyeReason, wait: Duration) -> bool {
         let (done_tx, done_rx) = bounded(1);
-        if !self.ship(Outbound::Goodbye { reason, done: done_tx }) {
+        if !self.ship(Outbound::Goodbye {
+            reason,
+            done: done_tx,
+        }) {
             return false;
         }
         done_rx.recv_timeout(wait).is_ok()
@@ -263,7 +302,11 @@ fn send_loop(
                 while !pages.is_empty() {
                     let rest = pages.split_off(pages.len().min(PART_PAGES));
                     let raw = pages.len() as u64 * remus_abi::PAGE_SIZE as u64;
-                    let msg = WireMsg::EpochPart(EpochPart { epoch, part, pages: std::mem::replace(&mut pages, rest) });
+                    let msg = WireMsg::EpochPart(EpochPart {
+                        epoch,
+                        part,
+                        pages: std::mem::replace(&mut pages, rest),
+                    });
                     part += 1;
                     r = w.send(&msg).map(|_| ());
                     if r.is_err() {
@@ -279,8 +322,13 @@ fn send_loop(
                 let parts = if epoch == part_epoch { part } else { 0 };
                 part_epoch = 0;
                 part = 0;
-                let raw = (meta.maps.len() + meta.fds.len() * 64 + meta.resets.len() * 16 + 512) as u64;
-                let r = w.send(&WireMsg::EpochCommit(EpochCommit { epoch, parts, meta }));
+                let raw =
+                    (meta.maps.len() + meta.fds.len() * 64 + meta.resets.len() * 16 + 512) as u64;
+                let r = w.send(&WireMsg::EpochCommit(Box::new(EpochCommit {
+                    epoch,
+                    parts,
+                    meta: *meta,
+                })));
                 if r.is_ok() {
                     let mut b = status.lock();
                     b.status.bytes_raw += raw;
@@ -307,7 +355,12 @@ fn send_loop(
     }
 }
 
-fn recv_loop(mut r: FrameReader<Counting>, health: Arc<Health>, status: SharedStatus, addr: String) {
+fn recv_loop(
+    mut r: FrameReader<Counting>,
+    health: Arc<Health>,
+    status: SharedStatus,
+    addr: String,
+) {
     loop {
         match r.read_msg() {
             Ok(Some(WireMsg::Ack { epoch })) => {

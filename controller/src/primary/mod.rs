@@ -4,6 +4,8 @@
 pub mod link;
 pub mod shim_link;
 pub mod staging;
+#[cfg(test)]
+mod tests;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -61,20 +63,39 @@ enum End {
 /// Runs `remusd primary`; returns the process exit code.
 pub fn run(args: PrimaryArgs) -> Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let sock = crate::sys::take_inherited_fd(remus_abi::CONTROLLER_SHIM_SOCK_FD, "the shim's socket")?;
+    let sock =
+        crate::sys::take_inherited_fd(remus_abi::CONTROLLER_SHIM_SOCK_FD, "the shim's socket")?;
     let shim = ShimLink::new(sock).context("the shim's socket (fd 3)")?;
-    let staging_fd = crate::sys::take_inherited_fd(remus_abi::CONTROLLER_STAGING_FD, "the staging memfd")?;
-    let staging = Staging::map(&File::from(staging_fd)).context("mapping the staging memfd (fd 4)")?;
+    let staging_fd =
+        crate::sys::take_inherited_fd(remus_abi::CONTROLLER_STAGING_FD, "the staging memfd")?;
+    let staging =
+        Staging::map(&File::from(staging_fd)).context("mapping the staging memfd (fd 4)")?;
+    run_with(args, shim, staging, stop)
+}
 
+/// [`run`] with the shim's socket and staging area given (tests pass their own); `stop` is
+/// the operator-stop flag.
+pub fn run_with(
+    args: PrimaryArgs,
+    shim: ShimLink,
+    staging: Staging,
+    stop: Arc<AtomicBool>,
+) -> Result<i32> {
     let mut st = Status::new("primary", "starting");
     st.app_pid = Some(args.app_pid);
     st.epoch_ms = Some(args.epoch_ms);
     st.heartbeat_ms = Some(args.heartbeat_ms);
     st.standby = args.standby.clone();
-    st.app_exe = std::fs::read_link(format!("/proc/{}/exe", args.app_pid)).ok().map(|p| p.display().to_string());
+    st.app_exe = std::fs::read_link(format!("/proc/{}/exe", args.app_pid))
+        .ok()
+        .map(|p| p.display().to_string());
     st.reason = Some("starting".into());
     let status = SharedStatus::new(st);
     let _control = ControlServer::start(args.control.clone(), "primary", status.clone())?;
@@ -110,12 +131,15 @@ impl Primary {
             }
             let now = Instant::now();
             let timeout = if self.can_signal() {
-                self.next_tick.saturating_duration_since(now).min(Duration::from_millis(50))
+                self.next_tick
+                    .saturating_duration_since(now)
+                    .min(Duration::from_millis(50))
             } else {
                 Duration::from_millis(50)
             };
-            let ready = crate::sys::poll_readable(&[self.shim.raw_fd(), pidfd.as_raw_fd()], Some(timeout))
-                .context("poll")?;
+            let ready =
+                crate::sys::poll_readable(&[self.shim.raw_fd(), pidfd.as_raw_fd()], Some(timeout))
+                    .context("poll")?;
             if ready[0] {
                 while let Some(m) = self.shim.try_recv().context("receiving from the shim")? {
                     if let Some(end) = self.on_shim(m)? {
@@ -153,7 +177,10 @@ impl Primary {
     fn can_signal(&self) -> bool {
         self.in_epoch.is_none()
             && !self.given_up
-            && self.link.as_ref().is_some_and(|l| l.backlog() < 2 && l.lost().is_none())
+            && self
+                .link
+                .as_ref()
+                .is_some_and(|l| l.backlog() < 2 && l.lost().is_none())
     }
 
     fn signal_epoch(&mut self, epoch: Duration) -> Result<()> {
@@ -164,7 +191,12 @@ impl Primary {
             self.next_tick = now + epoch;
             return Ok(());
         }
-        self.in_epoch = Some(InEpoch { signalled_at: now, progress: None, pages: 0, warned: false });
+        self.in_epoch = Some(InEpoch {
+            signalled_at: now,
+            progress: None,
+            pages: 0,
+            warned: false,
+        });
         // The next epoch is due one period after this one started (or at once if late).
         self.next_tick = now + epoch;
         Ok(())
@@ -177,7 +209,11 @@ impl Primary {
             if left.is_zero() {
                 bail!("the shim did not say hello within 10 s");
             }
-            match self.shim.recv_timeout(left).context("waiting for the shim's hello")? {
+            match self
+                .shim
+                .recv_timeout(left)
+                .context("waiting for the shim's hello")?
+            {
                 Some(FromShim::Msg(m)) if m.kind == MsgKind::Hello as u32 => {
                     if m.b != remus_abi::ABI_VERSION as u64 {
                         let text = format!(
@@ -189,7 +225,11 @@ impl Primary {
                         bail!("{text}");
                     }
                     if m.a as i32 != self.args.app_pid {
-                        tracing::warn!(hello_pid = m.a, app_pid = self.args.app_pid, "the shim's hello names another pid");
+                        tracing::warn!(
+                            hello_pid = m.a,
+                            app_pid = self.args.app_pid,
+                            "the shim's hello names another pid"
+                        );
                     }
                     tracing::info!(app_pid = self.args.app_pid, "shim said hello");
                     return Ok(());
@@ -197,7 +237,10 @@ impl Primary {
                 Some(FromShim::Msg(m)) if m.kind == MsgKind::Log as u32 => {
                     tracing::info!(target: "shim", "{}", String::from_utf8_lossy(m.text()));
                 }
-                Some(FromShim::Msg(m)) => tracing::warn!(kind = m.kind, "unexpected message from the shim before hello"),
+                Some(FromShim::Msg(m)) => tracing::warn!(
+                    kind = m.kind,
+                    "unexpected message from the shim before hello"
+                ),
                 Some(FromShim::Eof) => bail!("the shim closed its socket before saying hello"),
                 None => {}
             }
@@ -207,10 +250,17 @@ impl Primary {
     fn hello(&self) -> Hello {
         let pid = self.args.app_pid;
         let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+            .map(|b| {
+                b.split(|&c| c == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         let link = |what: &str| {
-            std::fs::read_link(format!("/proc/{pid}/{what}")).map(|p| p.display().to_string()).unwrap_or_default()
+            std::fs::read_link(format!("/proc/{pid}/{what}"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         };
         Hello {
             version: PROTOCOL_VERSION,
@@ -226,10 +276,17 @@ impl Primary {
     /// Connects to the standby and tells the shim. `Some(end)` if remusd must stop here.
     fn connect(&mut self) -> Result<Option<End>> {
         let why = match self.args.standby.clone() {
-            None => "no standby is configured (set REMUS_STANDBY=HOST:PORT or pass --standby)".to_string(),
+            None => "no standby is configured (set REMUS_STANDBY=HOST:PORT or pass --standby)"
+                .to_string(),
             Some(addr) => {
                 let hb = Duration::from_millis(self.args.heartbeat_ms.max(1));
-                match Link::connect(&addr, self.hello(), hb, Duration::from_secs(3), self.status.clone()) {
+                match Link::connect(
+                    &addr,
+                    self.hello(),
+                    hb,
+                    Duration::from_secs(3),
+                    self.status.clone(),
+                ) {
                     Ok(link) => {
                         tracing::info!(standby = %addr, "connected to the standby; protection starts");
                         self.link = Some(link);
@@ -239,14 +296,20 @@ impl Primary {
                             b.status.protected = true;
                             b.status.reason = None;
                         }
-                        self.shim.send(MsgKind::Ready, 0, 0, "").context("telling the shim we are ready")?;
+                        self.shim
+                            .send(MsgKind::Ready, 0, 0, "")
+                            .context("telling the shim we are ready")?;
                         return Ok(None);
                     }
                     Err(e) => format!("cannot reach the standby: {e}"),
                 }
             }
         };
-        let listen = self.args.standby.clone().unwrap_or_else(|| "HOST:PORT".into());
+        let listen = self
+            .args
+            .standby
+            .clone()
+            .unwrap_or_else(|| "HOST:PORT".into());
         if self.args.allow_unprotected {
             tracing::warn!("running UNPROTECTED: {why}");
             self.given_up = true;
@@ -256,7 +319,12 @@ impl Primary {
                 b.unprotect(why.clone());
             }
             self.shim
-                .send(MsgKind::RunUnprotected, 0, 0, &format!("remus: running unprotected: {why}"))
+                .send(
+                    MsgKind::RunUnprotected,
+                    0,
+                    0,
+                    &format!("remus: running unprotected: {why}"),
+                )
                 .context("telling the shim to run unprotected")?;
             Ok(None)
         } else {
@@ -278,7 +346,12 @@ impl Primary {
         self.given_up = true;
         if let Some(link) = self.link.take() {
             if goodbye {
-                link.goodbye(GoodbyeReason::Unprotected { reason: reason.clone() }, Duration::from_secs(2));
+                link.goodbye(
+                    GoodbyeReason::Unprotected {
+                        reason: reason.clone(),
+                    },
+                    Duration::from_secs(2),
+                );
             }
             link.close();
         }
@@ -299,8 +372,12 @@ impl Primary {
 
     fn on_shim(&mut self, m: FromShim) -> Result<Option<End>> {
         let m: Msg = match m {
-            FromShim::Msg(m) => m,
-            FromShim::Eof => return Ok(Some(self.app_vanished("the shim's socket closed without an exit message"))),
+            FromShim::Msg(m) => *m,
+            FromShim::Eof => {
+                return Ok(Some(
+                    self.app_vanished("the shim's socket closed without an exit message"),
+                ))
+            }
         };
         let text = String::from_utf8_lossy(m.text()).into_owned();
         match MsgKind::from_u32(m.kind) {
@@ -339,7 +416,8 @@ impl Primary {
         let last = hdr.as_ref().map(|h| h.last != 0).unwrap_or(false);
         let drain = |shim: &ShimLink| -> Result<()> {
             if !last {
-                shim.send(MsgKind::Drained, epoch, chunk, "").context("telling the shim the chunk is drained")?;
+                shim.send(MsgKind::Drained, epoch, chunk, "")
+                    .context("telling the shim the chunk is drained")?;
             }
             Ok(())
         };
@@ -355,7 +433,10 @@ impl Primary {
             Err(e) => {
                 drain(&self.shim)?;
                 self.in_epoch = None;
-                self.unprotect(format!("bad epoch {epoch} chunk {chunk} from the shim: {e}"), true);
+                self.unprotect(
+                    format!("bad epoch {epoch} chunk {chunk} from the shim: {e}"),
+                    true,
+                );
                 return Ok(());
             }
         };
@@ -369,14 +450,20 @@ impl Primary {
                 drain(&self.shim)?;
                 self.in_epoch = None;
                 self.unprotect(
-                    format!("the shim sent epoch {epoch} chunk {chunk}, expected epoch {} chunk {}", want.0, want.1),
+                    format!(
+                        "the shim sent epoch {epoch} chunk {chunk}, expected epoch {} chunk {}",
+                        want.0, want.1
+                    ),
                     true,
                 );
                 return Ok(());
             }
         } else if chunk != 0 {
             drain(&self.shim)?;
-            self.unprotect(format!("the shim's first chunk is epoch {epoch} chunk {chunk}, expected chunk 0"), true);
+            self.unprotect(
+                format!("the shim's first chunk is epoch {epoch} chunk {chunk}, expected chunk 0"),
+                true,
+            );
             return Ok(());
         }
         let pages = staging::read_pages(bytes, &h);
@@ -392,7 +479,10 @@ impl Primary {
             (Ok(p), Ok(m)) => (p, m),
             (Err(e), _) | (_, Err(e)) => {
                 self.in_epoch = None;
-                self.unprotect(format!("bad epoch {epoch} chunk {chunk} from the shim: {e}"), true);
+                self.unprotect(
+                    format!("bad epoch {epoch} chunk {chunk} from the shim: {e}"),
+                    true,
+                );
                 return Ok(());
             }
         };
@@ -408,15 +498,27 @@ impl Primary {
         let mut ok = pages.is_empty() || link.ship(Outbound::Pages { epoch, pages });
         if let Some(meta) = meta {
             if meta.pages != h.epoch_pages {
-                tracing::warn!(epoch, shipped = meta.pages, header = h.epoch_pages, "page count differs from the shim's");
+                tracing::warn!(
+                    epoch,
+                    shipped = meta.pages,
+                    header = h.epoch_pages,
+                    "page count differs from the shim's"
+                );
             }
             if h.flags & remus_abi::HDR_FLAG_UNSUPPORTED != 0 {
                 self.in_epoch = None;
-                self.unprotect(format!("epoch {epoch} is flagged unsupported by the shim"), true);
+                self.unprotect(
+                    format!("epoch {epoch} is flagged unsupported by the shim"),
+                    true,
+                );
                 return Ok(());
             }
             let (n, pause) = (meta.pages, meta.pause_ns);
-            ok = ok && link.ship(Outbound::Commit { epoch, meta });
+            ok = ok
+                && link.ship(Outbound::Commit {
+                    epoch,
+                    meta: Box::new(meta),
+                });
             self.in_epoch = None;
             self.last_epoch = Some(epoch);
             let mut b = self.status.lock();

@@ -9,7 +9,7 @@ use remus_abi::{Msg, MsgKind};
 
 /// One message from the shim, or the end of the conversation.
 pub enum FromShim {
-    Msg(Msg),
+    Msg(Box<Msg>),
     /// The shim's end is closed (the app is gone).
     Eof,
 }
@@ -30,7 +30,9 @@ impl ShimLink {
                 fd.as_raw_fd()
             )));
         }
-        Ok(ShimLink { sock: UnixDatagram::from(fd) })
+        Ok(ShimLink {
+            sock: UnixDatagram::from(fd),
+        })
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -42,8 +44,13 @@ impl ShimLink {
             return Ok(FromShim::Eof);
         }
         Msg::from_bytes(&buf[..n])
-            .map(FromShim::Msg)
-            .ok_or_else(|| io::Error::other(format!("shim sent a {n}-byte message, expected {}", size_of::<Msg>())))
+            .map(|m| FromShim::Msg(Box::new(m)))
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "shim sent a {n}-byte message, expected {}",
+                    size_of::<Msg>()
+                ))
+            })
     }
 
     /// Waits up to `timeout` for a message.
@@ -53,7 +60,14 @@ impl ShimLink {
         let mut buf = [0u8; 1024];
         match self.sock.recv(&mut buf) {
             Ok(n) => self.decode(&buf, n).map(Some),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(Some(FromShim::Eof)),
             Err(e) => Err(e),
         }
@@ -78,7 +92,9 @@ impl ShimLink {
         self.sock.set_write_timeout(Some(Duration::from_secs(5)))?;
         let n = self.sock.send(m.as_bytes())?;
         if n != size_of::<Msg>() {
-            return Err(io::Error::other(format!("short send to the shim: {n} bytes")));
+            return Err(io::Error::other(format!(
+                "short send to the shim: {n} bytes"
+            )));
         }
         Ok(())
     }
@@ -91,7 +107,14 @@ mod tests {
     fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
         // SAFETY: fds is a valid out-array of two ints.
-        let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
         assert_eq!(r, 0);
         use std::os::fd::FromRawFd;
         // SAFETY: both descriptors are fresh from socketpair and owned by nobody else.
@@ -103,7 +126,8 @@ mod tests {
         let (a, b) = seqpacket_pair();
         let ctl = ShimLink::new(a).unwrap();
         let shim = ShimLink::new(b).unwrap();
-        shim.send(MsgKind::Hello, 42, remus_abi::ABI_VERSION as u64, "").unwrap();
+        shim.send(MsgKind::Hello, 42, remus_abi::ABI_VERSION as u64, "")
+            .unwrap();
         match ctl.recv_timeout(Duration::from_secs(1)).unwrap() {
             Some(FromShim::Msg(m)) => assert_eq!((m.kind, m.a), (MsgKind::Hello as u32, 42)),
             _ => panic!("expected hello"),
@@ -115,6 +139,9 @@ mod tests {
             _ => panic!("expected refuse"),
         }
         drop(shim);
-        assert!(matches!(ctl.recv_timeout(Duration::from_secs(1)).unwrap(), Some(FromShim::Eof)));
+        assert!(matches!(
+            ctl.recv_timeout(Duration::from_secs(1)).unwrap(),
+            Some(FromShim::Eof)
+        ));
     }
 }

@@ -9,9 +9,9 @@ use std::fs::File;
 use std::mem::size_of;
 
 use remus_abi::{
-    FdRecord, ResetRange, StagingHeader, ABI_VERSION, ADDRS_OFF, CHUNK_PAGES, CWD_MAX, DATA_OFF, FDS_OFF,
-    FD_PATH_MAX, MAPS_OFF, MAX_AUXV_WORDS, MAX_FDS, MAX_MAPS_BYTES, MAX_RESETS, PAGE_SIZE, RESETS_OFF,
-    STAGING_MAGIC, STAGING_SIZE,
+    FdRecord, ResetRange, StagingHeader, ABI_VERSION, ADDRS_OFF, CHUNK_PAGES, CWD_MAX, DATA_OFF,
+    FDS_OFF, FD_PATH_MAX, MAPS_OFF, MAX_AUXV_WORDS, MAX_FDS, MAX_MAPS_BYTES, MAX_RESETS, PAGE_SIZE,
+    RESETS_OFF, STAGING_MAGIC, STAGING_SIZE,
 };
 use thiserror::Error;
 
@@ -29,9 +29,18 @@ pub enum ReadStagingError {
     #[error("staging ABI version {got}, this remusd speaks {ABI_VERSION}: the shim and remusd are from different builds")]
     AbiVersion { got: u32 },
     #[error("staging header says {n} {what}, the limit is {max}")]
-    Count { what: &'static str, n: u64, max: u64 },
+    Count {
+        what: &'static str,
+        n: u64,
+        max: u64,
+    },
     #[error("staging holds epoch {got_epoch} chunk {got_chunk}, the shim announced epoch {want_epoch} chunk {want_chunk}")]
-    WrongChunk { want_epoch: u64, want_chunk: u64, got_epoch: u64, got_chunk: u64 },
+    WrongChunk {
+        want_epoch: u64,
+        want_chunk: u64,
+        got_epoch: u64,
+        got_chunk: u64,
+    },
     #[error("page address {0:#x} in staging is not page aligned")]
     Unaligned(u64),
 }
@@ -45,7 +54,10 @@ impl Staging {
     pub fn map(file: &File) -> Result<Staging, ReadStagingError> {
         let len = file.metadata()?.len();
         if len < STAGING_SIZE as u64 {
-            return Err(ReadStagingError::TooSmall { got: len, need: STAGING_SIZE as u64 });
+            return Err(ReadStagingError::TooSmall {
+                got: len,
+                need: STAGING_SIZE as u64,
+            });
         }
         // SAFETY: the memfd is at least STAGING_SIZE bytes (checked above) and is never
         // shrunk; the shim writes it only while remusd is not reading it (see module docs), and
@@ -82,7 +94,11 @@ fn le_u64(b: &[u8], off: usize) -> u64 {
 
 fn check(what: &'static str, n: u64, max: usize) -> Result<usize, ReadStagingError> {
     if n > max as u64 {
-        return Err(ReadStagingError::Count { what, n, max: max as u64 });
+        return Err(ReadStagingError::Count {
+            what,
+            n,
+            max: max as u64,
+        });
     }
     Ok(n as usize)
 }
@@ -90,7 +106,10 @@ fn check(what: &'static str, n: u64, max: usize) -> Result<usize, ReadStagingErr
 /// Reads and checks the header. `want` = (epoch, chunk) announced by the `EpochChunk` message.
 pub fn read_header(b: &[u8], want: (u64, u64)) -> Result<Box<StagingHeader>, ReadStagingError> {
     if b.len() < STAGING_SIZE {
-        return Err(ReadStagingError::TooSmall { got: b.len() as u64, need: STAGING_SIZE as u64 });
+        return Err(ReadStagingError::TooSmall {
+            got: b.len() as u64,
+            need: STAGING_SIZE as u64,
+        });
     }
     let h: Box<StagingHeader> = Box::new(read_pod(b, 0).ok_or(ReadStagingError::TooSmall {
         got: b.len() as u64,
@@ -127,7 +146,7 @@ pub fn read_pages(b: &[u8], h: &StagingHeader) -> Result<Vec<(u64, PageBytes)>, 
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let addr = le_u64(b, ADDRS_OFF + i * 8);
-        if addr % PAGE_SIZE as u64 != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE as u64) {
             return Err(ReadStagingError::Unaligned(addr));
         }
         let off = DATA_OFF + i * PAGE_SIZE;
@@ -145,14 +164,23 @@ pub fn read_meta(b: &[u8], h: &StagingHeader, pages: u64) -> Result<EpochMeta, R
     let n_auxv = check("auxv words", h.n_auxv.into(), MAX_AUXV_WORDS)?;
     let mut resets = Vec::with_capacity(n_resets);
     for i in 0..n_resets {
-        let r: ResetRange = read_pod(b, RESETS_OFF + i * size_of::<ResetRange>())
-            .ok_or(ReadStagingError::Count { what: "reset ranges", n: i as u64, max: MAX_RESETS as u64 })?;
+        let r: ResetRange = read_pod(b, RESETS_OFF + i * size_of::<ResetRange>()).ok_or(
+            ReadStagingError::Count {
+                what: "reset ranges",
+                n: i as u64,
+                max: MAX_RESETS as u64,
+            },
+        )?;
         resets.push((r.start, r.end));
     }
     let mut fds = Vec::with_capacity(n_fds);
     for i in 0..n_fds {
-        let r: FdRecord = read_pod(b, FDS_OFF + i * size_of::<FdRecord>())
-            .ok_or(ReadStagingError::Count { what: "fds", n: i as u64, max: MAX_FDS as u64 })?;
+        let r: FdRecord =
+            read_pod(b, FDS_OFF + i * size_of::<FdRecord>()).ok_or(ReadStagingError::Count {
+                what: "fds",
+                n: i as u64,
+                max: MAX_FDS as u64,
+            })?;
         let plen = (r.path_len as usize).min(FD_PATH_MAX);
         let mut path = String::from_utf8_lossy(&r.path[..plen]).into_owned();
         if r.path_truncated != 0 {
@@ -233,7 +261,11 @@ pub mod fake {
             b[DATA_OFF + i * PAGE_SIZE..DATA_OFF + (i + 1) * PAGE_SIZE].fill(fill);
         }
         for (i, &(s, e)) in c.resets.iter().enumerate() {
-            put(b, RESETS_OFF + i * size_of::<ResetRange>(), &ResetRange { start: s, end: e });
+            put(
+                b,
+                RESETS_OFF + i * size_of::<ResetRange>(),
+                &ResetRange { start: s, end: e },
+            );
         }
         for (i, &(fd, path)) in c.fds.iter().enumerate() {
             let mut r = FdRecord {
@@ -261,7 +293,10 @@ mod tests {
     #[test]
     fn reads_a_synthetic_chunk() {
         let mut b = vec![0u8; STAGING_SIZE];
-        assert!(matches!(read_header(&b, (1, 0)), Err(ReadStagingError::BadMagic(0))));
+        assert!(matches!(
+            read_header(&b, (1, 0)),
+            Err(ReadStagingError::BadMagic(0))
+        ));
         let maps = "1000-3000 rw-p 00000000 00:00 0\n";
         write(
             &mut b,
@@ -277,7 +312,10 @@ mod tests {
                 pause_ns: 1500,
             },
         );
-        assert!(matches!(read_header(&b, (1, 1)), Err(ReadStagingError::WrongChunk { .. })));
+        assert!(matches!(
+            read_header(&b, (1, 1)),
+            Err(ReadStagingError::WrongChunk { .. })
+        ));
         let h = read_header(&b, (1, 0)).unwrap();
         let pages = read_pages(&b, &h).unwrap();
         assert_eq!(pages.len(), 2);
@@ -295,6 +333,9 @@ mod tests {
         assert_eq!(m.pages, 2);
         // Counts beyond the limits are refused, not trusted.
         b[28..32].copy_from_slice(&(CHUNK_PAGES as u32 + 1).to_le_bytes());
-        assert!(matches!(read_header(&b, (1, 0)), Err(ReadStagingError::Count { what: "pages", .. })));
+        assert!(matches!(
+            read_header(&b, (1, 0)),
+            Err(ReadStagingError::Count { what: "pages", .. })
+        ));
     }
 }

@@ -24,11 +24,15 @@ impl Default for Liveness {
 
 impl Liveness {
     pub fn new() -> Self {
-        Liveness { base: Instant::now(), last_us: Arc::new(AtomicU64::new(0)) }
+        Liveness {
+            base: Instant::now(),
+            last_us: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     pub fn alive(&self) {
-        self.last_us.store(self.base.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.last_us
+            .store(self.base.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn silent_for(&self) -> Duration {

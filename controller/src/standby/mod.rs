@@ -3,6 +3,8 @@
 
 pub mod detector;
 pub mod receiver;
+#[cfg(test)]
+mod tests;
 
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -59,13 +61,21 @@ pub struct SessionCtx {
 /// Runs `remusd standby`; returns the process exit code.
 pub fn run(args: StandbyArgs) -> Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
-    let listener = TcpListener::bind(&args.listen).with_context(|| format!("listening on {}", args.listen))?;
-    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| args.listen.clone());
+    let listener =
+        TcpListener::bind(&args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| args.listen.clone());
     let mut st = Status::new("standby", "waiting");
     st.listen = Some(local.clone());
     st.reason = Some("no primary connected".into());
@@ -74,7 +84,9 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
     tracing::info!(listen = %local, state_dir = %args.state_dir.display(), "standby waiting for a primary");
 
     let busy = Arc::new(AtomicBool::new(false));
-    let refusal: Arc<Mutex<String>> = Arc::new(Mutex::new("this standby is already protecting another primary".into()));
+    let refusal: Arc<Mutex<String>> = Arc::new(Mutex::new(
+        "this standby is already protecting another primary".into(),
+    ));
     let (conn_tx, conn_rx) = bounded::<(TcpStream, String)>(1);
     {
         let (busy, refusal) = (busy.clone(), refusal.clone());
@@ -90,7 +102,10 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
                             continue;
                         }
                     };
-                    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+                    let peer = s
+                        .peer_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|_| "?".into());
                     if busy.swap(true, Ordering::SeqCst) {
                         let why = refusal.lock().map(|s| s.clone()).unwrap_or_default();
                         tracing::warn!(%peer, "refusing a second primary: {why}");
@@ -138,7 +153,11 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
             SessionEnd::Lost(why) => {
                 let Some(epoch) = committed else {
                     tracing::warn!(%peer, "primary lost ({why}) before the first image was committed; nothing to restore");
-                    forget("waiting", format!("primary {peer} lost before the first image was committed ({why})"), None);
+                    forget(
+                        "waiting",
+                        format!("primary {peer} lost before the first image was committed ({why})"),
+                        None,
+                    );
                     busy.store(false, Ordering::SeqCst);
                     continue;
                 };
@@ -164,11 +183,19 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
             }
             SessionEnd::Goodbye(GoodbyeReason::Unprotected { reason }) => {
                 tracing::warn!(%peer, "the primary is unprotected ({reason}); image discarded, no takeover");
-                forget("primary_unprotected", format!("the primary became unprotected: {reason}"), None);
+                forget(
+                    "primary_unprotected",
+                    format!("the primary became unprotected: {reason}"),
+                    None,
+                );
             }
             SessionEnd::Goodbye(GoodbyeReason::OperatorStop) => {
                 tracing::info!(%peer, "the primary was stopped by an operator; image discarded");
-                forget("waiting", format!("primary {peer} was stopped by an operator"), None);
+                forget(
+                    "waiting",
+                    format!("primary {peer} was stopped by an operator"),
+                    None,
+                );
             }
             SessionEnd::Handshake(why) => {
                 tracing::warn!(%peer, "handshake failed: {why}");
@@ -188,7 +215,11 @@ fn refuse(s: TcpStream, why: &str) {
     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
     let Ok(clone) = s.try_clone() else { return };
     if let Ok(Some(WireMsg::Hello(_))) = FrameReader::new(clone).read_msg() {
-        let ack = HelloAck { version: PROTOCOL_VERSION, standby_pid: std::process::id(), refused: Some(why.into()) };
+        let ack = HelloAck {
+            version: PROTOCOL_VERSION,
+            standby_pid: std::process::id(),
+            refused: Some(why.into()),
+        };
         let _ = FrameWriter::new(&s).send(&WireMsg::HelloAck(ack));
     }
     let _ = s.shutdown(Shutdown::Both);
@@ -228,7 +259,12 @@ pub fn session(stream: TcpStream, peer: String, ctx: &SessionCtx) -> (SessionEnd
     (end, rx)
 }
 
-fn session_inner(stream: &TcpStream, peer: &str, ctx: &SessionCtx, rx: &mut Receiver) -> Result<SessionEnd> {
+fn session_inner(
+    stream: &TcpStream,
+    peer: &str,
+    ctx: &SessionCtx,
+    rx: &mut Receiver,
+) -> Result<SessionEnd> {
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     let live = Liveness::new();
@@ -248,14 +284,20 @@ fn session_inner(stream: &TcpStream, peer: &str, ctx: &SessionCtx, rx: &mut Rece
     }
     let (msg_tx, msg_rx) = unbounded::<Incoming>();
     let reader = {
-        let mut r = FrameReader::new(Counting { inner: stream.try_clone()?, live: live.clone(), status: ctx.status.clone() });
-        std::thread::Builder::new().name("standby-recv".into()).spawn(move || loop {
-            let m = r.read_msg();
-            let done = !matches!(m, Ok(Some(_)));
-            if msg_tx.send(m).is_err() || done {
-                return;
-            }
-        })?
+        let mut r = FrameReader::new(Counting {
+            inner: stream.try_clone()?,
+            live: live.clone(),
+            status: ctx.status.clone(),
+        });
+        std::thread::Builder::new()
+            .name("standby-recv".into())
+            .spawn(move || loop {
+                let m = r.read_msg();
+                let done = !matches!(m, Ok(Some(_)));
+                if msg_tx.send(m).is_err() || done {
+                    return;
+                }
+            })?
     };
     let writer = Arc::new(Mutex::new(FrameWriter::new(stream.try_clone()?)));
     let hb_stop = Arc::new(AtomicBool::new(false));
@@ -290,15 +332,21 @@ fn session_inner(stream: &TcpStream, peer: &str, ctx: &SessionCtx, rx: &mut Rece
                     }
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => return Ok(SessionEnd::Lost("the connection reader stopped".into())),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Ok(SessionEnd::Lost("the connection reader stopped".into()))
+                }
             };
             let msg = match m {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     if rx.hello.is_none() {
-                        return Ok(SessionEnd::Handshake("the peer closed the connection before its hello".into()));
+                        return Ok(SessionEnd::Handshake(
+                            "the peer closed the connection before its hello".into(),
+                        ));
                     }
-                    return Ok(SessionEnd::Lost("the connection closed without a goodbye".into()));
+                    return Ok(SessionEnd::Lost(
+                        "the connection closed without a goodbye".into(),
+                    ));
                 }
                 Err(e) if e.is_connection_break() => {
                     if rx.hello.is_none() {
@@ -327,8 +375,15 @@ fn session_inner(stream: &TcpStream, peer: &str, ctx: &SessionCtx, rx: &mut Rece
                         %peer, app_pid = h.app_pid, exe = %h.exe, epoch_ms = h.epoch_ms,
                         heartbeat_ms = h.heartbeat_ms, "primary said hello"
                     );
-                    let ack = HelloAck { version: PROTOCOL_VERSION, standby_pid: std::process::id(), refused: None };
-                    writer.lock().unwrap_or_else(|p| p.into_inner()).send(&WireMsg::HelloAck(ack))?;
+                    let ack = HelloAck {
+                        version: PROTOCOL_VERSION,
+                        standby_pid: std::process::id(),
+                        refused: None,
+                    };
+                    writer
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .send(&WireMsg::HelloAck(ack))?;
                     {
                         let mut b = ctx.status.lock();
                         b.status.epoch_ms = Some(h.epoch_ms);
@@ -337,20 +392,31 @@ fn session_inner(stream: &TcpStream, peer: &str, ctx: &SessionCtx, rx: &mut Rece
                     }
                     let hb = Duration::from_millis(h.heartbeat_ms.max(1));
                     let (w, stop) = (writer.clone(), hb_stop.clone());
-                    hb_thread = Some(std::thread::Builder::new().name("standby-hb".into()).spawn(move || {
-                        while !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(hb);
-                            if stop.load(Ordering::Relaxed) {
-                                return;
-                            }
-                            if w.lock().unwrap_or_else(|p| p.into_inner()).send(&WireMsg::Heartbeat).is_err() {
-                                return;
-                            }
-                        }
-                    })?);
+                    hb_thread = Some(
+                        std::thread::Builder::new()
+                            .name("standby-hb".into())
+                            .spawn(move || {
+                                while !stop.load(Ordering::Relaxed) {
+                                    std::thread::sleep(hb);
+                                    if stop.load(Ordering::Relaxed) {
+                                        return;
+                                    }
+                                    if w.lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .send(&WireMsg::Heartbeat)
+                                        .is_err()
+                                    {
+                                        return;
+                                    }
+                                }
+                            })?,
+                    );
                 }
                 Event::Committed { epoch, pages } => {
-                    writer.lock().unwrap_or_else(|p| p.into_inner()).send(&WireMsg::Ack { epoch })?;
+                    writer
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .send(&WireMsg::Ack { epoch })?;
                     {
                         let mut b = ctx.status.lock();
                         b.status.epoch = Some(epoch);
@@ -386,7 +452,8 @@ fn session_inner(stream: &TcpStream, peer: &str, ctx: &SessionCtx, rx: &mut Rece
 
 fn write_json_atomic(path: &Path, v: &serde_json::Value) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(v)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(v)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
@@ -410,7 +477,14 @@ fn remove_committed(dir: &Path) {
 }
 
 /// Restores the image, waits for the restored process and returns its exit code.
-fn takeover(image: &Image, peer: &str, why: &str, args: &StandbyArgs, status: &SharedStatus, stop: &AtomicBool) -> Result<i32> {
+fn takeover(
+    image: &Image,
+    peer: &str,
+    why: &str,
+    args: &StandbyArgs,
+    status: &SharedStatus,
+    stop: &AtomicBool,
+) -> Result<i32> {
     let epoch = image.committed_epoch().unwrap_or(0);
     let opts = crate::restore::RestoreOptions {
         stdout: args.stdout.clone(),
@@ -465,7 +539,8 @@ fn wait_restored(pid: i32, stop: &AtomicBool) -> Result<i32> {
     let mut forwarded = false;
     use std::os::fd::AsRawFd;
     loop {
-        let ready = crate::sys::poll_readable(&[pidfd.as_raw_fd()], Some(Duration::from_millis(200)))?;
+        let ready =
+            crate::sys::poll_readable(&[pidfd.as_raw_fd()], Some(Duration::from_millis(200)))?;
         if ready[0] {
             break;
         }
@@ -478,7 +553,10 @@ fn wait_restored(pid: i32, stop: &AtomicBool) -> Result<i32> {
     match crate::sys::wait_child(pid) {
         Ok(code) => Ok(code),
         Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
-            tracing::warn!(pid, "the restored process is not our child; its exit code is unknown");
+            tracing::warn!(
+                pid,
+                "the restored process is not our child; its exit code is unknown"
+            );
             Ok(0)
         }
         Err(e) => Err(e).context("waitpid"),

@@ -3,8 +3,10 @@
 
 use thiserror::Error;
 
-use crate::image::{Image, EpochMeta};
-use crate::wire::messages::{EpochCommit, EpochPart, GoodbyeReason, Hello, WireMsg, PROTOCOL_VERSION};
+use crate::image::{EpochMeta, Image};
+use crate::wire::messages::{
+    EpochCommit, EpochPart, GoodbyeReason, Hello, WireMsg, PROTOCOL_VERSION,
+};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ReceiveError {
@@ -19,7 +21,12 @@ pub enum ReceiveError {
     #[error("epoch {epoch}: part {got} arrived, expected part {want}")]
     PartOutOfOrder { epoch: u64, want: u32, got: u32 },
     #[error("epoch {epoch}: commit says {said} {what}, {got} arrived")]
-    Incomplete { epoch: u64, what: &'static str, said: u64, got: u64 },
+    Incomplete {
+        epoch: u64,
+        what: &'static str,
+        said: u64,
+        got: u64,
+    },
     #[error("epoch {epoch}: commit metadata is for epoch {meta}")]
     MetaEpoch { epoch: u64, meta: u64 },
     #[error("epoch {epoch}: bad page at {addr:#x} ({len} bytes)")]
@@ -35,7 +42,10 @@ pub enum Event {
     /// Hello accepted: answer with a HelloAck.
     Hello(Hello),
     /// The epoch is applied: ack it.
-    Committed { epoch: u64, pages: u64 },
+    Committed {
+        epoch: u64,
+        pages: u64,
+    },
     /// The primary says goodbye.
     Goodbye(GoodbyeReason),
 }
@@ -88,7 +98,7 @@ impl Receiver {
         }
         let r = match msg {
             WireMsg::EpochPart(p) => self.part(p).map(|_| Event::Nothing),
-            WireMsg::EpochCommit(c) => self.commit(c),
+            WireMsg::EpochCommit(c) => self.commit(*c),
             WireMsg::Heartbeat => Ok(Event::Nothing),
             WireMsg::Goodbye { reason } => Ok(Event::Goodbye(reason)),
             m => Err(ReceiveError::Unexpected(m.name())),
@@ -106,15 +116,29 @@ impl Receiver {
             }
         }
         self.last_seen = Some(p.epoch);
-        let pend = self.pending.get_or_insert(Pending { epoch: p.epoch, parts: 0, pages: Vec::new() });
+        let pend = self.pending.get_or_insert(Pending {
+            epoch: p.epoch,
+            parts: 0,
+            pages: Vec::new(),
+        });
         if p.part != pend.parts {
-            return Err(ReceiveError::PartOutOfOrder { epoch: p.epoch, want: pend.parts, got: p.part });
+            return Err(ReceiveError::PartOutOfOrder {
+                epoch: p.epoch,
+                want: pend.parts,
+                got: p.part,
+            });
         }
         pend.parts += 1;
         pend.pages.reserve(p.pages.len());
         for (addr, data) in p.pages {
-            if data.0.len() != remus_abi::PAGE_SIZE || addr % remus_abi::PAGE_SIZE as u64 != 0 {
-                return Err(ReceiveError::BadPage { epoch: p.epoch, addr, len: data.0.len() });
+            if data.0.len() != remus_abi::PAGE_SIZE
+                || !addr.is_multiple_of(remus_abi::PAGE_SIZE as u64)
+            {
+                return Err(ReceiveError::BadPage {
+                    epoch: p.epoch,
+                    addr,
+                    len: data.0.len(),
+                });
             }
             self.bytes_raw += data.0.len() as u64;
             pend.pages.push((addr, data.0.into_boxed_slice()));
@@ -129,7 +153,11 @@ impl Receiver {
             }
         }
         self.last_seen = Some(c.epoch);
-        let pend = self.pending.take().unwrap_or(Pending { epoch: c.epoch, parts: 0, pages: Vec::new() });
+        let pend = self.pending.take().unwrap_or(Pending {
+            epoch: c.epoch,
+            parts: 0,
+            pages: Vec::new(),
+        });
         if c.parts != pend.parts {
             return Err(ReceiveError::Incomplete {
                 epoch: c.epoch,
@@ -139,7 +167,10 @@ impl Receiver {
             });
         }
         if c.meta.epoch != c.epoch {
-            return Err(ReceiveError::MetaEpoch { epoch: c.epoch, meta: c.meta.epoch });
+            return Err(ReceiveError::MetaEpoch {
+                epoch: c.epoch,
+                meta: c.meta.epoch,
+            });
         }
         if c.meta.pages != pend.pages.len() as u64 {
             return Err(ReceiveError::Incomplete {
@@ -151,8 +182,16 @@ impl Receiver {
         }
         let pages = pend.pages.len() as u64;
         self.bytes_raw += meta_size(&c.meta);
-        self.image.apply(c.meta, pend.pages).map_err(|why| ReceiveError::Apply { epoch: c.epoch, why })?;
-        Ok(Event::Committed { epoch: c.epoch, pages })
+        self.image
+            .apply(c.meta, pend.pages)
+            .map_err(|why| ReceiveError::Apply {
+                epoch: c.epoch,
+                why,
+            })?;
+        Ok(Event::Committed {
+            epoch: c.epoch,
+            pages,
+        })
     }
 }
 

@@ -32,7 +32,11 @@ pub enum DecodeFrameError {
     #[error("frame payload of {len} bytes exceeds the limit of {max} bytes")]
     TooLong { len: u64, max: u64 },
     #[error("truncated frame: the {what} needs {need} bytes, only {got} arrived")]
-    Truncated { what: &'static str, need: usize, got: usize },
+    Truncated {
+        what: &'static str,
+        need: usize,
+        got: usize,
+    },
     #[error("frame checksum mismatch: header says {want:#010x}, payload has {got:#010x}")]
     Checksum { want: u32, got: u32 },
     #[error("unknown frame kind {0}")]
@@ -48,7 +52,10 @@ pub enum DecodeFrameError {
 impl DecodeFrameError {
     /// The connection broke (the peer or its host went away) rather than sent something wrong.
     pub fn is_connection_break(&self) -> bool {
-        matches!(self, DecodeFrameError::Io(_) | DecodeFrameError::Truncated { .. })
+        matches!(
+            self,
+            DecodeFrameError::Io(_) | DecodeFrameError::Truncated { .. }
+        )
     }
 }
 
@@ -80,7 +87,8 @@ pub struct FrameHeader {
 
 /// Encodes `msg` as frame number `seq`.
 pub fn encode_frame(seq: u64, msg: &WireMsg) -> Result<Vec<u8>, EncodeFrameError> {
-    let raw = rmp_serde::to_vec(msg).map_err(|e| EncodeFrameError::Encode(msg.name(), e.to_string()))?;
+    let raw =
+        rmp_serde::to_vec(msg).map_err(|e| EncodeFrameError::Encode(msg.name(), e.to_string()))?;
     if raw.len() > MAX_PAYLOAD {
         return Err(EncodeFrameError::TooLong(msg.name(), raw.len()));
     }
@@ -103,14 +111,20 @@ pub fn encode_frame(seq: u64, msg: &WireMsg) -> Result<Vec<u8>, EncodeFrameError
 }
 
 /// Checks magic, version, length and sequence number of a header.
-pub fn parse_header(h: &[u8; HEADER_LEN], expected_seq: u64) -> Result<FrameHeader, DecodeFrameError> {
+pub fn parse_header(
+    h: &[u8; HEADER_LEN],
+    expected_seq: u64,
+) -> Result<FrameHeader, DecodeFrameError> {
     let magic = [h[0], h[1], h[2], h[3]];
     if magic != MAGIC {
         return Err(DecodeFrameError::BadMagic { got: magic });
     }
     let version = u16::from_le_bytes([h[4], h[5]]);
     if version != PROTOCOL_VERSION {
-        return Err(DecodeFrameError::WrongVersion { got: version, want: PROTOCOL_VERSION });
+        return Err(DecodeFrameError::WrongVersion {
+            got: version,
+            want: PROTOCOL_VERSION,
+        });
     }
     let le64 = |o: usize| {
         let mut b = [0u8; 8];
@@ -118,12 +132,24 @@ pub fn parse_header(h: &[u8; HEADER_LEN], expected_seq: u64) -> Result<FrameHead
         u64::from_le_bytes(b)
     };
     let le32 = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-    let hdr = FrameHeader { kind: h[6], flags: h[7], seq: le64(8), payload_len: le32(16), crc: le32(20) };
+    let hdr = FrameHeader {
+        kind: h[6],
+        flags: h[7],
+        seq: le64(8),
+        payload_len: le32(16),
+        crc: le32(20),
+    };
     if hdr.payload_len as usize > MAX_PAYLOAD {
-        return Err(DecodeFrameError::TooLong { len: hdr.payload_len.into(), max: MAX_PAYLOAD as u64 });
+        return Err(DecodeFrameError::TooLong {
+            len: hdr.payload_len.into(),
+            max: MAX_PAYLOAD as u64,
+        });
     }
     if hdr.seq != expected_seq {
-        return Err(DecodeFrameError::OutOfSequence { expected: expected_seq, got: hdr.seq });
+        return Err(DecodeFrameError::OutOfSequence {
+            expected: expected_seq,
+            got: hdr.seq,
+        });
     }
     if !WireMsg::kind_known(hdr.kind) {
         return Err(DecodeFrameError::UnknownKind(hdr.kind));
@@ -137,14 +163,19 @@ pub fn decode_payload(hdr: &FrameHeader, payload: &[u8]) -> Result<WireMsg, Deco
     if got != hdr.crc {
         return Err(DecodeFrameError::Checksum { want: hdr.crc, got });
     }
-    let raw_len = snap::raw::decompress_len(payload).map_err(|e| DecodeFrameError::Payload(format!("snap: {e}")))?;
+    let raw_len = snap::raw::decompress_len(payload)
+        .map_err(|e| DecodeFrameError::Payload(format!("snap: {e}")))?;
     if raw_len > MAX_PAYLOAD {
-        return Err(DecodeFrameError::TooLong { len: raw_len as u64, max: MAX_PAYLOAD as u64 });
+        return Err(DecodeFrameError::TooLong {
+            len: raw_len as u64,
+            max: MAX_PAYLOAD as u64,
+        });
     }
     let raw = snap::raw::Decoder::new()
         .decompress_vec(payload)
         .map_err(|e| DecodeFrameError::Payload(format!("snap: {e}")))?;
-    let msg: WireMsg = rmp_serde::from_slice(&raw).map_err(|e| DecodeFrameError::Payload(format!("msgpack: {e}")))?;
+    let msg: WireMsg = rmp_serde::from_slice(&raw)
+        .map_err(|e| DecodeFrameError::Payload(format!("msgpack: {e}")))?;
     if msg.kind() != hdr.kind {
         return Err(DecodeFrameError::Payload(format!(
             "header says kind {}, payload is a {} (kind {})",
@@ -161,14 +192,20 @@ pub fn decode_frame(buf: &[u8], expected_seq: u64) -> Result<(WireMsg, usize), D
     let h: &[u8; HEADER_LEN] = buf
         .get(..HEADER_LEN)
         .and_then(|s| s.try_into().ok())
-        .ok_or(DecodeFrameError::Truncated { what: "header", need: HEADER_LEN, got: buf.len() })?;
+        .ok_or(DecodeFrameError::Truncated {
+            what: "header",
+            need: HEADER_LEN,
+            got: buf.len(),
+        })?;
     let hdr = parse_header(h, expected_seq)?;
     let len = hdr.payload_len as usize;
-    let payload = buf.get(HEADER_LEN..HEADER_LEN + len).ok_or(DecodeFrameError::Truncated {
-        what: "payload",
-        need: len,
-        got: buf.len() - HEADER_LEN,
-    })?;
+    let payload = buf
+        .get(HEADER_LEN..HEADER_LEN + len)
+        .ok_or(DecodeFrameError::Truncated {
+            what: "payload",
+            need: len,
+            got: buf.len() - HEADER_LEN,
+        })?;
     Ok((decode_payload(&hdr, payload)?, HEADER_LEN + len))
 }
 
@@ -181,7 +218,11 @@ pub struct FrameReader<R> {
 
 impl<R: Read> FrameReader<R> {
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, next_seq: 1, bytes: 0 }
+        FrameReader {
+            inner,
+            next_seq: 1,
+            bytes: 0,
+        }
     }
 
     /// Bytes read so far.
@@ -198,7 +239,11 @@ impl<R: Read> FrameReader<R> {
             return Ok(None);
         }
         if got < HEADER_LEN {
-            return Err(DecodeFrameError::Truncated { what: "header", need: HEADER_LEN, got });
+            return Err(DecodeFrameError::Truncated {
+                what: "header",
+                need: HEADER_LEN,
+                got,
+            });
         }
         let hdr = parse_header(&h, self.next_seq)?;
         let len = hdr.payload_len as usize;
@@ -206,7 +251,11 @@ impl<R: Read> FrameReader<R> {
         let got = read_full(&mut self.inner, &mut payload)?;
         self.bytes += got as u64;
         if got < len {
-            return Err(DecodeFrameError::Truncated { what: "payload", need: len, got });
+            return Err(DecodeFrameError::Truncated {
+                what: "payload",
+                need: len,
+                got,
+            });
         }
         let msg = decode_payload(&hdr, &payload)?;
         self.next_seq += 1;
@@ -237,7 +286,11 @@ pub struct FrameWriter<W> {
 
 impl<W: Write> FrameWriter<W> {
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner, next_seq: 1, bytes: 0 }
+        FrameWriter {
+            inner,
+            next_seq: 1,
+            bytes: 0,
+        }
     }
 
     /// Bytes written so far.
@@ -270,7 +323,10 @@ mod tests {
         WireMsg::EpochPart(EpochPart {
             epoch: 3,
             part: 0,
-            pages: vec![(0x1000, PageBytes(vec![7; 4096])), (0x3000, PageBytes((0..4096).map(|i| i as u8).collect()))],
+            pages: vec![
+                (0x1000, PageBytes(vec![7; 4096])),
+                (0x3000, PageBytes((0..4096).map(|i| i as u8).collect())),
+            ],
         })
     }
 
@@ -286,18 +342,34 @@ mod tests {
                 epoch_ms: 25,
                 heartbeat_ms: 100,
             }),
-            WireMsg::HelloAck(HelloAck { version: 1, standby_pid: 9, refused: None }),
+            WireMsg::HelloAck(HelloAck {
+                version: 1,
+                standby_pid: 9,
+                refused: None,
+            }),
             part(),
-            WireMsg::EpochCommit(EpochCommit {
+            WireMsg::EpochCommit(Box::new(EpochCommit {
                 epoch: 3,
                 parts: 1,
-                meta: EpochMeta { epoch: 3, maps: "1000-2000 rw-p 00000000 00:00 0\n".into(), ..Default::default() },
-            }),
+                meta: EpochMeta {
+                    epoch: 3,
+                    maps: "1000-2000 rw-p 00000000 00:00 0\n".into(),
+                    ..Default::default()
+                },
+            })),
             WireMsg::Ack { epoch: 3 },
             WireMsg::Heartbeat,
-            WireMsg::Goodbye { reason: GoodbyeReason::AppExited(AppExit::Signal(9)) },
-            WireMsg::Goodbye { reason: GoodbyeReason::Unprotected { reason: "thread".into() } },
-            WireMsg::Goodbye { reason: GoodbyeReason::OperatorStop },
+            WireMsg::Goodbye {
+                reason: GoodbyeReason::AppExited(AppExit::Signal(9)),
+            },
+            WireMsg::Goodbye {
+                reason: GoodbyeReason::Unprotected {
+                    reason: "thread".into(),
+                },
+            },
+            WireMsg::Goodbye {
+                reason: GoodbyeReason::OperatorStop,
+            },
         ];
         let mut w = FrameWriter::new(Vec::new());
         for m in &msgs {
@@ -318,7 +390,11 @@ mod tests {
     #[test]
     fn pages_compress() {
         let f = encode_frame(1, &part()).unwrap();
-        assert!(f.len() < 2 * 4096, "pages travel as bin, compressed: {} bytes", f.len());
+        assert!(
+            f.len() < 2 * 4096,
+            "pages travel as bin, compressed: {} bytes",
+            f.len()
+        );
     }
 
     fn frame() -> Vec<u8> {
@@ -329,28 +405,46 @@ mod tests {
     fn bad_magic() {
         let mut f = frame();
         f[0] = b'X';
-        assert!(matches!(decode_frame(&f, 1), Err(DecodeFrameError::BadMagic { .. })));
+        assert!(matches!(
+            decode_frame(&f, 1),
+            Err(DecodeFrameError::BadMagic { .. })
+        ));
     }
 
     #[test]
     fn wrong_version() {
         let mut f = frame();
         f[4] = 99;
-        assert!(matches!(decode_frame(&f, 1), Err(DecodeFrameError::WrongVersion { got: 99, .. })));
+        assert!(matches!(
+            decode_frame(&f, 1),
+            Err(DecodeFrameError::WrongVersion { got: 99, .. })
+        ));
     }
 
     #[test]
     fn too_long() {
         let mut f = frame();
         f[16..20].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
-        assert!(matches!(decode_frame(&f, 1), Err(DecodeFrameError::TooLong { .. })));
+        assert!(matches!(
+            decode_frame(&f, 1),
+            Err(DecodeFrameError::TooLong { .. })
+        ));
     }
 
     #[test]
     fn truncated() {
         let f = frame();
-        assert!(matches!(decode_frame(&f[..10], 1), Err(DecodeFrameError::Truncated { what: "header", .. })));
-        assert!(matches!(decode_frame(&f[..f.len() - 1], 1), Err(DecodeFrameError::Truncated { what: "payload", .. })));
+        assert!(matches!(
+            decode_frame(&f[..10], 1),
+            Err(DecodeFrameError::Truncated { what: "header", .. })
+        ));
+        assert!(matches!(
+            decode_frame(&f[..f.len() - 1], 1),
+            Err(DecodeFrameError::Truncated {
+                what: "payload",
+                ..
+            })
+        ));
         let mut r = FrameReader::new(&f[..f.len() - 3]);
         let e = r.read_msg().unwrap_err();
         assert!(matches!(e, DecodeFrameError::Truncated { .. }) && e.is_connection_break());
@@ -369,30 +463,44 @@ mod tests {
     #[test]
     fn undecodable_payload() {
         // A valid snap stream and checksum around bytes that are no WireMsg.
-        let packed = snap::raw::Encoder::new().compress_vec(&[0xc1, 0xc1, 0xc1]).unwrap();
+        let packed = snap::raw::Encoder::new()
+            .compress_vec(&[0xc1, 0xc1, 0xc1])
+            .unwrap();
         let mut f = frame()[..HEADER_LEN].to_vec();
         f[16..20].copy_from_slice(&(packed.len() as u32).to_le_bytes());
         f[20..24].copy_from_slice(&crc32fast::hash(&packed).to_le_bytes());
         f.extend_from_slice(&packed);
-        assert!(matches!(decode_frame(&f, 1), Err(DecodeFrameError::Payload(_))));
+        assert!(matches!(
+            decode_frame(&f, 1),
+            Err(DecodeFrameError::Payload(_))
+        ));
         // Not snap at all.
         let junk = vec![0xffu8; 16];
         let mut g = frame()[..HEADER_LEN].to_vec();
         g[16..20].copy_from_slice(&(junk.len() as u32).to_le_bytes());
         g[20..24].copy_from_slice(&crc32fast::hash(&junk).to_le_bytes());
         g.extend_from_slice(&junk);
-        assert!(matches!(decode_frame(&g, 1), Err(DecodeFrameError::Payload(_))));
+        assert!(matches!(
+            decode_frame(&g, 1),
+            Err(DecodeFrameError::Payload(_))
+        ));
         // Kind byte disagreeing with the payload.
         let mut h = frame();
         h[6] = WireMsg::KIND_ACK;
-        assert!(matches!(decode_frame(&h, 1), Err(DecodeFrameError::Payload(_))));
+        assert!(matches!(
+            decode_frame(&h, 1),
+            Err(DecodeFrameError::Payload(_))
+        ));
     }
 
     #[test]
     fn unknown_kind() {
         let mut f = frame();
         f[6] = 200;
-        assert!(matches!(decode_frame(&f, 1), Err(DecodeFrameError::UnknownKind(200))));
+        assert!(matches!(
+            decode_frame(&f, 1),
+            Err(DecodeFrameError::UnknownKind(200))
+        ));
     }
 
     #[test]
@@ -402,7 +510,19 @@ mod tests {
         let stream = [a, c].concat();
         let mut r = FrameReader::new(&stream[..]);
         assert!(r.read_msg().unwrap().is_some());
-        assert!(matches!(r.read_msg(), Err(DecodeFrameError::OutOfSequence { expected: 2, got: 3 })));
-        assert!(matches!(decode_frame(&frame(), 5), Err(DecodeFrameError::OutOfSequence { expected: 5, got: 1 })));
+        assert!(matches!(
+            r.read_msg(),
+            Err(DecodeFrameError::OutOfSequence {
+                expected: 2,
+                got: 3
+            })
+        ));
+        assert!(matches!(
+            decode_frame(&frame(), 5),
+            Err(DecodeFrameError::OutOfSequence {
+                expected: 5,
+                got: 1
+            })
+        ));
     }
 }

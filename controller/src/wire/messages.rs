@@ -16,7 +16,7 @@ pub enum WireMsg {
     Hello(Hello),
     HelloAck(HelloAck),
     EpochPart(EpochPart),
-    EpochCommit(EpochCommit),
+    EpochCommit(Box<EpochCommit>),
     Ack { epoch: u64 },
     Heartbeat,
     Goodbye { reason: GoodbyeReason },
@@ -116,7 +116,9 @@ impl fmt::Display for GoodbyeReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             GoodbyeReason::AppExited(e) => write!(f, "the app {e}"),
-            GoodbyeReason::Unprotected { reason } => write!(f, "the primary is unprotected: {reason}"),
+            GoodbyeReason::Unprotected { reason } => {
+                write!(f, "the primary is unprotected: {reason}")
+            }
             GoodbyeReason::OperatorStop => write!(f, "an operator stopped the primary controller"),
         }
     }

@@ -1,0 +1,302 @@
+//! The primary end to end, in process: a fake shim (socketpair + memfd) on one side, a real
+//! standby session on the other.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use remus_abi::{MsgKind, STAGING_SIZE};
+
+use super::shim_link::{FromShim, ShimLink};
+use super::staging::fake::{write, FakeChunk};
+use super::staging::Staging;
+use super::{run_with, PrimaryArgs};
+use crate::control::client::query_status;
+use crate::control::status::{SharedStatus, Status};
+use crate::standby::{session, SessionCtx, SessionEnd};
+use crate::wire::messages::{AppExit, GoodbyeReason};
+
+fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: both descriptors are fresh from socketpair and owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+fn memfd() -> File {
+    // SAFETY: the name is a valid NUL-terminated string.
+    let fd = unsafe { libc::memfd_create(c"remus-test-staging".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: fd is fresh from memfd_create.
+    let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    f.set_len(STAGING_SIZE as u64).unwrap();
+    f
+}
+
+/// A stand-in for the app: a process that ignores the epoch signal.
+fn fake_app() -> std::process::Child {
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("60");
+    // SAFETY: the closure only calls signal(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(remus_abi::EPOCH_SIGNAL, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+fn expect(shim: &ShimLink, kind: MsgKind) -> remus_abi::Msg {
+    match shim.recv_timeout(Duration::from_secs(5)).unwrap() {
+        Some(FromShim::Msg(m)) if m.kind == kind as u32 => *m,
+        Some(FromShim::Msg(m)) => panic!(
+            "expected {kind:?}, got kind {}: {}",
+            m.kind,
+            String::from_utf8_lossy(m.text())
+        ),
+        _ => panic!("expected {kind:?}, got nothing"),
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct Rig {
+    app: std::process::Child,
+    shim: ShimLink,
+    map: memmap2::MmapMut,
+    control: PathBuf,
+    primary: std::thread::JoinHandle<anyhow::Result<i32>>,
+    standby: std::thread::JoinHandle<(SessionEnd, crate::standby::receiver::Receiver)>,
+}
+
+fn rig(name: &str) -> Rig {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let standby = std::thread::spawn(move || {
+        let (s, peer) = listener.accept().unwrap();
+        let ctx = SessionCtx {
+            timeout: Duration::from_millis(500),
+            status: SharedStatus::new(Status::new("standby", "waiting")),
+            state_dir: None,
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        session(s, peer.to_string(), &ctx)
+    });
+    let app = fake_app();
+    let (ctl_end, shim_end) = seqpacket_pair();
+    let f = memfd();
+    let staging = Staging::map(&f).unwrap();
+    // SAFETY: the test owns the memfd; the primary only reads it after the fake shim announced
+    // a chunk, as with the real shim.
+    let map = unsafe { memmap2::MmapMut::map_mut(&f).unwrap() };
+    let control = std::env::temp_dir().join(format!(
+        "remus-primary-test-{name}-{}.sock",
+        std::process::id()
+    ));
+    let args = PrimaryArgs {
+        app_pid: app.id() as i32,
+        standby: Some(addr),
+        epoch_ms: 5,
+        control: Some(control.clone()),
+        heartbeat_ms: 20,
+        allow_unprotected: false,
+    };
+    let ctl = ShimLink::new(ctl_end).unwrap();
+    let primary =
+        std::thread::spawn(move || run_with(args, ctl, staging, Arc::new(AtomicBool::new(false))));
+    let shim = ShimLink::new(shim_end).unwrap();
+    shim.send(
+        MsgKind::Hello,
+        app.id() as u64,
+        remus_abi::ABI_VERSION as u64,
+        "",
+    )
+    .unwrap();
+    expect(&shim, MsgKind::Ready);
+    Rig {
+        app,
+        shim,
+        map,
+        control,
+        primary,
+        standby,
+    }
+}
+
+const MAPS: &str = "1000-3000 rw-p 00000000 00:00 0\n";
+
+fn chunk<'a>(epoch: u64, chunk: u32, last: bool, pages: &'a [(u64, u8)]) -> FakeChunk<'a> {
+    FakeChunk {
+        epoch,
+        chunk,
+        last,
+        pages,
+        resets: &[],
+        maps: MAPS,
+        fds: &[(0, "/dev/null")],
+        cwd: "/",
+        pause_ns: 2_000_000,
+    }
+}
+
+#[test]
+fn epochs_flow_from_shim_to_standby_image() {
+    let mut r = rig("flow");
+    // Epoch 1 in two chunks: the first must be drained before the second is written.
+    write(&mut r.map, &chunk(1, 0, false, &[(0x1000, 1)]));
+    r.shim.send(MsgKind::EpochChunk, 1, 0, "").unwrap();
+    let d = expect(&r.shim, MsgKind::Drained);
+    assert_eq!((d.a, d.b), (1, 0));
+    write(&mut r.map, &chunk(1, 1, true, &[(0x2000, 2)]));
+    r.shim.send(MsgKind::EpochChunk, 1, 1, "").unwrap();
+    wait_for("epoch 1 taken", || {
+        query_status(&r.control).is_ok_and(|s| s.epoch == Some(1))
+    });
+    // Epoch 2, one chunk.
+    write(&mut r.map, &chunk(2, 0, true, &[(0x1000, 9)]));
+    r.shim.send(MsgKind::EpochChunk, 2, 0, "").unwrap();
+    wait_for("epoch 2 acked", || {
+        query_status(&r.control).is_ok_and(|s| s.committed_epoch == Some(2))
+    });
+    let st = query_status(&r.control).unwrap();
+    assert_eq!(st.state, "protected");
+    assert!(st.protected && st.reason.is_none());
+    assert_eq!(st.link, "up");
+    assert_eq!(st.last_dirty_pages, Some(1));
+    assert_eq!(st.pause_us.max, 2000);
+    assert!(st.bytes_raw >= 3 * 4096 && st.bytes_wire > 0);
+    // The app exits on its own: goodbye, no takeover.
+    r.shim.send(MsgKind::Exiting, 3, 0, "").unwrap();
+    assert_eq!(r.primary.join().unwrap().unwrap(), 0);
+    let (end, rx) = r.standby.join().unwrap();
+    assert!(
+        matches!(
+            end,
+            SessionEnd::Goodbye(GoodbyeReason::AppExited(AppExit::Code(3)))
+        ),
+        "{end:?}"
+    );
+    assert_eq!(rx.image.committed_epoch(), Some(2));
+    assert_eq!(rx.image.pages[&0x1000][0], 9);
+    assert_eq!(rx.image.pages[&0x2000][0], 2);
+    assert_eq!(rx.image.meta.as_ref().unwrap().fds[0].path, "/dev/null");
+    assert!(!r.control.exists(), "control socket removed on exit");
+    let _ = r.app.kill();
+    let _ = r.app.wait();
+}
+
+#[test]
+fn second_thread_makes_the_primary_unprotected() {
+    let mut r = rig("thread");
+    write(&mut r.map, &chunk(1, 0, true, &[(0x1000, 1)]));
+    r.shim.send(MsgKind::EpochChunk, 1, 0, "").unwrap();
+    wait_for("epoch 1 acked", || {
+        query_status(&r.control).is_ok_and(|s| s.committed_epoch == Some(1))
+    });
+    r.shim
+        .send(MsgKind::ThreadCreated, 0, 0, "pthread_create")
+        .unwrap();
+    let (end, _) = r.standby.join().unwrap();
+    assert!(
+        matches!(&end, SessionEnd::Goodbye(GoodbyeReason::Unprotected { reason }) if reason.contains("thread")),
+        "{end:?}"
+    );
+    wait_for("unprotected", || {
+        query_status(&r.control).is_ok_and(|s| s.state == "unprotected")
+    });
+    let st = query_status(&r.control).unwrap();
+    assert!(!st.protected);
+    assert!(st.reason.unwrap().contains("second thread"));
+    // The app is SIGKILLed later: the primary exits quietly.
+    r.app.kill().unwrap();
+    let _ = r.app.wait();
+    assert_eq!(r.primary.join().unwrap().unwrap(), 0);
+}
+
+#[test]
+fn killed_app_looks_like_a_host_failure() {
+    let mut r = rig("killed");
+    write(&mut r.map, &chunk(1, 0, true, &[(0x1000, 1)]));
+    r.shim.send(MsgKind::EpochChunk, 1, 0, "").unwrap();
+    wait_for("epoch 1 acked", || {
+        query_status(&r.control).is_ok_and(|s| s.committed_epoch == Some(1))
+    });
+    r.app.kill().unwrap();
+    let _ = r.app.wait();
+    assert_eq!(r.primary.join().unwrap().unwrap(), 0);
+    let (end, rx) = r.standby.join().unwrap();
+    assert!(matches!(end, SessionEnd::Lost(_)), "{end:?}");
+    assert_eq!(rx.image.committed_epoch(), Some(1));
+}
+
+#[test]
+fn no_standby_refuses_with_advice() {
+    let app = fake_app();
+    let (ctl_end, shim_end) = seqpacket_pair();
+    let f = memfd();
+    let staging = Staging::map(&f).unwrap();
+    let control = std::env::temp_dir().join(format!(
+        "remus-primary-test-refuse-{}.sock",
+        std::process::id()
+    ));
+    // A port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let args = PrimaryArgs {
+        app_pid: app.id() as i32,
+        standby: Some(format!("127.0.0.1:{port}")),
+        epoch_ms: 5,
+        control: Some(control),
+        heartbeat_ms: 20,
+        allow_unprotected: false,
+    };
+    let ctl = ShimLink::new(ctl_end).unwrap();
+    let primary =
+        std::thread::spawn(move || run_with(args, ctl, staging, Arc::new(AtomicBool::new(false))));
+    let shim = ShimLink::new(shim_end).unwrap();
+    shim.send(
+        MsgKind::Hello,
+        app.id() as u64,
+        remus_abi::ABI_VERSION as u64,
+        "",
+    )
+    .unwrap();
+    let m = expect(&shim, MsgKind::Refuse);
+    let text = String::from_utf8_lossy(m.text()).into_owned();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(
+        text.contains("remusd standby --listen") && text.contains("REMUS_ALLOW_UNPROTECTED=1"),
+        "{text}"
+    );
+    assert_eq!(primary.join().unwrap().unwrap(), 1);
+    let mut app = app;
+    let _ = app.kill();
+    let _ = app.wait();
+}
