@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use remus_controller::image::{parse_maps, EpochMeta, FdEntry, FdKind, Image, MmFields, PAGE_SIZE};
+use remus_controller::image::{
+    parse_maps, EpochMeta, FdEntry, FdKind, Image, MmFields, ResumeContext, PAGE_SIZE,
+};
 use remus_controller::restore::{restore, RestoreOptions};
 
 const ROUNDS: u32 = 30;
@@ -21,10 +23,15 @@ fn tempdir(name: &str) -> PathBuf {
     d
 }
 
-fn build_prog(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/restore_prog.c");
-    let out = dir.join("restore_prog");
-    let st = Command::new("cc").args(["-O2", "-g", "-o"]).arg(&out).arg(&src).status().expect("run cc");
+fn build_prog(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/{name}.c"));
+    let out = dir.join(name);
+    let st = Command::new("cc")
+        .args(["-O2", "-g", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run cc");
     assert!(st.success(), "cc failed");
     out
 }
@@ -36,7 +43,11 @@ fn wait_for(path: &Path, needle: &str, timeout: Duration) -> String {
         if s.contains(needle) {
             return s;
         }
-        assert!(t0.elapsed() < timeout, "timed out waiting for {needle:?} in {}: {s:?}", path.display());
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out waiting for {needle:?} in {}: {s:?}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -60,8 +71,16 @@ struct Dump {
 fn dump(pid: i32) -> Dump {
     // SAFETY: ptrace requests with integer arguments on a process we started.
     unsafe {
-        assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize), 0, "seize");
-        assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0usize, 0usize), 0, "interrupt");
+        assert_eq!(
+            libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize),
+            0,
+            "seize"
+        );
+        assert_eq!(
+            libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0usize, 0usize),
+            0,
+            "interrupt"
+        );
     }
     waitpid_stopped(pid);
     // SAFETY: all-zero is a valid user_regs_struct; GETREGS fills it.
@@ -81,7 +100,14 @@ fn dump(pid: i32) -> Dump {
     }
     let mut sigmask = 0u64;
     // SAFETY: addr = sizeof sigset (8), data points at a u64.
-    let rc = unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, pid, 8usize, &mut sigmask as *mut u64) };
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGMASK,
+            pid,
+            8usize,
+            &mut sigmask as *mut u64,
+        )
+    };
     assert_eq!(rc, 0);
 
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
@@ -95,7 +121,9 @@ fn dump(pid: i32) -> Dump {
         }
         let n = (r.len() / PAGE_SIZE) as usize;
         let mut pm = vec![0u8; n * 8];
-        pagemap.read_exact_at(&mut pm, r.start / PAGE_SIZE * 8).unwrap();
+        pagemap
+            .read_exact_at(&mut pm, r.start / PAGE_SIZE * 8)
+            .unwrap();
         for i in 0..n {
             let e = u64::from_ne_bytes(pm[i * 8..i * 8 + 8].try_into().unwrap());
             let populated = e & (3 << 62) != 0;
@@ -105,7 +133,8 @@ fn dump(pid: i32) -> Dump {
             }
             let addr = r.start + i as u64 * PAGE_SIZE;
             let mut page = vec![0u8; PAGE_SIZE as usize];
-            mem.read_exact_at(&mut page, addr).unwrap_or_else(|e| panic!("read {addr:#x}: {e}"));
+            mem.read_exact_at(&mut page, addr)
+                .unwrap_or_else(|e| panic!("read {addr:#x}: {e}"));
             pages.push((addr, page.into_boxed_slice()));
         }
     }
@@ -113,7 +142,10 @@ fn dump(pid: i32) -> Dump {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     // Field 3 (state) is after[0]; field k is after[k - 3].
-    let f: Vec<u64> = after.split(' ').map(|s| s.trim().parse().unwrap_or(0)).collect();
+    let f: Vec<u64> = after
+        .split(' ')
+        .map(|s| s.trim().parse().unwrap_or(0))
+        .collect();
     let field = |k: usize| f[k - 3];
     let heap_end = regions.iter().find(|r| r.path == "[heap]").map(|r| r.end);
     let mm = MmFields {
@@ -130,17 +162,33 @@ fn dump(pid: i32) -> Dump {
         env_end: field(51),
     };
     let mut auxv_bytes = Vec::new();
-    fs::File::open(format!("/proc/{pid}/auxv")).unwrap().read_to_end(&mut auxv_bytes).unwrap();
-    let auxv = auxv_bytes.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect();
-    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap().to_string_lossy().into_owned();
+    fs::File::open(format!("/proc/{pid}/auxv"))
+        .unwrap()
+        .read_to_end(&mut auxv_bytes)
+        .unwrap();
+    let auxv = auxv_bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+        .collect();
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
 
     let mut fds = Vec::new();
     for ent in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
         let ent = ent.unwrap();
         let fd: i32 = ent.file_name().to_string_lossy().parse().unwrap();
-        let path = fs::read_link(ent.path()).unwrap().to_string_lossy().into_owned();
+        let path = fs::read_link(ent.path())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
-        let get = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+        let get = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
         let pos: i64 = get("pos:").and_then(|v| v.parse().ok()).unwrap_or(-1);
         let flags = i32::from_str_radix(&get("flags:").unwrap(), 8).unwrap();
         use std::os::unix::fs::FileTypeExt;
@@ -156,7 +204,11 @@ fn dump(pid: i32) -> Dump {
             fd,
             kind,
             flags: flags & !libc::O_CLOEXEC,
-            fd_flags: if flags & libc::O_CLOEXEC != 0 { libc::FD_CLOEXEC } else { 0 },
+            fd_flags: if flags & libc::O_CLOEXEC != 0 {
+                libc::FD_CLOEXEC
+            } else {
+                0
+            },
             offset: pos,
             path,
         });
@@ -198,18 +250,24 @@ fn wait_exit(pid: i32, timeout: Duration) -> i32 {
 }
 
 fn last_round(out: &str) -> Option<u32> {
-    out.lines().filter_map(|l| l.strip_prefix("round ")?.strip_suffix(" ok")?.parse().ok()).last()
+    out.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("round ")?.strip_suffix(" ok")?.parse().ok())
 }
 
 fn first_round(out: &str) -> Option<u32> {
-    out.lines().find_map(|l| l.strip_prefix("round ")?.strip_suffix(" ok")?.parse().ok())
+    out.lines()
+        .find_map(|l| l.strip_prefix("round ")?.strip_suffix(" ok")?.parse().ok())
 }
 
 #[test]
 fn restore_roundtrip() {
-    let _ = tracing_subscriber::fmt().with_env_filter("debug").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_test_writer()
+        .try_init();
     let dir = tempdir("restore");
-    let prog = build_prog(&dir);
+    let prog = build_prog(&dir, "restore_prog");
     let data: Vec<u8> = (0..4096u32).map(|i| ((i * 13 + 5) % 251) as u8).collect();
     fs::write(dir.join("data"), data).unwrap();
     let mapdata: Vec<u8> = (0..3 * 4096u32).map(|i| (i * 7 + 3) as u8).collect();
@@ -249,18 +307,36 @@ fn restore_roundtrip() {
     let maps_after = fs::read_to_string(format!("/proc/{}/maps", rp.pid)).unwrap_or_default();
     let after = parse_maps(&maps_after).unwrap();
     for r in d.image.regions.iter().filter(|r| r.path != "[vsyscall]") {
-        let ok = after.iter().any(|a| a.start <= r.start && r.end <= a.end && a.prot() == r.prot());
-        assert!(ok || maps_after.is_empty(), "region {r:?} missing after restore:\n{maps_after}");
+        let ok = after
+            .iter()
+            .any(|a| a.start <= r.start && r.end <= a.end && a.prot() == r.prot());
+        assert!(
+            ok || maps_after.is_empty(),
+            "region {r:?} missing after restore:\n{maps_after}"
+        );
     }
 
     let st = wait_exit(rp.pid, Duration::from_secs(30));
     let out = fs::read_to_string(&restored_out).unwrap_or_default();
     let err = fs::read_to_string(dir.join("restored.err")).unwrap_or_default();
     eprintln!("original:\n{before}\nrestored:\n{out}\nstderr:\n{err}");
-    assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "restored process ended with status {st:#x}");
-    assert!(!out.contains("FAIL"), "restored program's checks failed:\n{out}");
-    assert!(!out.contains("ready"), "restored program started over:\n{out}");
-    assert_eq!(first_round(&out), Some(dumped_at + 1), "restored program did not continue where the dump was taken");
+    assert!(
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+        "restored process ended with status {st:#x}"
+    );
+    assert!(
+        !out.contains("FAIL"),
+        "restored program's checks failed:\n{out}"
+    );
+    assert!(
+        !out.contains("ready"),
+        "restored program started over:\n{out}"
+    );
+    assert_eq!(
+        first_round(&out),
+        Some(dumped_at + 1),
+        "restored program did not continue where the dump was taken"
+    );
     assert_eq!(last_round(&out), Some(ROUNDS - 1));
     assert!(out.ends_with("done\n"), "{out}");
     let _ = fs::remove_dir_all(&dir);
@@ -270,4 +346,77 @@ fn restore_roundtrip() {
 fn restore_refuses_an_empty_image() {
     let e = restore(&Image::default(), &RestoreOptions::default()).unwrap_err();
     assert!(e.to_string().contains("no committed epoch"), "{e}");
+}
+
+/// The shim's path: the process is resumed from a `ResumeContext` saved inside a signal
+/// handler (rax = 1, everything blocked), and leaves the handler through `rt_sigreturn`.
+#[test]
+fn restore_resumes_in_signal_handler() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_test_writer()
+        .try_init();
+    let dir = tempdir("restore-handler");
+    let prog = build_prog(&dir, "restore_handler_prog");
+    let orig_out = dir.join("orig.out");
+    let mut child = Command::new(&prog)
+        .arg("8")
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&orig_out).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let out = wait_for(&orig_out, "parked ", Duration::from_secs(20));
+    let addr_text = out
+        .lines()
+        .find_map(|l| l.strip_prefix("parked 0x"))
+        .unwrap();
+    let ctx_addr = u64::from_str_radix(addr_text.trim(), 16).unwrap();
+
+    let mut d = dump(pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The original is gone: read the saved context from the image's pages.
+    let mut raw = [0u8; 72];
+    let page = ctx_addr & !(PAGE_SIZE - 1);
+    let off = (ctx_addr - page) as usize;
+    assert!(off + 72 <= PAGE_SIZE as usize, "context straddles a page");
+    raw.copy_from_slice(&d.image.pages[&page][off..off + 72]);
+    let w: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+        .collect();
+    let ctx = ResumeContext {
+        rbx: w[0],
+        rbp: w[1],
+        r12: w[2],
+        r13: w[3],
+        r14: w[4],
+        r15: w[5],
+        rsp: w[6],
+        rip: w[7],
+        fs_base: w[8],
+    };
+    assert_eq!(ctx.fs_base, d.regs.fs_base);
+    d.image.meta.as_mut().unwrap().ctx = ctx;
+
+    let restored_out = dir.join("restored.out");
+    let opts = RestoreOptions {
+        stdout: Some(restored_out.clone()),
+        stderr: Some(dir.join("restored.err")),
+        state_dir: dir.clone(),
+        full_regs: None,
+    };
+    let rp = restore(&d.image, &opts).unwrap_or_else(|e| panic!("restore failed: {e}"));
+    let st = wait_exit(rp.pid, Duration::from_secs(30));
+    let out = fs::read_to_string(&restored_out).unwrap_or_default();
+    eprintln!("restored:\n{out}");
+    assert!(
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+        "restored process ended with status {st:#x}:\n{out}"
+    );
+    assert!(out.starts_with("resumed in handler\nround 3 ok\n"), "{out}");
+    assert!(out.ends_with("round 7 ok\ndone\n"), "{out}");
+    let _ = fs::remove_dir_all(&dir);
 }

@@ -33,7 +33,10 @@ pub(crate) fn spawn_stopped(inj: u64, len: u64) -> Result<i32, RestoreError> {
         Ok(st) => st,
         Err(e) => {
             kill_and_reap(pid);
-            return Err(RestoreError::Os { what: format!("waiting for the restore child {pid}"), source: e });
+            return Err(RestoreError::Os {
+                what: format!("waiting for the restore child {pid}"),
+                source: e,
+            });
         }
     };
     if let Some(how) = describe_exit(st) {
@@ -68,7 +71,13 @@ unsafe fn child_main(inj: u64, len: u64) -> ! {
     // SAFETY: (whole function) raw system calls with valid arguments; `all` outlives the
     // call; the mapping is written only after the kernel mapped it at exactly `inj`.
     unsafe {
-        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all as *const u64, 0usize, 8usize);
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            0usize,
+            8usize,
+        );
         let p = libc::syscall(
             libc::SYS_mmap,
             inj,
@@ -115,9 +124,15 @@ impl RseqInfo {
             let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
             let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
             if off.is_null() || size.is_null() {
-                return RseqInfo { offset: None, size: 0 };
+                return RseqInfo {
+                    offset: None,
+                    size: 0,
+                };
             }
-            RseqInfo { offset: Some(*(off as *const isize)), size: *(size as *const u32) }
+            RseqInfo {
+                offset: Some(*(off as *const isize)),
+                size: *(size as *const u32),
+            }
         }
     }
 }
@@ -137,7 +152,10 @@ pub(crate) fn forget_daemon_state(t: &mut Tracee, rseq: &RseqInfo) -> Result<(),
         let mut last = 0;
         let mut ok = false;
         for len in [rseq.size as u64, 32, rseq.size.div_ceil(32) as u64 * 32] {
-            let r = t.raw_syscall(libc::SYS_rseq, [area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, 0, 0])?;
+            let r = t.raw_syscall(
+                libc::SYS_rseq,
+                [area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, 0, 0],
+            )?;
             if r == 0 {
                 ok = true;
                 break;
@@ -151,25 +169,43 @@ pub(crate) fn forget_daemon_state(t: &mut Tracee, rseq: &RseqInfo) -> Result<(),
                 errno: last as i32,
             });
         }
-        debug!(area = format_args!("{area:#x}"), "unregistered the inherited rseq area");
+        debug!(
+            area = format_args!("{area:#x}"),
+            "unregistered the inherited rseq area"
+        );
     }
-    t.sys("set_tid_address", libc::SYS_set_tid_address, [0; 6], || "clearing the inherited clear-child-tid".into())?;
+    t.sys("set_tid_address", libc::SYS_set_tid_address, [0; 6], || {
+        "clearing the inherited clear-child-tid".into()
+    })?;
     // struct robust_list_head is 24 bytes on x86-64; the kernel insists on that length.
-    t.sys("set_robust_list", libc::SYS_set_robust_list, [0, 24, 0, 0, 0, 0], || "clearing the robust futex list".into())?;
+    t.sys(
+        "set_robust_list",
+        libc::SYS_set_robust_list,
+        [0, 24, 0, 0, 0, 0],
+        || "clearing the robust futex list".into(),
+    )?;
     // stack_t { ss_sp, ss_flags, ss_size } with SS_DISABLE.
     let mut ss = [0u8; 24];
     ss[8..12].copy_from_slice(&libc::SS_DISABLE.to_ne_bytes());
     let ss_addr = t.put_scratch(0, &ss)?;
-    t.sys("sigaltstack", libc::SYS_sigaltstack, [ss_addr, 0, 0, 0, 0, 0], || "disabling the alternate signal stack".into())?;
+    t.sys(
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [ss_addr, 0, 0, 0, 0, 0],
+        || "disabling the alternate signal stack".into(),
+    )?;
     // struct kernel_sigaction { handler, flags, restorer, mask } all zero = SIG_DFL.
     let act = t.put_scratch(0, &[0u8; 32])?;
     for sig in 1..=64u64 {
         if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
             continue;
         }
-        t.sys("rt_sigaction", libc::SYS_rt_sigaction, [sig, act, 0, 8, 0, 0], || {
-            format!("resetting signal {sig} to its default action")
-        })?;
+        t.sys(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig, act, 0, 8, 0, 0],
+            || format!("resetting signal {sig} to its default action"),
+        )?;
     }
     Ok(())
 }

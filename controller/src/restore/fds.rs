@@ -20,12 +20,22 @@ use super::{RestoreError, RestoreOptions};
 use crate::image::{EpochMeta, FdEntry, FdKind};
 
 /// Character devices that are the same thing on any host and are reopened by path.
-const PORTABLE_DEVICES: [&str; 6] =
-    ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/ptmx"];
+const PORTABLE_DEVICES: [&str; 6] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/ptmx",
+];
 
 enum Action {
     /// Reopen `path` with `flags`, seek to `offset` if >= 0.
-    Open { path: CString, flags: i32, offset: i64 },
+    Open {
+        path: CString,
+        flags: i32,
+        offset: i64,
+    },
     /// `/dev/null` stands in for a descriptor we cannot restore (warned about already).
     DevNull,
 }
@@ -54,7 +64,10 @@ fn open_out(p: &Path) -> Result<OwnedFd, RestoreError> {
         .custom_flags(libc::O_CLOEXEC)
         .open(p)
         .map(OwnedFd::from)
-        .map_err(|e| RestoreError::Os { what: format!("opening {} for the restored process's output", p.display()), source: e })
+        .map_err(|e| RestoreError::Os {
+            what: format!("opening {} for the restored process's output", p.display()),
+            source: e,
+        })
 }
 
 impl FdPlan {
@@ -66,7 +79,10 @@ impl FdPlan {
             .custom_flags(libc::O_CLOEXEC)
             .open("/dev/null")
             .map(OwnedFd::from)
-            .map_err(|e| RestoreError::Os { what: "opening /dev/null".into(), source: e })?;
+            .map_err(|e| RestoreError::Os {
+                what: "opening /dev/null".into(),
+                source: e,
+            })?;
         let mut stdio = [null.as_raw_fd(), 1, 2];
         for s in &mut stdio[1..] {
             // SAFETY: F_GETFD on a descriptor number only queries it.
@@ -97,7 +113,11 @@ impl FdPlan {
             targets.push(plan_one(e)?);
         }
         targets.sort_by_key(|t| t.fd);
-        Ok(FdPlan { stdio, _owned: owned, targets })
+        Ok(FdPlan {
+            stdio,
+            _owned: owned,
+            targets,
+        })
     }
 
     /// Installs the table in the stopped child.
@@ -107,9 +127,12 @@ impl FdPlan {
         // Move the stdio sources above every target and every source number.
         let mut high = [0i32; 3];
         for (i, &src) in self.stdio.iter().enumerate() {
-            high[i] = t.sys("fcntl(F_DUPFD)", libc::SYS_fcntl, [src as u64, libc::F_DUPFD as u64, above as u64, 0, 0, 0], || {
-                format!("keeping the source of fd {i} (daemon fd {src}) out of the way")
-            })? as i32;
+            high[i] = t.sys(
+                "fcntl(F_DUPFD)",
+                libc::SYS_fcntl,
+                [src as u64, libc::F_DUPFD as u64, above as u64, 0, 0, 0],
+                || format!("keeping the source of fd {i} (daemon fd {src}) out of the way"),
+            )? as i32;
         }
         // Close everything else the daemon had.
         let mut keep = high.to_vec();
@@ -125,7 +148,12 @@ impl FdPlan {
         close_range(t, from, u32::MAX)?;
 
         for (i, &h) in high.iter().enumerate() {
-            t.sys("dup3", libc::SYS_dup3, [h as u64, i as u64, 0, 0, 0, 0], || format!("installing fd {i}"))?;
+            t.sys(
+                "dup3",
+                libc::SYS_dup3,
+                [h as u64, i as u64, 0, 0, 0, 0],
+                || format!("installing fd {i}"),
+            )?;
         }
         for tg in &self.targets {
             let what = || format!("fd {} ({})", tg.fd, tg.path);
@@ -142,22 +170,41 @@ impl FdPlan {
                 },
                 Action::DevNull => match t.open(c"/dev/null", libc::O_RDWR)? {
                     Ok(fd) => fd,
-                    Err(errno) => return Err(RestoreError::Injected { call: "open", what: "/dev/null".into(), errno }),
+                    Err(errno) => {
+                        return Err(RestoreError::Injected {
+                            call: "open",
+                            what: "/dev/null".into(),
+                            errno,
+                        })
+                    }
                 },
             };
             let cloexec = if tg.cloexec { libc::O_CLOEXEC } else { 0 };
             if got != tg.fd {
-                t.sys("dup3", libc::SYS_dup3, [got as u64, tg.fd as u64, cloexec as u64, 0, 0, 0], what)?;
+                t.sys(
+                    "dup3",
+                    libc::SYS_dup3,
+                    [got as u64, tg.fd as u64, cloexec as u64, 0, 0, 0],
+                    what,
+                )?;
                 t.close(got);
             } else {
                 let fdfl = if tg.cloexec { libc::FD_CLOEXEC } else { 0 };
-                t.sys("fcntl(F_SETFD)", libc::SYS_fcntl, [got as u64, libc::F_SETFD as u64, fdfl as u64, 0, 0, 0], what)?;
+                t.sys(
+                    "fcntl(F_SETFD)",
+                    libc::SYS_fcntl,
+                    [got as u64, libc::F_SETFD as u64, fdfl as u64, 0, 0, 0],
+                    what,
+                )?;
             }
             if let Action::Open { offset, .. } = tg.action {
                 if offset > 0 {
-                    t.sys("lseek", libc::SYS_lseek, [tg.fd as u64, offset as u64, libc::SEEK_SET as u64, 0, 0, 0], || {
-                        format!("fd {} ({}) to offset {offset}", tg.fd, tg.path)
-                    })?;
+                    t.sys(
+                        "lseek",
+                        libc::SYS_lseek,
+                        [tg.fd as u64, offset as u64, libc::SEEK_SET as u64, 0, 0, 0],
+                        || format!("fd {} ({}) to offset {offset}", tg.fd, tg.path),
+                    )?;
                 }
             }
         }
@@ -169,9 +216,12 @@ impl FdPlan {
 }
 
 fn close_range(t: &mut Tracee, first: u32, last: u32) -> Result<(), RestoreError> {
-    t.sys("close_range", libc::SYS_close_range, [first as u64, last as u64, 0, 0, 0, 0], || {
-        format!("closing the daemon's descriptors {first}..={last}")
-    })?;
+    t.sys(
+        "close_range",
+        libc::SYS_close_range,
+        [first as u64, last as u64, 0, 0, 0, 0],
+        || format!("closing the daemon's descriptors {first}..={last}"),
+    )?;
     Ok(())
 }
 
@@ -202,10 +252,29 @@ fn plan_one(e: &FdEntry) -> Result<Target, RestoreError> {
             path = %e.path,
             "this descriptor cannot be restored yet; the restored process gets /dev/null at its number"
         );
-        return Ok(Target { fd: e.fd, cloexec, action: Action::DevNull, path: e.path.clone() });
+        return Ok(Target {
+            fd: e.fd,
+            cloexec,
+            action: Action::DevNull,
+            path: e.path.clone(),
+        });
     }
-    let flags = (e.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC)) | libc::O_NOCTTY;
+    let flags = (e.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC))
+        | libc::O_NOCTTY;
     let path = cstring(&e.path, "descriptor path")?;
-    let offset = if e.kind == FdKind::Regular { e.offset } else { -1 };
-    Ok(Target { fd: e.fd, cloexec, action: Action::Open { path, flags, offset }, path: e.path.clone() })
+    let offset = if e.kind == FdKind::Regular {
+        e.offset
+    } else {
+        -1
+    };
+    Ok(Target {
+        fd: e.fd,
+        cloexec,
+        action: Action::Open {
+            path,
+            flags,
+            offset,
+        },
+        path: e.path.clone(),
+    })
 }

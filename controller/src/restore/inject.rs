@@ -67,7 +67,14 @@ fn setregs(pid: i32, r: &libc::user_regs_struct) -> std::io::Result<()> {
 fn ptrace_simple(req: libc::c_uint, pid: i32, addr: usize, data: usize) -> std::io::Result<()> {
     // SAFETY: requests passed here (CONT, SYSCALL, DETACH, SETOPTIONS) take integers in
     // addr/data, not pointers; the kernel validates the pid.
-    let rc = unsafe { libc::ptrace(req, pid, addr as *mut libc::c_void, data as *mut libc::c_void) };
+    let rc = unsafe {
+        libc::ptrace(
+            req,
+            pid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -106,12 +113,18 @@ impl Tracee {
     pub fn new(pid: i32, code: u64, area_len: u64) -> Result<Tracee, RestoreError> {
         // Kill the child if anything below fails: construct the guard first.
         let mem_path = format!("/proc/{pid}/mem");
-        let mem = std::fs::OpenOptions::new().read(true).write(true).open(&mem_path);
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&mem_path);
         let mem = match mem {
             Ok(m) => m,
             Err(e) => {
                 kill_and_reap(pid);
-                return Err(RestoreError::Os { what: format!("opening {mem_path}"), source: e });
+                return Err(RestoreError::Os {
+                    what: format!("opening {mem_path}"),
+                    source: e,
+                });
             }
         };
         let mut t = Tracee {
@@ -147,7 +160,10 @@ impl Tracee {
 
     fn ptrace_err(&self, what: &str, e: std::io::Error) -> RestoreError {
         RestoreError::Os {
-            what: format!("{what} on the process being restored (pid {}, during {})", self.pid, self.during),
+            what: format!(
+                "{what} on the process being restored (pid {}, during {})",
+                self.pid, self.during
+            ),
             source: e,
         }
     }
@@ -155,14 +171,16 @@ impl Tracee {
     /// Writes `bytes` at `addr` in the child through /proc/<pid>/mem (forces its way into
     /// read-only private mappings, like a debugger).
     pub fn write_mem(&mut self, addr: u64, bytes: &[u8]) -> Result<(), RestoreError> {
-        self.mem.write_all_at(bytes, addr).map_err(|e| RestoreError::Os {
-            what: format!(
-                "writing {} bytes at {addr:#x} into the process being restored (pid {})",
-                bytes.len(),
-                self.pid
-            ),
-            source: e,
-        })
+        self.mem
+            .write_all_at(bytes, addr)
+            .map_err(|e| RestoreError::Os {
+                what: format!(
+                    "writing {} bytes at {addr:#x} into the process being restored (pid {})",
+                    bytes.len(),
+                    self.pid
+                ),
+                source: e,
+            })
     }
 
     /// Writes `bytes` into scratch at `off`; returns their address in the child.
@@ -182,8 +200,10 @@ impl Tracee {
     /// The child's current /proc/<pid>/maps.
     pub fn read_maps(&self) -> Result<Vec<Region>, RestoreError> {
         let p = format!("/proc/{}/maps", self.pid);
-        let text = std::fs::read_to_string(&p)
-            .map_err(|e| RestoreError::Os { what: format!("reading {p}"), source: e })?;
+        let text = std::fs::read_to_string(&p).map_err(|e| RestoreError::Os {
+            what: format!("reading {p}"),
+            source: e,
+        })?;
         parse_maps(&text).map_err(RestoreError::Unsupported)
     }
 
@@ -220,10 +240,18 @@ impl Tracee {
         let st = wait_raw(self.pid).map_err(|e| self.ptrace_err("waitpid", e))?;
         if let Some(how) = describe_exit(st) {
             self.done = true; // already reaped
-            return Err(RestoreError::ChildDied { pid: self.pid, how, during: self.during.clone() });
+            return Err(RestoreError::ChildDied {
+                pid: self.pid,
+                how,
+                during: self.during.clone(),
+            });
         }
         if !libc::WIFSTOPPED(st) || libc::WSTOPSIG(st) != sig {
-            let got = if libc::WIFSTOPPED(st) { libc::WSTOPSIG(st) } else { -1 };
+            let got = if libc::WIFSTOPPED(st) {
+                libc::WSTOPSIG(st)
+            } else {
+                -1
+            };
             let rip = getregs(self.pid).map(|r| r.rip).unwrap_or(0);
             return Err(RestoreError::ChildDied {
                 pid: self.pid,
@@ -246,7 +274,11 @@ impl Tracee {
         self.during = call.to_string();
         let rax = self.raw_syscall(nr, args)?;
         if (-4095..0).contains(&rax) {
-            return Err(RestoreError::Injected { call, what: what(), errno: (-rax) as i32 });
+            return Err(RestoreError::Injected {
+                call,
+                what: what(),
+                errno: (-rax) as i32,
+            });
         }
         Ok(rax as u64)
     }
@@ -261,7 +293,12 @@ impl Tracee {
         what: impl FnOnce() -> String,
     ) -> Result<u64, RestoreError> {
         let addr = self.put_scratch(0, path.to_bytes_with_nul())?;
-        self.sys(call, nr, [addr, rest[0], rest[1], rest[2], rest[3], rest[4]], what)
+        self.sys(
+            call,
+            nr,
+            [addr, rest[0], rest[1], rest[2], rest[3], rest[4]],
+            what,
+        )
     }
 
     /// `openat(AT_FDCWD, path, flags)`; `Err(errno)` for the caller to turn into the right
@@ -290,12 +327,21 @@ impl Tracee {
     /// Final step: set the signal mask, unmap the injection area as the last injected
     /// system call, and at its syscall-exit stop (the child never returns into the unmapped
     /// page) load the final registers and detach.
-    pub fn finish(&mut self, mut regs: libc::user_regs_struct, sigmask: u64) -> Result<(), RestoreError> {
+    pub fn finish(
+        &mut self,
+        mut regs: libc::user_regs_struct,
+        sigmask: u64,
+    ) -> Result<(), RestoreError> {
         self.during = "PTRACE_SETSIGMASK".into();
         // SAFETY: PTRACE_SETSIGMASK reads `addr` (= 8, the kernel sigset size) bytes from
         // `data`, which points at a u64.
         let rc = unsafe {
-            libc::ptrace(libc::PTRACE_SETSIGMASK, self.pid, 8usize as *mut libc::c_void, &sigmask as *const u64)
+            libc::ptrace(
+                libc::PTRACE_SETSIGMASK,
+                self.pid,
+                8usize as *mut libc::c_void,
+                &sigmask as *const u64,
+            )
         };
         if rc < 0 {
             return Err(self.ptrace_err("PTRACE_SETSIGMASK", std::io::Error::last_os_error()));

@@ -25,7 +25,11 @@ pub(crate) fn cstring(s: &str, what: &str) -> Result<CString, RestoreError> {
 /// A page-aligned range of `len` bytes in `[LOW, HIGH)` overlapping none of `busy`: the
 /// middle of the largest gap, so that nothing of the image is adjacent to it.
 pub(crate) fn find_free(busy: &[(u64, u64)], len: u64) -> Option<u64> {
-    let mut b: Vec<(u64, u64)> = busy.iter().copied().filter(|&(s, e)| e > LOW && s < HIGH).collect();
+    let mut b: Vec<(u64, u64)> = busy
+        .iter()
+        .copied()
+        .filter(|&(s, e)| e > LOW && s < HIGH)
+        .collect();
     b.sort_unstable();
     let mut best: Option<(u64, u64)> = None; // (gap start, gap len)
     let mut cur = LOW;
@@ -73,23 +77,35 @@ pub(crate) fn clear_address_space(t: &mut Tracee, own: &[Region]) -> Result<(), 
 /// code reaches its data pages relative to itself) to where the image had them; unmaps them
 /// if the image has none. A different layout (another kernel) is an error: the app's libc has
 /// pointers into the vdso it was started with.
-pub(crate) fn move_specials(t: &mut Tracee, own: &[Region], image: &[Region]) -> Result<(), RestoreError> {
+pub(crate) fn move_specials(
+    t: &mut Tracee,
+    own: &[Region],
+    image: &[Region],
+) -> Result<(), RestoreError> {
     let cur: Vec<&Region> = own.iter().filter(|r| is_movable(r)).collect();
     let want: Vec<&Region> = image.iter().filter(|r| is_movable(r)).collect();
     if want.is_empty() {
         for r in &cur {
-            t.sys("munmap", libc::SYS_munmap, [r.start, r.len(), 0, 0, 0, 0], || {
-                format!("removing {} (the image has none)", r.path)
-            })?;
+            t.sys(
+                "munmap",
+                libc::SYS_munmap,
+                [r.start, r.len(), 0, 0, 0, 0],
+                || format!("removing {} (the image has none)", r.path),
+            )?;
         }
         return Ok(());
     }
     let describe = |v: &[&Region]| {
-        v.iter().map(|r| format!("{} {:#x} bytes", r.path, r.len())).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(|r| format!("{} {:#x} bytes", r.path, r.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let same_shape = cur.len() == want.len()
         && cur.iter().zip(&want).all(|(c, w)| {
-            c.path == w.path && c.len() == w.len() && w.start.wrapping_sub(c.start) == want[0].start.wrapping_sub(cur[0].start)
+            c.path == w.path
+                && c.len() == w.len()
+                && w.start.wrapping_sub(c.start) == want[0].start.wrapping_sub(cur[0].start)
         });
     if !same_shape {
         return Err(RestoreError::Unsupported(format!(
@@ -108,12 +124,19 @@ pub(crate) fn move_specials(t: &mut Tracee, own: &[Region], image: &[Region]) ->
     if want_block.0 < cur_block.1 && cur_block.0 < want_block.1 {
         // Overlapping: go through a free spot first.
         let busy = [cur_block, want_block, (t.code, t.code + t.area_len)];
-        let tmp = find_free(&busy, len).ok_or(RestoreError::NoAddressSpace { len, what: "moving the vdso" })?;
+        let tmp = find_free(&busy, len).ok_or(RestoreError::NoAddressSpace {
+            len,
+            what: "moving the vdso",
+        })?;
         move_block(t, &cur, from, tmp)?;
         from = tmp;
     }
     move_block(t, &cur, from, want_block.0)?;
-    debug!(from = format_args!("{:#x}", cur_block.0), to = format_args!("{:#x}", want_block.0), "moved vvar/vdso");
+    debug!(
+        from = format_args!("{:#x}", cur_block.0),
+        to = format_args!("{:#x}", want_block.0),
+        "moved vvar/vdso"
+    );
     Ok(())
 }
 
@@ -127,7 +150,14 @@ fn move_block(t: &mut Tracee, regs: &[&Region], from: u64, to: u64) -> Result<()
         t.sys(
             "mremap",
             libc::SYS_mremap,
-            [old, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, new, 0],
+            [
+                old,
+                len,
+                len,
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                new,
+                0,
+            ],
             || format!("moving {} from {old:#x} to {new:#x}", r.path),
         )?;
     }

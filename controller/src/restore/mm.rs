@@ -58,7 +58,11 @@ impl PrctlMmMap {
 
 /// Sets the mm fields. Failure is logged, not fatal: the process runs, but `brk` may not
 /// grow and /proc/<pid>/{cmdline,environ,auxv,exe} show the wrong thing.
-pub(crate) fn set_mm(t: &mut Tracee, meta: &EpochMeta, exe: Option<&str>) -> Result<(), RestoreError> {
+pub(crate) fn set_mm(
+    t: &mut Tracee,
+    meta: &EpochMeta,
+    exe: Option<&str>,
+) -> Result<(), RestoreError> {
     let m = &meta.mm;
     let mut map = PrctlMmMap {
         start_code: m.start_code,
@@ -94,7 +98,14 @@ pub(crate) fn set_mm(t: &mut Tracee, meta: &EpochMeta, exe: Option<&str>) -> Res
         let addr = t.put_scratch(512, &map.as_bytes())?;
         let r = t.raw_syscall(
             libc::SYS_prctl,
-            [libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, addr, 104, 0, 0],
+            [
+                libc::PR_SET_MM as u64,
+                libc::PR_SET_MM_MAP as u64,
+                addr,
+                104,
+                0,
+                0,
+            ],
         )?;
         if r == 0 {
             result = Ok(fd.is_some());
@@ -115,7 +126,11 @@ pub(crate) fn set_mm(t: &mut Tracee, meta: &EpochMeta, exe: Option<&str>) -> Res
         t.close(fd);
     }
     match result {
-        Ok(with_exe) => debug!(with_exe, brk = format_args!("{:#x}", m.brk), "PR_SET_MM_MAP done"),
+        Ok(with_exe) => debug!(
+            with_exe,
+            brk = format_args!("{:#x}", m.brk),
+            "PR_SET_MM_MAP done"
+        ),
         Err(errno) => warn!(
             errno,
             error = %std::io::Error::from_raw_os_error(errno as i32),
@@ -130,7 +145,10 @@ pub(crate) fn set_mm(t: &mut Tracee, meta: &EpochMeta, exe: Option<&str>) -> Res
         let n = name.len().min(15);
         comm[..n].copy_from_slice(&name.as_bytes()[..n]);
         let addr = t.put_scratch(0, &comm)?;
-        let r = t.raw_syscall(libc::SYS_prctl, [libc::PR_SET_NAME as u64, addr, 0, 0, 0, 0])?;
+        let r = t.raw_syscall(
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, addr, 0, 0, 0, 0],
+        )?;
         if r != 0 {
             debug!(errno = -r, "PR_SET_NAME failed");
         }

@@ -61,7 +61,10 @@ impl std::fmt::Debug for RestoreOptions {
             .field("stdout", &self.stdout)
             .field("stderr", &self.stderr)
             .field("state_dir", &self.state_dir)
-            .field("full_regs", &self.full_regs.map(|r| format!("rip={:#x}", r.rip)))
+            .field(
+                "full_regs",
+                &self.full_regs.map(|r| format!("rip={:#x}", r.rip)),
+            )
             .finish()
     }
 }
@@ -111,7 +114,10 @@ pub enum RestoreError {
 }
 
 fn errno_text(errno: i32) -> String {
-    format!("{} (errno {errno})", std::io::Error::from_raw_os_error(errno))
+    format!(
+        "{} (errno {errno})",
+        std::io::Error::from_raw_os_error(errno)
+    )
 }
 
 impl RestoreError {
@@ -145,8 +151,10 @@ pub fn restore(image: &Image, opts: &RestoreOptions) -> Result<RestoredProcess, 
     // Another thread of the daemon may map something at the chosen address between reading
     // our maps and the fork; pick again then.
     for attempt in 0..3 {
-        let own = std::fs::read_to_string("/proc/self/maps")
-            .map_err(|e| RestoreError::Os { what: "reading /proc/self/maps".into(), source: e })?;
+        let own = std::fs::read_to_string("/proc/self/maps").map_err(|e| RestoreError::Os {
+            what: "reading /proc/self/maps".into(),
+            source: e,
+        })?;
         let own = crate::image::parse_maps(&own).map_err(RestoreError::Unsupported)?;
         let mut busy: Vec<(u64, u64)> = own.iter().map(|r| (r.start, r.end)).collect();
         busy.extend(image.regions.iter().map(|r| (r.start, r.end)));
@@ -172,9 +180,22 @@ pub fn restore(image: &Image, opts: &RestoreOptions) -> Result<RestoredProcess, 
         }
     };
     let pid = t.pid;
-    debug!(pid, inj = format_args!("{:#x}", t.code), "restore child stopped");
+    debug!(
+        pid,
+        inj = format_args!("{:#x}", t.code),
+        "restore child stopped"
+    );
 
-    build(&mut t, image, meta, opts, &fd_plan, &cwd, exe.as_deref(), &rseq)?;
+    build(
+        &mut t,
+        image,
+        meta,
+        opts,
+        &fd_plan,
+        &cwd,
+        exe.as_deref(),
+        &rseq,
+    )?;
     drop(fd_plan); // the parent's copies of the stdio files
 
     info!(
@@ -258,7 +279,9 @@ fn check_image(image: &Image) -> Result<(), RestoreError> {
         prev_end = r.end;
     }
     if image.regions.is_empty() {
-        return Err(RestoreError::Unsupported("the image has no memory regions".into()));
+        return Err(RestoreError::Unsupported(
+            "the image has no memory regions".into(),
+        ));
     }
     Ok(())
 }
@@ -266,7 +289,10 @@ fn check_image(image: &Image) -> Result<(), RestoreError> {
 /// The executable: the file of the region holding `mm.start_code`.
 fn exe_path(image: &Image) -> Option<String> {
     let sc = image.meta.as_ref()?.mm.start_code;
-    let r: &Region = image.regions.iter().find(|r| r.start <= sc && sc < r.end && r.is_file())?;
+    let r: &Region = image
+        .regions
+        .iter()
+        .find(|r| r.start <= sc && sc < r.end && r.is_file())?;
     let p = regions::file_path(r);
     if p.len() != r.path.len() {
         warn!(path = %r.path, "the executable was deleted on the primary");

@@ -34,7 +34,11 @@ pub(crate) fn map_all(t: &mut Tracee, image: &Image) -> Result<(), RestoreError>
     res
 }
 
-fn map_regions(t: &mut Tracee, image: &Image, files: &mut HashMap<String, i32>) -> Result<(), RestoreError> {
+fn map_regions(
+    t: &mut Tracee,
+    image: &Image,
+    files: &mut HashMap<String, i32>,
+) -> Result<(), RestoreError> {
     let mut buf: Vec<u8> = Vec::new();
     let mut written = 0usize;
     for r in &image.regions {
@@ -42,7 +46,15 @@ fn map_regions(t: &mut Tracee, image: &Image, files: &mut HashMap<String, i32>) 
             continue;
         }
         let prot = r.prot() as u64;
-        let what = || format!("region {:#x}-{:#x} {} {:?}", r.start, r.end, perms(r), r.path);
+        let what = || {
+            format!(
+                "region {:#x}-{:#x} {} {:?}",
+                r.start,
+                r.end,
+                perms(r),
+                r.path
+            )
+        };
         let file_backed = r.is_file() && !is_pseudo_file(r);
         if r.shared {
             warn!(
@@ -65,7 +77,11 @@ fn map_regions(t: &mut Tracee, image: &Image, files: &mut HashMap<String, i32>) 
                             fd
                         }
                         Err(errno) => {
-                            return Err(RestoreError::MissingFile { path: path.to_string(), what: what(), errno })
+                            return Err(RestoreError::MissingFile {
+                                path: path.to_string(),
+                                what: what(),
+                                errno,
+                            })
                         }
                     }
                 }
@@ -73,7 +89,14 @@ fn map_regions(t: &mut Tracee, image: &Image, files: &mut HashMap<String, i32>) 
             t.sys(
                 "mmap",
                 libc::SYS_mmap,
-                [r.start, r.len(), prot, (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64, fd as u64, r.offset],
+                [
+                    r.start,
+                    r.len(),
+                    prot,
+                    (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64,
+                    fd as u64,
+                    r.offset,
+                ],
                 what,
             )?;
         } else {
