@@ -298,6 +298,22 @@ fn restore_roundtrip() {
         state_dir: dir.clone(),
         full_regs: Some(d.regs),
     };
+
+    // A file the image maps is missing on this host: a clear error naming it, not a crash.
+    let mut d = d;
+    let mapfile = dir.join("mapfile").to_string_lossy().into_owned();
+    let i = d
+        .image
+        .regions
+        .iter()
+        .position(|r| r.path == mapfile)
+        .expect("mapfile region");
+    d.image.regions[i].path = format!("{mapfile}.missing");
+    let e = restore(&d.image, &opts).expect_err("restore with a missing file");
+    assert!(e.to_string().contains("mapfile.missing"), "{e}");
+    eprintln!("expected error: {e}");
+    d.image.regions[i].path = mapfile;
+
     let t0 = Instant::now();
     let rp = restore(&d.image, &opts).unwrap_or_else(|e| panic!("restore failed: {e}"));
     eprintln!("restore took {:?}", t0.elapsed());
@@ -315,6 +331,11 @@ fn restore_roundtrip() {
             "region {r:?} missing after restore:\n{maps_after}"
         );
     }
+
+    let exe = fs::read_link(format!("/proc/{}/exe", rp.pid)).unwrap();
+    assert_eq!(exe, prog, "/proc/<pid>/exe after PR_SET_MM_MAP");
+    let comm = fs::read_to_string(format!("/proc/{}/comm", rp.pid)).unwrap();
+    assert_eq!(comm.trim(), "restore_prog");
 
     let st = wait_exit(rp.pid, Duration::from_secs(30));
     let out = fs::read_to_string(&restored_out).unwrap_or_default();

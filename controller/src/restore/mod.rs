@@ -114,10 +114,8 @@ pub enum RestoreError {
 }
 
 fn errno_text(errno: i32) -> String {
-    format!(
-        "{} (errno {errno})",
-        std::io::Error::from_raw_os_error(errno)
-    )
+    // "No such file or directory (os error 2)"
+    std::io::Error::from_raw_os_error(errno).to_string()
 }
 
 impl RestoreError {

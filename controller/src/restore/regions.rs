@@ -27,11 +27,12 @@ const MAX_BATCH: usize = 4 << 20;
 
 pub(crate) fn map_all(t: &mut Tracee, image: &Image) -> Result<(), RestoreError> {
     let mut open_files: HashMap<String, i32> = HashMap::new();
-    let res = map_regions(t, image, &mut open_files);
+    // On error the child is killed: no need to close anything then.
+    map_regions(t, image, &mut open_files)?;
     for (_, fd) in open_files {
         t.close(fd);
     }
-    res
+    Ok(())
 }
 
 fn map_regions(
