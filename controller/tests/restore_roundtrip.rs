@@ -332,6 +332,19 @@ fn restore_roundtrip() {
         );
     }
 
+    // Nothing of restore's own is left behind (the injection area is unmapped).
+    for a in &after {
+        let known = d
+            .image
+            .regions
+            .iter()
+            .any(|r| r.start < a.end && a.start < r.end);
+        assert!(
+            known,
+            "unexpected mapping after restore: {a:?}\n{maps_after}"
+        );
+    }
+
     let exe = fs::read_link(format!("/proc/{}/exe", rp.pid)).unwrap();
     assert_eq!(exe, prog, "/proc/<pid>/exe after PR_SET_MM_MAP");
     let comm = fs::read_to_string(format!("/proc/{}/comm", rp.pid)).unwrap();
@@ -439,5 +452,71 @@ fn restore_resumes_in_signal_handler() {
     );
     assert!(out.starts_with("resumed in handler\nround 3 ok\n"), "{out}");
     assert!(out.ends_with("round 7 ok\ndone\n"), "{out}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A real interpreter, dumped while it sleeps in `clock_nanosleep` (the restart path), with
+/// many libraries, locale data and a shared read-only mapping. Skipped without python3.
+#[test]
+fn restore_python_sleeping() {
+    let Some(py) = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    else {
+        eprintln!("python3 not found; skipping");
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_test_writer()
+        .try_init();
+    let dir = tempdir("restore-python");
+    let script = "import time, hashlib\n\
+                  data = {i: hashlib.sha256(str(i).encode()).hexdigest() for i in range(20000)}\n\
+                  expect = hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()\n\
+                  for r in range(40):\n\
+                  \x20   time.sleep(0.02)\n\
+                  \x20   data[r] = data[r]\n\
+                  \x20   ok = hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest() == expect\n\
+                  \x20   print('round', r, 'ok' if ok else 'FAIL', flush=True)\n\
+                  print('done', flush=True)\n";
+    fs::write(dir.join("prog.py"), script).unwrap();
+    let orig_out = dir.join("orig.out");
+    let mut child = Command::new(&py)
+        .arg(dir.join("prog.py"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&orig_out).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    wait_for(&orig_out, "round 2 ok", Duration::from_secs(30));
+    let d = dump(pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dumped_at = last_round(&fs::read_to_string(&orig_out).unwrap()).unwrap();
+
+    let restored_out = dir.join("restored.out");
+    let opts = RestoreOptions {
+        stdout: Some(restored_out.clone()),
+        stderr: Some(dir.join("restored.err")),
+        state_dir: dir.clone(),
+        full_regs: Some(d.regs),
+    };
+    let rp = restore(&d.image, &opts).unwrap_or_else(|e| panic!("restore failed: {e}"));
+    let st = wait_exit(rp.pid, Duration::from_secs(60));
+    let out = fs::read_to_string(&restored_out).unwrap_or_default();
+    let err = fs::read_to_string(dir.join("restored.err")).unwrap_or_default();
+    eprintln!("restored:\n{out}\nstderr:\n{err}");
+    assert!(
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+        "restored python ended with status {st:#x}"
+    );
+    assert!(!out.contains("FAIL"), "{out}");
+    assert_eq!(first_round(&out), Some(dumped_at + 1), "{out}");
+    assert!(out.ends_with("round 39 ok\ndone\n"), "{out}");
     let _ = fs::remove_dir_all(&dir);
 }

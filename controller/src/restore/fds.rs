@@ -20,13 +20,12 @@ use super::{RestoreError, RestoreOptions};
 use crate::image::{EpochMeta, FdEntry, FdKind};
 
 /// Character devices that are the same thing on any host and are reopened by path.
-const PORTABLE_DEVICES: [&str; 6] = [
+const PORTABLE_DEVICES: [&str; 5] = [
     "/dev/null",
     "/dev/zero",
     "/dev/full",
     "/dev/random",
     "/dev/urandom",
-    "/dev/ptmx",
 ];
 
 enum Action {

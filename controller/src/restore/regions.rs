@@ -57,7 +57,10 @@ fn map_regions(
             )
         };
         let file_backed = r.is_file() && !is_pseudo_file(r);
-        if r.shared {
+        // A read-only shared file mapping (e.g. glibc's gconv cache) is mapped shared again:
+        // its content is the file's, and nothing of it can be in the image.
+        let shared_ro = file_backed && r.shared && !r.write;
+        if r.shared && !shared_ro {
             warn!(
                 region = %what(),
                 "shared mapping restored as a private copy: whoever shared it with the app no longer does"
@@ -94,7 +97,11 @@ fn map_regions(
                     r.start,
                     r.len(),
                     prot,
-                    (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64,
+                    (if shared_ro {
+                        libc::MAP_SHARED
+                    } else {
+                        libc::MAP_PRIVATE
+                    } | libc::MAP_FIXED) as u64,
                     fd as u64,
                     r.offset,
                 ],
@@ -118,6 +125,9 @@ fn map_regions(
 
         // The image's pages of this region, contiguous runs in one write. A page of an
         // anonymous region that is all zeros is what the fresh mapping holds already.
+        if shared_ro {
+            continue;
+        }
         let mut run_start = 0u64;
         buf.clear();
         for (&addr, page) in image.pages.range(r.start..r.end) {
