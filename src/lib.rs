@@ -358,6 +358,32 @@ fn kill_all(child: &mut Child, extra: &[i32]) {
     let _ = child.wait();
 }
 
+/// The exit status of our child `pid` if it has ended, without reaping it.
+pub fn peek_exit(pid: i32) -> Option<ExitStatus> {
+    // SAFETY: siginfo_t is plain data; zeroed is a valid value for waitid to fill in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes only into `info`, which lives for the call; WNOWAIT leaves the
+    // child to be reaped by its Child handle.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: after a successful waitid, si_pid and si_status are the fields it filled in.
+    let (who, code) = unsafe { (info.si_pid(), info.si_status()) };
+    if rc != 0 || who != pid {
+        return None;
+    }
+    Some(match info.si_code {
+        libc::CLD_EXITED => ExitStatus::from_raw((code & 0xff) << 8),
+        libc::CLD_DUMPED => ExitStatus::from_raw(code | 0x80),
+        _ => ExitStatus::from_raw(code),
+    })
+}
+
 /// Waits for `child` to exit, for at most `timeout`.
 fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let start = Instant::now();
@@ -380,12 +406,20 @@ pub fn run_with_timeout(
     cmd: &mut Command,
     timeout: Duration,
 ) -> (Option<ExitStatus>, String, String) {
+    try_run_with_timeout(cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`run_with_timeout`], with an error instead of a panic when the command cannot start.
+pub fn try_run_with_timeout(
+    cmd: &mut Command,
+    timeout: Duration,
+) -> Result<(Option<ExitStatus>, String, String), String> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     let out = reader_thread(child.stdout.take().expect("stdout"));
     let err = reader_thread(child.stderr.take().expect("stderr"));
     let st = wait_child(&mut child, timeout);
@@ -395,7 +429,7 @@ pub fn run_with_timeout(
     }
     let out = out.join().unwrap_or_default();
     let err = err.join().unwrap_or_default();
-    (st, out, err)
+    Ok((st, out, err))
 }
 
 fn reader_thread(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
@@ -442,7 +476,7 @@ pub fn status(control: &Path) -> Result<Value, String> {
         .arg("--control")
         .arg(control)
         .arg("--json");
-    let (st, out, err) = run_with_timeout(&mut cmd, Duration::from_secs(10));
+    let (st, out, err) = try_run_with_timeout(&mut cmd, Duration::from_secs(10))?;
     match st {
         None => Err(format!(
             "remusctl status --control {} hung for 10 s",
@@ -934,11 +968,29 @@ impl Protected {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
+        let mut gone_polls = 0;
         wait_for(
             &format!("primary: {what}"),
             timeout,
             &|| self.report(),
-            || self.status().ok().filter(|v| pred(v)),
+            || match self.status() {
+                Ok(v) => pred(&v).then_some(v),
+                Err(e) => {
+                    // The program is gone and nobody answers: no point in waiting longer
+                    // (a few polls' grace for a controller that lingers on purpose).
+                    if self.exit.is_some() || peek_exit(self.pid()).is_some() {
+                        gone_polls += 1;
+                        if gone_polls > 50 {
+                            panic!(
+                                "primary: {what}: the program has ended and its controller does \
+                                 not answer ({e})\n{}",
+                                self.report()
+                            );
+                        }
+                    }
+                    None
+                }
+            },
         )
     }
 
@@ -1070,8 +1122,12 @@ impl Protected {
         };
         let out = self.stdout_lines();
         let from = out.len().saturating_sub(10);
+        let ended = match self.exit.or_else(|| peek_exit(self.pid())) {
+            Some(st) => describe_status(&st),
+            None => "running".to_string(),
+        };
         format!(
-            "--- protected `{}` (pid {}, dir {}) status: {st}\n--- its stdout ({} lines; tail):\n{}\n\
+            "--- protected `{}` (pid {}, {ended}, dir {}) status: {st}\n--- its stdout ({} lines; tail):\n{}\n\
              --- its stderr (tail):\n{}\n",
             self.name,
             self.child.id(),
@@ -1127,6 +1183,28 @@ mod tests {
             "no done"
         );
         assert!(check_restored_output("", 0, 10).is_err());
+    }
+
+    #[test]
+    fn peek_exit_sees_code_and_signal_without_reaping() {
+        let mut c = Command::new("/bin/sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .expect("sh");
+        let st = wait_for("sh to exit", Duration::from_secs(10), &String::new, || {
+            peek_exit(c.id() as i32)
+        });
+        assert_eq!(st.code(), Some(3));
+        assert_eq!(c.wait().expect("wait").code(), Some(3), "still reapable");
+        let mut c = Command::new("/bin/sh")
+            .args(["-c", "kill -9 $$"])
+            .spawn()
+            .expect("sh");
+        let st = wait_for("sh to die", Duration::from_secs(10), &String::new, || {
+            peek_exit(c.id() as i32)
+        });
+        assert_eq!(st.signal(), Some(9));
+        assert_eq!(c.wait().expect("wait").signal(), Some(9));
     }
 
     #[test]
