@@ -81,6 +81,8 @@ pub struct Link {
     stream: TcpStream,
     lost_after: Duration,
     threads: Vec<JoinHandle<()>>,
+    /// Disconnected when the reader thread ends (the standby closed its side).
+    reader_gone: Receiver<()>,
 }
 
 /// The standby is declared lost after this much silence: 4 heartbeats, at least 1 s.
@@ -162,10 +164,14 @@ impl Link {
                 .map_err(conn)?,
         );
         let (h, st, a) = (health.clone(), status, addr.to_string());
+        let (gone_tx, reader_gone) = bounded::<()>(0);
         threads.push(
             std::thread::Builder::new()
                 .name("link-recv".into())
-                .spawn(move || recv_loop(reader, h, st, a))
+                .spawn(move || {
+                    recv_loop(reader, h, st, a);
+                    drop(gone_tx);
+                })
                 .map_err(conn)?,
         );
         Ok(Link {
@@ -175,6 +181,7 @@ impl Link {
             stream,
             lost_after: lost,
             threads,
+            reader_gone,
         })
     }
 
@@ -237,7 +244,16 @@ impl Link {
         }) {
             return false;
         }
-        done_rx.recv_timeout(wait).is_ok()
+        let started = Instant::now();
+        if done_rx.recv_timeout(wait).is_err() {
+            return false;
+        }
+        // Let the standby read the goodbye and close first: closing with its heartbeats unread
+        // would reset the connection, and a reset may destroy the goodbye in flight.
+        let _ = self
+            .reader_gone
+            .recv_timeout(wait.saturating_sub(started.elapsed()));
+        true
     }
 
     /// Drops the connection (without a goodbye) and stops the threads.

@@ -53,6 +53,10 @@ struct Primary {
     next_tick: Instant,
     /// Protection was given up for good (second thread, unsupported state, standby lost).
     given_up: bool,
+    /// The app's epoch signal handler was seen installed.
+    handler_seen: bool,
+    handler_warned: bool,
+    started: Instant,
 }
 
 /// How the primary ends.
@@ -110,6 +114,9 @@ pub fn run_with(
         last_epoch: None,
         next_tick: Instant::now(),
         given_up: false,
+        handler_seen: false,
+        handler_warned: false,
+        started: Instant::now(),
     };
     let End::Exit(code) = p.main(&stop)?;
     Ok(code)
@@ -185,6 +192,28 @@ impl Primary {
 
     fn signal_epoch(&mut self, epoch: Duration) -> Result<()> {
         let now = Instant::now();
+        // The shim installs its handler after it reads Ready: a signal sent before that would
+        // kill the app (the default action of a real-time signal).
+        if !self.handler_seen {
+            match crate::sys::catches_signal(self.args.app_pid, remus_abi::EPOCH_SIGNAL) {
+                Ok(true) => self.handler_seen = true,
+                Ok(false) => {
+                    if self.started.elapsed() > Duration::from_secs(10) && !self.handler_warned {
+                        self.handler_warned = true;
+                        tracing::warn!(
+                            "the app has not installed the epoch signal handler after 10 s"
+                        );
+                    }
+                    self.next_tick = now + Duration::from_millis(2);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!("reading the app's signal handlers: {e}");
+                    self.next_tick = now + Duration::from_millis(2);
+                    return Ok(());
+                }
+            }
+        }
         if let Err(e) = crate::sys::kill(self.args.app_pid, remus_abi::EPOCH_SIGNAL) {
             tracing::warn!("sending the epoch signal to {}: {e}", self.args.app_pid);
             // The pidfd tells us if the app is gone; try again next tick.

@@ -302,6 +302,7 @@ fn session_inner(
     let writer = Arc::new(Mutex::new(FrameWriter::new(stream.try_clone()?)));
     let hb_stop = Arc::new(AtomicBool::new(false));
     let mut hb_thread = None;
+    let mut write_err: Option<String> = None;
     let end = (|| -> Result<SessionEnd> {
         // Handshake: the hello must come within a few seconds.
         let hello_deadline = Instant::now() + Duration::from_secs(5);
@@ -344,9 +345,13 @@ fn session_inner(
                             "the peer closed the connection before its hello".into(),
                         ));
                     }
-                    return Ok(SessionEnd::Lost(
-                        "the connection closed without a goodbye".into(),
-                    ));
+                    return Ok(SessionEnd::Lost(format!(
+                        "the connection closed without a goodbye{}",
+                        write_err
+                            .as_ref()
+                            .map(|e| format!(" (after: {e})"))
+                            .unwrap_or_default()
+                    )));
                 }
                 Err(e) if e.is_connection_break() => {
                     if rx.hello.is_none() {
@@ -413,10 +418,18 @@ fn session_inner(
                     );
                 }
                 Event::Committed { epoch, pages } => {
-                    writer
+                    // A failed write is not decisive: what the primary sent before it went
+                    // (a goodbye, say) is still to be read; the reader reports the end.
+                    let sent = writer
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .send(&WireMsg::Ack { epoch })?;
+                        .send(&WireMsg::Ack { epoch });
+                    if let Err(e) = sent {
+                        if write_err.is_none() {
+                            tracing::warn!(epoch, "sending the ack: {e}");
+                            write_err = Some(e.to_string());
+                        }
+                    }
                     {
                         let mut b = ctx.status.lock();
                         b.status.epoch = Some(epoch);
