@@ -138,7 +138,7 @@ pub fn catches_signal(pid: i32, sig: i32) -> io::Result<bool> {
         .find_map(|l| l.strip_prefix("SigCgt:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .ok_or_else(|| io::Error::other(format!("no SigCgt line in /proc/{pid}/status")))?;
-    Ok(sig >= 1 && sig <= 64 && mask & (1u64 << (sig - 1)) != 0)
+    Ok((1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0)
 }
 
 #[cfg(test)]
