@@ -326,3 +326,22 @@ impl Msg {
 }
 
 const _: () = assert!(core::mem::size_of::<Msg>() == 512);
+
+/// Output commit support (added by the controller; additive, the layout above is unchanged).
+///
+/// The controller publishes, inside the unused tail of the header area of the staging memfd,
+/// the last epoch the standby has acknowledged: a `u64` at [`COMMITTED_OFF`] (0 = none yet;
+/// [`COMMITTED_UNPROTECTED`] = protection has stopped, release everything), written with
+/// release ordering *before* the `u32` futex word at [`COMMITTED_FUTEX_OFF`] is incremented
+/// and woken (`FUTEX_WAKE`, shared — not `FUTEX_PRIVATE_FLAG` — since it is a shared mapping).
+/// The shim may hold output produced in epoch k until `committed >= k` (or unprotected),
+/// reading the word with an atomic load and sleeping with `FUTEX_WAIT` on the futex word.
+/// The shim must not write these 16 bytes.
+pub const COMMITTED_OFF: usize = HEADER_SIZE - 64;
+pub const COMMITTED_FUTEX_OFF: usize = COMMITTED_OFF + 8;
+/// The value of the committed word once protection has stopped (standby lost, second thread,
+/// unsupported state): nothing is held any more.
+pub const COMMITTED_UNPROTECTED: u64 = u64::MAX;
+
+const _: () = assert!(core::mem::size_of::<StagingHeader>() <= COMMITTED_OFF);
+const _: () = assert!(COMMITTED_OFF.is_multiple_of(8));

@@ -152,3 +152,21 @@ mod tests {
         assert!(super::catches_signal(me, libc::SIGUSR2).unwrap());
     }
 }
+
+/// Wakes every waiter on a futex word that may live in memory shared with another process
+/// (so no `FUTEX_PRIVATE_FLAG`).
+pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; FUTEX_WAKE only
+    // uses its address as a key and reads nothing else.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            0usize,
+            0usize,
+            0u32,
+        );
+    }
+}

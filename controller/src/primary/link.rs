@@ -39,6 +39,9 @@ pub enum ConnectError {
     Refused(String, String),
 }
 
+/// Called (from the link's reader thread) with each epoch the standby acknowledges.
+pub type OnAck = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// What the epoch loop hands to the sender.
 pub enum Outbound {
     /// Pages of `epoch` (split into parts of at most [`PART_PAGES`]).
@@ -98,6 +101,7 @@ impl Link {
         heartbeat: Duration,
         timeout: Duration,
         status: SharedStatus,
+        on_ack: OnAck,
     ) -> Result<Link, ConnectError> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
@@ -169,7 +173,7 @@ impl Link {
             std::thread::Builder::new()
                 .name("link-recv".into())
                 .spawn(move || {
-                    recv_loop(reader, h, st, a);
+                    recv_loop(reader, h, st, a, on_ack);
                     drop(gone_tx);
                 })
                 .map_err(conn)?,
@@ -376,13 +380,14 @@ fn recv_loop(
     health: Arc<Health>,
     status: SharedStatus,
     addr: String,
+    on_ack: OnAck,
 ) {
     loop {
         match r.read_msg() {
             Ok(Some(WireMsg::Ack { epoch })) => {
                 health.rx();
-                let mut b = status.lock();
-                b.status.committed_epoch = Some(epoch);
+                status.lock().status.committed_epoch = Some(epoch);
+                on_ack(epoch);
                 tracing::trace!(epoch, "standby acked");
             }
             Ok(Some(WireMsg::Heartbeat)) => health.rx(),

@@ -45,7 +45,7 @@ struct InEpoch {
 struct Primary {
     args: PrimaryArgs,
     shim: ShimLink,
-    staging: Staging,
+    staging: Arc<Staging>,
     status: SharedStatus,
     link: Option<Link>,
     in_epoch: Option<InEpoch>,
@@ -107,7 +107,7 @@ pub fn run_with(
     let mut p = Primary {
         args,
         shim,
-        staging,
+        staging: Arc::new(staging),
         status,
         link: None,
         in_epoch: None,
@@ -309,12 +309,15 @@ impl Primary {
                 .to_string(),
             Some(addr) => {
                 let hb = Duration::from_millis(self.args.heartbeat_ms.max(1));
+                let st = self.staging.clone();
+                let on_ack: link::OnAck = Arc::new(move |epoch| st.publish_committed(epoch));
                 match Link::connect(
                     &addr,
                     self.hello(),
                     hb,
                     Duration::from_secs(3),
                     self.status.clone(),
+                    on_ack,
                 ) {
                     Ok(link) => {
                         tracing::info!(standby = %addr, "connected to the standby; protection starts");
@@ -342,6 +345,8 @@ impl Primary {
         if self.args.allow_unprotected {
             tracing::warn!("running UNPROTECTED: {why}");
             self.given_up = true;
+            self.staging
+                .publish_committed(remus_abi::COMMITTED_UNPROTECTED);
             {
                 let mut b = self.status.lock();
                 b.status.state = "unprotected".into();
@@ -384,6 +389,9 @@ impl Primary {
             }
             link.close();
         }
+        // Nothing is held for a standby any more.
+        self.staging
+            .publish_committed(remus_abi::COMMITTED_UNPROTECTED);
         let mut b = self.status.lock();
         b.status.state = "unprotected".into();
         b.status.link = "down".into();

@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::mem::size_of;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use remus_abi::{
     FdRecord, ResetRange, StagingHeader, ABI_VERSION, ADDRS_OFF, CHUNK_PAGES, CWD_MAX, DATA_OFF,
@@ -45,9 +46,10 @@ pub enum ReadStagingError {
     Unaligned(u64),
 }
 
-/// The staging area, mapped shared and read-only.
+/// The staging area, mapped shared. The controller reads it, and writes only the committed
+/// epoch word (`remus_abi::COMMITTED_OFF`).
 pub struct Staging {
-    map: memmap2::Mmap,
+    map: memmap2::MmapMut,
 }
 
 impl Staging {
@@ -62,12 +64,44 @@ impl Staging {
         // SAFETY: the memfd is at least STAGING_SIZE bytes (checked above) and is never
         // shrunk; the shim writes it only while remusd is not reading it (see module docs), and
         // every read below copies the bytes out.
-        let map = unsafe { memmap2::MmapOptions::new().len(STAGING_SIZE).map(file)? };
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(STAGING_SIZE)
+                .map_mut(file)?
+        };
         Ok(Staging { map })
     }
 
     pub fn bytes(&self) -> &[u8] {
         &self.map
+    }
+
+    fn committed_words(&self) -> (&AtomicU64, &AtomicU32) {
+        let base = self.map.as_ptr();
+        // SAFETY: COMMITTED_OFF and COMMITTED_FUTEX_OFF are inside the mapping (checked by
+        // the const asserts of remus_abi and the size check in `map`), 8- and 4-aligned in a
+        // page-aligned mapping, and only ever accessed atomically by both processes; the shim
+        // never writes them otherwise (ABI contract).
+        unsafe {
+            (
+                &*(base.add(remus_abi::COMMITTED_OFF) as *const AtomicU64),
+                &*(base.add(remus_abi::COMMITTED_FUTEX_OFF) as *const AtomicU32),
+            )
+        }
+    }
+
+    /// Tells the shim that `epoch` is committed (or, with `remus_abi::COMMITTED_UNPROTECTED`,
+    /// that nothing is held any more). The value only grows.
+    pub fn publish_committed(&self, epoch: u64) {
+        let (word, futex) = self.committed_words();
+        word.fetch_max(epoch, Ordering::Release);
+        futex.fetch_add(1, Ordering::Release);
+        crate::sys::futex_wake_all(futex);
+    }
+
+    /// The committed word as published.
+    pub fn committed(&self) -> u64 {
+        self.committed_words().0.load(Ordering::Acquire)
     }
 }
 

@@ -147,6 +147,11 @@ fn rig(name: &str) -> Rig {
     }
 }
 
+fn committed_word(map: &[u8]) -> u64 {
+    let o = remus_abi::COMMITTED_OFF;
+    u64::from_le_bytes(map[o..o + 8].try_into().unwrap())
+}
+
 const MAPS: &str = "1000-3000 rw-p 00000000 00:00 0\n";
 
 fn chunk<'a>(epoch: u64, chunk: u32, last: bool, pages: &'a [(u64, u8)]) -> FakeChunk<'a> {
@@ -183,6 +188,11 @@ fn epochs_flow_from_shim_to_standby_image() {
         query_status(&r.control).is_ok_and(|s| s.committed_epoch == Some(2))
     });
     let st = query_status(&r.control).unwrap();
+    assert_eq!(
+        committed_word(&r.map),
+        2,
+        "the shim sees the committed epoch"
+    );
     assert_eq!(st.state, "protected");
     assert!(st.protected && st.reason.is_none());
     assert_eq!(st.link, "up");
@@ -229,6 +239,11 @@ fn second_thread_makes_the_primary_unprotected() {
         query_status(&r.control).is_ok_and(|s| s.state == "unprotected")
     });
     let st = query_status(&r.control).unwrap();
+    assert_eq!(
+        committed_word(&r.map),
+        remus_abi::COMMITTED_UNPROTECTED,
+        "nothing held any more"
+    );
     assert!(!st.protected);
     assert!(st.reason.unwrap().contains("second thread"));
     // The app is SIGKILLed later: the primary exits quietly.
