@@ -141,18 +141,6 @@ pub fn catches_signal(pid: i32, sig: i32) -> io::Result<bool> {
     Ok((1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sees_our_own_signal_handlers() {
-        let me = std::process::id() as i32;
-        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        assert!(!super::catches_signal(me, libc::SIGUSR2).unwrap());
-        signal_hook::flag::register(libc::SIGUSR2, flag).unwrap();
-        assert!(super::catches_signal(me, libc::SIGUSR2).unwrap());
-    }
-}
-
 /// Wakes every waiter on a futex word that may live in memory shared with another process
 /// (so no `FUTEX_PRIVATE_FLAG`).
 pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
@@ -168,5 +156,17 @@ pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
             0usize,
             0u32,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sees_our_own_signal_handlers() {
+        let me = std::process::id() as i32;
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        assert!(!super::catches_signal(me, libc::SIGUSR2).unwrap());
+        signal_hook::flag::register(libc::SIGUSR2, flag).unwrap();
+        assert!(super::catches_signal(me, libc::SIGUSR2).unwrap());
     }
 }
