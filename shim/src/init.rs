@@ -160,17 +160,17 @@ pub fn run() {
     // SAFETY: registering a fork handler with no parent/prepare hooks.
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
 
-    let _ = link::send(&Msg::new(MsgKind::Hello, pid as u64, ABI_VERSION as u64));
     let real = hooks::real_sigaction();
+    signals::install(real);
+    let _ = link::send(&Msg::new(MsgKind::Hello, pid as u64, ABI_VERSION as u64));
     match link::recv() {
         Ok(m) if m.kind == MsgKind::Ready as u32 => {
             state::set_mode(state::MODE_PROTECTED);
-            signals::install(real, true);
+            signals::install_reporters(real);
         }
         Ok(m) if m.kind == MsgKind::RunUnprotected as u32 => {
             fatal::say(&[b"WARNING: running UNPROTECTED: ".as_slice(), m.text()].concat());
             state::set_mode(state::MODE_UNPROTECTED);
-            signals::install(real, false);
         }
         Ok(m) if m.kind == MsgKind::Refuse as u32 => fatal::refuse(m.text()),
         Ok(m) => fatal::refuse(

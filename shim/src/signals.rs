@@ -60,9 +60,10 @@ fn reported(sig: i32) -> bool {
     REPORTED.contains(&sig)
 }
 
-/// Records the dispositions the process starts with, installs the epoch handler and the
-/// reporters. Init time, single-threaded.
-pub fn install(real: SigactionFn, protect: bool) {
+/// Records the dispositions the process starts with and installs the epoch handler (which
+/// does nothing until the mode says protected). Init time, single-threaded, before the
+/// controller is told we exist: its first epoch signal must find the handler in place.
+pub fn install(real: SigactionFn) {
     for sig in 1..NSIG as i32 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
@@ -72,12 +73,15 @@ pub fn install(real: SigactionFn, protect: bool) {
     }
     VIEW_READY.store(true, Ordering::Release);
     install_epoch_handler(real);
-    if protect {
-        for &sig in &REPORTED {
-            // SAFETY: view(sig) is valid.
-            if unsafe { (*view(sig)).sa_sigaction } == libc::SIG_DFL {
-                install_reporter(real, sig);
-            }
+}
+
+/// Catches the fatal signals the app leaves at their default, to tell the controller the app
+/// is ending on its own. Once protection has started.
+pub fn install_reporters(real: SigactionFn) {
+    for &sig in &REPORTED {
+        // SAFETY: view(sig) is valid.
+        if unsafe { (*view(sig)).sa_sigaction } == libc::SIG_DFL {
+            install_reporter(real, sig);
         }
     }
 }
