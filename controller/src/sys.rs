@@ -170,3 +170,14 @@ mod tests {
         assert!(super::catches_signal(me, libc::SIGUSR2).unwrap());
     }
 }
+
+/// Whether `pid` is still running after `grace`: false as soon as it exits (its pidfd becomes
+/// readable) or if it is already gone.
+pub fn still_running(pid: i32, grace: Duration) -> bool {
+    match pidfd_open(pid) {
+        Ok(fd) => !poll_readable(&[fd.as_raw_fd()], Some(grace))
+            .map(|r| r[0])
+            .unwrap_or(true),
+        Err(_) => false,
+    }
+}

@@ -411,9 +411,19 @@ impl Primary {
         let m: Msg = match m {
             FromShim::Msg(m) => *m,
             FromShim::Eof => {
+                if crate::sys::still_running(self.args.app_pid, Duration::from_millis(300)) {
+                    // The socket is close-on-exec: a live app that closed it has replaced
+                    // itself with execve (the new image, if preloaded, is protected afresh by
+                    // its own remusd). This image's checkpoints must never be resurrected.
+                    self.unprotect(
+                        "the app replaced itself (execve) or closed remus's socket; this remusd's image is obsolete".into(),
+                        true,
+                    );
+                    return Ok(Some(End::Exit(0)));
+                }
                 return Ok(Some(
                     self.app_vanished("the shim's socket closed without an exit message"),
-                ))
+                ));
             }
         };
         let text = String::from_utf8_lossy(m.text()).into_owned();
