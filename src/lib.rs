@@ -528,10 +528,14 @@ pub fn iters<S: AsRef<str>>(lines: &[S]) -> Vec<u64> {
 
 /// Checks the output of a restored test program: it did not start over (no `start` line),
 /// no check failed (no `MISMATCH`), its `iter` lines are consecutive, the first one is
-/// above `released` (the highest iteration whose output the primary released: that state
-/// was committed, so the standby holds it or a later one), and it ends with `done target`.
-/// Returns the first iteration the restored program printed.
-pub fn check_restored_output(out: &str, released: u64, target: u64) -> Result<u64, String> {
+/// above `after` (an iteration the standby's state is known to include), and it ends with
+/// `done N` where N is its last iteration (and N == `target` when given).
+/// Returns (first, last) iteration the restored program printed.
+pub fn check_restored_output(
+    out: &str,
+    after: u64,
+    target: Option<u64>,
+) -> Result<(u64, u64), String> {
     let lines: Vec<&str> = out.lines().collect();
     if let Some(l) = lines.iter().find(|l| l.contains("MISMATCH")) {
         return Err(format!("the restored program found a difference: {l}"));
@@ -545,12 +549,10 @@ pub fn check_restored_output(out: &str, released: u64, target: u64) -> Result<u6
     let first = *it
         .first()
         .ok_or_else(|| "the restored program printed no `iter N ok` line".to_string())?;
-    if first <= released {
+    if first <= after {
         return Err(format!(
-            "the restored program continued at iteration {first}, but the primary had already \
-             released the output of iteration {released}: that state was committed, so the \
-             restored program must continue after it (output left before its epoch committed, \
-             or the standby restored an older epoch)"
+            "the restored program continued at iteration {first}, but the standby's state \
+             already included iteration {after}: it resumed from an older state than committed"
         ));
     }
     for w in it.windows(2) {
@@ -562,17 +564,19 @@ pub fn check_restored_output(out: &str, released: u64, target: u64) -> Result<u6
         }
     }
     let last = *it.last().expect("non-empty");
-    if last != target {
+    if let Some(t) = target {
+        if last != t {
+            return Err(format!(
+                "the restored program stopped at iteration {last}, not {t}"
+            ));
+        }
+    }
+    if lines.last().map(|l| l.trim()) != Some(format!("done {last}").as_str()) {
         return Err(format!(
-            "the restored program stopped at iteration {last}, not {target}"
+            "the restored program's output does not end with `done {last}`"
         ));
     }
-    if lines.last().map(|l| l.trim()) != Some(format!("done {target}").as_str()) {
-        return Err(format!(
-            "the restored program's output does not end with `done {target}`"
-        ));
-    }
-    Ok(first)
+    Ok((first, last))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1164,25 +1168,27 @@ mod tests {
     #[test]
     fn restored_output_checks() {
         let good = "iter 8 ok\niter 9 ok\niter 10 ok\ndone 10\n";
-        assert_eq!(check_restored_output(good, 7, 10), Ok(8));
+        assert_eq!(check_restored_output(good, 7, Some(10)), Ok((8, 10)));
+        assert_eq!(check_restored_output(good, 7, None), Ok((8, 10)));
         assert!(
-            check_restored_output(good, 8, 10).is_err(),
-            "8 was released already"
+            check_restored_output(good, 8, None).is_err(),
+            "8 was committed already"
         );
         assert!(
-            check_restored_output(good, 7, 11).is_err(),
-            "did not reach the target"
+            check_restored_output(good, 7, Some(11)).is_err(),
+            "not the target"
         );
-        assert!(check_restored_output("iter 8 ok\niter 10 ok\ndone 10\n", 7, 10).is_err());
+        assert!(check_restored_output("iter 8 ok\niter 10 ok\ndone 10\n", 7, None).is_err());
         assert!(
-            check_restored_output("start pid 1 iterations 10\niter 8 ok\ndone 10", 0, 10).is_err()
+            check_restored_output("start pid 1 iterations 10\niter 8 ok\ndone 8", 0, None).is_err()
         );
-        assert!(check_restored_output("iter 8 ok\nMISMATCH bss at iter 9\n", 7, 10).is_err());
+        assert!(check_restored_output("iter 8 ok\nMISMATCH bss at iter 9\n", 7, None).is_err());
         assert!(
-            check_restored_output("iter 9 ok\niter 10 ok\n", 7, 10).is_err(),
+            check_restored_output("iter 9 ok\niter 10 ok\n", 7, None).is_err(),
             "no done"
         );
-        assert!(check_restored_output("", 0, 10).is_err());
+        assert!(check_restored_output("iter 9 ok\niter 10 ok\ndone 9\n", 7, None).is_err());
+        assert!(check_restored_output("", 0, None).is_err());
     }
 
     #[test]
@@ -1245,23 +1251,53 @@ mod tests {
 pub struct Failover {
     /// The primary's committed epoch just before the kill.
     pub committed_at_kill: u64,
-    /// The highest iteration whose output the primary released before it died.
+    /// An iteration the committed state is known to include: the program had printed it
+    /// before the status showed that epoch `e` was the last one taken, and the kill came
+    /// after epoch `e + 2` was committed.
+    pub known_committed: u64,
+    /// The highest iteration whose output left the primary before it died.
     pub released: u64,
-    /// The first iteration the restored program printed.
+    /// The first and last iterations the restored program printed.
     pub first_restored: u64,
+    pub last_restored: u64,
 }
 
-/// Runs `prog args` protected by a fresh standby; once the primary has committed at least
-/// `after_epochs` epochs, kills the primary side (app and `remusd primary`) with SIGKILL;
-/// then requires that the standby takes over, that the restored program continues after the
-/// last iteration the primary released (it does not start over and its own checks pass) up
-/// to `done target`, and that the standby exits 0 with it.
-pub fn failover_scenario(prog: &Path, args: &[&str], target: u64, after_epochs: u64) -> Failover {
-    let long = Duration::from_secs(120);
+impl Failover {
+    /// Iterations whose output left the primary but which the restored program did again:
+    /// output released before its epoch committed. 0 when output commit works.
+    pub fn output_ahead(&self) -> u64 {
+        self.released
+            .saturating_sub(self.first_restored.saturating_sub(1))
+    }
+}
+
+/// Runs `prog args... --stop-file F` (a test program that runs until F exists) protected by
+/// a fresh standby; once the primary has committed at least `after_epochs` epochs, kills the
+/// primary side (app and `remusd primary`) with SIGKILL; then requires that the standby
+/// takes over and that the restored program continues after the last iteration the
+/// committed state is known to hold (it does not start over, and its own checks of all its
+/// memory pass), runs on for `run_after` more iterations, stops when told, and that the
+/// standby exits 0 with it.
+///
+/// No wall clock is involved: the moment of the kill is counted in committed epochs, and
+/// the lower bound on the restored iteration comes from ordering alone: the lines the test
+/// had read before a status said epoch `e` was the latest were printed before epoch `e + 1`
+/// was even started, so a standby holding epoch `e + 2` holds them.
+pub fn failover_scenario(
+    prog: &Path,
+    args: &[&str],
+    after_epochs: u64,
+    run_after: u64,
+) -> Failover {
+    let long = Duration::from_secs(180);
     let mut standby = Standby::start(500);
+    let stop = standby.dir().join("stop");
+    let stop_s = stop.to_str().expect("utf-8 path").to_string();
+    let mut all_args: Vec<&str> = args.to_vec();
+    all_args.extend_from_slice(&["--stop-file", &stop_s]);
     let mut app = Protected::start(
         prog,
-        args,
+        &all_args,
         &ProtectedOpts {
             standby: Some(standby.addr.clone()),
             ..Default::default()
@@ -1274,9 +1310,19 @@ pub fn failover_scenario(prog: &Path, args: &[&str], target: u64, after_epochs: 
         "the primary is not protected: {v}\n{}",
         app.report()
     );
+    // Ordering, not time: lines read now were printed before epoch `taken + 1` started.
+    let known_committed = app.max_iter();
+    let v = app
+        .status()
+        .unwrap_or_else(|e| panic!("primary status: {e}\n{}", app.report()));
+    let taken = v
+        .get("epoch")
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("the primary's status has no epoch number: {v}"));
+    let v = app.wait_committed(taken + 2, long);
     let committed_at_kill = committed_epoch(&v).unwrap_or(0);
     app.kill_primary_side();
-    // Everything the primary side released is in the pipe: read it to the end.
+    // Everything the primary side let out is in the pipe: read it to the end.
     app.wait_eof(Duration::from_secs(30));
     let out = app.stdout_lines();
     if let Some(l) = out.iter().find(|l| l.contains("MISMATCH")) {
@@ -1285,18 +1331,18 @@ pub fn failover_scenario(prog: &Path, args: &[&str], target: u64, after_epochs: 
             app.report()
         );
     }
-    let released = iters(&out).into_iter().max().unwrap_or(0);
     assert!(
-        released + 300 < target,
-        "the program reached iteration {released} of {target} before the kill: give it more \
-         iterations for this test to mean anything\n{}",
+        out.first().is_some_and(|l| l.starts_with("start ")),
+        "the program did not print its start line\n{}",
         app.report()
     );
+    let released = iters(&out).into_iter().max().unwrap_or(0);
 
+    let report = || format!("{}{}", standby.report(), app.report());
     let sv = wait_for(
         "the standby to take over (state took_over with a restored_pid)",
         long,
-        &|| format!("{}{}", standby.report(), app.report()),
+        &report,
         || {
             standby
                 .status()
@@ -1305,19 +1351,31 @@ pub fn failover_scenario(prog: &Path, args: &[&str], target: u64, after_epochs: 
         },
     );
     let restored = n(&sv, "restored_pid").unwrap_or(0) as i32;
-    assert!(
-        restored > 0 && alive(restored),
-        "restored_pid {restored} is not running: {sv}\n{}",
-        standby.report()
+    // The restored program runs until told to stop: let it run `run_after` iterations.
+    wait_for(
+        &format!("the restored program to print {run_after} iterations"),
+        long,
+        &report,
+        || {
+            if peek_exit(standby.pid()).is_some() || (restored > 0 && !alive(restored)) {
+                panic!(
+                    "the restored program (pid {restored}) ended before it was told to stop\n{}",
+                    report()
+                );
+            }
+            let it = iters(&standby.app_stdout_text().lines().collect::<Vec<_>>());
+            (it.len() as u64 >= run_after).then_some(())
+        },
     );
-
-    let st = standby.wait_exit("the restored program to finish", Duration::from_secs(300));
+    fs::write(&stop, b"stop\n").expect("write the stop file");
+    let st = standby.wait_exit("the restored program to stop", long);
     let text = standby.app_stdout_text();
-    let first_restored = match check_restored_output(&text, released, target) {
+    let (first_restored, last_restored) = match check_restored_output(&text, known_committed, None)
+    {
         Ok(f) => f,
         Err(e) => panic!(
-            "{e}\n(released before the kill: iteration {released}; committed epoch at kill: \
-             {committed_at_kill})\n{}",
+            "{e}\n(known committed: iteration {known_committed}; released before the \
+                 kill: iteration {released}; committed epoch at kill: {committed_at_kill})\n{}",
             standby.report()
         ),
     };
@@ -1330,7 +1388,9 @@ pub fn failover_scenario(prog: &Path, args: &[&str], target: u64, after_epochs: 
     );
     Failover {
         committed_at_kill,
+        known_committed,
         released,
         first_restored,
+        last_restored,
     }
 }

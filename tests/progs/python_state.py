@@ -1,6 +1,6 @@
 """python_state: a Python program keeping its state in dicts and lists, checked every step.
 
-    python3 python_state.py ITERATIONS [--sleep-ms N] [--corrupt-at N]
+    python3 python_state.py ITERATIONS [--stop-file PATH] [--sleep-ms N] [--corrupt-at N]
 
 The state is a function of one counter (the iteration it was last written for), which is
 itself kept twice, in a dict and in a module global. Iteration i (from 1): verify that every
@@ -8,7 +8,9 @@ structure holds what iteration i-1 left in it, then mutate it for iteration i an
 "iter i ok". After ITERATIONS iterations print "done ITERATIONS" and exit 0; on any
 difference print "MISMATCH <what> at iter i" and exit 1. "start pid P iterations T" is
 printed once at start: a process restored from a checkpoint does not start over, so it
-never prints it again, and its counter continues.
+never prints it again, and its counter continues. With --stop-file it also stops (check,
+"done N", exit 0) at the first iteration that finds PATH existing; ITERATIONS 0 means no
+limit but that one.
 
 --corrupt-at N changes one entry behind the program's back at iteration N, so a test can
 see that the checks do catch a difference.
@@ -133,24 +135,35 @@ def main():
     global st
     args = sys.argv[1:]
     if not args:
-        print("usage: python_state.py ITERATIONS [--sleep-ms N] [--corrupt-at N]", file=sys.stderr)
+        print(
+            "usage: python_state.py ITERATIONS [--stop-file PATH] [--sleep-ms N] [--corrupt-at N]",
+            file=sys.stderr,
+        )
         sys.exit(2)
     target = int(args[0])
     sleep_ms = 3.0
     corrupt_at = 0
+    stop_file = None
     rest = args[1:]
     while rest:
         if rest[0] == "--sleep-ms" and len(rest) > 1:
             sleep_ms = float(rest[1])
+        elif rest[0] == "--stop-file" and len(rest) > 1:
+            stop_file = rest[1]
         elif rest[0] == "--corrupt-at" and len(rest) > 1:
             corrupt_at = int(rest[1])
         else:
             print("python_state.py: unknown argument %s" % rest[0], file=sys.stderr)
             sys.exit(2)
         rest = rest[2:]
+    if target == 0 and stop_file is None:
+        print("python_state.py: ITERATIONS 0 needs --stop-file", file=sys.stderr)
+        sys.exit(2)
     st = State()
     print("start pid %d iterations %d" % (os.getpid(), target), flush=True)
-    while ITER < target:
+    while target == 0 or ITER < target:
+        if stop_file is not None and os.path.exists(stop_file):
+            break
         s = ITER
         i = s + 1
         check(s, i)
