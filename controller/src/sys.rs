@@ -159,6 +159,85 @@ pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
     }
 }
 
+/// Whether `pid` is still running after `grace`: false as soon as it exits (its pidfd becomes
+/// readable) or if it is already gone.
+pub fn still_running(pid: i32, grace: Duration) -> bool {
+    match pidfd_open(pid) {
+        Ok(fd) => !poll_readable(&[fd.as_raw_fd()], Some(grace))
+            .map(|r| r[0])
+            .unwrap_or(true),
+        Err(_) => false,
+    }
+}
+
+/// Sets `O_NONBLOCK` on a descriptor.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl F_GETFL/F_SETFL take integers only.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// One `read(2)` on a non-blocking descriptor: `Ok(None)` when nothing is available.
+pub fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: buf is valid and writable for its length.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if r >= 0 {
+            return Ok(Some(r as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// One `write(2)`.
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid and readable for its length.
+    let r = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
+/// Waits until `fd` is writable (or in error: the next write reports it).
+pub fn wait_writable(fd: RawFd) -> io::Result<()> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: p is one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, 1000) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// A pipe (read end, write end), both close-on-exec.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh from pipe2 and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -168,16 +247,5 @@ mod tests {
         assert!(!super::catches_signal(me, libc::SIGUSR2).unwrap());
         signal_hook::flag::register(libc::SIGUSR2, flag).unwrap();
         assert!(super::catches_signal(me, libc::SIGUSR2).unwrap());
-    }
-}
-
-/// Whether `pid` is still running after `grace`: false as soon as it exits (its pidfd becomes
-/// readable) or if it is already gone.
-pub fn still_running(pid: i32, grace: Duration) -> bool {
-    match pidfd_open(pid) {
-        Ok(fd) => !poll_readable(&[fd.as_raw_fd()], Some(grace))
-            .map(|r| r[0])
-            .unwrap_or(true),
-        Err(_) => false,
     }
 }
