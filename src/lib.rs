@@ -121,9 +121,10 @@ pub fn bins_for(release: bool) -> &'static Bins {
 #[derive(Debug, Clone)]
 pub struct Progs {
     pub dir: PathBuf,
-    /// `memcheck ITERATIONS [--sleep-us N] [--abort-at N] [--segv-at N] [--corrupt-at N]`
+    /// `memcheck ITERATIONS [--stop-file PATH] [--stop-action exit|abort|segv] [--sleep-us N]
+    /// [--abort-at N] [--segv-at N] [--corrupt-at N]`
     pub memcheck: PathBuf,
-    /// `threads ITERATIONS THREAD_AT [--sleep-us N]`
+    /// `threads ITERATIONS [--thread-at N] [--thread-file PATH] [--sleep-us N]`
     pub threads: PathBuf,
     /// `python_state.py ITERATIONS [--sleep-ms N] [--corrupt-at N]` (a source file: run it
     /// with [`PYTHON`]).
@@ -334,6 +335,29 @@ pub fn descendants(root: i32) -> Vec<i32> {
         }
     }
     found.into_iter().collect()
+}
+
+/// The `remusd primary` processes started for the app `app_pid` (`--app-pid N` on their
+/// command line).
+pub fn controllers_of(app_pid: i32) -> Vec<i32> {
+    let want = format!("--app-pid\0{app_pid}\0");
+    let mut found = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if comm(pid).as_deref() != Some("remusd") {
+                continue;
+            }
+            if let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) {
+                if String::from_utf8_lossy(&cmd).contains(&want) {
+                    found.push(pid);
+                }
+            }
+        }
+    }
+    found
 }
 
 /// SIGKILLs `child`, its process group (it was started as a group leader) and every process
@@ -1109,9 +1133,11 @@ impl Protected {
         (app, ctl)
     }
 
-    /// SIGKILLs the app and its controller.
+    /// SIGKILLs the app and its controller (found in the status, or as the `remusd` whose
+    /// command line names the app's pid: it runs in a session of its own).
     pub fn kill(&mut self) {
-        let extra = self.seen_pids.lock().expect("lock").clone();
+        let mut extra = self.seen_pids.lock().expect("lock").clone();
+        extra.extend(controllers_of(self.pid()));
         kill_all(&mut self.child, &extra);
         if self.exit.is_none() {
             self.exit = self.child.try_wait().ok().flatten();

@@ -3,10 +3,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use remus::{
-    committed_epoch, describe_status, free_port, iters, n, progs, s, Protected, ProtectedOpts,
-    Standby,
-};
+use remus::{describe_status, free_port, iters, n, progs, s, Protected, ProtectedOpts, Standby};
 use serde_json::Value;
 
 /// Generous deadlines: only there to turn a hang into a failure.
@@ -172,12 +169,16 @@ fn allow_unprotected_runs_and_says_why() {
 #[test]
 fn second_thread_stops_protection_on_both_sides_and_no_takeover() {
     let mut standby = Standby::start(STANDBY_TIMEOUT_MS);
+    // The thread is created when the test says so, once protection is established.
+    let go = standby.dir().join("create-thread");
     let mut p = Protected::start(
         &progs().threads,
-        &["100000", "400"],
+        &["100000", "--thread-file", go.to_str().expect("utf-8")],
         &protected_to(&standby),
     );
-    p.wait_committed(1, LONG);
+    let v = p.wait_committed(3, LONG);
+    assert_eq!(v.get("protected"), Some(&Value::Bool(true)), "{v}");
+    std::fs::write(&go, b"go\n").expect("write the trigger file");
     p.wait_line("thread created", LONG, |l| l == "thread created");
     let v = p.wait_status("protected:false after the second thread", LONG, |v| {
         v.get("protected") == Some(&Value::Bool(false))
@@ -244,15 +245,24 @@ fn standby_killed_mid_run_program_keeps_running_unprotected() {
     );
 }
 
-/// The program exits (or dies) on its own: the standby is told, does not take over, and
-/// keeps saying app_exited.
-fn ends_on_its_own(args: &[&str], expect: impl Fn(&std::process::ExitStatus) -> bool) {
+/// The program exits (or dies) on its own, told to by the test once protection is
+/// established: the standby is told, does not take over, and keeps saying app_exited.
+fn ends_on_its_own(action: &str, expect: impl Fn(&std::process::ExitStatus) -> bool) {
     let mut standby = Standby::start(STANDBY_TIMEOUT_MS);
-    let mut p = memcheck(args, &protected_to(&standby));
-    // Protection was established before the end.
-    p.wait_status("committed_epoch >= 1", LONG, |v| {
-        committed_epoch(v).is_some_and(|c| c >= 1)
-    });
+    let stop = standby.dir().join("stop");
+    let mut p = memcheck(
+        &[
+            "0",
+            "--stop-file",
+            stop.to_str().expect("utf-8"),
+            "--stop-action",
+            action,
+        ],
+        &protected_to(&standby),
+    );
+    let v = p.wait_committed(3, LONG);
+    assert_eq!(v.get("protected"), Some(&Value::Bool(true)), "{v}");
+    std::fs::write(&stop, b"stop\n").expect("write the stop file");
     let st = p.wait_exit(LONG);
     assert!(
         expect(&st),
@@ -266,19 +276,15 @@ fn ends_on_its_own(args: &[&str], expect: impl Fn(&std::process::ExitStatus) -> 
 
 #[test]
 fn program_exits_on_its_own_is_not_resurrected() {
-    ends_on_its_own(&["600"], |st| st.code() == Some(0));
+    ends_on_its_own("exit", |st| st.code() == Some(0));
 }
 
 #[test]
 fn program_segfaults_is_not_resurrected() {
-    ends_on_its_own(&["100000", "--segv-at", "600"], |st| {
-        st.signal() == Some(libc::SIGSEGV)
-    });
+    ends_on_its_own("segv", |st| st.signal() == Some(libc::SIGSEGV));
 }
 
 #[test]
 fn program_aborts_is_not_resurrected() {
-    ends_on_its_own(&["100000", "--abort-at", "600"], |st| {
-        st.signal() == Some(libc::SIGABRT)
-    });
+    ends_on_its_own("abort", |st| st.signal() == Some(libc::SIGABRT));
 }

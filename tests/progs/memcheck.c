@@ -1,7 +1,7 @@
 /* memcheck: writes memory of every kind and checks all of it against what it last wrote.
  *
- *   memcheck ITERATIONS [--stop-file PATH] [--sleep-us N] [--abort-at N] [--segv-at N]
- *            [--corrupt-at N]
+ *   memcheck ITERATIONS [--stop-file PATH] [--stop-action exit|abort|segv] [--sleep-us N]
+ *            [--abort-at N] [--segv-at N] [--corrupt-at N]
  *
  * State: one counter (the iteration the memory was last written for) kept in .data and, as a
  * second copy, in libzoo.so. Iteration i (starting at 1): verify that every kind of memory
@@ -9,7 +9,9 @@
  * iteration i, set the counter to i and print "iter i ok". After ITERATIONS iterations it
  * prints "done ITERATIONS" and exits 0. On a mismatch it prints "MISMATCH <what> at iter i"
  * and exits 1. With --stop-file, it also stops (check, "done N", exit 0) at the first
- * iteration that finds PATH existing; ITERATIONS 0 means no limit but that one. --abort-at and --segv-at crash the program on its own at iteration N;
+ * iteration that finds PATH existing; ITERATIONS 0 means no limit but that one;
+ * --stop-action abort or segv makes it crash on its own there instead. --abort-at and
+ * --segv-at crash the program on its own at iteration N;
  * --corrupt-at changes one word of one kind of memory behind the program's back at iteration
  * N (which kind depends on N), so a test can see that the checks do catch a difference.
  *
@@ -197,26 +199,31 @@ int main(int argc, char **argv) {
     uint64_t *stack_b = (uint64_t *)stack_b_storage;
 
     if (argc < 2) {
-        fprintf(stderr, "usage: memcheck ITERATIONS [--stop-file PATH] [--sleep-us N] [--abort-at N] "
-                        "[--segv-at N] [--corrupt-at N]\n");
+        fprintf(stderr, "usage: memcheck ITERATIONS [--stop-file PATH] [--stop-action exit|abort|segv] "
+                        "[--sleep-us N] [--abort-at N] [--segv-at N] [--corrupt-at N]\n");
         return 2;
     }
     uint64_t target = arg_u64(argv[1], "ITERATIONS");
     long sleep = 3000;
     uint64_t abort_at = 0, segv_at = 0, corrupt_at = 0;
-    const char *stop_file = NULL;
+    const char *stop_file = NULL, *stop_action = "exit";
     for (int a = 2; a < argc; a++) {
         if (a + 1 < argc && !strcmp(argv[a], "--sleep-us")) sleep = (long)arg_u64(argv[++a], "--sleep-us");
         else if (a + 1 < argc && !strcmp(argv[a], "--abort-at")) abort_at = arg_u64(argv[++a], "--abort-at");
         else if (a + 1 < argc && !strcmp(argv[a], "--segv-at")) segv_at = arg_u64(argv[++a], "--segv-at");
         else if (a + 1 < argc && !strcmp(argv[a], "--corrupt-at")) corrupt_at = arg_u64(argv[++a], "--corrupt-at");
         else if (a + 1 < argc && !strcmp(argv[a], "--stop-file")) stop_file = argv[++a];
+        else if (a + 1 < argc && !strcmp(argv[a], "--stop-action")) stop_action = argv[++a];
         else {
             fprintf(stderr, "memcheck: unknown argument %s\n", argv[a]);
             return 2;
         }
     }
 
+    if (strcmp(stop_action, "exit") && strcmp(stop_action, "abort") && strcmp(stop_action, "segv")) {
+        fprintf(stderr, "memcheck: --stop-action must be exit, abort or segv\n");
+        return 2;
+    }
     if (target == 0 && !stop_file) {
         fprintf(stderr, "memcheck: ITERATIONS 0 needs --stop-file\n");
         return 2;
@@ -231,7 +238,11 @@ int main(int argc, char **argv) {
     write_all(0, stack_a, stack_b, 1);
 
     while (target == 0 || COUNTER < target) {
-        if (stop_file && access(stop_file, F_OK) == 0) break;
+        if (stop_file && access(stop_file, F_OK) == 0) {
+            if (!strcmp(stop_action, "abort")) abort_at = COUNTER + 1;
+            else if (!strcmp(stop_action, "segv")) segv_at = COUNTER + 1;
+            else break;
+        }
         uint64_t s = COUNTER, i = s + 1;
         check_all(s, i, stack_a, stack_b);
         if (abort_at && i == abort_at) {

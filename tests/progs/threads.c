@@ -1,11 +1,12 @@
-/* threads: a single-threaded program that, at iteration THREAD_AT, creates a second thread.
+/* threads: a single-threaded program that, at some point, creates a second thread.
  *
- *   threads ITERATIONS THREAD_AT [--sleep-us N]
+ *   threads ITERATIONS [--thread-at N] [--thread-file PATH] [--sleep-us N]
  *
  * Prints "start pid P", then "iter i ok" every iteration (counter kept in .data), "thread
- * created" when pthread_create succeeds, and "done ITERATIONS" at the end (exit 0). The second
- * thread keeps writing to its own counter until the process exits. Remus protects one thread
- * only: once the second thread exists, replication must stop and say why.
+ * created" when pthread_create succeeds (at iteration N, or at the first iteration that finds
+ * PATH existing), and "done ITERATIONS" at the end (exit 0). The second thread keeps writing
+ * to its own counter until the process exits. Remus protects one thread only: once the
+ * second thread exists, replication must stop and say why.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,20 +36,30 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+static void usage(void) {
+    fprintf(stderr, "usage: threads ITERATIONS [--thread-at N] [--thread-file PATH] [--sleep-us N]\n");
+    exit(2);
+}
+
 int main(int argc, char **argv) {
-    if (argc < 3) {
-        fprintf(stderr, "usage: threads ITERATIONS THREAD_AT [--sleep-us N]\n");
-        return 2;
-    }
+    if (argc < 2) usage();
     uint64_t target = strtoull(argv[1], NULL, 10);
-    uint64_t thread_at = strtoull(argv[2], NULL, 10);
+    uint64_t thread_at = 0;
+    const char *thread_file = NULL;
     long sleep = 3000;
-    if (argc >= 5 && !strcmp(argv[3], "--sleep-us")) sleep = strtol(argv[4], NULL, 10);
+    for (int a = 2; a < argc; a++) {
+        if (a + 1 < argc && !strcmp(argv[a], "--thread-at")) thread_at = strtoull(argv[++a], NULL, 10);
+        else if (a + 1 < argc && !strcmp(argv[a], "--thread-file")) thread_file = argv[++a];
+        else if (a + 1 < argc && !strcmp(argv[a], "--sleep-us")) sleep = strtol(argv[++a], NULL, 10);
+        else usage();
+    }
     printf("start pid %d iterations %llu\n", (int)getpid(), (unsigned long long)target);
     fflush(stdout);
+    int created = 0;
     while (counter < target) {
         counter++;
-        if (counter == thread_at) {
+        if (!created && ((thread_at && counter == thread_at) ||
+                         (thread_file && access(thread_file, F_OK) == 0))) {
             pthread_t t;
             int rc = pthread_create(&t, NULL, worker, NULL);
             if (rc != 0) {
@@ -56,6 +67,7 @@ int main(int argc, char **argv) {
                 fflush(stdout);
                 return 1;
             }
+            created = 1;
             printf("thread created\n");
         }
         printf("iter %llu ok\n", (unsigned long long)counter);
