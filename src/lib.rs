@@ -1156,15 +1156,21 @@ impl Protected {
             Some(st) => describe_status(&st),
             None => "running".to_string(),
         };
+        // remusd primary logs to /tmp/remus-<uid>/primary-<app pid>.log unless told otherwise.
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let log = PathBuf::from(format!("/tmp/remus-{uid}/primary-{}.log", self.pid()));
         format!(
             "--- protected `{}` (pid {}, {ended}, dir {}) status: {st}\n--- its stdout ({} lines; tail):\n{}\n\
-             --- its stderr (tail):\n{}\n",
+             --- its stderr (tail):\n{}\n--- remusd primary log {} (tail):\n{}\n",
             self.name,
             self.child.id(),
             self.dir.path().display(),
             out.len(),
             out[from..].join("\n"),
             tail(&self.stderr_text(), 30),
+            log.display(),
+            tail_file(&log, 30),
         )
     }
 }
