@@ -189,9 +189,9 @@ pub extern "C" fn capture_epoch(ctx: *mut ResumeContext) {
 }
 
 fn thread_count() -> u64 {
-    let fd = match open_dir(c"/proc/self/task") {
-        Some(fd) => fd,
-        None => return 1,
+    let fd = match sys::kept_open(&state::TASK_FD, c"/proc/self/task", libc::O_DIRECTORY) {
+        Ok(fd) if sys::rewind(fd).is_ok() => fd,
+        _ => return 1,
     };
     let mut buf = [0u8; 1024];
     let mut n = 0u64;
@@ -223,7 +223,6 @@ fn thread_count() -> u64 {
             off += reclen;
         }
     }
-    sys::close(fd);
     n.max(1)
 }
 
@@ -257,7 +256,9 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     // SAFETY: see ScratchCell.
     let s = unsafe { &mut *SCRATCH.0.get() };
 
-    let maps_len = match sys::read_file(c"/proc/self/maps", &mut s.maps) {
+    let maps_fd = sys::kept_open(&state::MAPS_FD, c"/proc/self/maps", 0)
+        .map_err(|_| Abort::Unsupported(b"cannot open /proc/self/maps", 0))?;
+    let maps_len = match sys::reread(maps_fd, &mut s.maps) {
         Ok(n) if n < s.maps.len() => n,
         Ok(_) => {
             return Err(Abort::Unsupported(

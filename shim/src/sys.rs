@@ -64,26 +64,77 @@ pub fn write_all(fd: i32, buf: &[u8]) -> Result<(), i32> {
     Ok(())
 }
 
-/// Reads the whole of a (proc) file into `buf`; returns the length read. Stops when `buf` is
-/// full (the caller treats a full buffer as "too large").
-pub fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> Result<usize, i32> {
+/// Opens `path` read-only once and keeps the descriptor (moved above `SHIM_FD_BASE`) in
+/// `slot`; later calls reuse it. procfs files regenerate their content on every read from
+/// offset 0, so a kept descriptor saves the path walk through /proc on each epoch.
+pub fn kept_open(
+    slot: &core::sync::atomic::AtomicI32,
+    path: &core::ffi::CStr,
+    flags: i32,
+) -> Result<i32, i32> {
+    use core::sync::atomic::Ordering;
+    let fd = slot.load(Ordering::Relaxed);
+    if fd >= 0 {
+        return Ok(fd);
+    }
     // SAFETY: path is NUL-terminated.
     let fd = unsafe {
         raw6(
             libc::SYS_openat,
             libc::AT_FDCWD as usize,
             path.as_ptr() as usize,
-            (libc::O_RDONLY | libc::O_CLOEXEC) as usize,
+            (libc::O_RDONLY | libc::O_CLOEXEC | flags) as usize,
             0,
             0,
             0,
         )
     }? as i32;
-    let mut len = 0;
-    let res = loop {
-        if len == buf.len() {
-            break Ok(len);
+    // SAFETY: F_DUPFD_CLOEXEC takes no memory arguments.
+    let high = unsafe {
+        raw6(
+            libc::SYS_fcntl,
+            fd as usize,
+            libc::F_DUPFD_CLOEXEC as usize,
+            remus_abi::SHIM_FD_BASE as usize,
+            0,
+            0,
+            0,
+        )
+    };
+    let fd = match high {
+        Ok(h) => {
+            close(fd);
+            h as i32
         }
+        Err(_) => fd,
+    };
+    slot.store(fd, Ordering::Relaxed);
+    Ok(fd)
+}
+
+/// Rewinds `fd` to offset 0.
+pub fn rewind(fd: i32) -> Result<(), i32> {
+    // SAFETY: lseek takes no memory arguments.
+    unsafe {
+        raw6(
+            libc::SYS_lseek,
+            fd as usize,
+            0,
+            libc::SEEK_SET as usize,
+            0,
+            0,
+            0,
+        )
+    }
+    .map(|_| ())
+}
+
+/// Reads a kept-open file from its start into `buf`; returns the length (a full buffer means
+/// "too large").
+pub fn reread(fd: i32, buf: &mut [u8]) -> Result<usize, i32> {
+    rewind(fd)?;
+    let mut len = 0;
+    while len < buf.len() {
         // SAFETY: buf[len..] is a valid writable slice.
         match unsafe {
             raw6(
@@ -96,14 +147,13 @@ pub fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> Result<usize, i32> {
                 0,
             )
         } {
-            Ok(0) => break Ok(len),
+            Ok(0) => break,
             Ok(n) => len += n as usize,
             Err(libc::EINTR) => continue,
-            Err(e) => break Err(e),
+            Err(e) => return Err(e),
         }
-    };
-    close(fd);
-    res
+    }
+    Ok(len)
 }
 
 pub fn close(fd: i32) {
