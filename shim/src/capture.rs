@@ -13,6 +13,7 @@ use remus_abi::{
 };
 
 use crate::pagemap::{self, PageRegion, Query};
+use crate::procmap::{self, Vma};
 use crate::{fds, link, maps, state, sys, uffd};
 
 const MAX_TRACKED: usize = 8192;
@@ -52,6 +53,12 @@ struct Scratch {
     n_next: usize,
     vec: [PageRegion; 512],
     maps: [u8; MAX_MAPS_BYTES],
+    /// The VMAs now and at the last epoch whose maps text is in staging.
+    vmas_now: [Vma; MAX_VMAS],
+    vmas_prev: [Vma; MAX_VMAS],
+    n_vmas_prev: usize,
+    /// Length of the maps text left in staging by the last epoch that wrote it (0: none).
+    maps_out_len: usize,
 }
 
 struct ScratchCell(UnsafeCell<Scratch>);
@@ -69,7 +76,20 @@ static SCRATCH: ScratchCell = ScratchCell(UnsafeCell::new(Scratch {
         categories: 0,
     }; 512],
     maps: [0; MAX_MAPS_BYTES],
+    vmas_now: [NO_VMA; MAX_VMAS],
+    vmas_prev: [NO_VMA; MAX_VMAS],
+    n_vmas_prev: 0,
+    maps_out_len: 0,
 }));
+
+const MAX_VMAS: usize = 16384;
+const NO_VMA: Vma = Vma {
+    start: 0,
+    end: 0,
+    flags: 0,
+    offset: 0,
+    inode: 0,
+};
 
 static APP_SIGMASK: AtomicU64 = AtomicU64::new(0);
 
@@ -158,6 +178,74 @@ impl Writer {
             self.n = 0;
         }
         Ok(())
+    }
+}
+
+/// Ships the pages of one region into the staging area.
+struct Shipper {
+    pm: i32,
+    uffd: i32,
+    resets: *mut ResetRange,
+    n_resets: usize,
+}
+
+impl Shipper {
+    /// `known`: how the region was followed last epoch (None: new to the tracker). Returns how
+    /// to follow it from now on.
+    fn region(
+        &mut self,
+        w: &mut Writer,
+        vec: &mut [PageRegion],
+        start: u64,
+        end: u64,
+        known: Option<How>,
+    ) -> Result<How, Abort> {
+        if known == Some(How::Scan) {
+            match pagemap::scan(
+                self.pm,
+                start,
+                end,
+                Query::WrittenAndReprotect,
+                vec,
+                |a, b| w.push_range(a, b).map_err(|_| -1),
+            ) {
+                Ok(()) => return Ok(How::Scan),
+                Err(-1) => return Err(Abort::Link),
+                // EPERM: the range is no longer registered: it was unmapped and mapped again
+                // behind our back. Treat it as new.
+                Err(_) => {}
+            }
+        }
+        // New (or not trackable): the standby forgets what it had there, gets every
+        // populated page, and the region is registered for tracking from now on.
+        if self.n_resets == MAX_RESETS {
+            return Err(Abort::Unsupported(
+                b"too many new mappings in one epoch",
+                start,
+            ));
+        }
+        // SAFETY: n_resets < MAX_RESETS; the resets array lies inside staging.
+        unsafe { *self.resets.add(self.n_resets) = ResetRange { start, end } };
+        self.n_resets += 1;
+        match pagemap::scan(self.pm, start, end, Query::Populated, vec, |a, b| {
+            w.push_range(a, b).map_err(|_| -1)
+        }) {
+            Ok(()) => {}
+            Err(-1) => return Err(Abort::Link),
+            Err(_) => {
+                return Err(Abort::Unsupported(
+                    b"PAGEMAP_SCAN failed on a mapping",
+                    start,
+                ))
+            }
+        }
+        if uffd::register_wp(self.uffd, start, end).is_ok()
+            && uffd::write_protect(self.uffd, start, end).is_ok()
+        {
+            Ok(How::Scan)
+        } else {
+            Ok(How::CopyAll)
+        }
     }
 }
 
@@ -258,16 +346,6 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
 
     let maps_fd = sys::kept_open(&state::MAPS_FD, c"/proc/self/maps", 0)
         .map_err(|_| Abort::Unsupported(b"cannot open /proc/self/maps", 0))?;
-    let maps_len = match sys::reread(maps_fd, &mut s.maps) {
-        Ok(n) if n < s.maps.len() => n,
-        Ok(_) => {
-            return Err(Abort::Unsupported(
-                b"more mappings than the shim can track (maps text over 2 MiB)",
-                0,
-            ))
-        }
-        Err(_) => return Err(Abort::Unsupported(b"cannot read /proc/self/maps", 0)),
-    };
 
     let mut w = Writer {
         base,
@@ -276,138 +354,121 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
         n: 0,
         total: 0,
     };
-    let mut n_resets = 0usize;
-    let mut out_len = 0usize;
-    let resets = base.wrapping_add(RESETS_OFF) as *mut ResetRange;
-    let out_maps = base.wrapping_add(MAPS_OFF);
-    s.n_next = 0;
-    let mut cursor = 0usize;
+    let mut ship = Shipper {
+        pm,
+        uffd,
+        resets: base.wrapping_add(RESETS_OFF) as *mut ResetRange,
+        n_resets: 0,
+    };
 
-    let text: &[u8] = &s.maps[..maps_len];
-    for (m, at, len) in maps::lines(text) {
-        if m.start == staging_addr {
-            continue; // the staging area is the controller's, not the app's
-        }
-        // SAFETY: out_maps + out_len + len <= MAPS_OFF + MAX_MAPS_BYTES since the whole text
-        // is shorter than MAX_MAPS_BYTES; source and destination do not overlap.
-        unsafe {
-            core::ptr::copy_nonoverlapping(text.as_ptr().add(at), out_maps.add(out_len), len)
-        };
-        out_len += len;
+    // Has the map changed since the last epoch? Asking the kernel VMA by VMA is much cheaper
+    // than having it format the maps text; the text is read only when something changed.
+    let listed = procmap::list(maps_fd, &mut s.vmas_now);
+    let unchanged = matches!(listed, Ok(n) if s.maps_out_len > 0 && n == s.n_vmas_prev && s.vmas_now[..n] == s.vmas_prev[..n]);
 
-        if m.is_special() || !m.readable() {
-            continue; // kernel mappings, and PROT_NONE reservations hold no data to ship
+    let out_len = if unchanged {
+        // Same regions as last epoch: the maps text in staging is still right.
+        for i in 0..s.n_tracked {
+            let t = s.tracked[i];
+            s.tracked[i].how = ship.region(&mut w, &mut s.vec, t.start, t.end, Some(t.how))?;
         }
-        if m.shared() {
-            if m.writable() {
+        s.maps_out_len
+    } else {
+        let maps_len = match sys::reread(maps_fd, &mut s.maps) {
+            Ok(n) if n < s.maps.len() => n,
+            Ok(_) => {
                 return Err(Abort::Unsupported(
-                    b"a writable shared mapping (MAP_SHARED) cannot be replicated yet",
+                    b"more mappings than the shim can track (maps text over 2 MiB)",
+                    0,
+                ))
+            }
+            Err(_) => return Err(Abort::Unsupported(b"cannot read /proc/self/maps", 0)),
+        };
+        let mut out_len = 0usize;
+        let out_maps = base.wrapping_add(MAPS_OFF);
+        s.n_next = 0;
+        let mut cursor = 0usize;
+
+        let text: &[u8] = &s.maps[..maps_len];
+        for (m, at, len) in maps::lines(text) {
+            if m.start == staging_addr {
+                continue; // the staging area is the controller's, not the app's
+            }
+            // SAFETY: out_maps + out_len + len <= MAPS_OFF + MAX_MAPS_BYTES since the whole
+            // text is shorter than MAX_MAPS_BYTES; source and destination do not overlap.
+            unsafe {
+                core::ptr::copy_nonoverlapping(text.as_ptr().add(at), out_maps.add(out_len), len)
+            };
+            out_len += len;
+
+            if m.is_special() || !m.readable() {
+                continue; // kernel mappings, and PROT_NONE reservations hold no data to ship
+            }
+            if m.shared() {
+                if m.writable() {
+                    return Err(Abort::Unsupported(
+                        b"a writable shared mapping (MAP_SHARED) cannot be replicated yet",
+                        m.start,
+                    ));
+                }
+                continue; // a read-only shared file mapping comes back from the file
+            }
+            if m.executable() && m.is_file() && !m.writable() {
+                continue; // code comes back from the file
+            }
+
+            // Find the same region in last epoch's table (both are sorted by address).
+            while cursor < s.n_tracked && s.tracked[cursor].end <= m.start {
+                cursor += 1;
+            }
+            let known = (cursor < s.n_tracked)
+                .then(|| s.tracked[cursor])
+                .filter(|t| {
+                    t.start == m.start
+                        && t.end == m.end
+                        && t.perms == m.perms
+                        && t.offset == m.offset
+                        && t.inode == m.inode
+                })
+                .map(|t| t.how);
+            let how = ship.region(&mut w, &mut s.vec, m.start, m.end, known)?;
+            if s.n_next == MAX_TRACKED {
+                return Err(Abort::Unsupported(
+                    b"more writable mappings than the shim can track",
                     m.start,
                 ));
             }
-            continue; // a read-only shared file mapping comes back from the file
+            s.next[s.n_next] = Tracked {
+                start: m.start,
+                end: m.end,
+                perms: m.perms,
+                offset: m.offset,
+                inode: m.inode,
+                how,
+            };
+            s.n_next += 1;
         }
-        if m.executable() && m.is_file() && !m.writable() {
-            continue; // code comes back from the file
-        }
-
-        // Find the same region in last epoch's table (both are sorted by address).
-        while cursor < s.n_tracked && s.tracked[cursor].end <= m.start {
-            cursor += 1;
-        }
-        let known = (cursor < s.n_tracked)
-            .then(|| s.tracked[cursor])
-            .filter(|t| {
-                t.start == m.start
-                    && t.end == m.end
-                    && t.perms == m.perms
-                    && t.offset == m.offset
-                    && t.inode == m.inode
-            });
-
-        let mut how = None;
-        if let Some(t) = known {
-            if t.how == How::Scan {
-                let r = pagemap::scan(
-                    pm,
-                    m.start,
-                    m.end,
-                    Query::WrittenAndReprotect,
-                    &mut s.vec,
-                    |a, b| w.push_range(a, b).map_err(|_| -1),
-                );
-                match r {
-                    Ok(()) => how = Some(How::Scan),
-                    Err(-1) => return Err(Abort::Link),
-                    // EPERM: the range is no longer registered: it was unmapped and mapped
-                    // again behind our back. Treat it as new.
-                    Err(_) => {}
-                }
+        // The next epoch compares against what we saw now.
+        let n = s.n_next;
+        s.tracked[..n].copy_from_slice(&s.next[..n]);
+        s.n_tracked = n;
+        match listed {
+            Ok(n) => {
+                s.vmas_prev[..n].copy_from_slice(&s.vmas_now[..n]);
+                s.n_vmas_prev = n;
+                s.maps_out_len = out_len;
             }
+            Err(_) => s.maps_out_len = 0, // no PROCMAP_QUERY: read the text every epoch
         }
-        let how = match how {
-            Some(h) => h,
-            None => {
-                if n_resets == MAX_RESETS {
-                    return Err(Abort::Unsupported(
-                        b"too many new mappings in one epoch",
-                        m.start,
-                    ));
-                }
-                // SAFETY: n_resets < MAX_RESETS; the resets array lies inside staging.
-                unsafe {
-                    *resets.add(n_resets) = ResetRange {
-                        start: m.start,
-                        end: m.end,
-                    }
-                };
-                n_resets += 1;
-                let r = pagemap::scan(pm, m.start, m.end, Query::Populated, &mut s.vec, |a, b| {
-                    w.push_range(a, b).map_err(|_| -1)
-                });
-                if r == Err(-1) {
-                    return Err(Abort::Link);
-                }
-                if r.is_err() {
-                    return Err(Abort::Unsupported(
-                        b"PAGEMAP_SCAN failed on a mapping",
-                        m.start,
-                    ));
-                }
-                if uffd::register_wp(uffd, m.start, m.end).is_ok()
-                    && uffd::write_protect(uffd, m.start, m.end).is_ok()
-                {
-                    How::Scan
-                } else {
-                    How::CopyAll
-                }
-            }
-        };
-        if s.n_next == MAX_TRACKED {
-            return Err(Abort::Unsupported(
-                b"more writable mappings than the shim can track",
-                m.start,
-            ));
-        }
-        s.next[s.n_next] = Tracked {
-            start: m.start,
-            end: m.end,
-            perms: m.perms,
-            offset: m.offset,
-            inode: m.inode,
-            how,
-        };
-        s.n_next += 1;
-    }
-    // The next epoch compares against what we saw now.
-    let n = s.n_next;
-    s.tracked[..n].copy_from_slice(&s.next[..n]);
-    s.n_tracked = n;
+        out_len
+    };
+    let n_resets = ship.n_resets;
 
     // SAFETY: FDS_OFF .. FDS_OFF + MAX_FDS records lie inside staging.
     let fd_out =
         unsafe { core::slice::from_raw_parts_mut(base.add(FDS_OFF) as *mut FdRecord, MAX_FDS) };
     let n_fds = fds::capture(fd_out);
+    crate::kobj::capture(base, &fd_out[..n_fds], epoch);
 
     // SAFETY: the header is at offset 0 of staging.
     let h = unsafe { &mut *(base as *mut StagingHeader) };
