@@ -17,6 +17,8 @@
 //! | [u64]            |   address of each page in this chunk
 //! +------------------+ DATA_OFF (page aligned)
 //! | page data        |   n_pages * 4096 bytes, same order as the addresses
+//! +------------------+ KOBJ_OFF
+//! | kernel objects   |   sockets, pipes, epoll, eventfd, timerfd, signalfd ([`kobj`])
 //! +------------------+ STAGING_SIZE
 //! ```
 //!
@@ -27,6 +29,8 @@
 //! before it has drained the last chunk of the previous one.
 
 #![no_std]
+
+pub mod kobj;
 
 pub const PAGE_SIZE: usize = 4096;
 
@@ -74,7 +78,9 @@ pub const FDS_OFF: usize = RESETS_OFF + MAX_RESETS * core::mem::size_of::<ResetR
 pub const MAPS_OFF: usize = FDS_OFF + MAX_FDS * core::mem::size_of::<FdRecord>();
 pub const ADDRS_OFF: usize = MAPS_OFF + MAX_MAPS_BYTES;
 pub const DATA_OFF: usize = round_up(ADDRS_OFF + CHUNK_PAGES * 8, PAGE_SIZE);
-pub const STAGING_SIZE: usize = DATA_OFF + CHUNK_PAGES * PAGE_SIZE;
+/// The staging area ends after the kernel-object section ([`kobj`]), which follows the page
+/// data.
+pub const STAGING_SIZE: usize = kobj::KOBJ_END;
 
 const fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to

@@ -190,6 +190,65 @@ pub struct FdEntry {
     pub path: String,
 }
 
+/// A socket at the checkpoint (see `remus_abi::kobj::KobjRecord`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketInfo {
+    pub family: i32,
+    pub sock_type: i32,
+    pub protocol: i32,
+    /// `SO_ACCEPTCONN`.
+    pub listening: bool,
+    /// The backlog the app gave `listen` (0: not seen; restore uses SOMAXCONN).
+    pub backlog: i32,
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    pub v6only: bool,
+    /// `getsockname`, raw `struct sockaddr_*` bytes (empty: unknown).
+    pub addr: Vec<u8>,
+    /// `getpeername` when connected.
+    pub peer: Option<Vec<u8>>,
+}
+
+/// One epoll registration as the kernel held it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollRegistration {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
+}
+
+/// The kernel object behind a descriptor, where a path is not enough to bring it back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KernelObject {
+    Socket(SocketInfo),
+    /// One end of a pipe; the ends of one pipe share `ino`. `data` (the unread bytes) is on
+    /// the lowest-numbered end only.
+    Pipe {
+        ino: u64,
+        size: u32,
+        data: Vec<u8>,
+        truncated: bool,
+    },
+    Epoll {
+        regs: Vec<EpollRegistration>,
+        truncated: bool,
+    },
+    EventFd {
+        count: u64,
+        semaphore: bool,
+    },
+    /// `value` is the time left (seconds, nanoseconds), `ticks` the expirations not read yet.
+    TimerFd {
+        clockid: i32,
+        value: (i64, i64),
+        interval: (i64, i64),
+        ticks: u64,
+    },
+    SignalFd {
+        mask: u64,
+    },
+}
+
 /// Everything about the process at one epoch except page contents. Travels in each epoch's
 /// commit frame (rmp-serde).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +269,9 @@ pub struct EpochMeta {
     pub pages: u64,
     /// The shim's own measure of the pause (ns).
     pub pause_ns: u64,
+    /// Kernel objects behind descriptors, by descriptor number.
+    #[serde(default)]
+    pub kobjs: BTreeMap<i32, KernelObject>,
 }
 
 /// The committed image on the standby.

@@ -297,6 +297,7 @@ fn restore_roundtrip() {
         stderr: Some(dir.join("restored.err")),
         state_dir: dir.clone(),
         full_regs: Some(d.regs),
+        ..Default::default()
     };
 
     // A file the image maps is missing on this host: a clear error naming it, not a crash.
@@ -441,6 +442,7 @@ fn restore_resumes_in_signal_handler() {
         stderr: Some(dir.join("restored.err")),
         state_dir: dir.clone(),
         full_regs: None,
+        ..Default::default()
     };
     let rp = restore(&d.image, &opts).unwrap_or_else(|e| panic!("restore failed: {e}"));
     let st = wait_exit(rp.pid, Duration::from_secs(30));
@@ -505,6 +507,7 @@ fn restore_python_sleeping() {
         stderr: Some(dir.join("restored.err")),
         state_dir: dir.clone(),
         full_regs: Some(d.regs),
+        ..Default::default()
     };
     let rp = restore(&d.image, &opts).unwrap_or_else(|e| panic!("restore failed: {e}"));
     let st = wait_exit(rp.pid, Duration::from_secs(60));

@@ -17,6 +17,7 @@ pub fn after_restore() {
     state::UFFD.store(-1, Ordering::Relaxed);
     state::PAGEMAP.store(-1, Ordering::Relaxed);
     state::STAGING.store(core::ptr::null_mut(), Ordering::Relaxed);
+    crate::kobj::forget();
 
     let tp = sys::fs_base();
     let tid = sys::gettid();

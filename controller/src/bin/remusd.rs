@@ -64,7 +64,16 @@ enum Role {
         /// Log to this file instead of stderr.
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// FROM=TO (repeatable): a socket the app had bound to FROM binds to TO on the
+        /// standby. FROM and TO are IP:PORT, IP (any port, kept), or unix socket paths
+        /// (@name: abstract).
+        #[arg(long = "bind-map", value_parser = parse_bind_map)]
+        bind_map: Vec<remus_controller::restore::BindMap>,
     },
+}
+
+fn parse_bind_map(s: &str) -> Result<remus_controller::restore::BindMap, String> {
+    s.parse()
 }
 
 fn main() {
@@ -100,6 +109,7 @@ fn main() {
             stdout,
             stderr,
             control,
+            bind_map,
             ..
         } => standby::run(standby::StandbyArgs {
             listen,
@@ -108,6 +118,7 @@ fn main() {
             stdout,
             stderr,
             control,
+            bind_map,
         }),
     };
     match result {

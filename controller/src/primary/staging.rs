@@ -16,7 +16,7 @@ use remus_abi::{
 };
 use thiserror::Error;
 
-use crate::image::{EpochMeta, FdEntry};
+use crate::image::{EpochMeta, EpollRegistration, FdEntry, KernelObject, SocketInfo};
 use crate::wire::messages::PageBytes;
 
 #[derive(Debug, Error)]
@@ -229,7 +229,9 @@ pub fn read_meta(b: &[u8], h: &StagingHeader, pages: u64) -> Result<EpochMeta, R
             path,
         });
     }
+    let kobjs = read_kobjs(b, h.epoch)?;
     Ok(EpochMeta {
+        kobjs,
         epoch: h.epoch,
         maps: String::from_utf8_lossy(&b[MAPS_OFF..MAPS_OFF + maps_len]).into_owned(),
         resets,
@@ -244,6 +246,89 @@ pub fn read_meta(b: &[u8], h: &StagingHeader, pages: u64) -> Result<EpochMeta, R
         pages,
         pause_ns: h.pause_ns,
     })
+}
+
+/// Reads the kernel-object section (`remus_abi::kobj`) of the last chunk of `epoch`. A
+/// section not written for this epoch (magic or epoch differ) reads as empty.
+pub fn read_kobjs(
+    b: &[u8],
+    epoch: u64,
+) -> Result<std::collections::BTreeMap<i32, KernelObject>, ReadStagingError> {
+    use remus_abi::kobj::*;
+    let mut out = std::collections::BTreeMap::new();
+    let Some(kh) = read_pod::<KobjHeader>(b, KOBJ_OFF) else {
+        return Ok(out);
+    };
+    if kh.magic != KOBJ_MAGIC || kh.epoch != epoch {
+        return Ok(out);
+    }
+    let n = check("kernel objects", kh.n_objs.into(), MAX_KOBJS)?;
+    let n_regs = check("epoll registrations", kh.n_epoll.into(), MAX_EPOLL_REGS)?;
+    let n_data = check("bytes of pipe data", kh.pipe_bytes.into(), PIPE_DATA_MAX)?;
+    let regs: Vec<EpollReg> = (0..n_regs)
+        .filter_map(|i| read_pod(b, EPOLL_OFF + i * size_of::<EpollReg>()))
+        .collect();
+    let data = &b[PIPE_DATA_OFF..PIPE_DATA_OFF + n_data];
+    let bad = |what: &'static str, v: u64| ReadStagingError::Count { what, n: v, max: 0 };
+    for i in 0..n {
+        let r: KobjRecord = read_pod(b, KOBJS_OFF + i * size_of::<KobjRecord>())
+            .ok_or(bad("kernel objects", i as u64))?;
+        let trunc = r.flags & KF_TRUNCATED != 0;
+        let range = |off: u32, len: u32, max: usize, what| {
+            let (o, l) = (off as usize, len as usize);
+            if o.checked_add(l).is_none_or(|e| e > max) {
+                Err(bad(what, o as u64 + l as u64))
+            } else {
+                Ok(o..o + l)
+            }
+        };
+        let obj = match KobjKind::from_u32(r.kind) {
+            Some(KobjKind::Socket) => KernelObject::Socket(SocketInfo {
+                family: r.family,
+                sock_type: r.sock_type,
+                protocol: r.protocol,
+                listening: r.flags & KF_LISTENING != 0,
+                backlog: r.backlog,
+                reuseaddr: r.flags & KF_REUSEADDR != 0,
+                reuseport: r.flags & KF_REUSEPORT != 0,
+                v6only: r.flags & KF_V6ONLY != 0,
+                addr: r.addr[..(r.addr_len as usize).min(SOCKADDR_MAX)].to_vec(),
+                peer: (r.flags & KF_CONNECTED != 0)
+                    .then(|| r.peer[..(r.peer_len as usize).min(SOCKADDR_MAX)].to_vec()),
+            }),
+            Some(KobjKind::Pipe) => KernelObject::Pipe {
+                ino: r.ino,
+                size: r.pipe_size,
+                data: data[range(r.data_off, r.data_len, n_data, "bytes of pipe data")?].to_vec(),
+                truncated: trunc,
+            },
+            Some(KobjKind::Epoll) => KernelObject::Epoll {
+                regs: regs[range(r.data_off, r.data_len, regs.len(), "epoll registrations")?]
+                    .iter()
+                    .map(|g| EpollRegistration {
+                        fd: g.fd,
+                        events: g.events,
+                        data: g.data,
+                    })
+                    .collect(),
+                truncated: trunc,
+            },
+            Some(KobjKind::EventFd) => KernelObject::EventFd {
+                count: r.count,
+                semaphore: r.flags & KF_SEMAPHORE != 0,
+            },
+            Some(KobjKind::TimerFd) => KernelObject::TimerFd {
+                clockid: r.clockid,
+                value: (r.value[0], r.value[1]),
+                interval: (r.interval[0], r.interval[1]),
+                ticks: r.count,
+            },
+            Some(KobjKind::SignalFd) => KernelObject::SignalFd { mask: r.sigmask },
+            Some(KobjKind::Unsupported) | None => continue,
+        };
+        out.insert(r.fd, obj);
+    }
+    Ok(out)
 }
 
 /// Test helper: writes a synthetic chunk into a staging buffer, as the shim would.

@@ -15,9 +15,10 @@ use std::path::Path;
 use tracing::{debug, warn};
 
 use super::inject::Tracee;
+use super::kobj::{self, BindMap, SockAddr};
 use super::layout::cstring;
 use super::{RestoreError, RestoreOptions};
-use crate::image::{EpochMeta, FdEntry, FdKind};
+use crate::image::{EpochMeta, FdEntry, FdKind, KernelObject, SocketInfo};
 
 /// Character devices that are the same thing on any host and are reopened by path.
 const PORTABLE_DEVICES: [&str; 5] = [
@@ -37,11 +38,15 @@ enum Action {
     },
     /// `/dev/null` stands in for a descriptor we cannot restore (warned about already).
     DevNull,
+    /// A kernel object recreated by injected system calls ([`super::kobj`]).
+    Kobj(KernelObject),
 }
 
 struct Target {
     fd: i32,
     cloexec: bool,
+    /// `F_GETFL` on the primary (status flags are set again on kernel objects).
+    flags: i32,
     action: Action,
     /// For messages.
     path: String,
@@ -53,6 +58,7 @@ pub(crate) struct FdPlan {
     /// Files the daemon opened for stdio; kept open until the child has its copies.
     _owned: Vec<OwnedFd>,
     targets: Vec<Target>,
+    bind_map: Vec<BindMap>,
 }
 
 fn open_out(p: &Path) -> Result<OwnedFd, RestoreError> {
@@ -109,13 +115,18 @@ impl FdPlan {
                 debug!(fd = e.fd, path = %e.path, "stdio of the app replaced by the standby's");
                 continue;
             }
-            targets.push(plan_one(e)?);
+            let tg = plan_one(e, meta.kobjs.get(&e.fd))?;
+            if let Action::Kobj(KernelObject::Socket(sk)) = &tg.action {
+                remove_stale_unix_socket(tg.fd, sk, meta, &opts.bind_map);
+            }
+            targets.push(tg);
         }
         targets.sort_by_key(|t| t.fd);
         Ok(FdPlan {
             stdio,
             _owned: owned,
             targets,
+            bind_map: opts.bind_map.clone(),
         })
     }
 
@@ -154,9 +165,13 @@ impl FdPlan {
                 || format!("installing fd {i}"),
             )?;
         }
+        let mut pipes = kobj::Pipes::default();
         for tg in &self.targets {
             let what = || format!("fd {} ({})", tg.fd, tg.path);
             let got = match &tg.action {
+                Action::Kobj(obj) => {
+                    kobj::create(t, tg.fd, tg.flags, obj, &self.bind_map, &mut pipes, above)?
+                }
                 Action::Open { path, flags, .. } => match t.open(path, *flags)? {
                     Ok(fd) => fd,
                     Err(errno) => {
@@ -196,6 +211,15 @@ impl FdPlan {
                     what,
                 )?;
             }
+            if let Action::Kobj(_) = tg.action {
+                let fl = tg.flags & !(libc::O_ACCMODE | libc::O_CLOEXEC);
+                t.sys(
+                    "fcntl(F_SETFL)",
+                    libc::SYS_fcntl,
+                    [tg.fd as u64, libc::F_SETFL as u64, fl as u64, 0, 0, 0],
+                    || format!("fd {}: status flags {fl:#o}", tg.fd),
+                )?;
+            }
             if let Action::Open { offset, .. } = tg.action {
                 if offset > 0 {
                     t.sys(
@@ -205,6 +229,13 @@ impl FdPlan {
                         || format!("fd {} ({}) to offset {offset}", tg.fd, tg.path),
                     )?;
                 }
+            }
+        }
+        pipes.close_all(t);
+        // Every descriptor exists now: the epoll registrations can point at them.
+        for tg in &self.targets {
+            if let Action::Kobj(obj @ KernelObject::Epoll { .. }) = &tg.action {
+                kobj::add_epoll_registrations(t, tg.fd, obj)?;
             }
         }
         for h in high {
@@ -236,8 +267,19 @@ fn kind_name(k: FdKind) -> &'static str {
     }
 }
 
-fn plan_one(e: &FdEntry) -> Result<Target, RestoreError> {
+fn plan_one(e: &FdEntry, obj: Option<&KernelObject>) -> Result<Target, RestoreError> {
     let cloexec = e.fd_flags & libc::FD_CLOEXEC != 0;
+    if let Some(obj) = obj {
+        if why_not(e, Some(obj)).is_none() {
+            return Ok(Target {
+                fd: e.fd,
+                cloexec,
+                flags: e.flags,
+                action: Action::Kobj(obj.clone()),
+                path: e.path.clone(),
+            });
+        }
+    }
     let deleted = e.path.ends_with(" (deleted)");
     let reopenable = match e.kind {
         FdKind::Regular | FdKind::Directory => e.path.starts_with('/') && !deleted,
@@ -254,6 +296,7 @@ fn plan_one(e: &FdEntry) -> Result<Target, RestoreError> {
         return Ok(Target {
             fd: e.fd,
             cloexec,
+            flags: e.flags,
             action: Action::DevNull,
             path: e.path.clone(),
         });
@@ -269,6 +312,7 @@ fn plan_one(e: &FdEntry) -> Result<Target, RestoreError> {
     Ok(Target {
         fd: e.fd,
         cloexec,
+        flags: e.flags,
         action: Action::Open {
             path,
             flags,
@@ -276,4 +320,77 @@ fn plan_one(e: &FdEntry) -> Result<Target, RestoreError> {
         },
         path: e.path.clone(),
     })
+}
+
+/// A listening unix socket's file left behind by the dead primary would make `bind` fail:
+/// remove it (only if it is a socket), resolving a relative path against the app's directory.
+fn remove_stale_unix_socket(fd: i32, s: &SocketInfo, meta: &EpochMeta, maps: &[BindMap]) {
+    let Some(p) = SockAddr::decode(&s.addr).mapped(maps).unix_path() else {
+        return;
+    };
+    let full = Path::new(&meta.cwd).join(&p);
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_socket()) {
+        match std::fs::remove_file(&full) {
+            Ok(()) => debug!(fd, path = %full.display(), "removed the stale unix socket file"),
+            Err(e) => {
+                warn!(fd, path = %full.display(), error = %e, "cannot remove the stale unix socket file")
+            }
+        }
+    }
+}
+
+/// Why the descriptor `e` (with its kernel object, if the shim described one) cannot come
+/// back on the standby; `None` when it can.
+pub fn why_not(e: &FdEntry, obj: Option<&KernelObject>) -> Option<String> {
+    if e.fd <= 2 {
+        return None; // the standby's own stdio takes their place
+    }
+    match obj {
+        Some(KernelObject::Socket(s)) => {
+            let fam = if SockAddr::decode(&s.addr).is_bound() {
+                SockAddr::decode(&s.addr).family()
+            } else {
+                s.family
+            };
+            if !kobj::family_supported(fam) {
+                return Some(format!("socket of address family {fam}"));
+            }
+            return None;
+        }
+        Some(KernelObject::Pipe {
+            truncated: true,
+            data,
+            ..
+        }) => {
+            return Some(format!(
+                "pipe whose unread bytes did not fit the checkpoint (only {} kept)",
+                data.len()
+            ))
+        }
+        Some(KernelObject::Epoll {
+            truncated: true, ..
+        }) => {
+            return Some("epoll instance with more registrations than the checkpoint holds".into())
+        }
+        Some(_) => return None,
+        None => {}
+    }
+    let deleted = e.path.ends_with(" (deleted)");
+    match e.kind {
+        FdKind::Regular | FdKind::Directory if e.path.starts_with('/') && !deleted => None,
+        FdKind::CharDevice if PORTABLE_DEVICES.contains(&e.path.as_str()) => None,
+        FdKind::Regular if deleted => Some("deleted file".into()),
+        k => Some(kind_name(k).to_string()),
+    }
+}
+
+/// The app's descriptors that cannot come back on the standby, as `fd N: what (path)`.
+pub fn unrestorable_fds(meta: &EpochMeta) -> Vec<String> {
+    meta.fds
+        .iter()
+        .filter_map(|e| {
+            why_not(e, meta.kobjs.get(&e.fd)).map(|w| format!("fd {}: {w} ({})", e.fd, e.path))
+        })
+        .collect()
 }

@@ -183,6 +183,20 @@ impl Tracee {
             })
     }
 
+    /// Reads `buf.len()` bytes at `addr` in the child.
+    pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<(), RestoreError> {
+        self.mem
+            .read_exact_at(buf, addr)
+            .map_err(|e| RestoreError::Os {
+                what: format!(
+                    "reading {} bytes at {addr:#x} from the process being restored (pid {})",
+                    buf.len(),
+                    self.pid
+                ),
+                source: e,
+            })
+    }
+
     /// Writes `bytes` into scratch at `off`; returns their address in the child.
     pub fn put_scratch(&mut self, off: usize, bytes: &[u8]) -> Result<u64, RestoreError> {
         if off + bytes.len() > self.scratch_len() {

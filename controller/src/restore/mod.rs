@@ -25,6 +25,7 @@
 mod child;
 mod fds;
 mod inject;
+mod kobj;
 mod layout;
 mod mm;
 mod regions;
@@ -35,7 +36,9 @@ use tracing::{debug, info, warn};
 
 use crate::image::{Image, Region, PAGE_SIZE};
 
+pub use fds::unrestorable_fds;
 use inject::Tracee;
+pub use kobj::{BindAddr, BindMap};
 
 /// What the standby tells restore.
 #[derive(Clone, Default)]
@@ -53,6 +56,8 @@ pub struct RestoreOptions {
     /// adjust `rip`/`rax` yourself for a syscall that must restart), `fs_base` included, and
     /// the signal mask is `meta.app_sigmask` instead of "everything blocked".
     pub full_regs: Option<libc::user_regs_struct>,
+    /// `--bind-map FROM=TO`: addresses the standby binds instead of the primary's.
+    pub bind_map: Vec<BindMap>,
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -65,6 +70,7 @@ impl std::fmt::Debug for RestoreOptions {
                 "full_regs",
                 &self.full_regs.map(|r| format!("rip={:#x}", r.rip)),
             )
+            .field("bind_map", &self.bind_map)
             .finish()
     }
 }
@@ -221,10 +227,12 @@ fn build(
     rseq: &child::RseqInfo,
 ) -> Result<(), RestoreError> {
     child::forget_daemon_state(t, rseq)?;
-    fd_plan.apply(t)?;
+    // The working directory first: a unix socket bound to a relative path binds again
+    // against it.
     t.sys_path("chdir", libc::SYS_chdir, cwd, [0; 5], || {
         format!("working directory {:?}", meta.cwd)
     })?;
+    fd_plan.apply(t)?;
 
     let own = t.read_maps()?;
     layout::clear_address_space(t, &own)?;

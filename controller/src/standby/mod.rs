@@ -31,6 +31,8 @@ pub struct StandbyArgs {
     pub stdout: Option<PathBuf>,
     pub stderr: Option<PathBuf>,
     pub control: Option<PathBuf>,
+    /// `--bind-map FROM=TO` for the restored process's sockets.
+    pub bind_map: Vec<crate::restore::BindMap>,
 }
 
 /// How a session with one primary ended.
@@ -503,6 +505,7 @@ fn takeover(
         stdout: args.stdout.clone(),
         stderr: args.stderr.clone(),
         state_dir: args.state_dir.clone(),
+        bind_map: args.bind_map.clone(),
         ..Default::default()
     };
     let started = Instant::now();
