@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod zoo;
+
 /// The Debian system Python (the `python3` on PATH may be a pyenv shim script, which would
 /// be protected instead of the interpreter).
 pub const PYTHON: &str = "/usr/bin/python3";
