@@ -121,3 +121,40 @@ fn zoo_listening_unix_socket_answers_after_failover() {
         },
     );
 }
+
+#[test]
+fn zoo_unrestorable_descriptor_is_named_while_running() {
+    let standby = remus::Standby::start(500);
+    let dir = TempDir::new("zn");
+    let stop = dir.path().join("stop");
+    let app = remus::Protected::start(
+        &remus::zoo::zoo_prog("unsupported"),
+        &["--stop-file", stop.to_str().unwrap()],
+        &remus::ProtectedOpts {
+            standby: Some(standby.addr.clone()),
+            ..Default::default()
+        },
+    );
+    app.wait_line("start ready", Duration::from_secs(60), |l| {
+        l.starts_with("start ready")
+    });
+    let v = app.wait_status(
+        "unrestorable_fds names the inotify descriptor",
+        Duration::from_secs(60),
+        |v| {
+            v["unrestorable_fds"].as_array().is_some_and(|a| {
+                a.iter().any(|d| {
+                    d.as_str()
+                        .is_some_and(|d| d.starts_with("fd 33:") && d.contains("inotify"))
+                })
+            })
+        },
+    );
+    // Only that one: the shim's own descriptors and stdio are not the app's problem.
+    assert_eq!(
+        v["unrestorable_fds"].as_array().map(|a| a.len()),
+        Some(1),
+        "{v}"
+    );
+    assert_eq!(v["protected"], serde_json::Value::Bool(true), "{v}");
+}

@@ -60,6 +60,10 @@ pub struct Status {
     /// restored process).
     pub exit_code: Option<i32>,
     pub epochs_total: u64,
+    /// primary: the app's descriptors that cannot come back on the standby (`fd N: what
+    /// (path)`), as of the last epoch.
+    #[serde(default)]
+    pub unrestorable_fds: Vec<String>,
 }
 
 impl Status {
@@ -88,6 +92,7 @@ impl Status {
             restored_pid: None,
             exit_code: None,
             epochs_total: 0,
+            unrestorable_fds: Vec::new(),
         }
     }
 
@@ -114,6 +119,9 @@ impl Status {
             app.push_str(&format!("  {exe}"));
         }
         line("app", app);
+        if !self.unrestorable_fds.is_empty() {
+            line("unrestorable", self.unrestorable_fds.join("; "));
+        }
         let peer = match self.role.as_str() {
             "primary" => format!("standby {}", opt(self.standby.clone())),
             _ => format!(

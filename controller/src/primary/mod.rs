@@ -561,6 +561,7 @@ impl Primary {
                 return Ok(());
             }
             let (n, pause) = (meta.pages, meta.pause_ns);
+            let unrestorable = crate::restore::unrestorable_fds(&meta);
             ok = ok
                 && link.ship(Outbound::Commit {
                     epoch,
@@ -573,6 +574,16 @@ impl Primary {
             b.status.last_dirty_pages = Some(n);
             b.status.epochs_total += 1;
             b.record_pause(pause);
+            if unrestorable != b.status.unrestorable_fds {
+                // Named when the app creates it (seen at the next checkpoint), not at failover.
+                for d in unrestorable
+                    .iter()
+                    .filter(|d| !b.status.unrestorable_fds.contains(d))
+                {
+                    tracing::warn!(epoch, "this descriptor cannot come back on the standby: {d}");
+                }
+                b.status.unrestorable_fds = unrestorable;
+            }
             tracing::debug!(epoch, pages = n, pause_us = pause / 1000, "epoch taken");
         }
         if !ok {
