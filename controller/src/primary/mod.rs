@@ -580,7 +580,10 @@ impl Primary {
                     .iter()
                     .filter(|d| !b.status.unrestorable_fds.contains(d))
                 {
-                    tracing::warn!(epoch, "this descriptor cannot come back on the standby: {d}");
+                    tracing::warn!(
+                        epoch,
+                        "this descriptor cannot come back on the standby: {d}"
+                    );
                 }
                 b.status.unrestorable_fds = unrestorable;
             }
