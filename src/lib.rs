@@ -1337,13 +1337,27 @@ pub fn failover_scenario(
             ..Default::default()
         },
     );
-    let v = app.wait_committed(after_epochs, long);
-    assert_eq!(
-        v.get("protected"),
-        Some(&Value::Bool(true)),
-        "the primary is not protected: {v}\n{}",
-        app.report()
-    );
+    // Waits for a committed epoch; fails at once if protection stopped (it never resumes).
+    let wait_committed = |epoch: u64| -> Value {
+        let both = || format!("{}{}", app.report(), standby.report());
+        wait_for(
+            &format!("primary: committed_epoch >= {epoch}"),
+            long,
+            &both,
+            || {
+                let v = app.status().ok()?;
+                if v.get("protected") == Some(&Value::Bool(false)) && s(&v, "state") != "starting" {
+                    panic!(
+                        "protection stopped before epoch {epoch} was committed: {}\n{}",
+                        s(&v, "reason"),
+                        both()
+                    );
+                }
+                committed_epoch(&v).is_some_and(|c| c >= epoch).then_some(v)
+            },
+        )
+    };
+    wait_committed(after_epochs);
     // Ordering, not time: lines read now were printed before epoch `taken + 1` started.
     let known_committed = app.max_iter();
     let v = app
@@ -1353,7 +1367,7 @@ pub fn failover_scenario(
         .get("epoch")
         .and_then(Value::as_u64)
         .unwrap_or_else(|| panic!("the primary's status has no epoch number: {v}"));
-    let v = app.wait_committed(taken + 2, long);
+    let v = wait_committed(taken + 2);
     let committed_at_kill = committed_epoch(&v).unwrap_or(0);
     app.kill_primary_side();
     // Everything the primary side let out is in the pipe: read it to the end.

@@ -46,6 +46,13 @@ pub const SHIM_FD_BASE: i32 = 1000;
 pub const CONTROLLER_SHIM_SOCK_FD: i32 = 3;
 /// The staging memfd, as seen by `remusd primary`.
 pub const CONTROLLER_STAGING_FD: i32 = 4;
+/// Output commit: for the i-th held output stream (named by the i-th `--output` argument of
+/// `remusd primary`), remusd inherits the app's original descriptor at
+/// `CONTROLLER_OUTPUT_FD_BASE + 2i` and the read end of the pipe the shim put in its place at
+/// `CONTROLLER_OUTPUT_FD_BASE + 2i + 1`.
+pub const CONTROLLER_OUTPUT_FD_BASE: i32 = 5;
+/// At most this many held output streams (stdout, stderr).
+pub const MAX_OUTPUT_STREAMS: usize = 2;
 
 // Environment variables the shim reads.
 pub const ENV_STANDBY: &str = "REMUS_STANDBY";

@@ -8,12 +8,12 @@ use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 
 use remus_abi::{
-    Msg, MsgKind, StagingHeader, ABI_VERSION, CONTROLLER_SHIM_SOCK_FD, CONTROLLER_STAGING_FD,
-    ENV_ALLOW_UNPROTECTED, ENV_CONTROL, ENV_EPOCH_MS, ENV_PRIMARY_ARGS, ENV_PROTECTED_PID,
-    ENV_REMUSD, ENV_STANDBY, MAX_AUXV_WORDS, STAGING_SIZE,
+    Msg, MsgKind, StagingHeader, ABI_VERSION, CONTROLLER_OUTPUT_FD_BASE, CONTROLLER_SHIM_SOCK_FD,
+    CONTROLLER_STAGING_FD, ENV_ALLOW_UNPROTECTED, ENV_CONTROL, ENV_EPOCH_MS, ENV_PRIMARY_ARGS,
+    ENV_PROTECTED_PID, ENV_REMUSD, ENV_STANDBY, MAX_AUXV_WORDS, STAGING_SIZE,
 };
 
-use crate::{fatal, hooks, link, probe, signals, state, sys};
+use crate::{fatal, hooks, link, output, probe, signals, state, sys};
 
 struct Statics {
     mm: remus_abi::MmFields,
@@ -144,6 +144,9 @@ pub fn run() {
         let _ = std::fs::create_dir_all(&dir);
         format!("{dir}/primary-{pid}.log")
     });
+    // Output commit: pipes for the held output streams, handed to remusd now, put in place
+    // of fds 1/2 once protection starts.
+    let outputs = output::prepare();
     if let Err(e) = spawn_controller(
         pid,
         standby.as_deref(),
@@ -151,24 +154,30 @@ pub fn run() {
         &log_file,
         theirs,
         staging_fd,
+        &outputs,
     ) {
         fatal::refuse(e.as_bytes());
     }
     sys::close(theirs);
     sys::close(staging_fd);
+    output::forget_controller_ends(&outputs);
 
     // SAFETY: registering a fork handler with no parent/prepare hooks.
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
 
     let real = hooks::real_sigaction();
     signals::install(real);
+    signals::STARTING.store(true, Ordering::Release);
     let _ = link::send(&Msg::new(MsgKind::Hello, pid as u64, ABI_VERSION as u64));
     match link::recv() {
         Ok(m) if m.kind == MsgKind::Ready as u32 => {
-            state::set_mode(state::MODE_PROTECTED);
+            output::install(&outputs);
+            signals::start_protection();
             signals::install_reporters(real);
         }
         Ok(m) if m.kind == MsgKind::RunUnprotected as u32 => {
+            output::abandon(&outputs);
+            signals::no_protection();
             fatal::say(&[b"WARNING: running UNPROTECTED: ".as_slice(), m.text()].concat());
             state::set_mode(state::MODE_UNPROTECTED);
         }
@@ -275,6 +284,7 @@ fn spawn_controller(
     log_file: &str,
     sock: i32,
     staging: i32,
+    outputs: &output::Plan,
 ) -> Result<(), String> {
     let remusd = find_remusd()?;
     let mut args: Vec<String> = vec![
@@ -296,6 +306,10 @@ fn spawn_controller(
         args.push("--allow-unprotected".into());
     }
     args.extend(["--log-file".into(), log_file.to_string()]);
+    let streams: Vec<output::Stream> = outputs.streams.iter().flatten().copied().collect();
+    for st in &streams {
+        args.extend(["--output".into(), st.name().into()]);
+    }
     if let Some(extra) = env(ENV_PRIMARY_ARGS) {
         args.extend(extra.split_whitespace().map(String::from));
     }
@@ -332,13 +346,19 @@ fn spawn_controller(
             }
             libc::dup2(sock, CONTROLLER_SHIM_SOCK_FD);
             libc::dup2(staging, CONTROLLER_STAGING_FD);
+            let mut next = CONTROLLER_OUTPUT_FD_BASE;
+            for st in &streams {
+                libc::dup2(st.orig, next);
+                libc::dup2(st.rd, next + 1);
+                next += 2;
+            }
             let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
             if null >= 0 {
                 libc::dup2(null, 0);
                 libc::dup2(null, 1);
                 libc::dup2(null, 2);
             }
-            libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32);
+            libc::syscall(libc::SYS_close_range, next as u32, u32::MAX, 0u32);
             libc::execve(path.as_ptr(), argp.as_ptr(), envp.as_ptr());
             let msg = Msg::new(MsgKind::Refuse, 0, 0).with_text(
                 format!(

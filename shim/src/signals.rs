@@ -46,6 +46,24 @@ static APP_VIEW: Table = Table(UnsafeCell::new(
     unsafe { core::mem::zeroed() },
 ));
 static VIEW_READY: AtomicBool = AtomicBool::new(false);
+/// Start-up is waiting for the controller's answer: an epoch signal that comes before the
+/// mode says protected is kept pending (see [`start_protection`]).
+pub static STARTING: AtomicBool = AtomicBool::new(false);
+
+/// Start-up got Ready: protection is on from here; takes a signal that came too early.
+pub fn start_protection() {
+    state::set_mode(state::MODE_PROTECTED);
+    STARTING.store(false, Ordering::Release);
+    if state::PENDING.swap(false, Ordering::AcqRel) {
+        sys::raise_here(EPOCH_SIGNAL);
+    }
+}
+
+/// Start-up got no protection: forget any early signal.
+pub fn no_protection() {
+    STARTING.store(false, Ordering::Release);
+    state::PENDING.store(false, Ordering::Release);
+}
 
 /// glibc's `sigaction`, found with `dlsym(RTLD_NEXT)` by the hook module.
 pub type SigactionFn =
@@ -191,7 +209,11 @@ static CTX: CtxCell = CtxCell(UnsafeCell::new(ResumeContext {
 
 extern "C" fn on_epoch(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     let saved_errno = sys::errno();
-    if state::mode() == state::MODE_PROTECTED {
+    if STARTING.load(Ordering::Acquire) && state::mode() != state::MODE_PROTECTED {
+        // The controller said Ready and signalled before start-up switched protection on:
+        // start-up raises it again once it has (a lost first signal would stall every epoch).
+        state::PENDING.store(true, Ordering::Release);
+    } else if state::mode() == state::MODE_PROTECTED {
         if state::HOOK_DEPTH.load(Ordering::Acquire) > 0 {
             // No checkpoint in the middle of a wrapper: the hook takes it on its way out.
             state::PENDING.store(true, Ordering::Release);

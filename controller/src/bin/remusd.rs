@@ -40,6 +40,10 @@ enum Role {
         /// Log to this file instead of stderr.
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// A held output stream passed by the shim (repeated, in order: the i-th one's
+        /// destination and pipe are fds CONTROLLER_OUTPUT_FD_BASE + 2i and + 2i + 1).
+        #[arg(long = "output")]
+        outputs: Vec<String>,
     },
     /// Receive epochs from a primary and take over when it fails.
     Standby {
@@ -93,15 +97,19 @@ fn main() {
             control,
             heartbeat_ms,
             allow_unprotected,
+            outputs,
             ..
-        } => primary::run(primary::PrimaryArgs {
-            app_pid,
-            standby,
-            epoch_ms,
-            control,
-            heartbeat_ms,
-            allow_unprotected,
-        }),
+        } => primary::run(
+            primary::PrimaryArgs {
+                app_pid,
+                standby,
+                epoch_ms,
+                control,
+                heartbeat_ms,
+                allow_unprotected,
+            },
+            outputs,
+        ),
         Role::Standby {
             listen,
             state_dir,

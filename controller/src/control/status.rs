@@ -64,6 +64,16 @@ pub struct Status {
     /// (path)`), as of the last epoch.
     #[serde(default)]
     pub unrestorable_fds: Vec<String>,
+    /// primary: output bytes read from the app and not yet released (output commit).
+    #[serde(default)]
+    pub output_held_bytes: u64,
+    /// primary: output bytes released to the app's real destinations.
+    #[serde(default)]
+    pub output_released_bytes: u64,
+    /// primary: from remusd reading output from the app to releasing it (after its epoch
+    /// committed), over the last pieces released.
+    #[serde(default)]
+    pub commit_latency_us: PauseUs,
 }
 
 impl Status {
@@ -93,6 +103,9 @@ impl Status {
             exit_code: None,
             epochs_total: 0,
             unrestorable_fds: Vec::new(),
+            output_held_bytes: 0,
+            output_released_bytes: 0,
+            commit_latency_us: PauseUs::default(),
         }
     }
 
@@ -172,6 +185,18 @@ impl Status {
                 human_bytes(self.bytes_wire)
             ),
         );
+        if self.role == "primary" {
+            line(
+                "output",
+                format!(
+                    "{} held  {} released  commit latency p50 {} us  p99 {} us",
+                    human_bytes(self.output_held_bytes),
+                    human_bytes(self.output_released_bytes),
+                    self.commit_latency_us.p50,
+                    self.commit_latency_us.p99
+                ),
+            );
+        }
         if self.restored_pid.is_some() || self.exit_code.is_some() {
             line(
                 "exit",
@@ -206,6 +231,7 @@ pub struct Board {
     pub status: Status,
     pauses_ns: VecDeque<u64>,
     last_peer_frame: Option<Instant>,
+    commit_latency_ns: VecDeque<u64>,
 }
 
 impl Board {
@@ -214,6 +240,13 @@ impl Board {
             self.pauses_ns.pop_front();
         }
         self.pauses_ns.push_back(ns);
+    }
+
+    pub fn record_commit_latency(&mut self, ns: u64) {
+        if self.commit_latency_ns.len() == PAUSE_WINDOW {
+            self.commit_latency_ns.pop_front();
+        }
+        self.commit_latency_ns.push_back(ns);
     }
 
     pub fn peer_frame(&mut self) {
@@ -234,6 +267,7 @@ impl Board {
     pub fn snapshot(&self) -> Status {
         let mut s = self.status.clone();
         s.pause_us = percentiles_us(&self.pauses_ns);
+        s.commit_latency_us = percentiles_us(&self.commit_latency_ns);
         s.heartbeat_age_ms = self.last_peer_frame.map(|t| t.elapsed().as_millis() as u64);
         if !s.protected && s.reason.is_none() {
             s.reason = Some(format!("state {}", s.state));
@@ -266,6 +300,7 @@ impl SharedStatus {
             status,
             pauses_ns: VecDeque::new(),
             last_peer_frame: None,
+            commit_latency_ns: VecDeque::new(),
         })))
     }
 
@@ -318,6 +353,9 @@ mod tests {
             "listen",
             "restored_pid",
             "exit_code",
+            "output_held_bytes",
+            "output_released_bytes",
+            "commit_latency_us",
         ] {
             assert!(o.contains_key(k), "missing key {k}");
         }
@@ -337,6 +375,7 @@ mod tests {
             status: s,
             pauses_ns: VecDeque::new(),
             last_peer_frame: None,
+            commit_latency_ns: VecDeque::new(),
         };
         assert!(b.snapshot().reason.is_some());
         assert!(b.snapshot().human().contains("protected"));

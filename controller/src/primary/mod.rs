@@ -2,6 +2,7 @@
 //! and ships them to the standby.
 
 pub mod link;
+pub mod output;
 pub mod shim_link;
 pub mod staging;
 #[cfg(test)]
@@ -21,6 +22,7 @@ use crate::control::server::ControlServer;
 use crate::control::status::{SharedStatus, Status};
 use crate::wire::messages::{AppExit, GoodbyeReason, Hello, PROTOCOL_VERSION};
 use link::{Link, Outbound};
+use output::{Output, OutputStream};
 use shim_link::{FromShim, ShimLink};
 use staging::Staging;
 
@@ -57,6 +59,11 @@ struct Primary {
     handler_seen: bool,
     handler_warned: bool,
     started: Instant,
+    /// Held output streams (output commit).
+    output: Output,
+    /// The app ended on its own (or the operator stopped remusd): what it wrote is released
+    /// and passed through until its streams close. False when the primary side dies.
+    release_at_end: bool,
 }
 
 /// How the primary ends.
@@ -64,8 +71,9 @@ enum End {
     Exit(i32),
 }
 
-/// Runs `remusd primary`; returns the process exit code.
-pub fn run(args: PrimaryArgs) -> Result<i32> {
+/// Runs `remusd primary`; returns the process exit code. `outputs` names the held output
+/// streams the shim passed (at `remus_abi::CONTROLLER_OUTPUT_FD_BASE`, two fds each).
+pub fn run(args: PrimaryArgs, outputs: Vec<String>) -> Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGTERM,
@@ -81,16 +89,34 @@ pub fn run(args: PrimaryArgs) -> Result<i32> {
         crate::sys::take_inherited_fd(remus_abi::CONTROLLER_STAGING_FD, "the staging memfd")?;
     let staging =
         Staging::map(&File::from(staging_fd)).context("mapping the staging memfd (fd 4)")?;
-    run_with(args, shim, staging, stop)
+    let mut streams = Vec::new();
+    for (i, name) in outputs.into_iter().enumerate() {
+        let base = remus_abi::CONTROLLER_OUTPUT_FD_BASE + 2 * i as i32;
+        let dest = crate::sys::take_inherited_fd(base, "an output stream's destination")?;
+        let src = crate::sys::take_inherited_fd(base + 1, "an output stream's pipe")?;
+        streams.push(OutputStream { name, dest, src });
+    }
+    run_with_output(args, shim, staging, stop, streams)
 }
 
-/// [`run`] with the shim's socket and staging area given (tests pass their own); `stop` is
-/// the operator-stop flag.
+/// [`run_with_output`] without held output streams.
 pub fn run_with(
     args: PrimaryArgs,
     shim: ShimLink,
     staging: Staging,
     stop: Arc<AtomicBool>,
+) -> Result<i32> {
+    run_with_output(args, shim, staging, stop, Vec::new())
+}
+
+/// [`run`] with the shim's socket, staging area and output streams given (tests pass their
+/// own); `stop` is the operator-stop flag.
+pub fn run_with_output(
+    args: PrimaryArgs,
+    shim: ShimLink,
+    staging: Staging,
+    stop: Arc<AtomicBool>,
+    outputs: Vec<OutputStream>,
 ) -> Result<i32> {
     let mut st = Status::new("primary", "starting");
     st.app_pid = Some(args.app_pid);
@@ -103,6 +129,7 @@ pub fn run_with(
     st.reason = Some("starting".into());
     let status = SharedStatus::new(st);
     let _control = ControlServer::start(args.control.clone(), "primary", status.clone())?;
+    let output = Output::new(outputs, status.clone());
 
     let mut p = Primary {
         args,
@@ -117,8 +144,14 @@ pub fn run_with(
         handler_seen: false,
         handler_warned: false,
         started: Instant::now(),
+        output,
+        release_at_end: false,
     };
     let End::Exit(code) = p.main(&stop)?;
+    if p.release_at_end {
+        p.output.finish();
+    }
+    // Otherwise the primary side is dying: what is still held is dropped with the process.
     Ok(code)
 }
 
@@ -144,9 +177,12 @@ impl Primary {
             } else {
                 Duration::from_millis(50)
             };
-            let ready =
-                crate::sys::poll_readable(&[self.shim.raw_fd(), pidfd.as_raw_fd()], Some(timeout))
-                    .context("poll")?;
+            let mut fds = vec![self.shim.raw_fd(), pidfd.as_raw_fd()];
+            fds.extend(self.output.poll_fds());
+            let ready = crate::sys::poll_readable(&fds, Some(timeout)).context("poll")?;
+            if ready[2..].iter().any(|&r| r) {
+                self.output.pump(self.output_tag());
+            }
             if ready[0] {
                 while let Some(m) = self.shim.try_recv().context("receiving from the shim")? {
                     if let Some(end) = self.on_shim(m)? {
@@ -178,6 +214,18 @@ impl Primary {
             if self.can_signal() && Instant::now() >= self.next_tick {
                 self.signal_epoch(epoch)?;
             }
+        }
+    }
+
+    /// The epoch whose checkpoint is certain to come after output read now: the next epoch
+    /// to be signalled, or the one after it while an epoch signal is outstanding (its handler
+    /// may already have run).
+    fn output_tag(&self) -> u64 {
+        let next = self.last_epoch.map_or(1, |e| e + 1);
+        if self.in_epoch.is_some() {
+            next + 1
+        } else {
+            next
         }
     }
 
@@ -214,6 +262,9 @@ impl Primary {
                 }
             }
         }
+        // Everything written so far precedes this epoch's checkpoint: tag it with this epoch
+        // (output_tag() is this epoch's number while no signal is outstanding).
+        self.output.pump(self.output_tag());
         if let Err(e) = crate::sys::kill(self.args.app_pid, remus_abi::EPOCH_SIGNAL) {
             tracing::warn!("sending the epoch signal to {}: {e}", self.args.app_pid);
             // The pidfd tells us if the app is gone; try again next tick.
@@ -310,7 +361,11 @@ impl Primary {
             Some(addr) => {
                 let hb = Duration::from_millis(self.args.heartbeat_ms.max(1));
                 let st = self.staging.clone();
-                let on_ack: link::OnAck = Arc::new(move |epoch| st.publish_committed(epoch));
+                let out = self.output.committer();
+                let on_ack: link::OnAck = Arc::new(move |epoch| {
+                    st.publish_committed(epoch);
+                    out.commit(epoch);
+                });
                 match Link::connect(
                     &addr,
                     self.hello(),
@@ -347,6 +402,7 @@ impl Primary {
             self.given_up = true;
             self.staging
                 .publish_committed(remus_abi::COMMITTED_UNPROTECTED);
+            self.output.release_all();
             {
                 let mut b = self.status.lock();
                 b.status.state = "unprotected".into();
@@ -392,6 +448,7 @@ impl Primary {
         // Nothing is held for a standby any more.
         self.staging
             .publish_committed(remus_abi::COMMITTED_UNPROTECTED);
+        self.output.release_all();
         let mut b = self.status.lock();
         b.status.state = "unprotected".into();
         b.status.link = "down".into();
@@ -448,6 +505,8 @@ impl Primary {
                     }
                     link.close();
                 }
+                // The standby will not take over: the app's last words may leave.
+                self.release_at_end = true;
                 return Ok(Some(End::Exit(0)));
             }
             Some(MsgKind::Log) => tracing::info!(target: "shim", "{text}"),
@@ -629,6 +688,8 @@ impl Primary {
             link.goodbye(GoodbyeReason::OperatorStop, Duration::from_secs(2));
             link.close();
         }
+        // The app may run on: its output passes through until it closes its streams.
+        self.release_at_end = true;
         End::Exit(0)
     }
 }

@@ -1,0 +1,407 @@
+//! Output commit (DESIGN §4): what the app writes to its held output streams (stdout/stderr
+//! when they are pipes, ttys, sockets or devices) leaves the primary only once the epoch whose
+//! state produced it is committed by the standby.
+//!
+//! The shim interposes a pipe on each held stream before `main`: the app's fd 1 (and 2) is the
+//! write end of a pipe whose read end remusd holds, and remusd holds a duplicate of the app's
+//! original descriptor (both inherited at `remus_abi::CONTROLLER_OUTPUT_FD_BASE`). This covers
+//! stdio (glibc's `printf`/`fwrite` reach the kernel through internal calls no `write` hook
+//! sees), `write`, `writev`, `splice` and `sendfile` alike, and the app's children that inherit
+//! the descriptors, with no hook at all.
+//!
+//! The split point. The main thread reads the pipes whenever they are readable and tags what
+//! it reads with the epoch whose checkpoint is certain to come after the read: the epoch of
+//! the next epoch signal when none is outstanding, the one after it while one is. It also
+//! reads everything available just before it sends each signal, so that in the common case the
+//! bytes written before checkpoint k are tagged k exactly. Bytes written between that last read
+//! and the handler are tagged k+1: later than necessary, never too early (the handler runs
+//! after the signal is sent, which is after the read). No message, no extra pause in the app.
+//!
+//! Release. A release thread writes, in the order read (across streams too), every queued piece
+//! whose tag is at most the committed epoch (set from the link's ack callback), so a slow
+//! reader of the app's output never stalls acks or heartbeats. Once protection stops (standby
+//! lost, second thread, the app exiting on its own), everything is released and the streams
+//! pass through. When the primary side dies, what is still held is simply gone.
+//!
+//! Backpressure. At most [`HELD_LIMIT`] bytes are held; beyond it remusd stops reading the
+//! pipes and the app blocks on a full pipe (or gets `EAGAIN` if its descriptor was
+//! non-blocking) until acks release some. When the destination is a broken pipe, remusd closes
+//! its read end of the interposed pipe, so the app's next write fails with `EPIPE` (and
+//! `SIGPIPE`) as it would have without remus.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::control::status::SharedStatus;
+
+/// The most output bytes held for the standby before the app is made to wait.
+pub const HELD_LIMIT: u64 = 64 << 20;
+/// The committed value meaning "nothing is held any more".
+const ALL: u64 = u64::MAX;
+const READ_CHUNK: usize = 64 << 10;
+/// Pieces merged in the queue stay below this (fewer, larger writes at release).
+const MERGE_LIMIT: usize = 1 << 20;
+
+/// One held stream as inherited from the shim.
+pub struct OutputStream {
+    /// "stdout", "stderr", "stdout+stderr": for logs.
+    pub name: String,
+    /// The app's original descriptor (where released output goes).
+    pub dest: OwnedFd,
+    /// The read end of the pipe interposed on the app's descriptor(s).
+    pub src: OwnedFd,
+}
+
+struct Piece {
+    stream: usize,
+    tag: u64,
+    data: Vec<u8>,
+    /// End of the stream: close the destination once everything before it is written.
+    eof: bool,
+    read_at: Instant,
+}
+
+struct Inner {
+    committed: u64,
+    queue: VecDeque<Piece>,
+    held: u64,
+    released: u64,
+    /// The release thread ends once the queue is empty.
+    finish: bool,
+    /// Writing to the stream's destination failed for good.
+    broken: Vec<bool>,
+}
+
+struct Shared {
+    m: Mutex<Inner>,
+    cv: Condvar,
+    status: SharedStatus,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The handle the link's ack callback keeps: marks epochs committed.
+#[derive(Clone)]
+pub struct Committer(Arc<Shared>);
+
+impl Committer {
+    /// Epoch `epoch` is committed: everything tagged up to it may leave.
+    pub fn commit(&self, epoch: u64) {
+        let mut g = self.0.lock();
+        if epoch > g.committed {
+            g.committed = epoch;
+            self.0.cv.notify_all();
+        }
+    }
+}
+
+pub struct Output {
+    names: Vec<String>,
+    /// Read ends, `None` once at end of file (or closed because the destination broke).
+    srcs: Vec<Option<OwnedFd>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    buf: Vec<u8>,
+}
+
+impl Output {
+    pub fn new(streams: Vec<OutputStream>, status: SharedStatus) -> Output {
+        let mut names = Vec::new();
+        let mut srcs = Vec::new();
+        let mut dests = Vec::new();
+        for s in streams {
+            if let Err(e) = crate::sys::set_nonblocking(s.src.as_raw_fd()) {
+                tracing::warn!(stream = %s.name, "cannot make the output pipe non-blocking: {e}");
+            }
+            tracing::info!(stream = %s.name, "output held until its epoch commits");
+            names.push(s.name);
+            srcs.push(Some(s.src));
+            dests.push(Some(s.dest));
+        }
+        let shared = Arc::new(Shared {
+            m: Mutex::new(Inner {
+                committed: 0,
+                queue: VecDeque::new(),
+                held: 0,
+                released: 0,
+                finish: false,
+                broken: vec![false; names.len()],
+            }),
+            cv: Condvar::new(),
+            status,
+        });
+        let thread = if names.is_empty() {
+            None
+        } else {
+            let sh = shared.clone();
+            let nm = names.clone();
+            std::thread::Builder::new()
+                .name("output-release".into())
+                .spawn(move || release_loop(sh, dests, nm))
+                .map_err(|e| tracing::error!("cannot start the output release thread: {e}"))
+                .ok()
+        };
+        Output {
+            names,
+            srcs,
+            shared,
+            thread,
+            buf: vec![0; READ_CHUNK],
+        }
+    }
+
+    pub fn committer(&self) -> Committer {
+        Committer(self.shared.clone())
+    }
+
+    /// Nothing is held any more: release everything queued, pass through from now on.
+    pub fn release_all(&self) {
+        Committer(self.shared.clone()).commit(ALL);
+    }
+
+    /// The read ends to poll (none while the held bytes are at the limit: backpressure).
+    pub fn poll_fds(&mut self) -> Vec<RawFd> {
+        self.close_broken();
+        let g = self.shared.lock();
+        if g.held >= HELD_LIMIT && g.committed != ALL {
+            return Vec::new();
+        }
+        drop(g);
+        self.srcs.iter().flatten().map(|f| f.as_raw_fd()).collect()
+    }
+
+    /// True when every stream reached end of file.
+    pub fn all_closed(&self) -> bool {
+        self.srcs.iter().all(Option::is_none)
+    }
+
+    /// Reads everything available on every stream (without waiting) and queues it with `tag`:
+    /// an epoch whose checkpoint is certain to come after this read.
+    pub fn pump(&mut self, tag: u64) {
+        self.close_broken();
+        for i in 0..self.srcs.len() {
+            while let Some(fd) = self.srcs[i].as_ref() {
+                {
+                    let g = self.shared.lock();
+                    if g.held >= HELD_LIMIT && g.committed != ALL {
+                        return;
+                    }
+                }
+                match crate::sys::read_nonblocking(fd.as_raw_fd(), &mut self.buf) {
+                    Ok(Some(0)) | Err(_) => {
+                        // End of file (every writer closed it), or an error no read will fix.
+                        self.srcs[i] = None;
+                        self.push(i, tag, Vec::new(), true);
+                        tracing::debug!(stream = %self.names[i], "output stream closed by the app");
+                        break;
+                    }
+                    Ok(Some(n)) => {
+                        let data = self.buf[..n].to_vec();
+                        self.push(i, tag, data, false);
+                        if n < self.buf.len() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break, // nothing more for now
+                }
+            }
+        }
+    }
+
+    fn push(&self, stream: usize, tag: u64, data: Vec<u8>, eof: bool) {
+        let mut g = self.shared.lock();
+        g.held += data.len() as u64;
+        let merged = match g.queue.back_mut() {
+            Some(last)
+                if !eof
+                    && !last.eof
+                    && last.stream == stream
+                    && last.tag == tag
+                    && last.data.len() + data.len() <= MERGE_LIMIT =>
+            {
+                last.data.extend_from_slice(&data);
+                true
+            }
+            _ => false,
+        };
+        if !merged {
+            g.queue.push_back(Piece {
+                stream,
+                tag,
+                data,
+                eof,
+                read_at: Instant::now(),
+            });
+        }
+        let (held, committed) = (g.held, g.committed);
+        drop(g);
+        self.shared.status.lock().status.output_held_bytes = held;
+        if tag <= committed {
+            self.shared.cv.notify_all();
+        }
+    }
+
+    /// Drops the read end of a stream whose destination broke: the app's next write to it
+    /// fails with `EPIPE`, as it would have without remus.
+    fn close_broken(&mut self) {
+        let broken = self.shared.lock().broken.clone();
+        for (i, b) in broken.into_iter().enumerate() {
+            if b && self.srcs[i].take().is_some() {
+                tracing::info!(stream = %self.names[i], "destination closed; closing the app's output pipe");
+            }
+        }
+    }
+
+    /// The app ended on its own, or protection ended with remusd: releases everything and
+    /// keeps passing output through until every stream is closed by its writers (the app
+    /// and any child that inherited the descriptors), then waits until all of it is written.
+    pub fn finish(mut self) {
+        self.release_all();
+        while !self.all_closed() {
+            let fds = self.poll_fds();
+            if fds.is_empty() {
+                // At the limit (cannot be: everything is released) or all broken.
+                self.close_broken();
+                if self.all_closed() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            match crate::sys::poll_readable(&fds, Some(Duration::from_millis(100))) {
+                Ok(_) => self.pump(ALL),
+                Err(e) => {
+                    tracing::warn!("polling the output pipes: {e}");
+                    break;
+                }
+            }
+        }
+        self.shared.lock().finish = true;
+        self.shared.cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The release thread: writes out, in order, every piece whose epoch is committed.
+fn release_loop(sh: Arc<Shared>, mut dests: Vec<Option<OwnedFd>>, names: Vec<String>) {
+    loop {
+        let piece = {
+            let mut g = sh.lock();
+            loop {
+                if g.queue.front().is_some_and(|p| p.tag <= g.committed) {
+                    break g.queue.pop_front();
+                }
+                if g.finish && g.queue.is_empty() {
+                    break None;
+                }
+                g = sh.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let Some(p) = piece else { return };
+        let len = p.data.len() as u64;
+        if let Some(dest) = dests[p.stream].as_ref() {
+            if !p.data.is_empty() {
+                if let Err(e) = write_all(dest.as_raw_fd(), &p.data) {
+                    tracing::warn!(stream = %names[p.stream], "writing released output: {e}; dropping the rest of this stream");
+                    dests[p.stream] = None;
+                    sh.lock().broken[p.stream] = true;
+                }
+            }
+        }
+        if p.eof {
+            dests[p.stream] = None; // the app closed it: close our copy, after its data
+        }
+        let latency = p.read_at.elapsed().as_nanos() as u64;
+        let (held, released) = {
+            let mut g = sh.lock();
+            g.held -= len;
+            g.released += len;
+            (g.held, g.released)
+        };
+        let mut b = sh.status.lock();
+        b.status.output_held_bytes = held;
+        b.status.output_released_bytes = released;
+        if len > 0 {
+            b.record_commit_latency(latency);
+        }
+    }
+}
+
+/// Writes all of `data`, waiting for room when the destination is non-blocking.
+fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match crate::sys::write(fd, data) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => crate::sys::wait_writable(fd)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::status::Status;
+    use std::io::{Read, Write};
+
+    fn pipe() -> (std::fs::File, std::fs::File) {
+        let (r, w) = crate::sys::pipe().unwrap();
+        (std::fs::File::from(r), std::fs::File::from(w))
+    }
+
+    #[test]
+    fn held_until_committed_then_in_order() {
+        let (app_r, mut app_w) = pipe();
+        let (mut out_r, out_w) = pipe();
+        let status = SharedStatus::new(Status::new("primary", "protected"));
+        let mut o = Output::new(
+            vec![OutputStream {
+                name: "stdout".into(),
+                dest: out_w.into(),
+                src: app_r.into(),
+            }],
+            status.clone(),
+        );
+        app_w.write_all(b"one\n").unwrap();
+        o.pump(1);
+        app_w.write_all(b"two\n").unwrap();
+        o.pump(2);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(status.snapshot().output_held_bytes, 8);
+        assert_eq!(status.snapshot().output_released_bytes, 0);
+        crate::sys::set_nonblocking(out_r.as_raw_fd()).unwrap();
+        let mut buf = [0u8; 64];
+        assert!(
+            out_r.read(&mut buf).is_err(),
+            "nothing may leave before a commit"
+        );
+        o.committer().commit(1);
+        std::thread::sleep(Duration::from_millis(50));
+        let n = out_r.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"one\n");
+        drop(app_w);
+        o.finish();
+        let n = out_r.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"two\n");
+        assert_eq!(
+            out_r.read(&mut buf).unwrap(),
+            0,
+            "closed after the app closed it"
+        );
+        let s = status.snapshot();
+        assert_eq!((s.output_held_bytes, s.output_released_bytes), (0, 8));
+    }
+}
