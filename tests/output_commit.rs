@@ -31,7 +31,10 @@ fn output_waits_for_the_standbys_ack() {
     app.wait_iter(20, Duration::from_secs(60));
 
     // Withhold acks. Acks already on their way may still release a little: let them land.
-    assert!(signal(standby.pid(), libc::SIGSTOP), "cannot stop the standby");
+    assert!(
+        signal(standby.pid(), libc::SIGSTOP),
+        "cannot stop the standby"
+    );
     std::thread::sleep(Duration::from_millis(400));
     let before = app.stdout_lines().len();
     let status_before = app.status().expect("primary status");
@@ -41,7 +44,10 @@ fn output_waits_for_the_standbys_ack() {
     let st = app.status().expect("primary status");
     let held = n(&st, "output_held_bytes").unwrap_or(0);
     let committed_during = committed_epoch(&st);
-    assert!(signal(standby.pid(), libc::SIGCONT), "cannot resume the standby");
+    assert!(
+        signal(standby.pid(), libc::SIGCONT),
+        "cannot resume the standby"
+    );
 
     assert_eq!(
         st.get("protected").and_then(|v| v.as_bool()),
