@@ -25,6 +25,14 @@ fn run(after_epochs: u64) {
     assert!(f.committed_at_kill >= after_epochs);
     assert!(f.first_restored > f.known_committed);
     assert!(f.last_restored >= f.first_restored + RUN_AFTER - 1);
+    // DESIGN section 4: output leaves only once its epoch is committed.
+    assert_eq!(
+        f.output_ahead(),
+        0,
+        "the primary let out iterations up to {} but the restored program resumed at {}",
+        f.released,
+        f.first_restored
+    );
 }
 
 #[test]
