@@ -170,6 +170,24 @@ pub fn still_running(pid: i32, grace: Duration) -> bool {
     }
 }
 
+/// Whether `pid` is gone, a zombie, or on its way out (`PF_EXITING` in `/proc/PID/stat`: set
+/// at the start of `do_exit`, before the kernel closes the process's descriptors). A process
+/// that closed a close-on-exec socket without being in exit has exec'd.
+pub fn exiting_or_gone(pid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return true;
+    };
+    // After the comm: field 3 (state) is index 0, field 9 (flags) index 6.
+    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let state = f.first().copied().unwrap_or("X");
+    let flags: u64 = f.get(6).and_then(|v| v.parse().ok()).unwrap_or(PF_EXITING);
+    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
+}
+
 /// Sets `O_NONBLOCK` on a descriptor.
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl F_GETFL/F_SETFL take integers only.

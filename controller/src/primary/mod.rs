@@ -468,7 +468,12 @@ impl Primary {
         let m: Msg = match m {
             FromShim::Msg(m) => *m,
             FromShim::Eof => {
-                if crate::sys::still_running(self.args.app_pid, Duration::from_millis(300)) {
+                // Not exiting right now (checked first: an exec'd image that fails at once,
+                // e.g. refused by the busy standby, is gone within the grace period, and its
+                // error message is in the output this remusd holds).
+                if !crate::sys::exiting_or_gone(self.args.app_pid)
+                    || crate::sys::still_running(self.args.app_pid, Duration::from_millis(300))
+                {
                     // The socket is close-on-exec: a live app that closed it has replaced
                     // itself with execve (the new image, if preloaded, is protected afresh by
                     // its own remusd). This image's checkpoints must never be resurrected.
@@ -476,6 +481,9 @@ impl Primary {
                         "the app replaced itself (execve) or closed remus's socket; this remusd's image is obsolete".into(),
                         true,
                     );
+                    // The new image still writes to the pipes this remusd reads: pass its
+                    // output through until it closes them.
+                    self.release_at_end = true;
                     return Ok(Some(End::Exit(0)));
                 }
                 return Ok(Some(
