@@ -2,7 +2,9 @@
 //! and ships them to the standby.
 
 pub mod link;
+pub mod netout;
 pub mod output;
+pub mod pipeline;
 pub mod shim_link;
 pub mod staging;
 #[cfg(test)]
@@ -33,6 +35,8 @@ pub struct PrimaryArgs {
     pub control: Option<PathBuf>,
     pub heartbeat_ms: u64,
     pub allow_unprotected: bool,
+    /// Delta compression and wire measurement.
+    pub pipeline: link::PipelineOpts,
 }
 
 /// An epoch whose chunks are arriving.
@@ -64,6 +68,10 @@ struct Primary {
     /// The app ended on its own (or the operator stopped remusd): what it wrote is released
     /// and passed through until its streams close. False when the primary side dies.
     release_at_end: bool,
+    /// Output held for the app's sockets (None: a shim without the output log).
+    net: Option<netout::NetOut>,
+    /// The shim asked for this epoch now (output waits for it and the app went idle).
+    want_epoch: u64,
 }
 
 /// How the primary ends.
@@ -87,8 +95,9 @@ pub fn run(args: PrimaryArgs, outputs: Vec<String>) -> Result<i32> {
     let shim = ShimLink::new(sock).context("the shim's socket (fd 3)")?;
     let staging_fd =
         crate::sys::take_inherited_fd(remus_abi::CONTROLLER_STAGING_FD, "the staging memfd")?;
-    let staging =
-        Staging::map(&File::from(staging_fd)).context("mapping the staging memfd (fd 4)")?;
+    let staging_file = File::from(staging_fd);
+    let staging = Staging::map(&staging_file).context("mapping the staging memfd (fd 4)")?;
+    let net = netout::NetLog::map(&staging_file).context("mapping the socket output log")?;
     let mut streams = Vec::new();
     for (i, name) in outputs.into_iter().enumerate() {
         let base = remus_abi::CONTROLLER_OUTPUT_FD_BASE + 2 * i as i32;
@@ -96,7 +105,7 @@ pub fn run(args: PrimaryArgs, outputs: Vec<String>) -> Result<i32> {
         let src = crate::sys::take_inherited_fd(base + 1, "an output stream's pipe")?;
         streams.push(OutputStream { name, dest, src });
     }
-    run_with_output(args, shim, staging, stop, streams)
+    run_full(args, shim, staging, stop, streams, net)
 }
 
 /// [`run_with_output`] without held output streams.
@@ -118,6 +127,18 @@ pub fn run_with_output(
     stop: Arc<AtomicBool>,
     outputs: Vec<OutputStream>,
 ) -> Result<i32> {
+    run_full(args, shim, staging, stop, outputs, None)
+}
+
+/// [`run_with_output`] with the socket output log (`net`) as well.
+pub fn run_full(
+    args: PrimaryArgs,
+    shim: ShimLink,
+    staging: Staging,
+    stop: Arc<AtomicBool>,
+    outputs: Vec<OutputStream>,
+    net: Option<netout::NetLog>,
+) -> Result<i32> {
     let mut st = Status::new("primary", "starting");
     st.app_pid = Some(args.app_pid);
     st.epoch_ms = Some(args.epoch_ms);
@@ -130,6 +151,11 @@ pub fn run_with_output(
     let status = SharedStatus::new(st);
     let _control = ControlServer::start(args.control.clone(), "primary", status.clone())?;
     let output = Output::new(outputs, status.clone());
+    let net = match net.map(|log| netout::NetOut::start(log, status.clone())) {
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => bail!("cannot start the socket output release thread: {e}"),
+        None => None,
+    };
 
     let mut p = Primary {
         args,
@@ -146,9 +172,15 @@ pub fn run_with_output(
         started: Instant::now(),
         output,
         release_at_end: false,
+        net,
+        want_epoch: 0,
     };
     let End::Exit(code) = p.main(&stop)?;
+    let net = p.net.take();
     if p.release_at_end {
+        if let Some(n) = net {
+            n.finish(Duration::from_secs(10));
+        }
         p.output.finish();
     }
     // Otherwise the primary side is dying: what is still held is dropped with the process.
@@ -170,7 +202,9 @@ impl Primary {
                 return Ok(self.operator_stop());
             }
             let now = Instant::now();
-            let timeout = if self.can_signal() {
+            let timeout = if self.can_signal() && self.idle_wanted() {
+                Duration::ZERO
+            } else if self.can_signal() {
                 self.next_tick
                     .saturating_duration_since(now)
                     .min(Duration::from_millis(50))
@@ -211,7 +245,7 @@ impl Primary {
                     );
                 }
             }
-            if self.can_signal() && Instant::now() >= self.next_tick {
+            if self.can_signal() && (Instant::now() >= self.next_tick || self.idle_wanted()) {
                 self.signal_epoch(epoch)?;
             }
         }
@@ -227,6 +261,24 @@ impl Primary {
         } else {
             next
         }
+    }
+
+    /// The shim asked for an epoch that has not been signalled yet.
+    fn idle_wanted(&self) -> bool {
+        self.in_epoch.is_none() && self.want_epoch > self.last_epoch.unwrap_or(0)
+    }
+
+    /// Output-triggered epochs: the app is going idle while output waits for epoch `want`.
+    fn on_idle(&mut self, want: u64) -> Result<()> {
+        self.want_epoch = self.want_epoch.max(want);
+        if self.can_signal() && self.idle_wanted() {
+            self.signal_epoch(Duration::from_millis(self.args.epoch_ms.max(1)))?;
+        }
+        // The shim waits briefly for this: the signal (if sent) is already on its way.
+        if let Some(n) = &self.net {
+            n.kick();
+        }
+        Ok(())
     }
 
     fn can_signal(&self) -> bool {
@@ -362,9 +414,13 @@ impl Primary {
                 let hb = Duration::from_millis(self.args.heartbeat_ms.max(1));
                 let st = self.staging.clone();
                 let out = self.output.committer();
+                let net = self.net.as_ref().map(|n| n.committer());
                 let on_ack: link::OnAck = Arc::new(move |epoch| {
                     st.publish_committed(epoch);
                     out.commit(epoch);
+                    if let Some(n) = &net {
+                        n.commit(epoch);
+                    }
                 });
                 match Link::connect(
                     &addr,
@@ -373,6 +429,7 @@ impl Primary {
                     Duration::from_secs(3),
                     self.status.clone(),
                     on_ack,
+                    self.args.pipeline,
                 ) {
                     Ok(link) => {
                         tracing::info!(standby = %addr, "connected to the standby; protection starts");
@@ -403,6 +460,9 @@ impl Primary {
             self.staging
                 .publish_committed(remus_abi::COMMITTED_UNPROTECTED);
             self.output.release_all();
+            if let Some(n) = &self.net {
+                n.release_all();
+            }
             {
                 let mut b = self.status.lock();
                 b.status.state = "unprotected".into();
@@ -449,6 +509,9 @@ impl Primary {
         self.staging
             .publish_committed(remus_abi::COMMITTED_UNPROTECTED);
         self.output.release_all();
+        if let Some(n) = &self.net {
+            n.release_all();
+        }
         let mut b = self.status.lock();
         b.status.state = "unprotected".into();
         b.status.link = "down".into();
@@ -494,10 +557,11 @@ impl Primary {
         let text = String::from_utf8_lossy(m.text()).into_owned();
         match MsgKind::from_u32(m.kind) {
             Some(MsgKind::EpochChunk) => self.on_chunk(m.a, m.b)?,
-            Some(MsgKind::ThreadCreated) => {
-                self.unprotect(format!("the app created a second thread ({text}); remus protects single-threaded processes only"), true)
-            }
-            Some(MsgKind::Unsupported) => self.unprotect(format!("the app uses state remus cannot replicate: {text}"), true),
+            Some(MsgKind::ThreadCreated) => self.unprotect(text, true),
+            Some(MsgKind::Unsupported) => self.unprotect(
+                format!("the app uses state remus cannot replicate: {text}"),
+                true,
+            ),
             Some(MsgKind::Exiting) => {
                 let exit = AppExit::from_shim(m.a, m.b);
                 tracing::info!("the app {exit}");
@@ -518,6 +582,15 @@ impl Primary {
                 return Ok(Some(End::Exit(0)));
             }
             Some(MsgKind::Log) => tracing::info!(target: "shim", "{text}"),
+            Some(MsgKind::NetFd) => match (&self.net, self.shim.take_fd()) {
+                (Some(n), Some(fd)) => n.register(m.a as u32, fd, m.b as i32),
+                _ => tracing::warn!(
+                    conn = m.a,
+                    app_fd = m.b,
+                    "the shim passed a socket without a descriptor or an output log"
+                ),
+            },
+            Some(MsgKind::Idle) => self.on_idle(m.a)?,
             Some(MsgKind::Hello) => tracing::warn!("the shim said hello twice; ignored"),
             _ => tracing::warn!(kind = m.kind, "unexpected message from the shim; ignored"),
         }
