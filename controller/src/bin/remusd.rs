@@ -44,6 +44,15 @@ enum Role {
         /// destination and pipe are fds CONTROLLER_OUTPUT_FD_BASE + 2i and + 2i + 1).
         #[arg(long = "output")]
         outputs: Vec<String>,
+        /// Memory for shadow pages, the last shipped version of each page that deltas are
+        /// computed against (least recently dirtied evicted first); 0 turns deltas off.
+        /// Default: $REMUS_DELTA_BUDGET_MB, else 256.
+        #[arg(long)]
+        delta_budget_mb: Option<u64>,
+        /// Also measure what the page frames would have been with snap alone (status key
+        /// snap_only_frame_bytes; costs CPU). Also set by REMUS_WIRE_STATS=1.
+        #[arg(long)]
+        wire_stats: bool,
     },
     /// Receive epochs from a primary and take over when it fails.
     Standby {
@@ -73,7 +82,15 @@ enum Role {
         /// (@name: abstract).
         #[arg(long = "bind-map", value_parser = parse_bind_map)]
         bind_map: Vec<remus_controller::restore::BindMap>,
+        /// Run this shell command before the restored program resumes (e.g. to move a service
+        /// address to this host). If it fails, the takeover stops and the program is not run.
+        #[arg(long = "on-takeover", value_name = "CMD")]
+        on_takeover: Option<String>,
     },
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.trim().parse().ok()
 }
 
 fn parse_bind_map(s: &str) -> Result<remus_controller::restore::BindMap, String> {
@@ -98,6 +115,8 @@ fn main() {
             heartbeat_ms,
             allow_unprotected,
             outputs,
+            delta_budget_mb,
+            wire_stats,
             ..
         } => primary::run(
             primary::PrimaryArgs {
@@ -107,6 +126,13 @@ fn main() {
                 control,
                 heartbeat_ms,
                 allow_unprotected,
+                pipeline: primary::link::PipelineOpts {
+                    delta_budget: delta_budget_mb
+                        .or_else(|| env_u64("REMUS_DELTA_BUDGET_MB"))
+                        .unwrap_or(primary::link::DEFAULT_DELTA_BUDGET_MB)
+                        << 20,
+                    wire_stats: wire_stats || env_u64("REMUS_WIRE_STATS").is_some_and(|v| v != 0),
+                },
             },
             outputs,
         ),
@@ -118,6 +144,7 @@ fn main() {
             stderr,
             control,
             bind_map,
+            on_takeover,
             ..
         } => standby::run(standby::StandbyArgs {
             listen,
@@ -127,6 +154,7 @@ fn main() {
             stderr,
             control,
             bind_map,
+            on_takeover,
         }),
     };
     match result {

@@ -74,6 +74,40 @@ pub struct Status {
     /// committed), over the last pieces released.
     #[serde(default)]
     pub commit_latency_us: PauseUs,
+    /// primary: the compression and sending pipeline (delta pages, merged epochs).
+    #[serde(flatten, default)]
+    pub pipeline: PipelineStats,
+}
+
+/// The primary's sending pipeline (see `primary::pipeline`). Flattened into the status JSON.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PipelineStats {
+    /// The shadow pages' memory budget (`--delta-budget-mb`).
+    pub delta_budget_bytes: u64,
+    /// Shipped pages for which a shadow (the last shipped version) was held.
+    pub delta_hit_rate: f64,
+    /// Memory held by shadow pages now.
+    pub shadow_bytes: u64,
+    pub shadow_evictions: u64,
+    /// Pages shipped, and how: raw, run-length (of the page itself), XOR delta.
+    pub pages_shipped: u64,
+    pub pages_raw: u64,
+    pub pages_rle: u64,
+    pub pages_delta: u64,
+    /// Encoded bytes per encoding, before the frame's snap.
+    pub enc_bytes_raw: u64,
+    pub enc_bytes_rle: u64,
+    pub enc_bytes_delta: u64,
+    /// Bytes of page frames on the wire (encoding + snap + framing).
+    pub page_frame_bytes: u64,
+    /// With `--wire-stats`: what the same page frames would have been with snap alone.
+    pub snap_only_frame_bytes: Option<u64>,
+    /// Epochs folded into a later one because the link was behind.
+    pub merged_epochs: u64,
+    /// Page bytes waiting to be sent (merged epochs), now and at most.
+    pub pending_bytes: u64,
+    pub max_pending_bytes: u64,
 }
 
 impl Status {
@@ -106,6 +140,7 @@ impl Status {
             output_held_bytes: 0,
             output_released_bytes: 0,
             commit_latency_us: PauseUs::default(),
+            pipeline: PipelineStats::default(),
         }
     }
 

@@ -7,19 +7,42 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam::channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use thiserror::Error;
 
 use crate::control::status::SharedStatus;
 use crate::image::EpochMeta;
 use crate::wire::frame::SendFrameError;
-use crate::wire::messages::{EpochCommit, EpochPart, GoodbyeReason, Hello, PageBytes, WireMsg};
+use crate::wire::messages::{GoodbyeReason, Hello, PageBytes, WireMsg};
+
+use super::pipeline::{encode_loop, ToSender};
 use crate::wire::{DecodeFrameError, FrameReader, FrameWriter};
 
 /// Pages per `EpochPart` frame: 4096 pages = 16 MiB.
 pub const PART_PAGES: usize = 4096;
-/// Epoch items the sender may have queued before the epoch loop stops signalling.
+/// Epoch items the encoder may have queued before the epoch loop waits (the encoder takes
+/// them at once, merging while the link is behind).
 pub const QUEUE: usize = 8;
+/// Default memory budget of the shadow pages (`--delta-budget-mb`).
+pub const DEFAULT_DELTA_BUDGET_MB: u64 = 256;
+
+/// How the sending pipeline compresses.
+#[derive(Clone, Copy, Debug)]
+pub struct PipelineOpts {
+    /// Memory for shadow pages (the last shipped version of each page); 0: no deltas.
+    pub delta_budget: u64,
+    /// Also measure what each page frame would have been with snap alone (costs CPU).
+    pub wire_stats: bool,
+}
+
+impl Default for PipelineOpts {
+    fn default() -> Self {
+        PipelineOpts {
+            delta_budget: DEFAULT_DELTA_BUDGET_MB << 20,
+            wire_stats: false,
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum ConnectError {
@@ -102,6 +125,7 @@ impl Link {
         timeout: Duration,
         status: SharedStatus,
         on_ack: OnAck,
+        pipe: PipelineOpts,
     ) -> Result<Link, ConnectError> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
@@ -159,12 +183,30 @@ impl Link {
             b.status.bytes_wire = writer.bytes();
         }
         let (tx, rx) = bounded(QUEUE);
+        let (frame_tx, frame_rx) = unbounded();
+        let (written_tx, written_rx) = unbounded();
         let mut threads = Vec::new();
+        let st = status.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("link-encode".into())
+                .spawn(move || {
+                    encode_loop(
+                        rx,
+                        frame_tx,
+                        written_rx,
+                        pipe.delta_budget,
+                        pipe.wire_stats,
+                        st,
+                    )
+                })
+                .map_err(conn)?,
+        );
         let (h, st, a) = (health.clone(), status.clone(), addr.to_string());
         threads.push(
             std::thread::Builder::new()
                 .name("link-send".into())
-                .spawn(move || send_loop(writer, rx, heartbeat, h, st, a))
+                .spawn(move || send_loop(writer, frame_rx, written_tx, heartbeat, h, st, a))
                 .map_err(conn)?,
         );
         let (h, st, a) = (health.clone(), status, addr.to_string());
@@ -288,14 +330,13 @@ impl Read for Counting {
 
 fn send_loop(
     mut w: FrameWriter<TcpStream>,
-    rx: Receiver<Outbound>,
+    rx: Receiver<ToSender>,
+    written: Sender<()>,
     heartbeat: Duration,
     health: Arc<Health>,
     status: SharedStatus,
     addr: String,
 ) {
-    let mut part = 0u32;
-    let mut part_epoch = 0u64;
     let mut last_tx = Instant::now();
     loop {
         let wait = heartbeat.saturating_sub(last_tx.elapsed());
@@ -313,50 +354,33 @@ fn send_loop(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let result = match item {
-            Outbound::Pages { epoch, mut pages } => {
-                if epoch != part_epoch {
-                    part_epoch = epoch;
-                    part = 0;
-                }
-                let mut r = Ok(());
-                while !pages.is_empty() {
-                    let rest = pages.split_off(pages.len().min(PART_PAGES));
-                    let raw = pages.len() as u64 * remus_abi::PAGE_SIZE as u64;
-                    let msg = WireMsg::EpochPart(EpochPart {
-                        epoch,
-                        part,
-                        pages: std::mem::replace(&mut pages, rest),
-                    });
-                    part += 1;
-                    r = w.send(&msg).map(|_| ());
-                    if r.is_err() {
-                        break;
+            ToSender::Frame {
+                msg,
+                pages,
+                snap_only,
+            } => {
+                let raw = match &msg {
+                    WireMsg::EpochCommit(c) => meta_raw_bytes(&c.meta),
+                    _ => pages * remus_abi::PAGE_SIZE as u64,
+                };
+                let r = w.send(&msg);
+                if let Ok(n) = r {
+                    let mut b = status.lock();
+                    b.status.bytes_raw += raw;
+                    b.status.bytes_wire = w.bytes();
+                    if pages > 0 {
+                        let p = &mut b.status.pipeline;
+                        p.page_frame_bytes += n as u64;
+                        if let Some(s) = snap_only {
+                            *p.snap_only_frame_bytes.get_or_insert(0) += s;
+                        }
                     }
-                    let mut b = status.lock();
-                    b.status.bytes_raw += raw;
-                    b.status.bytes_wire = w.bytes();
                 }
-                r
-            }
-            Outbound::Commit { epoch, meta } => {
-                let parts = if epoch == part_epoch { part } else { 0 };
-                part_epoch = 0;
-                part = 0;
-                let raw =
-                    (meta.maps.len() + meta.fds.len() * 64 + meta.resets.len() * 16 + 512) as u64;
-                let r = w.send(&WireMsg::EpochCommit(Box::new(EpochCommit {
-                    epoch,
-                    parts,
-                    meta: *meta,
-                })));
-                if r.is_ok() {
-                    let mut b = status.lock();
-                    b.status.bytes_raw += raw;
-                    b.status.bytes_wire = w.bytes();
-                }
+                // The encoder may hand over the next frame.
+                let _ = written.send(());
                 r.map(|_| ())
             }
-            Outbound::Goodbye { reason, done } => {
+            ToSender::Goodbye { reason, done } => {
                 tracing::info!(standby = %addr, %reason, "saying goodbye to the standby");
                 let r = w.send(&WireMsg::Goodbye { reason });
                 let _ = w.get_ref().shutdown(Shutdown::Write);
@@ -373,6 +397,11 @@ fn send_loop(
         }
         last_tx = Instant::now();
     }
+}
+
+/// Rough size of an epoch's metadata, for the bytes_raw counter.
+fn meta_raw_bytes(meta: &EpochMeta) -> u64 {
+    (meta.maps.len() + meta.fds.len() * 64 + meta.resets.len() * 16 + 512) as u64
 }
 
 fn recv_loop(

@@ -124,6 +124,7 @@ fn rig(name: &str) -> Rig {
         control: Some(control.clone()),
         heartbeat_ms: 20,
         allow_unprotected: false,
+        pipeline: Default::default(),
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
     let primary =
@@ -198,7 +199,7 @@ fn epochs_flow_from_shim_to_standby_image() {
     assert_eq!(st.link, "up");
     assert_eq!(st.last_dirty_pages, Some(1));
     assert_eq!(st.pause_us.max, 2000);
-    assert!(st.bytes_raw >= 3 * 4096 && st.bytes_wire > 0);
+    assert!(st.bytes_raw >= 3 * 4096 && st.bytes_wire > 0, "{st:?}");
     // The app exits on its own: goodbye, no takeover.
     r.shim.send(MsgKind::Exiting, 3, 0, "").unwrap();
     assert_eq!(r.primary.join().unwrap().unwrap(), 0);
@@ -291,6 +292,7 @@ fn no_standby_refuses_with_advice() {
         control: Some(control),
         heartbeat_ms: 20,
         allow_unprotected: false,
+        pipeline: Default::default(),
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
     let primary =

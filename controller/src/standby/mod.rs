@@ -33,6 +33,9 @@ pub struct StandbyArgs {
     pub control: Option<PathBuf>,
     /// `--bind-map FROM=TO` for the restored process's sockets.
     pub bind_map: Vec<crate::restore::BindMap>,
+    /// `--on-takeover CMD`: run with `sh -c` before the restored program resumes (e.g. to move
+    /// a service address here); a failure stops the takeover.
+    pub on_takeover: Option<String>,
 }
 
 /// How a session with one primary ended.
@@ -509,6 +512,23 @@ fn takeover(
         ..Default::default()
     };
     let started = Instant::now();
+    if let Some(cmd) = &args.on_takeover {
+        if let Err(e) = run_on_takeover(cmd, epoch, peer) {
+            tracing::error!(epoch, "TAKEOVER STOPPED: --on-takeover failed: {e}");
+            let _ = write_json_atomic(
+                &args.state_dir.join("takeover.json"),
+                &serde_json::json!({ "epoch": epoch, "error": format!("--on-takeover failed: {e}"), "time_ms": crate::sys::unix_ms(), "primary": peer }),
+            );
+            let mut b = status.lock();
+            b.status.state = "waiting".into();
+            b.unprotect(format!(
+                "takeover from epoch {epoch} stopped: --on-takeover failed: {e}"
+            ));
+            return Err(anyhow::anyhow!(
+                "--on-takeover `{cmd}` failed: {e}; the program was not restored"
+            ));
+        }
+    }
     let restored = match crate::restore::restore(image, &opts) {
         Ok(p) => p,
         Err(e) => {
@@ -547,6 +567,30 @@ fn takeover(
     tracing::info!(pid, code, "the restored process exited");
     status.lock().status.exit_code = Some(code);
     Ok(code)
+}
+
+/// Runs the operator's `--on-takeover` command with `sh -c`, with `REMUS_EPOCH` and
+/// `REMUS_PRIMARY` in its environment; its output goes to the standby's log.
+fn run_on_takeover(cmd: &str, epoch: u64, peer: &str) -> Result<()> {
+    tracing::info!(epoch, "running --on-takeover: {cmd}");
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("REMUS_EPOCH", epoch.to_string())
+        .env("REMUS_PRIMARY", peer)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run /bin/sh -c {cmd:?}"))?;
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        tracing::info!(target: "on_takeover", "{line}");
+    }
+    if !out.status.success() {
+        anyhow::bail!("`{cmd}` exited with {}", out.status);
+    }
+    Ok(())
 }
 
 /// Waits for the restored child; a stop signal to the standby is passed on to it once.

@@ -4,6 +4,7 @@
 use thiserror::Error;
 
 use crate::image::{EpochMeta, Image};
+use crate::wire::delta;
 use crate::wire::messages::{
     EpochCommit, EpochPart, GoodbyeReason, Hello, WireMsg, PROTOCOL_VERSION,
 };
@@ -31,6 +32,12 @@ pub enum ReceiveError {
     MetaEpoch { epoch: u64, meta: u64 },
     #[error("epoch {epoch}: bad page at {addr:#x} ({len} bytes)")]
     BadPage { epoch: u64, addr: u64, len: usize },
+    #[error("epoch {epoch}: page at {addr:#x}: {why}")]
+    BadEncoding {
+        epoch: u64,
+        addr: u64,
+        why: crate::wire::delta::DecodeError,
+    },
     #[error("epoch {epoch} cannot be applied: {why}")]
     Apply { epoch: u64, why: String },
 }
@@ -72,12 +79,16 @@ impl Receiver {
         Self::default()
     }
 
-    /// The epoch the next part or commit must belong to (None: anything, before the first).
-    fn want_epoch(&self) -> Option<u64> {
+    /// Checks the epoch of the next part or commit: the pending epoch's, or after the last
+    /// committed one (the primary merges epochs while the link is behind: epoch k..m arrives as
+    /// m, so numbers may jump).
+    fn check_epoch(&self, got: u64) -> Result<(), ReceiveError> {
         match (&self.pending, self.image.committed_epoch()) {
-            (Some(p), _) => Some(p.epoch),
-            (None, Some(c)) => Some(c + 1),
-            (None, None) => None,
+            (Some(p), _) if got != p.epoch => {
+                Err(ReceiveError::EpochOutOfOrder { want: p.epoch, got })
+            }
+            (None, Some(c)) if got <= c => Err(ReceiveError::EpochOutOfOrder { want: c + 1, got }),
+            _ => Ok(()),
         }
     }
 
@@ -110,11 +121,7 @@ impl Receiver {
     }
 
     fn part(&mut self, p: EpochPart) -> Result<(), ReceiveError> {
-        if let Some(want) = self.want_epoch() {
-            if p.epoch != want {
-                return Err(ReceiveError::EpochOutOfOrder { want, got: p.epoch });
-            }
-        }
+        self.check_epoch(p.epoch)?;
         self.last_seen = Some(p.epoch);
         let pend = self.pending.get_or_insert(Pending {
             epoch: p.epoch,
@@ -131,7 +138,8 @@ impl Receiver {
         pend.parts += 1;
         pend.pages.reserve(p.pages.len());
         for (addr, data) in p.pages {
-            if data.0.len() != remus_abi::PAGE_SIZE
+            if data.0.is_empty()
+                || data.0.len() > remus_abi::PAGE_SIZE
                 || !addr.is_multiple_of(remus_abi::PAGE_SIZE as u64)
             {
                 return Err(ReceiveError::BadPage {
@@ -140,18 +148,28 @@ impl Receiver {
                     len: data.0.len(),
                 });
             }
-            self.bytes_raw += data.0.len() as u64;
-            pend.pages.push((addr, data.0.into_boxed_slice()));
+            // A delta is against this page as the stream left it: the committed image (every
+            // earlier epoch is applied before this one's parts arrive; a page appears once per
+            // epoch).
+            let page = if data.0.len() == remus_abi::PAGE_SIZE {
+                data.0.into_boxed_slice()
+            } else {
+                delta::decode(&data.0, self.image.pages.get(&addr).map(|b| &b[..])).map_err(
+                    |why| ReceiveError::BadEncoding {
+                        epoch: p.epoch,
+                        addr,
+                        why,
+                    },
+                )?
+            };
+            self.bytes_raw += page.len() as u64;
+            pend.pages.push((addr, page));
         }
         Ok(())
     }
 
     fn commit(&mut self, c: EpochCommit) -> Result<Event, ReceiveError> {
-        if let Some(want) = self.want_epoch() {
-            if c.epoch != want {
-                return Err(ReceiveError::EpochOutOfOrder { want, got: c.epoch });
-            }
-        }
+        self.check_epoch(c.epoch)?;
         self.last_seen = Some(c.epoch);
         let pend = self.pending.take().unwrap_or(Pending {
             epoch: c.epoch,

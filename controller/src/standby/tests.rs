@@ -236,13 +236,19 @@ fn receiver_checks_order_and_completeness() {
         rx.handle(commit(1, 0, 0)),
         Ok(Event::Committed { epoch: 1, pages: 0 })
     );
-    // Epochs must be consecutive.
+    // Epochs only go forward (they may jump: the primary merges epochs when behind).
     assert_eq!(
-        rx.handle(commit(3, 0, 0)),
-        Err(ReceiveError::EpochOutOfOrder { want: 2, got: 3 })
+        rx.handle(commit(1, 0, 0)),
+        Err(ReceiveError::EpochOutOfOrder { want: 2, got: 1 })
     );
     assert_eq!(
-        rx.handle(part(3, 0, &[])),
+        rx.handle(part(1, 0, &[])),
+        Err(ReceiveError::EpochOutOfOrder { want: 2, got: 1 })
+    );
+    // Within an epoch, every part and the commit carry its number.
+    rx.handle(part(2, 0, &[(0x1000, 1)])).unwrap();
+    assert_eq!(
+        rx.handle(part(3, 1, &[])),
         Err(ReceiveError::EpochOutOfOrder { want: 2, got: 3 })
     );
     // Parts in order.
@@ -276,7 +282,22 @@ fn receiver_checks_order_and_completeness() {
     });
     assert!(matches!(
         rx.handle(short),
-        Err(ReceiveError::BadPage { .. })
+        Err(ReceiveError::BadEncoding { .. })
+    ));
+    // A delta for a page the standby does not hold is refused (the primary then starts over
+    // with a new connection and an empty shadow: full pages).
+    let (_, d) = crate::wire::delta::encode(&[1; 4096], Some(&[0; 4096]));
+    let orphan = WireMsg::EpochPart(EpochPart {
+        epoch: 2,
+        part: 0,
+        pages: vec![(0x1000, PageBytes(d))],
+    });
+    assert!(matches!(
+        rx.handle(orphan),
+        Err(ReceiveError::BadEncoding {
+            why: crate::wire::delta::DecodeError::NoBase,
+            ..
+        })
     ));
     // Unparseable maps: nothing applied.
     rx.handle(part(2, 0, &[(0x1000, 1)])).unwrap();

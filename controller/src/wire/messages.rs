@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::image::EpochMeta;
 
 /// Protocol version carried in every frame header and in [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// One message on the wire. The frame header's `kind` byte is [`WireMsg::kind`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

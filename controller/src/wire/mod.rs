@@ -16,6 +16,7 @@
 //! Each message travels in one [`frame`]: a fixed header (magic, version, kind, sequence
 //! number, length, checksum) and a snap-compressed rmp-serde payload.
 
+pub mod delta;
 pub mod frame;
 pub mod messages;
 
