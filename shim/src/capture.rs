@@ -12,20 +12,11 @@ use remus_abi::{
     PAGE_SIZE, RESETS_OFF, STAGING_MAGIC,
 };
 
-use crate::pagemap::{self, PageRegion, Query};
 use crate::procmap::{self, Vma};
-use crate::{fds, link, maps, state, sys, uffd};
+use crate::tracker::{self, pagemap::PageRegion, How};
+use crate::{fds, link, state, sys};
 
 const MAX_TRACKED: usize = 8192;
-
-/// How a region's pages are followed from one epoch to the next.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum How {
-    /// Registered for async write-protect: ship what `PAGEMAP_SCAN` says was written.
-    Scan,
-    /// The kernel refused to register it: ship all its populated pages every epoch.
-    CopyAll,
-}
 
 #[derive(Clone, Copy)]
 struct Tracked {
@@ -183,8 +174,6 @@ impl Writer {
 
 /// Ships the pages of one region into the staging area.
 struct Shipper {
-    pm: i32,
-    uffd: i32,
     resets: *mut ResetRange,
     n_resets: usize,
 }
@@ -196,55 +185,38 @@ impl Shipper {
         &mut self,
         w: &mut Writer,
         vec: &mut [PageRegion],
-        start: u64,
-        end: u64,
+        r: &tracker::Region,
         known: Option<How>,
     ) -> Result<How, Abort> {
-        if known == Some(How::Scan) {
-            match pagemap::scan(
-                self.pm,
-                start,
-                end,
-                Query::WrittenAndReprotect,
-                vec,
-                |a, b| w.push_range(a, b).map_err(|_| -1),
-            ) {
-                Ok(()) => return Ok(How::Scan),
-                Err(-1) => return Err(Abort::Link),
-                // EPERM: the range is no longer registered: it was unmapped and mapped again
-                // behind our back. Treat it as new.
-                Err(_) => {}
+        let mut push = |a: u64, b: u64| w.push_range(a, b).map_err(|_| ());
+        if let Some(how) = known {
+            match tracker::known(r, how, vec, &mut push) {
+                Ok(Some(how)) => return Ok(how),
+                Ok(None) => {} // no longer followed: treat it as new
+                Err(tracker::Fail::Push) => return Err(Abort::Link),
+                Err(tracker::Fail::Kernel(what)) => return Err(Abort::Unsupported(what, r.start)),
             }
         }
         // New (or not trackable): the standby forgets what it had there, gets every
-        // populated page, and the region is registered for tracking from now on.
+        // populated page, and the region is tracked from now on.
         if self.n_resets == MAX_RESETS {
             return Err(Abort::Unsupported(
                 b"too many new mappings in one epoch",
-                start,
+                r.start,
             ));
         }
         // SAFETY: n_resets < MAX_RESETS; the resets array lies inside staging.
-        unsafe { *self.resets.add(self.n_resets) = ResetRange { start, end } };
-        self.n_resets += 1;
-        match pagemap::scan(self.pm, start, end, Query::Populated, vec, |a, b| {
-            w.push_range(a, b).map_err(|_| -1)
-        }) {
-            Ok(()) => {}
-            Err(-1) => return Err(Abort::Link),
-            Err(_) => {
-                return Err(Abort::Unsupported(
-                    b"PAGEMAP_SCAN failed on a mapping",
-                    start,
-                ))
+        unsafe {
+            *self.resets.add(self.n_resets) = ResetRange {
+                start: r.start,
+                end: r.end,
             }
-        }
-        if uffd::register_wp(self.uffd, start, end).is_ok()
-            && uffd::write_protect(self.uffd, start, end).is_ok()
-        {
-            Ok(How::Scan)
-        } else {
-            Ok(How::CopyAll)
+        };
+        self.n_resets += 1;
+        match tracker::new_region(r, vec, &mut push) {
+            Ok(how) => Ok(how),
+            Err(tracker::Fail::Push) => Err(Abort::Link),
+            Err(tracker::Fail::Kernel(what)) => Err(Abort::Unsupported(what, r.start)),
         }
     }
 }
@@ -338,8 +310,6 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     }
     let base = state::STAGING.load(Ordering::Relaxed);
     let staging_addr = base as u64;
-    let uffd = state::UFFD.load(Ordering::Relaxed);
-    let pm = state::PAGEMAP.load(Ordering::Relaxed);
     let epoch = state::EPOCH.load(Ordering::Relaxed) + 1;
     // SAFETY: see ScratchCell.
     let s = unsafe { &mut *SCRATCH.0.get() };
@@ -355,8 +325,6 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
         total: 0,
     };
     let mut ship = Shipper {
-        pm,
-        uffd,
         resets: base.wrapping_add(RESETS_OFF) as *mut ResetRange,
         n_resets: 0,
     };
@@ -364,13 +332,22 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     // Has the map changed since the last epoch? Asking the kernel VMA by VMA is much cheaper
     // than having it format the maps text; the text is read only when something changed.
     let listed = procmap::list(maps_fd, &mut s.vmas_now);
-    let unchanged = matches!(listed, Ok(n) if s.maps_out_len > 0 && n == s.n_vmas_prev && s.vmas_now[..n] == s.vmas_prev[..n]);
+    tracker::begin_epoch();
+    let unchanged = tracker::vma_shortcut() && matches!(listed, Ok(n) if s.maps_out_len > 0 && n == s.n_vmas_prev && s.vmas_now[..n] == s.vmas_prev[..n]);
 
     let out_len = if unchanged {
         // Same regions as last epoch: the maps text in staging is still right.
         for i in 0..s.n_tracked {
             let t = s.tracked[i];
-            s.tracked[i].how = ship.region(&mut w, &mut s.vec, t.start, t.end, Some(t.how))?;
+            let r = tracker::Region {
+                start: t.start,
+                end: t.end,
+                perms: t.perms,
+                offset: t.offset,
+                inode: t.inode,
+                path: b"",
+            };
+            s.tracked[i].how = ship.region(&mut w, &mut s.vec, &r, Some(t.how))?;
         }
         s.maps_out_len
     } else {
@@ -390,16 +367,28 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
         let mut cursor = 0usize;
 
         let text: &[u8] = &s.maps[..maps_len];
-        for (m, at, len) in maps::lines(text) {
-            if m.start == staging_addr {
+        for line in tracker::lines(text) {
+            let m = line.map;
+            if m.start == staging_addr || tracker::is_own_area(m.start) {
                 continue; // the staging area is the controller's, not the app's
             }
-            // SAFETY: out_maps + out_len + len <= MAPS_OFF + MAX_MAPS_BYTES since the whole
-            // text is shorter than MAX_MAPS_BYTES; source and destination do not overlap.
-            unsafe {
-                core::ptr::copy_nonoverlapping(text.as_ptr().add(at), out_maps.add(out_len), len)
-            };
-            out_len += len;
+            // The tracker's logical line (its pieces merged) is never longer than the text it
+            // stands for, except for its prefix, which the pieces it replaces outweigh.
+            for part in [line.prefix.as_bytes(), line.rest] {
+                if out_len + part.len() > MAX_MAPS_BYTES {
+                    return Err(Abort::Unsupported(b"maps text too long", 0));
+                }
+                // SAFETY: out_len + part.len() <= MAX_MAPS_BYTES: inside the staging maps
+                // section; source and destination do not overlap.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        part.as_ptr(),
+                        out_maps.add(out_len),
+                        part.len(),
+                    )
+                };
+                out_len += part.len();
+            }
 
             if m.is_special() || !m.readable() {
                 continue; // kernel mappings, and PROT_NONE reservations hold no data to ship
@@ -431,7 +420,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
                         && t.inode == m.inode
                 })
                 .map(|t| t.how);
-            let how = ship.region(&mut w, &mut s.vec, m.start, m.end, known)?;
+            let how = ship.region(&mut w, &mut s.vec, &tracker::Region::from_line(&m), known)?;
             if s.n_next == MAX_TRACKED {
                 return Err(Abort::Unsupported(
                     b"more writable mappings than the shim can track",
@@ -462,6 +451,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
         }
         out_len
     };
+    tracker::end_epoch();
     let n_resets = ship.n_resets;
 
     // SAFETY: FDS_OFF .. FDS_OFF + MAX_FDS records lie inside staging.

@@ -15,7 +15,7 @@ use core::sync::atomic::Ordering;
 use redhook::{hook, real};
 use remus_abi::MsgKind;
 
-use crate::{link, signals, state, sys};
+use crate::{link, signals, state, sys, tracker};
 
 fn hint() {
     state::MAP_HINTS.fetch_add(1, Ordering::Relaxed);
@@ -43,7 +43,8 @@ pub unsafe extern "C" fn mmap(
     off: libc::off_t,
 ) -> *mut c_void {
     hint();
-    ptr_result(sys::raw6(
+    let _d = tracker::Defer::new();
+    let r = sys::raw6(
         libc::SYS_mmap,
         addr as usize,
         len,
@@ -51,7 +52,11 @@ pub unsafe extern "C" fn mmap(
         flags as usize,
         fd as usize,
         off as usize,
-    ))
+    );
+    if let Ok(a) = r {
+        tracker::forget(a as u64, len as u64); // whatever was there before is gone
+    }
+    ptr_result(r)
 }
 
 /// # Safety
@@ -73,6 +78,8 @@ pub unsafe extern "C" fn mmap64(
 #[no_mangle]
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
     hint();
+    let _d = tracker::Defer::new();
+    tracker::forget(addr as u64, len as u64);
     match sys::raw6(libc::SYS_munmap, addr as usize, len, 0, 0, 0, 0) {
         Ok(_) => 0,
         Err(e) => {
@@ -96,6 +103,16 @@ pub unsafe extern "C" fn mremap(
     new_addr: *mut c_void,
 ) -> *mut c_void {
     hint();
+    let _d = tracker::Defer::new();
+    tracker::forget(old as u64, old_len as u64);
+    if tracker::is_mprotect() && new_len > old_len && flags & libc::MREMAP_MAYMOVE != 0 {
+        // A region the mprotect tracker follows is several VMAs, which mremap refuses
+        // (EFAULT); give the old range its protection back first... the split it keeps
+        // (see tracker/mprotect.rs) still makes mremap fail: do the move by hand.
+        if let Some(p) = tracker::mprotect::move_by_hand(old as u64, old_len as u64, new_len as u64) {
+            return p as *mut c_void;
+        }
+    }
     let new_addr = if flags & (libc::MREMAP_FIXED | 4/* MREMAP_DONTUNMAP */) != 0 {
         new_addr as usize
     } else {

@@ -13,7 +13,7 @@ use remus_abi::{
     ENV_PROTECTED_PID, ENV_REMUSD, ENV_STANDBY, MAX_AUXV_WORDS, STAGING_SIZE,
 };
 
-use crate::{fatal, hooks, link, output, probe, signals, state, sys};
+use crate::{fatal, hooks, link, output, probe, signals, state, sys, tracker};
 
 struct Statics {
     mm: remus_abi::MmFields,
@@ -80,7 +80,30 @@ pub fn run() {
                 .as_bytes(),
         );
     }
-    let kernel = match probe::probe() {
+    // The dirty-page tracker: REMUS_TRACKER=uffd (the default) or mprotect; without async
+    // write-protect the default falls back to mprotect, said once in the controller's log.
+    let choice = env("REMUS_TRACKER");
+    let mut notice: Option<String> = None;
+    let probed = match choice.as_deref() {
+        Some("mprotect") => {
+            notice = Some("dirty-page tracker: mprotect (REMUS_TRACKER=mprotect)".into());
+            probe::probe_mprotect().map(|k| (k, tracker::MPROTECT))
+        }
+        Some("uffd") => probe::probe().map(|k| (k, tracker::UFFD)),
+        None => match probe::probe() {
+            Ok(k) => Ok((k, tracker::UFFD)),
+            Err(why) => {
+                notice = Some(format!(
+                    "dirty-page tracker: mprotect, because the default (uffd) is not available: {why}"
+                ));
+                probe::probe_mprotect().map(|k| (k, tracker::MPROTECT))
+            }
+        },
+        Some(other) => Err(format!(
+            "REMUS_TRACKER={other} is not a dirty-page tracker: use uffd (the default) or mprotect"
+        )),
+    };
+    let (kernel, kind) = match probed {
         Ok(k) => k,
         Err(why) => {
             if allow {
@@ -93,7 +116,11 @@ pub fn run() {
             fatal::refuse(why.as_bytes());
         }
     };
-    let uffd = sys::move_fd_high(kernel.uffd).unwrap_or(kernel.uffd);
+    let uffd = if kernel.uffd >= 0 {
+        sys::move_fd_high(kernel.uffd).unwrap_or(kernel.uffd)
+    } else {
+        -1
+    };
     let pagemap = sys::move_fd_high(kernel.pagemap).unwrap_or(kernel.pagemap);
     state::UFFD.store(uffd, Ordering::Relaxed);
     state::PAGEMAP.store(pagemap, Ordering::Relaxed);
@@ -167,7 +194,16 @@ pub fn run() {
 
     let real = hooks::real_sigaction();
     signals::install(real);
+    if kind == tracker::MPROTECT {
+        if let Err(e) = tracker::mprotect::start(real) {
+            fatal::refuse(e.as_bytes());
+        }
+    }
+    tracker::set_kind(kind);
     signals::STARTING.store(true, Ordering::Release);
+    if let Some(n) = notice {
+        link::send_text(MsgKind::Log, 0, 0, n.as_bytes());
+    }
     let _ = link::send(&Msg::new(MsgKind::Hello, pid as u64, ABI_VERSION as u64));
     match link::recv() {
         Ok(m) if m.kind == MsgKind::Ready as u32 => {

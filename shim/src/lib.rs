@@ -1,5 +1,6 @@
 //! `libremus.so`: preloaded into the protected program. It tracks which pages the program
-//! writes (userfaultfd async write-protect + `PAGEMAP_SCAN`), takes a checkpoint in the epoch
+//! writes (userfaultfd async write-protect + `PAGEMAP_SCAN`, or `mprotect` + `SIGSEGV` on
+//! older kernels: see [`tracker`]), takes a checkpoint in the epoch
 //! signal handler (scan, copy to the staging area, notify `remusd primary`), and, in the
 //! restored process on the standby, fixes what glibc cached before the program carries on.
 //!
@@ -16,14 +17,13 @@ mod kobj;
 mod link;
 mod maps;
 mod output;
-mod pagemap;
 mod probe;
 mod procmap;
 mod restored;
 mod signals;
 mod state;
 mod sys;
-mod uffd;
+mod tracker;
 
 extern "C" fn remus_init() {
     // A panic must not unwind into the dynamic loader.

@@ -1,8 +1,9 @@
 //! Probing the kernel once, at start-up: userfaultfd async write-protect and `PAGEMAP_SCAN`
 //! must both work, or the program is refused with the kernel version and what is missing.
 
-use crate::pagemap::{self, PageRegion, Query};
-use crate::{sys, uffd};
+use crate::sys;
+use crate::tracker::pagemap::{self, PageRegion, Query};
+use crate::tracker::uffd;
 
 /// The userfaultfd and pagemap descriptors, ready for use.
 pub struct Kernel {
@@ -53,6 +54,33 @@ pub fn probe() -> Result<Kernel, String> {
         ));
     }
     Ok(Kernel { uffd, pagemap: pm })
+}
+
+/// For the mprotect tracker: only `/proc/self/pagemap` (read, not `PAGEMAP_SCAN`) is needed;
+/// check that it reports a page we just wrote as present.
+pub fn probe_mprotect() -> Result<Kernel, String> {
+    let release = kernel_release();
+    let pm = match std::fs::File::open("/proc/self/pagemap") {
+        Ok(f) => std::os::fd::IntoRawFd::into_raw_fd(f),
+        Err(e) => {
+            return Err(format!(
+                "cannot open /proc/self/pagemap on this kernel ({release}): {e}"
+            ))
+        }
+    };
+    let mut probe_page = Box::new([0u8; 2 * remus_abi::PAGE_SIZE]);
+    probe_page[remus_abi::PAGE_SIZE] = 1;
+    let addr = (probe_page.as_ptr() as u64 + remus_abi::PAGE_SIZE as u64) & !4095;
+    let mut e = [0u8; 8];
+    // SAFETY: pread writes 8 bytes into e.
+    let r = unsafe { libc::pread(pm, e.as_mut_ptr() as *mut _, 8, ((addr / 4096) * 8) as i64) };
+    if r != 8 || u64::from_ne_bytes(e) & (1 << 63) == 0 {
+        sys::close(pm);
+        return Err(format!(
+            "/proc/self/pagemap on this kernel ({release}) does not report present pages"
+        ));
+    }
+    Ok(Kernel { uffd: -1, pagemap: pm })
 }
 
 /// Protects two fresh pages, writes one, and checks the scan reports exactly that one.

@@ -18,6 +18,7 @@ pub fn after_restore() {
     state::PAGEMAP.store(-1, Ordering::Relaxed);
     state::STAGING.store(core::ptr::null_mut(), Ordering::Relaxed);
     crate::kobj::forget();
+    crate::tracker::after_restore();
 
     let tp = sys::fs_base();
     let tid = sys::gettid();

@@ -46,6 +46,17 @@ static APP_VIEW: Table = Table(UnsafeCell::new(
     unsafe { core::mem::zeroed() },
 ));
 static VIEW_READY: AtomicBool = AtomicBool::new(false);
+/// The mprotect tracker owns `SIGSEGV` (see tracker/mprotect.rs): the app's disposition is
+/// kept in the view only, and reached through [`chain_to_app`].
+static SEGV_OWNED: AtomicBool = AtomicBool::new(false);
+
+pub fn own_segv() {
+    SEGV_OWNED.store(true, Ordering::Release);
+}
+
+fn owned(sig: i32) -> bool {
+    sig == EPOCH_SIGNAL || (sig == libc::SIGSEGV && SEGV_OWNED.load(Ordering::Acquire))
+}
 /// Start-up is waiting for the controller's answer: an epoch signal that comes before the
 /// mode says protected is kept pending (see [`start_protection`]).
 pub static STARTING: AtomicBool = AtomicBool::new(false);
@@ -98,7 +109,7 @@ pub fn install(real: SigactionFn) {
 pub fn install_reporters(real: SigactionFn) {
     for &sig in &REPORTED {
         // SAFETY: view(sig) is valid.
-        if unsafe { (*view(sig)).sa_sigaction } == libc::SIG_DFL {
+        if !owned(sig) && unsafe { (*view(sig)).sa_sigaction } == libc::SIG_DFL {
             install_reporter(real, sig);
         }
     }
@@ -112,6 +123,9 @@ pub fn install_epoch_handler(real: SigactionFn) {
         sa.sa_sigaction = on_epoch as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigfillset(&mut sa.sa_mask);
+        // A write to a page the mprotect tracker protects must still reach its handler; a
+        // blocked SIGSEGV raised by a fault kills the process.
+        libc::sigdelset(&mut sa.sa_mask, libc::SIGSEGV);
         real(EPOCH_SIGNAL, &sa, core::ptr::null_mut());
         let mut set: libc::sigset_t = core::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -146,7 +160,7 @@ pub unsafe fn app_sigaction(
         return real(sig, act, old);
     }
     let previous = *view(sig);
-    if sig == EPOCH_SIGNAL {
+    if owned(sig) {
         // The shim owns this signal: remember what the app wanted, change nothing.
         if !act.is_null() {
             *view(sig) = *act;
@@ -156,7 +170,9 @@ pub unsafe fn app_sigaction(
         if (*act).sa_sigaction == libc::SIG_DFL && reported(sig) && protecting {
             install_reporter(real, sig);
         } else {
-            let r = real(sig, act, core::ptr::null_mut());
+            let mut copy = *act;
+            scrub_mask(&mut copy.sa_mask);
+            let r = real(sig, &copy, core::ptr::null_mut());
             if r != 0 {
                 return r;
             }
@@ -173,6 +189,10 @@ pub unsafe fn app_sigaction(
 pub fn scrub_mask(set: &mut libc::sigset_t) {
     // SAFETY: set is a valid sigset.
     unsafe { libc::sigdelset(set, EPOCH_SIGNAL) };
+    if SEGV_OWNED.load(Ordering::Acquire) {
+        // SAFETY: as above. A blocked SIGSEGV at a tracked write would kill the process.
+        unsafe { libc::sigdelset(set, libc::SIGSEGV) };
+    }
 }
 
 /// Puts back, in the restored process, every disposition the app had set.
@@ -184,10 +204,89 @@ pub fn reinstall_app_view(real: SigactionFn) {
         // SAFETY: view(sig) is valid; installing the app's own recorded action.
         unsafe {
             let v = *view(sig);
-            if v.sa_sigaction != libc::SIG_DFL {
+            if v.sa_sigaction != libc::SIG_DFL || owned(sig) {
                 real(sig, &v, core::ptr::null_mut());
             }
         }
+    }
+    SEGV_OWNED.store(false, Ordering::Release);
+}
+
+/// A `SIGSEGV` the mprotect tracker's handler found is not its own: what would have happened
+/// without the shim. The app's handler is called as the kernel would have (with its mask);
+/// the default action (or `SIG_IGN`, which the kernel overrides for a fault) is taken by
+/// putting `SIG_DFL` back and letting the fault happen again, reported first like any fatal
+/// signal the app leaves at its default.
+pub extern "C" fn chain_to_app(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: view(sig) is valid; read-only here.
+    let v = unsafe { *view(sig) };
+    // SAFETY: info is valid for an SA_SIGINFO handler.
+    let from_kernel = !info.is_null() && unsafe { (*info).si_code } > 0;
+    if v.sa_sigaction == libc::SIG_IGN && !from_kernel {
+        return; // a sent SIGSEGV the app ignores
+    }
+    if v.sa_sigaction == libc::SIG_DFL || v.sa_sigaction == libc::SIG_IGN {
+        // struct kernel_sigaction all zero: SIG_DFL, no flags, empty mask.
+        let dfl = [0u64; 4];
+        // SAFETY: rt_sigaction reads one kernel_sigaction (32 bytes with an 8-byte mask).
+        let _ = unsafe {
+            sys::raw6(
+                libc::SYS_rt_sigaction,
+                sig as usize,
+                dfl.as_ptr() as usize,
+                0,
+                8,
+                0,
+                0,
+            )
+        };
+        on_fatal(sig, info, uc);
+        return;
+    }
+    // The app's handler, with the mask it would have run with.
+    let mut mask = v.sa_mask;
+    if !uc.is_null() {
+        // SAFETY: uc points at the kernel's ucontext; its mask is what the app had.
+        let at_fault = unsafe { (*(uc as *const libc::ucontext_t)).uc_sigmask };
+        for s in 1..NSIG as i32 {
+            // SAFETY: valid sigsets.
+            if unsafe { libc::sigismember(&at_fault, s) } == 1 {
+                // SAFETY: valid sigset.
+                unsafe { libc::sigaddset(&mut mask, s) };
+            }
+        }
+    }
+    if v.sa_flags & libc::SA_NODEFER == 0 {
+        // SAFETY: valid sigset.
+        unsafe { libc::sigaddset(&mut mask, sig) };
+    }
+    scrub_mask(&mut mask);
+    // SAFETY: rt_sigprocmask reads an 8-byte mask; the previous one is put back by sigreturn
+    // when our handler returns.
+    let _ = unsafe {
+        sys::raw6(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as usize,
+            &mask as *const _ as usize,
+            0,
+            8,
+            0,
+            0,
+        )
+    };
+    if v.sa_flags & libc::SA_RESETHAND != 0 {
+        // SAFETY: the view is only written by hooks and here; the app asked for this reset.
+        unsafe { (*view(sig)).sa_sigaction = libc::SIG_DFL };
+    }
+    if v.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the app installed this as an SA_SIGINFO handler.
+        let h: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { core::mem::transmute(v.sa_sigaction) };
+        h(sig, info, uc);
+    } else {
+        // SAFETY: the app installed this as a plain handler.
+        let h: extern "C" fn(i32) = unsafe { core::mem::transmute(v.sa_sigaction) };
+        h(sig);
     }
 }
 

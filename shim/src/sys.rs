@@ -135,13 +135,17 @@ pub fn reread(fd: i32, buf: &mut [u8]) -> Result<usize, i32> {
     rewind(fd)?;
     let mut len = 0;
     while len < buf.len() {
-        // SAFETY: buf[len..] is a valid writable slice.
+        // The mprotect tracker may have protected these pages (the shim's own .bss): make the
+        // next piece writable for the kernel (a no-op with the uffd tracker).
+        let want = (buf.len() - len).min(64 << 10);
+        crate::tracker::mprotect::touch(buf[len..].as_ptr() as u64, want as u64);
+        // SAFETY: buf[len..len + want] is a valid writable slice.
         match unsafe {
             raw6(
                 libc::SYS_read,
                 fd as usize,
                 buf[len..].as_mut_ptr() as usize,
-                buf.len() - len,
+                want,
                 0,
                 0,
                 0,

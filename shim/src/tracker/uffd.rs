@@ -185,3 +185,51 @@ pub fn write_protect(uffd: i32, start: u64, end: u64) -> Result<(), i32> {
     }
     .map(|_| ())
 }
+
+use super::pagemap::{self, PageRegion, Query};
+use super::{Fail, How, Push, Region};
+
+/// A region registered at an earlier epoch: ship what `PAGEMAP_SCAN` says was written and
+/// re-protect it in the same call.
+pub fn known(
+    pm: i32,
+    r: &Region,
+    how: How,
+    vec: &mut [PageRegion],
+    push: &mut Push,
+) -> Result<Option<How>, Fail> {
+    if how != How::Scan {
+        return Ok(None); // CopyAll: shipped whole, as new, every epoch
+    }
+    match pagemap::scan(pm, r.start, r.end, Query::WrittenAndReprotect, vec, |a, b| {
+        push(a, b).map_err(|_| -1)
+    }) {
+        Ok(()) => Ok(Some(How::Scan)),
+        Err(-1) => Err(Fail::Push),
+        // EPERM: the range is no longer registered: it was unmapped and mapped again
+        // behind our back. Treat it as new.
+        Err(_) => Ok(None),
+    }
+}
+
+/// A region new to the tracker: ship every populated page, then register it for tracking.
+pub fn new_region(
+    pm: i32,
+    uffd: i32,
+    r: &Region,
+    vec: &mut [PageRegion],
+    push: &mut Push,
+) -> Result<How, Fail> {
+    match pagemap::scan(pm, r.start, r.end, Query::Populated, vec, |a, b| {
+        push(a, b).map_err(|_| -1)
+    }) {
+        Ok(()) => {}
+        Err(-1) => return Err(Fail::Push),
+        Err(_) => return Err(Fail::Kernel(b"PAGEMAP_SCAN failed on a mapping")),
+    }
+    if register_wp(uffd, r.start, r.end).is_ok() && write_protect(uffd, r.start, r.end).is_ok() {
+        Ok(How::Scan)
+    } else {
+        Ok(How::CopyAll)
+    }
+}

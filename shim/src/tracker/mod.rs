@@ -1,0 +1,283 @@
+//! Dirty-page trackers: which pages of the program changed since the last epoch.
+//!
+//! Two implementations behind one small interface the epoch capture uses (DESIGN §3):
+//!
+//! - [`uffd`] (the default, `REMUS_TRACKER=uffd`): userfaultfd asynchronous write-protect and
+//!   `PAGEMAP_SCAN` (Linux 6.7+). The kernel marks written pages itself; no signal, no
+//!   `EFAULT` for kernel writes.
+//! - [`mprotect`] (`REMUS_TRACKER=mprotect`, and automatically on kernels without async
+//!   write-protect): the seed design. Tracked pages lose `PROT_WRITE`; the first write to each
+//!   page per epoch raises `SIGSEGV`, the shim's handler records the page and gives the write
+//!   permission back. Works on any kernel, costs a signal and a system call per first write,
+//!   and a kernel write into a protected page fails with `EFAULT`: [`prefault`] touches the
+//!   buffers the interposed calls hand to the kernel.
+//!
+//! The capture calls, in one epoch: [`begin_epoch`]; for each readable private region of the
+//! (logical, see [`lines`]) map: [`known`] for a region it already followed (written pages,
+//! re-armed) or, when that says no, [`new_region`] (populated pages, tracking started); then
+//! [`end_epoch`]. The memory hooks call [`forget`].
+
+pub mod mprotect;
+pub mod pagemap;
+pub mod prefault;
+pub mod uffd;
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use crate::maps::{self, MapLine};
+use crate::state;
+
+/// Which tracker runs ([`UFFD`] or [`MPROTECT`]); 0 before start-up decided.
+static KIND: AtomicU8 = AtomicU8::new(0);
+pub const UFFD: u8 = 1;
+pub const MPROTECT: u8 = 2;
+
+pub fn set_kind(k: u8) {
+    KIND.store(k, Ordering::Relaxed);
+}
+
+pub fn is_mprotect() -> bool {
+    KIND.load(Ordering::Relaxed) == MPROTECT
+}
+
+/// How a region's pages are followed from one epoch to the next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// Tracked: ship what the tracker says was written.
+    Scan,
+    /// Not trackable (the kernel refused to register it; the stack under the mprotect
+    /// tracker): ship all its populated pages every epoch.
+    CopyAll,
+}
+
+/// A region of the map as the capture sees it (logical: the mprotect tracker's pieces are
+/// already merged back).
+#[derive(Clone, Copy)]
+pub struct Region<'a> {
+    pub start: u64,
+    pub end: u64,
+    pub perms: [u8; 4],
+    pub offset: u64,
+    pub inode: u64,
+    pub path: &'a [u8],
+}
+
+impl Region<'_> {
+    pub fn from_line<'a>(m: &MapLine<'a>) -> Region<'a> {
+        Region {
+            start: m.start,
+            end: m.end,
+            perms: m.perms,
+            offset: m.offset,
+            inode: m.inode,
+            path: m.path,
+        }
+    }
+}
+
+/// Why the tracker could not ship a region.
+pub enum Fail {
+    /// The page sink failed (the controller went away).
+    Push,
+    /// The kernel refused what the tracker needs; the text says what.
+    Kernel(&'static [u8]),
+}
+
+/// Where the tracker puts the pages it ships: `(start, end)` of a run of pages.
+pub type Push<'p> = dyn FnMut(u64, u64) -> Result<(), ()> + 'p;
+
+/// Start of an epoch (in the epoch handler).
+pub fn begin_epoch() {
+    if is_mprotect() {
+        mprotect::begin_epoch();
+    }
+}
+
+/// End of an epoch's page shipping (in the epoch handler).
+pub fn end_epoch() {
+    if is_mprotect() {
+        mprotect::end_epoch();
+    }
+}
+
+/// A region followed since an earlier epoch: ships the pages written since then and re-arms
+/// them. `None`: the tracker no longer follows it (replaced behind its back, or never
+/// trackable): the capture treats it as new.
+pub fn known(
+    r: &Region,
+    how: How,
+    vec: &mut [pagemap::PageRegion],
+    push: &mut Push,
+) -> Result<Option<How>, Fail> {
+    if is_mprotect() {
+        mprotect::known(r, how, push)
+    } else {
+        uffd::known(
+            state::PAGEMAP.load(Ordering::Relaxed),
+            r,
+            how,
+            vec,
+            push,
+        )
+    }
+}
+
+/// A region new to the tracker: ships its populated pages and starts tracking it.
+pub fn new_region(
+    r: &Region,
+    vec: &mut [pagemap::PageRegion],
+    push: &mut Push,
+) -> Result<How, Fail> {
+    if is_mprotect() {
+        mprotect::new_region(r, push)
+    } else {
+        uffd::new_region(
+            state::PAGEMAP.load(Ordering::Relaxed),
+            state::UFFD.load(Ordering::Relaxed),
+            r,
+            vec,
+            push,
+        )
+    }
+}
+
+/// The memory hooks saw `[start, start + len)` unmapped, replaced or remapped.
+pub fn forget(start: u64, len: u64) {
+    if is_mprotect() {
+        mprotect::forget(start, len);
+    }
+}
+
+/// In the restored process: no tracker runs (restore mapped every region with the program's
+/// own protection).
+pub fn after_restore() {
+    if is_mprotect() {
+        mprotect::after_restore();
+    }
+    set_kind(0);
+}
+
+/// Whether the capture may decide "map unchanged" from the raw VMA list (`PROCMAP_QUERY`).
+/// The mprotect tracker splits VMAs on every first write, so it always reads the text.
+pub fn vma_shortcut() -> bool {
+    !is_mprotect()
+}
+
+/// Whether a mapping starting at `start` is the tracker's own (never tracked, never part of the
+/// image, left out of the maps text like the staging area).
+pub fn is_own_area(start: u64) -> bool {
+    is_mprotect() && mprotect::is_own_area(start)
+}
+
+/// One line of the map the capture works on, and its text: `prefix` (possibly empty) followed
+/// by `rest`.
+pub struct Line<'a> {
+    pub map: MapLine<'a>,
+    pub prefix: crate::sys::Line<48>,
+    pub rest: &'a [u8],
+}
+
+/// The lines of a maps text as the program sees its memory: with the mprotect tracker, the
+/// `r--p`/`rw-p` pieces a tracked region was split into come out as one line with the
+/// program's own protection (restore maps memory by this text).
+pub fn lines(text: &[u8]) -> Lines<'_> {
+    Lines {
+        inner: maps::lines(text),
+        peeked: None,
+        text,
+        logical: is_mprotect(),
+    }
+}
+
+pub struct Lines<'a> {
+    inner: maps::Lines<'a>,
+    peeked: Option<(MapLine<'a>, usize, usize)>,
+    text: &'a [u8],
+    logical: bool,
+}
+
+impl<'a> Lines<'a> {
+    fn pull(&mut self) -> Option<(MapLine<'a>, usize, usize)> {
+        self.peeked.take().or_else(|| self.inner.next())
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = Line<'a>;
+    fn next(&mut self) -> Option<Line<'a>> {
+        let (m, at, len) = self.pull()?;
+        let whole = &self.text[at..at + len];
+        if !self.logical {
+            return Some(Line {
+                map: m,
+                prefix: crate::sys::Line::new(),
+                rest: whole,
+            });
+        }
+        let Some(l) = mprotect::claim(&m) else {
+            return Some(Line {
+                map: m,
+                prefix: crate::sys::Line::new(),
+                rest: whole,
+            });
+        };
+        // Merge the following pieces of the same logical region.
+        let mut end = m.end;
+        while let Some(next) = self.pull() {
+            if next.0.start == end && mprotect::claim(&next.0).is_some_and(|k| k.start == l.start)
+            {
+                end = next.0.end;
+            } else {
+                self.peeked = Some(next);
+                break;
+            }
+        }
+        let mut map = m;
+        map.end = end;
+        map.perms = l.perms;
+        // The text after the range and the permissions: " offset dev inode path\n".
+        let sp = whole.iter().position(|&b| b == b' ').unwrap_or(0);
+        let rest = whole.get(sp + 5..).unwrap_or(b"\n");
+        let mut prefix = crate::sys::Line::new();
+        hex8(&mut prefix, map.start);
+        prefix.push(b"-");
+        hex8(&mut prefix, map.end);
+        prefix.push(b" ").push(&map.perms);
+        Some(Line { map, prefix, rest })
+    }
+}
+
+/// Lower-case hex, at least 8 digits, as `/proc/self/maps` prints addresses.
+fn hex8<const N: usize>(l: &mut crate::sys::Line<N>, v: u64) {
+    let mut t = [0u8; 16];
+    let mut n = 0;
+    for i in (0..16).rev() {
+        let d = ((v >> (i * 4)) & 0xf) as u8;
+        if d != 0 || n > 0 || i < 8 {
+            t[n] = if d < 10 { b'0' + d } else { b'a' + d - 10 };
+            n += 1;
+        }
+    }
+    l.push(&t[..n]);
+}
+
+/// Keeps the epoch out of a hook's bookkeeping: while alive, an epoch signal is deferred and
+/// taken when the guard drops.
+pub struct Defer;
+
+impl Defer {
+    pub fn new() -> Defer {
+        state::HOOK_DEPTH.fetch_add(1, Ordering::AcqRel);
+        Defer
+    }
+}
+
+impl Drop for Defer {
+    fn drop(&mut self) {
+        if state::HOOK_DEPTH.fetch_sub(1, Ordering::AcqRel) == 1
+            && state::PENDING.swap(false, Ordering::AcqRel)
+        {
+            crate::sys::raise_here(remus_abi::EPOCH_SIGNAL);
+        }
+    }
+}
