@@ -1323,6 +1323,18 @@ pub fn failover_scenario(
     after_epochs: u64,
     run_after: u64,
 ) -> Failover {
+    failover_scenario_env(prog, args, after_epochs, run_after, &[])
+}
+
+/// [`failover_scenario`] with more environment variables for the protected program (e.g.
+/// `REMUS_TRACKER=mprotect`).
+pub fn failover_scenario_env(
+    prog: &Path,
+    args: &[&str],
+    after_epochs: u64,
+    run_after: u64,
+    env: &[(&str, &str)],
+) -> Failover {
     let long = Duration::from_secs(180);
     let mut standby = Standby::start(500);
     let stop = standby.dir().join("stop");
@@ -1334,6 +1346,10 @@ pub fn failover_scenario(
         &all_args,
         &ProtectedOpts {
             standby: Some(standby.addr.clone()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
         },
     );

@@ -179,71 +179,116 @@ pub struct Line<'a> {
 
 /// The lines of a maps text as the program sees its memory: with the mprotect tracker, the
 /// `r--p`/`rw-p` pieces a tracked region was split into come out as one line with the
-/// program's own protection (restore maps memory by this text).
+/// program's own protection (restore maps memory by this text), and a VMA the kernel merged
+/// across a tracked region's edge (a protected `.data` next to a read-only RELRO piece of the
+/// same file) is cut back at the edge.
 pub fn lines(text: &[u8]) -> Lines<'_> {
     Lines {
         inner: maps::lines(text),
+        cur: None,
         peeked: None,
         text,
         logical: is_mprotect(),
     }
 }
 
+/// A piece of one maps line: `map` has the piece's range and offset.
+#[derive(Clone, Copy)]
+struct Seg<'a> {
+    map: MapLine<'a>,
+    whole: &'a [u8],
+    /// The piece is the whole line.
+    entire: bool,
+    claimed: Option<mprotect::Logical>,
+}
+
 pub struct Lines<'a> {
     inner: maps::Lines<'a>,
-    peeked: Option<(MapLine<'a>, usize, usize)>,
+    /// The line being cut into pieces, and how far it has been cut.
+    cur: Option<(MapLine<'a>, &'a [u8], u64)>,
+    peeked: Option<Seg<'a>>,
     text: &'a [u8],
     logical: bool,
 }
 
 impl<'a> Lines<'a> {
-    fn pull(&mut self) -> Option<(MapLine<'a>, usize, usize)> {
-        self.peeked.take().or_else(|| self.inner.next())
+    fn segment(&mut self) -> Option<Seg<'a>> {
+        if let Some(s) = self.peeked.take() {
+            return Some(s);
+        }
+        let (m, whole, at) = match self.cur.take() {
+            Some(c) => c,
+            None => {
+                let (m, at, len) = self.inner.next()?;
+                (m, &self.text[at..at + len], m.start)
+            }
+        };
+        let (end, claimed) = if self.logical {
+            mprotect::segment(&m, at)
+        } else {
+            (m.end, None)
+        };
+        let end = end.clamp(at + 1, m.end);
+        if end < m.end {
+            self.cur = Some((m, whole, end));
+        }
+        let mut piece = m;
+        piece.start = at;
+        piece.end = end;
+        if m.inode != 0 {
+            piece.offset = m.offset + (at - m.start);
+        }
+        Some(Seg {
+            map: piece,
+            whole,
+            entire: at == m.start && end == m.end,
+            claimed,
+        })
     }
 }
 
 impl<'a> Iterator for Lines<'a> {
     type Item = Line<'a>;
     fn next(&mut self) -> Option<Line<'a>> {
-        let (m, at, len) = self.pull()?;
-        let whole = &self.text[at..at + len];
-        if !self.logical {
-            return Some(Line {
-                map: m,
-                prefix: crate::sys::Line::new(),
-                rest: whole,
-            });
-        }
-        let Some(l) = mprotect::claim(&m) else {
-            return Some(Line {
-                map: m,
-                prefix: crate::sys::Line::new(),
-                rest: whole,
-            });
-        };
-        // Merge the following pieces of the same logical region.
-        let mut end = m.end;
-        while let Some(next) = self.pull() {
-            if next.0.start == end && mprotect::claim(&next.0).is_some_and(|k| k.start == l.start)
-            {
-                end = next.0.end;
-            } else {
-                self.peeked = Some(next);
-                break;
+        let first = self.segment()?;
+        let mut map = first.map;
+        if let Some(l) = first.claimed {
+            // Merge the following pieces of the same logical region.
+            while let Some(next) = self.segment() {
+                if next.map.start == map.end && next.claimed.is_some_and(|k| k.start == l.start) {
+                    map.end = next.map.end;
+                } else {
+                    self.peeked = Some(next);
+                    break;
+                }
             }
+            map.perms = l.perms;
+        } else if first.entire {
+            return Some(Line {
+                map,
+                prefix: crate::sys::Line::new(),
+                rest: first.whole,
+            });
         }
-        let mut map = m;
-        map.end = end;
-        map.perms = l.perms;
-        // The text after the range and the permissions: " offset dev inode path\n".
-        let sp = whole.iter().position(|&b| b == b' ').unwrap_or(0);
-        let rest = whole.get(sp + 5..).unwrap_or(b"\n");
+        // Rewritten: "start-end perms offset" + the original " dev inode path\n".
+        let mut fields = first
+            .whole
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b' ')
+            .map(|(i, _)| i);
+        let third = fields.nth(2).unwrap_or(first.whole.len());
         let mut prefix = crate::sys::Line::new();
         hex8(&mut prefix, map.start);
         prefix.push(b"-");
         hex8(&mut prefix, map.end);
-        prefix.push(b" ").push(&map.perms);
-        Some(Line { map, prefix, rest })
+        prefix.push(b" ").push(&map.perms).push(b" ");
+        hex8(&mut prefix, map.offset);
+        Some(Line {
+            map,
+            prefix,
+            rest: &first.whole[third..],
+        })
     }
 }
 

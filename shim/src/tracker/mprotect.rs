@@ -360,29 +360,38 @@ fn all_given_back(a: &Area, start: u64, end: u64) -> bool {
     true
 }
 
-/// A maps line that is a piece of a region the tracker protected: the region. A `rw-p` piece
-/// that holds pages the tracker did not give back marks the region for a full resend.
-pub fn claim(m: &MapLine) -> Option<Logical> {
-    let a = area()?;
+/// Cuts the maps line `m` at `at`: returns where the piece starting there ends, and the
+/// tracked region it belongs to (`None`: not a piece of one; it ends where the next tracked
+/// region starts, or with the line). A `rw-p` piece that holds pages the tracker did not give
+/// back marks its region for a full resend: the memory was replaced behind our back.
+pub fn segment(m: &MapLine, at: u64) -> (u64, Option<Logical>) {
+    let Some(a) = area() else {
+        return (m.end, None);
+    };
     let act = a.active.load(Ordering::Acquire) & 1;
     let n = a.n_table[act].load(Ordering::Acquire).min(MAX_LOGICAL);
-    let i = find(&a.tables[act][..n], m.start)?;
-    let l = a.tables[act][i];
+    let t = &a.tables[act][..n];
+    let Some(i) = find(t, at) else {
+        let next = t.partition_point(|l| l.start <= at);
+        return (t.get(next).map_or(m.end, |l| l.start.min(m.end)), None);
+    };
+    let l = t[i];
+    let end = m.end.min(l.end);
     let same_perms = m.perms[0] == l.perms[0]
         && m.perms[2] == l.perms[2]
         && m.perms[3] == l.perms[3]
         && (m.perms[1] == l.perms[1] || m.perms[1] == b'-');
-    let same_backing =
-        m.inode == l.inode && (l.inode == 0 || m.offset == l.offset + (m.start - l.start));
-    if m.end > l.end || !same_perms || !same_backing {
-        return None;
+    let same_backing = m.inode == l.inode
+        && (l.inode == 0 || m.offset + (at - m.start) == l.offset + (at - l.start));
+    if !same_perms || !same_backing {
+        return (end, None);
     }
-    if m.perms[1] == b'w' && !all_given_back(a, m.start, m.end) {
-        // SAFETY: epoch handler only (claim is called by the capture's line walk); the fault
-        // handler only reads this table.
+    if m.perms[1] == b'w' && !all_given_back(a, at, end) {
+        // SAFETY: epoch handler only (the capture's line walk); the fault handler only reads
+        // this table.
         unsafe { area_mut() }.tables[act][i].reset = 1;
     }
-    Some(l)
+    (end, Some(l))
 }
 
 /// Start of an epoch: snapshot and sort the dirty list, work out the pinned ranges.
