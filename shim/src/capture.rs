@@ -333,7 +333,8 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     // than having it format the maps text; the text is read only when something changed.
     let listed = procmap::list(maps_fd, &mut s.vmas_now);
     tracker::begin_epoch();
-    let unchanged = tracker::vma_shortcut() && matches!(listed, Ok(n) if s.maps_out_len > 0 && n == s.n_vmas_prev && s.vmas_now[..n] == s.vmas_prev[..n]);
+    let unchanged = tracker::vma_shortcut()
+        && matches!(listed, Ok(n) if s.maps_out_len > 0 && n == s.n_vmas_prev && s.vmas_now[..n] == s.vmas_prev[..n]);
 
     let out_len = if unchanged {
         // Same regions as last epoch: the maps text in staging is still right.
@@ -381,11 +382,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
                 // SAFETY: out_len + part.len() <= MAX_MAPS_BYTES: inside the staging maps
                 // section; source and destination do not overlap.
                 unsafe {
-                    core::ptr::copy_nonoverlapping(
-                        part.as_ptr(),
-                        out_maps.add(out_len),
-                        part.len(),
-                    )
+                    core::ptr::copy_nonoverlapping(part.as_ptr(), out_maps.add(out_len), part.len())
                 };
                 out_len += part.len();
             }

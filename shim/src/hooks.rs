@@ -109,7 +109,8 @@ pub unsafe extern "C" fn mremap(
         // A region the mprotect tracker follows is several VMAs, which mremap refuses
         // (EFAULT); give the old range its protection back first... the split it keeps
         // (see tracker/mprotect.rs) still makes mremap fail: do the move by hand.
-        if let Some(p) = tracker::mprotect::move_by_hand(old as u64, old_len as u64, new_len as u64) {
+        if let Some(p) = tracker::mprotect::move_by_hand(old as u64, old_len as u64, new_len as u64)
+        {
             return p as *mut c_void;
         }
     }

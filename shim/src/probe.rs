@@ -80,7 +80,10 @@ pub fn probe_mprotect() -> Result<Kernel, String> {
             "/proc/self/pagemap on this kernel ({release}) does not report present pages"
         ));
     }
-    Ok(Kernel { uffd: -1, pagemap: pm })
+    Ok(Kernel {
+        uffd: -1,
+        pagemap: pm,
+    })
 }
 
 /// Protects two fresh pages, writes one, and checks the scan reports exactly that one.

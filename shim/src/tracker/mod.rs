@@ -112,13 +112,7 @@ pub fn known(
     if is_mprotect() {
         mprotect::known(r, how, push)
     } else {
-        uffd::known(
-            state::PAGEMAP.load(Ordering::Relaxed),
-            r,
-            how,
-            vec,
-            push,
-        )
+        uffd::known(state::PAGEMAP.load(Ordering::Relaxed), r, how, vec, push)
     }
 }
 

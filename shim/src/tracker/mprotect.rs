@@ -106,7 +106,6 @@ const ALTSTACK_SIZE: usize = 64 << 10;
 /// names it as the alternate stack, has it mapped). Pinned: never protected, never shipped.
 static mut ALTSTACK: AltStack = AltStack([0; ALTSTACK_SIZE]);
 
-
 fn area() -> Option<&'static Area> {
     let p = AREA.load(Ordering::Acquire);
     // SAFETY: set once by `start` to a mapping that lives as long as the process; every field
@@ -429,9 +428,24 @@ pub fn begin_epoch() {
         ss_size: 0,
     };
     // SAFETY: sigaltstack with a null new stack only writes the current one into ss.
-    let _ = unsafe { sys::raw6(libc::SYS_sigaltstack, 0, &mut ss as *mut _ as usize, 0, 0, 0, 0) };
+    let _ = unsafe {
+        sys::raw6(
+            libc::SYS_sigaltstack,
+            0,
+            &mut ss as *mut _ as usize,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
     if ss.ss_flags & libc::SS_DISABLE == 0 && ss.ss_sp as u64 != lo {
-        pin(am, ss.ss_sp as u64, ss.ss_sp as u64 + ss.ss_size as u64, true);
+        pin(
+            am,
+            ss.ss_sp as u64,
+            ss.ss_sp as u64 + ss.ss_size as u64,
+            true,
+        );
     }
     let tp = sys::fs_base();
     pin(am, tp, tp + 8, true);
@@ -599,7 +613,15 @@ pub fn new_region(r: &Region, push: &mut Push) -> Result<How, Fail> {
 fn mark(r: &Region) {
     if r.inode == 0 && r.path.is_empty() && r.end - r.start > PAGE {
         // SAFETY: madvise with a hint that changes no contents.
-        let _ = unsafe { sc(libc::SYS_madvise, r.start, PAGE, libc::MADV_NOHUGEPAGE as u64, 0) };
+        let _ = unsafe {
+            sc(
+                libc::SYS_madvise,
+                r.start,
+                PAGE,
+                libc::MADV_NOHUGEPAGE as u64,
+                0,
+            )
+        };
     }
 }
 
@@ -766,7 +788,9 @@ pub fn lend(start: u64, len: u64) -> Option<usize> {
         return None;
     }
     a.lent[n].0.store(start, Ordering::Relaxed);
-    a.lent[n].1.store(start.saturating_add(len), Ordering::Relaxed);
+    a.lent[n]
+        .1
+        .store(start.saturating_add(len), Ordering::Relaxed);
     a.n_lent.store(n + 1, Ordering::Release);
     Some(n)
 }

@@ -166,7 +166,10 @@ unsafe fn small_out(buf: *mut c_void, len: *mut libc::socklen_t) -> (Option<Lent
     }
     (
         buffer(buf, *len as usize),
-        buffer(len as *const c_void, core::mem::size_of::<libc::socklen_t>()),
+        buffer(
+            len as *const c_void,
+            core::mem::size_of::<libc::socklen_t>(),
+        ),
     )
 }
 

@@ -201,9 +201,14 @@ pub fn known(
     if how != How::Scan {
         return Ok(None); // CopyAll: shipped whole, as new, every epoch
     }
-    match pagemap::scan(pm, r.start, r.end, Query::WrittenAndReprotect, vec, |a, b| {
-        push(a, b).map_err(|_| -1)
-    }) {
+    match pagemap::scan(
+        pm,
+        r.start,
+        r.end,
+        Query::WrittenAndReprotect,
+        vec,
+        |a, b| push(a, b).map_err(|_| -1),
+    ) {
         Ok(()) => Ok(Some(How::Scan)),
         Err(-1) => Err(Fail::Push),
         // EPERM: the range is no longer registered: it was unmapped and mapped again
