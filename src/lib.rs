@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod net;
 pub mod zoo;
 
 /// The Debian system Python (the `python3` on PATH may be a pyenv shim script, which would

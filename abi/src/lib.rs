@@ -31,6 +31,7 @@
 #![no_std]
 
 pub mod kobj;
+pub mod netlog;
 
 pub const PAGE_SIZE: usize = 4096;
 
@@ -246,6 +247,13 @@ pub enum MsgKind {
     Unsupported = 5,
     /// A line for the controller's log.
     Log = 6,
+    /// Output commit for sockets: the first time the app sends on a socket, the shim passes a
+    /// duplicate of it (`SCM_RIGHTS`, one descriptor) with a = connection number (as in
+    /// [`netlog::NetEntry::conn`]), b = the app's fd number.
+    NetFd = 7,
+    /// The app is about to wait for input (epoll/poll/select) while output of epoch a waits
+    /// for its checkpoint: take that epoch now rather than at the end of the interval.
+    Idle = 8,
 
     // controller -> shim
     /// The standby is connected; protection starts.
@@ -268,6 +276,8 @@ impl MsgKind {
             4 => MsgKind::Exiting,
             5 => MsgKind::Unsupported,
             6 => MsgKind::Log,
+            7 => MsgKind::NetFd,
+            8 => MsgKind::Idle,
             100 => MsgKind::Ready,
             101 => MsgKind::Refuse,
             102 => MsgKind::RunUnprotected,

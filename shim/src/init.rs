@@ -141,6 +141,7 @@ pub fn run() {
         ),
     };
     state::STAGING.store(staging, Ordering::Relaxed);
+    crate::netout::init(staging);
 
     let mut sv = [0i32; 2];
     // SAFETY: socketpair writes two descriptors into sv.
@@ -251,6 +252,10 @@ extern "C" fn after_fork_in_child() {
     }
 }
 
+/// The staging memfd holds the staging area and, after it, the sockets' output log
+/// (`remus_abi::netlog`), mapped as one region (capture skips it by its start address).
+const MAPPED_SIZE: usize = remus_abi::netlog::NETLOG_END;
+
 fn make_staging() -> Result<(i32, *mut u8), std::io::Error> {
     // SAFETY: memfd_create with a static NUL-terminated name.
     let fd = unsafe { libc::memfd_create(c"remus-staging".as_ptr(), libc::MFD_CLOEXEC) };
@@ -259,7 +264,7 @@ fn make_staging() -> Result<(i32, *mut u8), std::io::Error> {
     }
     let fd = sys::move_fd_high(fd).unwrap_or(fd);
     // SAFETY: sizing our own memfd.
-    if unsafe { libc::ftruncate(fd, STAGING_SIZE as libc::off_t) } != 0 {
+    if unsafe { libc::ftruncate(fd, MAPPED_SIZE as libc::off_t) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: a shared mapping of the memfd at a kernel-chosen address; it lives as long as the
@@ -267,7 +272,7 @@ fn make_staging() -> Result<(i32, *mut u8), std::io::Error> {
     let p = unsafe {
         libc::mmap(
             core::ptr::null_mut(),
-            STAGING_SIZE,
+            MAPPED_SIZE,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
             fd,

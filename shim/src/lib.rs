@@ -16,6 +16,7 @@ mod init;
 mod kobj;
 mod link;
 mod maps;
+mod netout;
 mod output;
 mod probe;
 mod procmap;

@@ -267,6 +267,10 @@ pub struct Board {
     pauses_ns: VecDeque<u64>,
     last_peer_frame: Option<Instant>,
     commit_latency_ns: VecDeque<u64>,
+    /// Socket output (primary::netout): bytes held and released, added to the output
+    /// counters of the snapshot.
+    pub net_held: u64,
+    pub net_released: u64,
 }
 
 impl Board {
@@ -303,6 +307,8 @@ impl Board {
         let mut s = self.status.clone();
         s.pause_us = percentiles_us(&self.pauses_ns);
         s.commit_latency_us = percentiles_us(&self.commit_latency_ns);
+        s.output_held_bytes += self.net_held;
+        s.output_released_bytes += self.net_released;
         s.heartbeat_age_ms = self.last_peer_frame.map(|t| t.elapsed().as_millis() as u64);
         if !s.protected && s.reason.is_none() {
             s.reason = Some(format!("state {}", s.state));
@@ -336,6 +342,8 @@ impl SharedStatus {
             pauses_ns: VecDeque::new(),
             last_peer_frame: None,
             commit_latency_ns: VecDeque::new(),
+            net_held: 0,
+            net_released: 0,
         })))
     }
 

@@ -208,6 +208,11 @@ impl Primary {
                 self.next_tick
                     .saturating_duration_since(now)
                     .min(Duration::from_millis(50))
+            } else if self.in_epoch.is_none() && !self.given_up && self.link.is_some() {
+                // Only the sender's queue is in the way (it drains in a moment; nothing wakes
+                // this poll when it does): look again soon, or the epochs (and the output
+                // waiting for them) slip to this poll's 50 ms.
+                Duration::from_millis(1)
             } else {
                 Duration::from_millis(50)
             };

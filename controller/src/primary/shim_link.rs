@@ -1,8 +1,10 @@
 //! The `SOCK_SEQPACKET` socket to the shim (fd 3): fixed 512-byte [`Msg`]s both ways.
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use remus_abi::{Msg, MsgKind};
@@ -18,6 +20,8 @@ pub struct ShimLink {
     // A seqpacket socket: recv/send on it keep message boundaries, which is all UnixDatagram's
     // recv/send do.
     sock: UnixDatagram,
+    /// Descriptors that came with messages (`SCM_RIGHTS`, [`MsgKind::NetFd`]), in order.
+    fds: Mutex<VecDeque<OwnedFd>>,
 }
 
 impl ShimLink {
@@ -32,7 +36,65 @@ impl ShimLink {
         }
         Ok(ShimLink {
             sock: UnixDatagram::from(fd),
+            fds: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// The descriptor that came with the last [`MsgKind::NetFd`] message.
+    pub fn take_fd(&self) -> Option<OwnedFd> {
+        self.fds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+    }
+
+    /// `recv`, keeping any descriptors passed with the message (`recv` would close them).
+    fn recv_msg(&self, buf: &mut [u8], flags: i32) -> io::Result<usize> {
+        #[repr(C, align(8))]
+        struct Cmsg([u8; 64]);
+        let mut cbuf = Cmsg([0; 64]);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid; it points at our iovec and control buffer, which
+        // outlive the call.
+        let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+        mh.msg_iov = &mut iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
+        mh.msg_controllen = cbuf.0.len();
+        // SAFETY: recvmsg writes at most the buffers' lengths.
+        let n = unsafe {
+            libc::recvmsg(
+                self.sock.as_raw_fd(),
+                &mut mh,
+                flags | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: walking the control messages the kernel wrote into cbuf, with the CMSG_*
+        // helpers and bounds from mh.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&mh);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c) as *const i32;
+                    let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                    let mut q = self.fds.lock().unwrap_or_else(|p| p.into_inner());
+                    for i in 0..count {
+                        let fd = std::ptr::read_unaligned(data.add(i));
+                        if fd >= 0 {
+                            q.push_back(OwnedFd::from_raw_fd(fd));
+                        }
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&mh, c);
+            }
+        }
+        Ok(n as usize)
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -58,7 +120,7 @@ impl ShimLink {
         self.sock.set_nonblocking(false)?;
         self.sock.set_read_timeout(Some(timeout))?;
         let mut buf = [0u8; 1024];
-        match self.sock.recv(&mut buf) {
+        match self.recv_msg(&mut buf, 0) {
             Ok(n) => self.decode(&buf, n).map(Some),
             Err(e)
                 if matches!(
@@ -75,16 +137,13 @@ impl ShimLink {
 
     /// A message if one is queued, without waiting.
     pub fn try_recv(&self) -> io::Result<Option<FromShim>> {
-        self.sock.set_nonblocking(true)?;
         let mut buf = [0u8; 1024];
-        let r = match self.sock.recv(&mut buf) {
+        match self.recv_msg(&mut buf, libc::MSG_DONTWAIT) {
             Ok(n) => self.decode(&buf, n).map(Some),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(Some(FromShim::Eof)),
             Err(e) => Err(e),
-        };
-        self.sock.set_nonblocking(false)?;
-        r
+        }
     }
 
     pub fn send(&self, kind: MsgKind, a: u64, b: u64, text: &str) -> io::Result<()> {

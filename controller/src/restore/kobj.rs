@@ -547,6 +547,24 @@ fn socket(t: &mut Tracee, fd: i32, s: &SocketInfo, maps: &[BindMap]) -> Result<i
                 format!("fd {fd}: SO_REUSEADDR")
             })?;
         }
+        if r == -(libc::EADDRINUSE as i64)
+            && !s.listening
+            && s.sock_type == libc::SOCK_STREAM
+            && family != libc::AF_UNIX
+        {
+            // A connection the peer already ended (state CLOSE: no peer address any more,
+            // still bound to the server's port): it comes back like an established one.
+            t.close(sk);
+            let (mine, theirs) = pair(
+                t,
+                libc::AF_UNIX,
+                s.sock_type,
+                &format!("fd {fd}: stand-in for an ended connection"),
+            )?;
+            t.close(theirs);
+            info!(fd, was = %orig, "ended connection restored as closed by the peer");
+            return Ok(mine);
+        }
         if r < 0 {
             let hint = if addr == orig {
                 " (an address this host does not own needs `remusd standby --bind-map FROM=TO`)"
