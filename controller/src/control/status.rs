@@ -419,6 +419,8 @@ mod tests {
             pauses_ns: VecDeque::new(),
             last_peer_frame: None,
             commit_latency_ns: VecDeque::new(),
+            net_held: 0,
+            net_released: 0,
         };
         assert!(b.snapshot().reason.is_some());
         assert!(b.snapshot().human().contains("protected"));
