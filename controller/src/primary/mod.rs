@@ -562,7 +562,15 @@ impl Primary {
         let text = String::from_utf8_lossy(m.text()).into_owned();
         match MsgKind::from_u32(m.kind) {
             Some(MsgKind::EpochChunk) => self.on_chunk(m.a, m.b)?,
-            Some(MsgKind::ThreadCreated) => self.unprotect(text, true),
+            Some(MsgKind::ThreadCreated) => {
+                // The shim's text says it all; anything terser gets the context added once.
+                let reason = if text.contains("second thread") || text.contains("threads") {
+                    text
+                } else {
+                    format!("the app created a second thread ({text}); remus protects single-threaded processes only")
+                };
+                self.unprotect(reason, true)
+            }
             Some(MsgKind::Unsupported) => self.unprotect(
                 format!("the app uses state remus cannot replicate: {text}"),
                 true,
