@@ -127,7 +127,10 @@ impl Standby {
         let p = Proc::spawn(&mut cmd);
         let t = Instant::now();
         while remus::status(&control).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "standby did not start");
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "standby did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Standby {
@@ -442,10 +445,19 @@ fn main() {
     if section("failover") {
         let server = compile_mem_server(&dir);
         say("### Failover (kill -9 of the app and remusd primary; standby --timeout-ms 500) and first full sync\n".into());
-        say("| program | first sync: fill→replicated s | bytes on wire | wire/raw | detection ms | restore ms | kill→first answer ms |".into());
-        say("|---|---|---|---|---|---|---|".into());
+        say("| program | bare: start→ready s | protected: start→ready released s | page bytes on wire | wire/raw | detection ms | restore ms | kill→first answer ms |".into());
+        say("|---|---|---|---|---|---|---|---|".into());
         for mb in [64u64, 1024] {
             let port = free_port();
+            let bare_s = {
+                let t = Instant::now();
+                let p = Proc::spawn(Command::new(&server).args([mb.to_string(), port.to_string()]));
+                assert!(
+                    p.wait_line("ready", Duration::from_secs(300)),
+                    "bare mem_server"
+                );
+                t.elapsed().as_secs_f64()
+            };
             let tag = format!("fo-{mb}");
             let sb = Standby::start(b, &dir, &tag, 500, insecure);
             let mut cmd = Command::new(&server);
@@ -484,11 +496,7 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(2));
             }
             let log = fs::read_to_string(&sb.log).unwrap_or_default();
-            let at = |needle: &str| {
-                log.lines()
-                    .find(|l| l.contains(needle))
-                    .and_then(|l| log_time(l))
-            };
+            let at = |needle: &str| log.lines().find(|l| l.contains(needle)).and_then(log_time);
             let ms = |t: Option<SystemTime>| {
                 t.and_then(|t| t.duration_since(killed_at).ok())
                     .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
@@ -502,7 +510,7 @@ fn main() {
                 .unwrap_or("?")
                 .to_string();
             say(format!(
-                "| {mb} MiB | {sync_s:.2} | {:.1} MiB | {:.2} | {} | {restore} | {} |",
+                "| {mb} MiB | {bare_s:.2} | {sync_s:.2} | {:.1} MiB | {:.2} | {} | {restore} | {} |",
                 wire / 1048576.0,
                 wire / raw.max(1.0),
                 ms(at("TAKING OVER")),

@@ -302,19 +302,31 @@ impl Image {
                 self.pages.remove(&a);
             }
         }
+        let fresh: Vec<u64> = pages.iter().map(|(a, _)| *a).collect();
         for (addr, data) in pages {
             self.pages.insert(addr, data);
         }
-        // Forget pages no region covers any more: they belong to unmapped memory.
-        let mut keep = BTreeMap::new();
-        for r in &regions {
-            let mut inside = self.pages.split_off(&r.start);
-            let mut after = inside.split_off(&r.end);
-            keep.append(&mut inside);
-            std::mem::swap(&mut self.pages, &mut after);
-            self.pages.append(&mut after);
+        // Forget pages no region covers any more: they belong to unmapped memory. When the
+        // layout is unchanged only this epoch's pages can be outside (a full pass over a
+        // large image every epoch would make the standby fall behind).
+        if regions != self.regions {
+            let mut keep = BTreeMap::new();
+            for r in &regions {
+                let mut inside = self.pages.split_off(&r.start);
+                let mut after = inside.split_off(&r.end);
+                keep.append(&mut inside);
+                std::mem::swap(&mut self.pages, &mut after);
+                self.pages.append(&mut after);
+            }
+            self.pages = keep;
+        } else {
+            for a in fresh {
+                let i = regions.partition_point(|r| r.start <= a);
+                if i == 0 || a >= regions[i - 1].end {
+                    self.pages.remove(&a);
+                }
+            }
         }
-        self.pages = keep;
         self.regions = regions;
         self.meta = Some(meta);
         Ok(())

@@ -199,7 +199,9 @@ fn epochs_flow_from_shim_to_standby_image() {
     assert_eq!(st.link, "up");
     assert_eq!(st.last_dirty_pages, Some(1));
     assert_eq!(st.pause_us.max, 2000);
-    assert!(st.bytes_raw >= 3 * 4096 && st.bytes_wire > 0, "{st:?}");
+    // Epoch 2 may have been merged into epoch 1 (both queued before the encoder woke up):
+    // then 0x1000 travels once.
+    assert!(st.bytes_raw >= 2 * 4096 && st.bytes_wire > 0, "{st:?}");
     // The app exits on its own: goodbye, no takeover.
     r.shim.send(MsgKind::Exiting, 3, 0, "").unwrap();
     assert_eq!(r.primary.join().unwrap().unwrap(), 0);

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use crossbeam::channel::{bounded, unbounded, RecvTimeoutError};
+use crossbeam::channel::{bounded, RecvTimeoutError};
 
 use crate::control::server::ControlServer;
 use crate::control::status::{SharedStatus, Status};
@@ -287,7 +287,9 @@ fn session_inner(
         b.unprotect("waiting for the first committed epoch");
         b.peer_frame();
     }
-    let (msg_tx, msg_rx) = unbounded::<Incoming>();
+    // Bounded: a standby that applies slower than the primary sends pushes back through TCP
+    // (the primary then merges epochs) instead of queueing without limit and taking over late.
+    let (msg_tx, msg_rx) = bounded::<Incoming>(8);
     let reader = {
         let mut r = FrameReader::new(Counting {
             inner: stream.try_clone()?,

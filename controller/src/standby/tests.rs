@@ -286,7 +286,10 @@ fn receiver_checks_order_and_completeness() {
     ));
     // A delta for a page the standby does not hold is refused (the primary then starts over
     // with a new connection and an empty shadow: full pages).
-    let (_, d) = crate::wire::delta::encode(&[1; 4096], Some(&[0; 4096]));
+    let mut changed = [7u8; 4096];
+    changed[10] = 8;
+    let (enc, d) = crate::wire::delta::encode(&changed, Some(&[7; 4096]));
+    assert_eq!(enc, crate::wire::delta::Encoding::Delta);
     let orphan = WireMsg::EpochPart(EpochPart {
         epoch: 2,
         part: 0,
