@@ -13,7 +13,8 @@ use remus_abi::{
 };
 
 use crate::procmap::{self, Vma};
-use crate::tracker::{self, pagemap::PageRegion, How};
+use crate::tracker::pagemap::{self, PageRegion, Query};
+use crate::tracker::{self, How};
 use crate::{fds, link, state, sys};
 
 const MAX_TRACKED: usize = 8192;
@@ -26,6 +27,8 @@ struct Tracked {
     offset: u64,
     inode: u64,
     how: How,
+    /// Found unregistered at this epoch: ship it as new.
+    stale: bool,
 }
 
 const EMPTY: Tracked = Tracked {
@@ -35,6 +38,7 @@ const EMPTY: Tracked = Tracked {
     offset: 0,
     inode: 0,
     how: How::Scan,
+    stale: false,
 };
 
 struct Scratch {
@@ -336,7 +340,60 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     let unchanged = tracker::vma_shortcut()
         && matches!(listed, Ok(n) if s.maps_out_len > 0 && n == s.n_vmas_prev && s.vmas_now[..n] == s.vmas_prev[..n]);
 
-    let out_len = if unchanged {
+    let out_len = if unchanged && !tracker::is_mprotect() && s.n_tracked > 0 {
+        // Same regions as last epoch, async write-protect: two scans cover them all, instead
+        // of one per region. First, which tracked regions lost their registration (unmapped
+        // and mapped again behind our back: same range, fresh memory)?
+        let pm = state::PAGEMAP.load(Ordering::Relaxed);
+        let (lo, hi) = (s.tracked[0].start, s.tracked[s.n_tracked - 1].end);
+        let tracked = &mut s.tracked[..s.n_tracked];
+        let mut cursor = 0usize;
+        let r = pagemap::scan(pm, lo, hi, Query::Unregistered, &mut s.vec, |a, b| {
+            while cursor < tracked.len() && tracked[cursor].end <= a {
+                cursor += 1;
+            }
+            let mut i = cursor;
+            while i < tracked.len() && tracked[i].start < b {
+                tracked[i].stale = true;
+                i += 1;
+            }
+            Ok(())
+        });
+        if r.is_err() {
+            return Err(Abort::Unsupported(b"PAGEMAP_SCAN failed", lo));
+        }
+        // Those, and the regions the kernel would not register, are shipped as new.
+        for i in 0..s.n_tracked {
+            let t = s.tracked[i];
+            if t.stale || t.how != How::Scan {
+                s.tracked[i].stale = false;
+                let r = tracker::Region {
+                    start: t.start,
+                    end: t.end,
+                    perms: t.perms,
+                    offset: t.offset,
+                    inode: t.inode,
+                    path: b"",
+                };
+                s.tracked[i].how = ship.region(&mut w, &mut s.vec, &r, None)?;
+            }
+        }
+        // Then every written page of every registered region, re-protected, in one pass.
+        // (Regions just shipped as new are protected already and report nothing.)
+        match pagemap::scan(
+            pm,
+            lo,
+            hi,
+            Query::WrittenSkipUnregistered,
+            &mut s.vec,
+            |a, b| w.push_range(a, b).map_err(|_| -1),
+        ) {
+            Ok(()) => {}
+            Err(-1) => return Err(Abort::Link),
+            Err(_) => return Err(Abort::Unsupported(b"PAGEMAP_SCAN failed", lo)),
+        }
+        s.maps_out_len
+    } else if unchanged {
         // Same regions as last epoch: the maps text in staging is still right.
         for i in 0..s.n_tracked {
             let t = s.tracked[i];
@@ -431,6 +488,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
                 offset: m.offset,
                 inode: m.inode,
                 how,
+                stale: false,
             };
             s.n_next += 1;
         }

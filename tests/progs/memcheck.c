@@ -29,6 +29,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <malloc.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,6 +44,10 @@ uint64_t *zoo_counter(void);
 #define BIG_PAGES (BIG_BYTES / 4096)
 #define BIG_STRIDE 128                  /* iteration i rewrites big pages p with p % 128 == i % 128 */
 #define N_SMALL 1024                    /* small mallocs on the brk heap */
+#define RECYC_BYTES (2u << 20)          /* 2 MiB, freed and malloc'ed again every RECYC_EVERY */
+#define RECYC_PAGES (RECYC_BYTES / 4096)
+#define RECYC_EVERY 8                   /* iterations; glibc maps it afresh (munmap + mmap, */
+                                        /* usually at the same address) behind every hook */
 #define BSS_WORDS (256 * 1024 / 8)      /* 256 KiB */
 #define DATA_WORDS (32 * 1024 / 8)      /* 32 KiB */
 #define STACK_WORDS (16 * 1024 / 8)     /* 16 KiB, twice */
@@ -55,6 +60,10 @@ static uint64_t bss_arr[BSS_WORDS];
 static uint64_t *small_ptr[N_SMALL];
 static size_t small_words[N_SMALL];
 static uint64_t *big;
+/* Reallocated every RECYC_EVERY iterations; only half of it is written, the half chosen by
+ * the parity of the reallocation, so the other half must read as fresh zeroes: memory left
+ * over from the previous mapping at the same address would show there. */
+static uint64_t *recyc;
 
 #define COUNTER (g_iter_data[1])
 
@@ -130,6 +139,17 @@ static void check_all(uint64_t s, uint64_t now, uint64_t *stack_a, uint64_t *sta
     }
     for (uint64_t p = 0; p < BIG_PAGES; p++)
         check_words("big-malloc", 8, p, big + p * PAGE_WORDS, PAGE_WORDS, big_last(p, s), now);
+    uint64_t r = s - s % RECYC_EVERY; /* the iteration it was last reallocated and written */
+    uint64_t half = (r / RECYC_EVERY) % 2;
+    for (uint64_t p = 0; p < RECYC_PAGES; p++) {
+        uint64_t *pg = recyc + p * PAGE_WORDS;
+        if ((p < RECYC_PAGES / 2) == (half == 0)) {
+            check_words("recycled-mmap", 9, p, pg, PAGE_WORDS, r, now);
+        } else {
+            for (uint64_t w = 0; w < PAGE_WORDS; w++)
+                if (pg[w] != 0) mismatch("recycled-mmap-fresh-zero", p, w, pg[w], 0, now);
+        }
+    }
 }
 
 static void write_all(uint64_t i, uint64_t *stack_a, uint64_t *stack_b, int first) {
@@ -162,6 +182,17 @@ static void write_all(uint64_t i, uint64_t *stack_a, uint64_t *stack_b, int firs
     for (uint64_t p = 0; p < BIG_PAGES; p++)
         if (first || (i > 0 && p % BIG_STRIDE == i % BIG_STRIDE))
             fill_words(8, p, big + p * PAGE_WORDS, PAGE_WORDS, i);
+    if (first || i % RECYC_EVERY == 0) {
+        free(recyc);
+        recyc = malloc(RECYC_BYTES);
+        if (!recyc) {
+            printf("MISMATCH out-of-memory at iter %llu\n", (unsigned long long)i);
+            exit(1);
+        }
+        uint64_t half = (i / RECYC_EVERY) % 2;
+        for (uint64_t p = 0; p < RECYC_PAGES; p++)
+            if ((p < RECYC_PAGES / 2) == (half == 0)) fill_words(9, p, recyc + p * PAGE_WORDS, PAGE_WORDS, i);
+    }
     *zoo_counter() = i;
     COUNTER = i;
 }
@@ -228,6 +259,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "memcheck: ITERATIONS 0 needs --stop-file\n");
         return 2;
     }
+    /* A fixed mmap threshold: glibc would otherwise raise it when the recycled block is
+     * freed, and serve the next one from the brk heap instead of a fresh mapping. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     big = malloc(BIG_BYTES);
     if (!big) {
         fprintf(stderr, "memcheck: malloc(%u) failed\n", BIG_BYTES);

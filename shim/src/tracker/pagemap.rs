@@ -5,6 +5,7 @@
 
 use crate::sys;
 
+pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
 pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
@@ -48,6 +49,11 @@ pub enum Query {
     WrittenAndReprotect,
     /// Pages that hold data (present or swapped out); protection unchanged.
     Populated,
+    /// Like `WrittenAndReprotect`, but VMAs not registered for async write-protect are skipped
+    /// silently: one call covers many regions.
+    WrittenSkipUnregistered,
+    /// The ranges of VMAs that are *not* registered for async write-protect (no page data).
+    Unregistered,
 }
 
 /// Scans `[start, end)` and calls `f` for each run, refilling `vec` as often as needed.
@@ -74,6 +80,15 @@ pub fn scan(
                 PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
                 PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             ),
+            Query::WrittenSkipUnregistered => {
+                (PM_SCAN_WP_MATCHING, PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN)
+            }
+            Query::Unregistered => (0, PAGE_IS_WPALLOWED, 0, PAGE_IS_WPALLOWED),
+        };
+        let inverted = if matches!(q, Query::Unregistered) {
+            PAGE_IS_WPALLOWED
+        } else {
+            0
         };
         let mut arg = PmScanArg {
             size: core::mem::size_of::<PmScanArg>() as u64,
@@ -84,7 +99,7 @@ pub fn scan(
             vec: vec.as_mut_ptr() as u64,
             vec_len: vec.len() as u64,
             max_pages: 0,
-            category_inverted: 0,
+            category_inverted: inverted,
             category_mask: mask,
             category_anyof_mask: anyof,
             return_mask: ret,
