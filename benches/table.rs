@@ -118,6 +118,8 @@ impl Standby {
             .arg(&control)
             .arg("--log-file")
             .arg(&log)
+            .arg("--file-root")
+            .arg(dir.join(format!("{tag}-files")))
             .arg("--stdout")
             .arg(dir.join(format!("{tag}-restored.out")))
             .env_remove("LD_PRELOAD");

@@ -675,6 +675,9 @@ impl Standby {
             .arg(p.join("standby.sock"))
             .arg("--log-file")
             .arg(p.join("standby.log"))
+            // Replicated files go to a copy of their own: the primary runs on this host too.
+            .arg("--file-root")
+            .arg(p.join("files"))
             .stdin(Stdio::null())
             .stdout(fs::File::create(&daemon_out).expect("create remusd.out"))
             .stderr(fs::File::create(&daemon_err).expect("create remusd.err"))
@@ -740,6 +743,11 @@ impl Standby {
     /// The temporary directory holding the state dir, logs and sockets.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// `--file-root`: where the standby keeps its copies of the replicated files.
+    pub fn file_root(&self) -> PathBuf {
+        self.dir.path().join("files")
     }
 
     /// Its status (and remembers the restored program's pid, to kill it on drop).

@@ -61,6 +61,17 @@ pub struct ZooRun {
 /// restored server), creates F, and requires `ZOO <name> OK` and exit code 0 from the
 /// restored program.
 pub fn zoo_failover(name: &str, args: &[&str], after_takeover: impl FnOnce(&Standby)) -> ZooRun {
+    zoo_failover_with(name, args, after_takeover, |_, _| {})
+}
+
+/// [`zoo_failover`], then `after_exit(standby, restored stdout)` once the restored program
+/// passed (the standby's directory, its file root included, still exists).
+pub fn zoo_failover_with(
+    name: &str,
+    args: &[&str],
+    after_takeover: impl FnOnce(&Standby),
+    after_exit: impl FnOnce(&Standby, &str),
+) -> ZooRun {
     let long = Duration::from_secs(120);
     let prog = zoo_prog(name);
     let mut standby = Standby::start(500);
@@ -128,6 +139,7 @@ pub fn zoo_failover(name: &str, args: &[&str], after_takeover: impl FnOnce(&Stan
         describe_status(&st),
         tail(&log, 30)
     );
+    after_exit(&standby, &out);
     ZooRun {
         ready,
         restored_out: out,

@@ -30,6 +30,7 @@
 
 #![no_std]
 
+pub mod filelog;
 pub mod kobj;
 pub mod netlog;
 

@@ -272,6 +272,28 @@ pub struct EpochMeta {
     /// Kernel objects behind descriptors, by descriptor number.
     #[serde(default)]
     pub kobjs: BTreeMap<i32, KernelObject>,
+    /// Changes to replicated regular files in this epoch (in order; a merged epoch holds its
+    /// epochs' changes one after the other). Applied to the standby's copies when the epoch
+    /// commits ([`crate::files`]).
+    #[serde(default)]
+    pub files: Vec<FileWrite>,
+    /// Paths of the replicated files the app had open for writing at the checkpoint: restore
+    /// reopens these under the standby's file root.
+    #[serde(default)]
+    pub replicated: Vec<String>,
+}
+
+/// One replicated file's change in one epoch (`remus_abi::filelog::FileRec`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileWrite {
+    /// Absolute path on the primary.
+    pub path: String,
+    /// The file is new to the primary's shim: the copy is replaced (`ranges` hold it all).
+    pub whole: bool,
+    /// (offset, bytes) written over the copy.
+    pub ranges: Vec<(u64, crate::wire::messages::PageBytes)>,
+    /// The file's size at the checkpoint (the copy is truncated or extended to it).
+    pub size: u64,
 }
 
 /// The committed image on the standby.

@@ -1,6 +1,7 @@
 //! remusd and remusctl: everything that can happen outside the protected process.
 
 pub mod control;
+pub mod files;
 pub mod image;
 pub mod logging;
 pub mod primary;

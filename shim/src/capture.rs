@@ -99,6 +99,8 @@ enum Abort {
     Thread(u64),
     /// The controller went away mid-epoch.
     Link,
+    /// A replicated file could not be shipped (the text names it).
+    Files(crate::files::Fail),
 }
 
 /// Writes pages into the staging area chunk by chunk.
@@ -249,6 +251,12 @@ pub extern "C" fn capture_epoch(ctx: *mut ResumeContext) {
             link::send_text(MsgKind::Unsupported, addr, 0, l.as_bytes());
         }
         Err(Abort::Link) => state::set_mode(state::MODE_UNPROTECTED),
+        Err(Abort::Files(crate::files::Fail)) => {
+            state::set_mode(state::MODE_UNPROTECTED);
+            let l = crate::files::message();
+            l.push(b"; replication stopped");
+            link::send_text(MsgKind::Unsupported, 0, 0, l.as_bytes());
+        }
     }
 }
 
@@ -514,6 +522,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
         unsafe { core::slice::from_raw_parts_mut(base.add(FDS_OFF) as *mut FdRecord, MAX_FDS) };
     let n_fds = fds::capture(fd_out);
     crate::kobj::capture(base, &fd_out[..n_fds], epoch);
+    crate::files::capture(base, &fd_out[..n_fds], epoch).map_err(Abort::Files)?;
 
     // SAFETY: the header is at offset 0 of staging.
     let h = unsafe { &mut *(base as *mut StagingHeader) };

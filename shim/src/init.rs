@@ -142,6 +142,7 @@ pub fn run() {
     };
     state::STAGING.store(staging, Ordering::Relaxed);
     crate::netout::init(staging);
+    crate::files::init(staging);
 
     let mut sv = [0i32; 2];
     // SAFETY: socketpair writes two descriptors into sv.
@@ -253,8 +254,8 @@ extern "C" fn after_fork_in_child() {
 }
 
 /// The staging memfd holds the staging area and, after it, the sockets' output log
-/// (`remus_abi::netlog`), mapped as one region (capture skips it by its start address).
-const MAPPED_SIZE: usize = remus_abi::netlog::NETLOG_END;
+/// (`remus_abi::netlog`) and the file log (`remus_abi::filelog`), mapped as one region (capture skips it by its start address).
+const MAPPED_SIZE: usize = remus_abi::filelog::FILELOG_END;
 
 fn make_staging() -> Result<(i32, *mut u8), std::io::Error> {
     // SAFETY: memfd_create with a static NUL-terminated name.

@@ -11,6 +11,7 @@ mod capture;
 mod context;
 mod fatal;
 mod fds;
+mod files;
 mod hooks;
 mod init;
 mod kobj;

@@ -852,14 +852,20 @@ fn iovs<'a>(iov: *const libc::iovec, n: c_int) -> &'a [libc::iovec] {
 hook! {
     unsafe fn write(fd: c_int, buf: *const c_void, n: usize) -> isize => remus_write {
         let v = [libc::iovec { iov_base: buf as *mut c_void, iov_len: n }];
-        send_call(fd, Src::Iov(&v), n, &[], 0, true, || real!(write)(fd, buf, n))
+        let f = crate::files::before_write(fd, n);
+        let r = send_call(fd, Src::Iov(&v), n, &[], 0, true, || real!(write)(fd, buf, n));
+        crate::files::after(f);
+        r
     }
 }
 
 hook! {
     unsafe fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> isize => remus_writev {
         let v = iovs(iov, cnt);
-        send_call(fd, Src::Iov(v), iov_total(v), &[], 0, true, || real!(writev)(fd, iov, cnt))
+        let f = crate::files::before_write(fd, iov_total(v));
+        let r = send_call(fd, Src::Iov(v), iov_total(v), &[], 0, true, || real!(writev)(fd, iov, cnt));
+        crate::files::after(f);
+        r
     }
 }
 

@@ -86,6 +86,14 @@ enum Role {
         /// address to this host). If it fails, the takeover stops and the program is not run.
         #[arg(long = "on-takeover", value_name = "CMD")]
         on_takeover: Option<String>,
+        /// Replicated files the app writes are kept under this directory (the primary's
+        /// path appended to it); the restored program reopens them there. Default `/`: the
+        /// same paths as on the primary's host.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        file_root: PathBuf,
+        /// fsync each replicated file's copy before acknowledging the epoch.
+        #[arg(long)]
+        file_fsync: bool,
     },
 }
 
@@ -145,16 +153,21 @@ fn main() {
             control,
             bind_map,
             on_takeover,
+            file_root,
+            file_fsync,
             ..
-        } => standby::run(standby::StandbyArgs {
-            listen,
-            state_dir,
-            timeout_ms,
-            stdout,
-            stderr,
-            control,
-            bind_map,
-            on_takeover,
+        } => standby::run({
+            remus_controller::files::set_root(file_root, file_fsync);
+            standby::StandbyArgs {
+                listen,
+                state_dir,
+                timeout_ms,
+                stdout,
+                stderr,
+                control,
+                bind_map,
+                on_takeover,
+            }
         }),
     };
     match result {

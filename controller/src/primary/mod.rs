@@ -669,7 +669,12 @@ impl Primary {
         let pages = staging::read_pages(bytes, &h);
         let meta = if last {
             let total = self.in_epoch.as_ref().map_or(0, |e| e.pages) + h.n_pages as u64;
-            Some(staging::read_meta(bytes, &h, total))
+            Some(staging::read_meta(bytes, &h, total).and_then(|mut m| {
+                if let Some(fb) = self.staging.file_log() {
+                    (m.files, m.replicated) = staging::read_files(fb, epoch)?;
+                }
+                Ok(m)
+            }))
         } else {
             None
         };

@@ -211,7 +211,7 @@ impl Merged {
     /// Folds in the end of `epoch`: its resets drop earlier epochs' pages in their ranges,
     /// pages outside its regions go (as the standby would prune them), its resets are
     /// appended, its metadata wins.
-    pub fn add_commit(&mut self, epoch: u64, meta: Box<EpochMeta>) {
+    pub fn add_commit(&mut self, epoch: u64, mut meta: Box<EpochMeta>) {
         self.last = self.last.max(epoch);
         for &(s, e) in &meta.resets {
             let doomed: Vec<u64> = self
@@ -248,6 +248,12 @@ impl Merged {
         self.pages.retain(|a, _| in_regions(regions, *a));
         self.maps = meta.maps.clone();
         self.resets.extend_from_slice(&meta.resets);
+        // File changes are not idempotent over pages: earlier epochs' go first, in order.
+        if let Some(prev) = self.meta.take() {
+            let mut files = prev.files;
+            files.append(&mut meta.files);
+            meta.files = files;
+        }
         self.meta = Some(meta);
     }
 

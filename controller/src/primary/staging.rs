@@ -50,6 +50,8 @@ pub enum ReadStagingError {
 /// epoch word (`remus_abi::COMMITTED_OFF`).
 pub struct Staging {
     map: memmap2::MmapMut,
+    /// The file log (`remus_abi::filelog`), when the memfd has one.
+    files: Option<memmap2::Mmap>,
 }
 
 impl Staging {
@@ -69,7 +71,26 @@ impl Staging {
                 .len(STAGING_SIZE)
                 .map_mut(file)?
         };
-        Ok(Staging { map })
+        use remus_abi::filelog::{FILELOG_END, FILELOG_OFF};
+        let files = if len >= FILELOG_END as u64 {
+            // SAFETY: the memfd holds the whole file log (checked), is never shrunk, and the
+            // shim writes the log only in the epoch handler, before it announces the last
+            // chunk and while remusd is not reading it; every read copies the bytes out.
+            Some(unsafe {
+                memmap2::MmapOptions::new()
+                    .offset(FILELOG_OFF as u64)
+                    .len(FILELOG_END - FILELOG_OFF)
+                    .map(file)?
+            })
+        } else {
+            None
+        };
+        Ok(Staging { map, files })
+    }
+
+    /// The file log section (offsets relative to `remus_abi::filelog::FILELOG_OFF`).
+    pub fn file_log(&self) -> Option<&[u8]> {
+        self.files.as_deref()
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -231,6 +252,8 @@ pub fn read_meta(b: &[u8], h: &StagingHeader, pages: u64) -> Result<EpochMeta, R
     }
     let kobjs = read_kobjs(b, h.epoch)?;
     Ok(EpochMeta {
+        files: Vec::new(),
+        replicated: Vec::new(),
         kobjs,
         epoch: h.epoch,
         maps: String::from_utf8_lossy(&b[MAPS_OFF..MAPS_OFF + maps_len]).into_owned(),
@@ -329,6 +352,60 @@ pub fn read_kobjs(
         out.insert(r.fd, obj);
     }
     Ok(out)
+}
+
+/// Reads the file log (`remus_abi::filelog`; `b` starts at `FILELOG_OFF`) written for
+/// `epoch`: the files changed, and the paths of every followed file. A log not written for
+/// this epoch reads as empty.
+pub fn read_files(
+    b: &[u8],
+    epoch: u64,
+) -> Result<(Vec<crate::image::FileWrite>, Vec<String>), ReadStagingError> {
+    use remus_abi::filelog::*;
+    let rel = |off: usize| off - FILELOG_OFF;
+    let (mut files, mut followed) = (Vec::new(), Vec::new());
+    let Some(fh) = read_pod::<FileLogHeader>(b, 0) else {
+        return Ok((files, followed));
+    };
+    if fh.magic != FILELOG_MAGIC || fh.epoch != epoch {
+        return Ok((files, followed));
+    }
+    let n = check("replicated files", fh.n_files.into(), MAX_FILE_RECS)?;
+    let n_ranges = check("file ranges", fh.n_ranges.into(), MAX_FILE_RANGES)?;
+    let n_data = check("bytes of file data", fh.data_bytes, FILE_DATA_MAX)?;
+    let bad = |what: &'static str, v: u64| ReadStagingError::Count { what, n: v, max: 0 };
+    let data = b
+        .get(rel(FILE_DATA_OFF)..rel(FILE_DATA_OFF) + n_data)
+        .ok_or(bad("bytes of file data", n_data as u64))?;
+    for i in 0..n {
+        let r: FileRec = read_pod(b, rel(FILE_RECS_OFF) + i * size_of::<FileRec>())
+            .ok_or(bad("replicated files", i as u64))?;
+        let path =
+            String::from_utf8_lossy(&r.path[..(r.path_len as usize).min(FD_PATH_MAX)]).into_owned();
+        let (first, count) = (r.first_range as usize, r.n_ranges as usize);
+        if first.checked_add(count).is_none_or(|e| e > n_ranges) {
+            return Err(bad("file ranges", first as u64 + count as u64));
+        }
+        let mut ranges = Vec::with_capacity(count);
+        for j in first..first + count {
+            let g: FileRange = read_pod(b, rel(FILE_RANGES_OFF) + j * size_of::<FileRange>())
+                .ok_or(bad("file ranges", j as u64))?;
+            let bytes = data
+                .get(g.data_off as usize..(g.data_off as usize).saturating_add(g.len as usize))
+                .ok_or(bad("bytes of file data", g.data_off.saturating_add(g.len)))?;
+            ranges.push((g.offset, PageBytes(bytes.to_vec())));
+        }
+        if r.flags & (FR_CHANGED | FR_WHOLE) != 0 {
+            files.push(crate::image::FileWrite {
+                path: path.clone(),
+                whole: r.flags & FR_WHOLE != 0,
+                ranges,
+                size: r.size,
+            });
+        }
+        followed.push(path);
+    }
+    Ok((files, followed))
 }
 
 /// Test helper: writes a synthetic chunk into a staging buffer, as the shim would.

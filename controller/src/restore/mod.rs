@@ -58,6 +58,9 @@ pub struct RestoreOptions {
     pub full_regs: Option<libc::user_regs_struct>,
     /// `--bind-map FROM=TO`: addresses the standby binds instead of the primary's.
     pub bind_map: Vec<BindMap>,
+    /// `--file-root DIR`: replicated files (`EpochMeta::replicated`) are reopened under it.
+    /// None: by their own path.
+    pub file_root: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -71,6 +74,7 @@ impl std::fmt::Debug for RestoreOptions {
                 &self.full_regs.map(|r| format!("rip={:#x}", r.rip)),
             )
             .field("bind_map", &self.bind_map)
+            .field("file_root", &self.file_root)
             .finish()
     }
 }

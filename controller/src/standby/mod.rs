@@ -511,6 +511,7 @@ fn takeover(
         stderr: args.stderr.clone(),
         state_dir: args.state_dir.clone(),
         bind_map: args.bind_map.clone(),
+        file_root: crate::files::root().map(|r| r.root),
         ..Default::default()
     };
     let started = Instant::now();

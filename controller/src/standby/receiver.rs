@@ -72,11 +72,17 @@ pub struct Receiver {
     pub last_seen: Option<u64>,
     /// Page bytes and metadata received (before compression).
     pub bytes_raw: u64,
+    /// Where committed file changes are written (None: nowhere; see [`crate::files`]).
+    pub file_root: Option<crate::files::FileRoot>,
 }
 
 impl Receiver {
+    /// A receiver writing file changes under the process's file root, if one is set.
     pub fn new() -> Self {
-        Self::default()
+        Receiver {
+            file_root: crate::files::root(),
+            ..Self::default()
+        }
     }
 
     /// Checks the epoch of the next part or commit: the pending epoch's, or after the last
@@ -200,12 +206,21 @@ impl Receiver {
         }
         let pages = pend.pages.len() as u64;
         self.bytes_raw += meta_size(&c.meta);
+        let mut meta = c.meta;
+        let files = std::mem::take(&mut meta.files);
         self.image
-            .apply(c.meta, pend.pages)
+            .apply(meta, pend.pages)
             .map_err(|why| ReceiveError::Apply {
                 epoch: c.epoch,
                 why,
             })?;
+        // The image holds the epoch: its file changes go into the copies before the ack.
+        if let Some(root) = &self.file_root {
+            crate::files::apply(root, &files).map_err(|e| ReceiveError::Apply {
+                epoch: c.epoch,
+                why: format!("replicated files: {e}"),
+            })?;
+        }
         Ok(Event::Committed {
             epoch: c.epoch,
             pages,
@@ -215,5 +230,10 @@ impl Receiver {
 
 /// Rough size of the metadata, for the bytes_raw counter.
 fn meta_size(m: &EpochMeta) -> u64 {
-    (m.maps.len() + m.fds.len() * 64 + m.resets.len() * 16 + 512) as u64
+    let files: usize = m
+        .files
+        .iter()
+        .map(|f| f.path.len() + f.ranges.iter().map(|r| r.1 .0.len() + 8).sum::<usize>())
+        .sum();
+    (m.maps.len() + m.fds.len() * 64 + m.resets.len() * 16 + files + 512) as u64
 }
