@@ -118,7 +118,7 @@ impl FdPlan {
             let mut tg = plan_one(e, meta.kobjs.get(&e.fd))?;
             if let (Action::Open { path, .. }, Some(root)) = (&mut tg.action, &opts.file_root) {
                 // A replicated file: the standby's copy, which holds the committed writes.
-                if meta.replicated.iter().any(|p| *p == e.path) {
+                if meta.replicated.contains(&e.path) {
                     if let Some(copy) = crate::files::map(root, &e.path) {
                         debug!(fd = e.fd, path = %e.path, copy = %copy.display(), "replicated file reopened from the standby's copy");
                         *path = cstring(&copy.to_string_lossy(), "descriptor path")?;
