@@ -261,58 +261,17 @@ pub extern "C" fn capture_epoch(ctx: *mut ResumeContext) {
 }
 
 fn thread_count() -> u64 {
-    let fd = match sys::kept_open(&state::TASK_FD, c"/proc/self/task", libc::O_DIRECTORY) {
-        Ok(fd) if sys::rewind(fd).is_ok() => fd,
-        _ => return 1,
+    let Ok(fd) = sys::kept_open(&state::TASK_FD, c"/proc/self/task", libc::O_DIRECTORY) else {
+        return 1;
     };
     let mut buf = [0u8; 1024];
     let mut n = 0u64;
-    loop {
-        // SAFETY: buf is writable for its length.
-        let got = match unsafe {
-            sys::raw6(
-                libc::SYS_getdents64,
-                fd as usize,
-                buf.as_mut_ptr() as usize,
-                buf.len(),
-                0,
-                0,
-                0,
-            )
-        } {
-            Ok(0) | Err(_) => break,
-            Ok(g) => g as usize,
-        };
-        let mut off = 0;
-        while off + 19 < got {
-            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-            if buf[off + 19] != b'.' {
-                n += 1;
-            }
-            if reclen == 0 {
-                break;
-            }
-            off += reclen;
+    let _ = sys::for_each_dirent(fd, &mut buf, |name| {
+        if name.first() != Some(&b'.') {
+            n += 1;
         }
-    }
+    });
     n.max(1)
-}
-
-pub fn open_dir(path: &core::ffi::CStr) -> Option<i32> {
-    // SAFETY: path is NUL-terminated.
-    unsafe {
-        sys::raw6(
-            libc::SYS_openat,
-            libc::AT_FDCWD as usize,
-            path.as_ptr() as usize,
-            (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as usize,
-            0,
-            0,
-            0,
-        )
-    }
-    .ok()
-    .map(|fd| fd as i32)
 }
 
 fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
@@ -354,21 +313,34 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
         // and mapped again behind our back: same range, fresh memory)?
         let pm = state::PAGEMAP.load(Ordering::Relaxed);
         let (lo, hi) = (s.tracked[0].start, s.tracked[s.n_tracked - 1].end);
+        // Scanned run by run of adjacent tracked regions: a registered VMA is skipped whole by
+        // the kernel, while the gaps between runs (code, mostly) would cost a walk of their
+        // page tables.
         let tracked = &mut s.tracked[..s.n_tracked];
-        let mut cursor = 0usize;
-        let r = pagemap::scan(pm, lo, hi, Query::Unregistered, &mut s.vec, |a, b| {
-            while cursor < tracked.len() && tracked[cursor].end <= a {
-                cursor += 1;
+        let mut run = 0usize;
+        while run < tracked.len() {
+            let mut run_end = run + 1;
+            while run_end < tracked.len() && tracked[run_end].start == tracked[run_end - 1].end {
+                run_end += 1;
             }
-            let mut i = cursor;
-            while i < tracked.len() && tracked[i].start < b {
-                tracked[i].stale = true;
-                i += 1;
+            let (a0, b0) = (tracked[run].start, tracked[run_end - 1].end);
+            let part = &mut tracked[run..run_end];
+            let mut cursor = 0usize;
+            let r = pagemap::scan(pm, a0, b0, Query::Unregistered, &mut s.vec, |a, b| {
+                while cursor < part.len() && part[cursor].end <= a {
+                    cursor += 1;
+                }
+                let mut i = cursor;
+                while i < part.len() && part[i].start < b {
+                    part[i].stale = true;
+                    i += 1;
+                }
+                Ok(())
+            });
+            if r.is_err() {
+                return Err(Abort::Unsupported(b"PAGEMAP_SCAN failed", a0));
             }
-            Ok(())
-        });
-        if r.is_err() {
-            return Err(Abort::Unsupported(b"PAGEMAP_SCAN failed", lo));
+            run = run_end;
         }
         // Those, and the regions the kernel would not register, are shipped as new.
         for i in 0..s.n_tracked {

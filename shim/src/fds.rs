@@ -3,51 +3,25 @@
 
 use remus_abi::{FdKind, FdRecord, FD_PATH_MAX, SHIM_FD_BASE};
 
-use crate::sys;
+use crate::{state, sys};
 
 /// Fills `out` with the app's descriptors (the shim's own, at or above `SHIM_FD_BASE`, are
 /// left out). Returns how many were written.
 pub fn capture(out: &mut [FdRecord]) -> usize {
-    let Some(dir) = crate::capture::open_dir(c"/proc/self/fd") else {
+    let Ok(dir) = sys::kept_open(&state::FDDIR_FD, c"/proc/self/fd", libc::O_DIRECTORY) else {
         return 0;
     };
     let mut buf = [0u8; 2048];
     let mut n = 0;
-    loop {
-        // SAFETY: buf is writable for its length.
-        let got = match unsafe {
-            sys::raw6(
-                libc::SYS_getdents64,
-                dir as usize,
-                buf.as_mut_ptr() as usize,
-                buf.len(),
-                0,
-                0,
-                0,
-            )
-        } {
-            Ok(0) | Err(_) => break,
-            Ok(g) => g as usize,
-        };
-        let mut off = 0;
-        while off + 19 < got {
-            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-            if reclen == 0 {
-                break;
-            }
-            let name = &buf[off + 19..off + reclen];
-            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-            off += reclen;
-            let Some(fd) = parse_fd(name) else { continue };
-            if fd == dir || fd >= SHIM_FD_BASE || n == out.len() {
-                continue;
-            }
-            if record(fd, &mut out[n]) {
-                n += 1;
-            }
+    let _ = sys::for_each_dirent(dir, &mut buf, |name| {
+        let Some(fd) = parse_fd(name) else { return };
+        if fd == dir || fd >= SHIM_FD_BASE || n == out.len() {
+            return;
         }
-    }
-    sys::close(dir);
+        if record(fd, &mut out[n]) {
+            n += 1;
+        }
+    });
     out[..n].sort_unstable_by_key(|r| r.fd);
     n
 }
@@ -139,6 +113,20 @@ fn record(fd: i32, r: &mut FdRecord) -> bool {
     } else {
         -1
     };
+    // What /proc/self/fd/N names does not change for the same socket, pipe or anonymous
+    // inode: reuse last epoch's answer. Regular files are asked every time (they can be
+    // renamed while open, e.g. by log rotation).
+    let cacheable = !matches!(kind, FdKind::Regular | FdKind::Directory);
+    if cacheable {
+        if let Some(c) = path_cache(fd) {
+            if c.dev == st.st_dev && c.ino == st.st_ino && c.len > 0 {
+                r.path[..c.len].copy_from_slice(&c.path[..c.len]);
+                r.path_len = c.len as u32;
+                r.path_truncated = 0;
+                return true;
+            }
+        }
+    }
     let mut link = sys::Line::<32>::new();
     link.push(b"/proc/self/fd/").num(fd as u64).push(b"\0");
     // SAFETY: link is NUL-terminated; readlink writes at most FD_PATH_MAX bytes into r.path.
@@ -156,5 +144,48 @@ fn record(fd: i32, r: &mut FdRecord) -> bool {
     .unwrap_or(0) as usize;
     r.path_len = len as u32;
     r.path_truncated = (len == FD_PATH_MAX) as u32;
+    if let Some(c) = path_cache(fd) {
+        c.dev = st.st_dev;
+        c.ino = st.st_ino;
+        c.len = if cacheable && len <= CACHED_PATH_MAX {
+            len
+        } else {
+            0
+        };
+        c.path[..c.len].copy_from_slice(&r.path[..c.len]);
+    }
     true
+}
+
+/// Last epoch's `/proc/self/fd/N` answer for each low fd number.
+struct CachedPath {
+    dev: u64,
+    ino: u64,
+    len: usize,
+    path: [u8; CACHED_PATH_MAX],
+}
+
+const CACHED_FDS: usize = 1024;
+const CACHED_PATH_MAX: usize = 64; // "socket:[123456789]", "anon_inode:[eventpoll]", ...
+
+struct PathCache(core::cell::UnsafeCell<[CachedPath; CACHED_FDS]>);
+// SAFETY: used only by the epoch handler, which cannot nest and runs on the only thread.
+unsafe impl Sync for PathCache {}
+
+static PATHS: PathCache = PathCache(core::cell::UnsafeCell::new(
+    [const {
+        CachedPath {
+            dev: 0,
+            ino: 0,
+            len: 0,
+            path: [0; CACHED_PATH_MAX],
+        }
+    }; CACHED_FDS],
+));
+
+fn path_cache(fd: i32) -> Option<&'static mut CachedPath> {
+    // SAFETY: see PathCache; the index is bounds-checked.
+    (0..CACHED_FDS as i32)
+        .contains(&fd)
+        .then(|| unsafe { &mut (*PATHS.0.get())[fd as usize] })
 }

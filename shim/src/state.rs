@@ -21,6 +21,8 @@ pub static PAGEMAP: AtomicI32 = AtomicI32::new(-1);
 /// `/proc/self/maps` and `/proc/self/task`, kept open by the epoch handler.
 pub static MAPS_FD: AtomicI32 = AtomicI32::new(-1);
 pub static TASK_FD: AtomicI32 = AtomicI32::new(-1);
+/// `/proc/self/fd`, kept open by the epoch handler.
+pub static FDDIR_FD: AtomicI32 = AtomicI32::new(-1);
 pub static STAGING: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 /// Last epoch number shipped.
 pub static EPOCH: AtomicU64 = AtomicU64::new(0);

@@ -112,6 +112,41 @@ pub fn kept_open(
     Ok(fd)
 }
 
+/// Calls `f` with the name of each entry of the directory `fd` (rewound first), using `buf`
+/// for `getdents64`. Allocation-free.
+pub fn for_each_dirent(fd: i32, buf: &mut [u8], mut f: impl FnMut(&[u8])) -> Result<(), i32> {
+    rewind(fd)?;
+    loop {
+        // SAFETY: buf is writable for its length.
+        let got = match unsafe {
+            raw6(
+                libc::SYS_getdents64,
+                fd as usize,
+                buf.as_mut_ptr() as usize,
+                buf.len(),
+                0,
+                0,
+                0,
+            )
+        } {
+            Ok(0) => return Ok(()),
+            Ok(g) => g as usize,
+            Err(e) => return Err(e),
+        };
+        // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[].
+        let mut off = 0;
+        while off + 19 < got {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen == 0 || off + reclen > got {
+                break;
+            }
+            let name = &buf[off + 19..off + reclen];
+            f(&name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())]);
+            off += reclen;
+        }
+    }
+}
+
 /// Rewinds `fd` to offset 0.
 pub fn rewind(fd: i32) -> Result<(), i32> {
     // SAFETY: lseek takes no memory arguments.
