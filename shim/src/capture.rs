@@ -31,6 +31,19 @@ struct Tracked {
     stale: bool,
 }
 
+impl Tracked {
+    fn region(&self) -> tracker::Region<'static> {
+        tracker::Region {
+            start: self.start,
+            end: self.end,
+            perms: self.perms,
+            offset: self.offset,
+            inode: self.inode,
+            path: b"",
+        }
+    }
+}
+
 const EMPTY: Tracked = Tracked {
     start: 0,
     end: 0,
@@ -347,14 +360,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
             let t = s.tracked[i];
             if t.stale || t.how != How::Scan {
                 s.tracked[i].stale = false;
-                let r = tracker::Region {
-                    start: t.start,
-                    end: t.end,
-                    perms: t.perms,
-                    offset: t.offset,
-                    inode: t.inode,
-                    path: b"",
-                };
+                let r = t.region();
                 s.tracked[i].how = ship.region(&mut w, &mut s.vec, &r, None)?;
             }
         }
@@ -377,14 +383,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
         // Same regions as last epoch: the maps text in staging is still right.
         for i in 0..s.n_tracked {
             let t = s.tracked[i];
-            let r = tracker::Region {
-                start: t.start,
-                end: t.end,
-                perms: t.perms,
-                offset: t.offset,
-                inode: t.inode,
-                path: b"",
-            };
+            let r = t.region();
             s.tracked[i].how = ship.region(&mut w, &mut s.vec, &r, Some(t.how))?;
         }
         s.maps_out_len
@@ -506,23 +505,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     // SAFETY: brk(0) returns the current break and changes nothing.
     h.mm.brk = unsafe { sys::raw6(libc::SYS_brk, 0, 0, 0, 0, 0, 0) }.unwrap_or(0) as u64;
     h.app_sigmask = APP_SIGMASK.load(Ordering::Relaxed);
-    let mut ss: libc::stack_t = libc::stack_t {
-        ss_sp: core::ptr::null_mut(),
-        ss_flags: 0,
-        ss_size: 0,
-    };
-    // SAFETY: sigaltstack with a null new stack only writes the current one into ss.
-    let _ = unsafe {
-        sys::raw6(
-            libc::SYS_sigaltstack,
-            0,
-            &mut ss as *mut _ as usize,
-            0,
-            0,
-            0,
-            0,
-        )
-    };
+    let ss = sys::current_altstack();
     h.altstack_sp = ss.ss_sp as u64;
     h.altstack_flags = ss.ss_flags;
     h.altstack_size = ss.ss_size as u64;

@@ -147,6 +147,28 @@ pub fn for_each_dirent(fd: i32, buf: &mut [u8], mut f: impl FnMut(&[u8])) -> Res
     }
 }
 
+/// The thread's current alternate signal stack (`sigaltstack(NULL, &old)`).
+pub fn current_altstack() -> libc::stack_t {
+    let mut ss = libc::stack_t {
+        ss_sp: core::ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    };
+    // SAFETY: sigaltstack with a null new stack only writes the current one into ss.
+    let _ = unsafe {
+        raw6(
+            libc::SYS_sigaltstack,
+            0,
+            &mut ss as *mut _ as usize,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    ss
+}
+
 /// Rewinds `fd` to offset 0.
 pub fn rewind(fd: i32) -> Result<(), i32> {
     // SAFETY: lseek takes no memory arguments.

@@ -422,23 +422,7 @@ pub fn begin_epoch() {
     am.n_pinned = 0;
     let (lo, hi) = altstack_range();
     pin(am, lo, hi, false);
-    let mut ss: libc::stack_t = libc::stack_t {
-        ss_sp: core::ptr::null_mut(),
-        ss_flags: 0,
-        ss_size: 0,
-    };
-    // SAFETY: sigaltstack with a null new stack only writes the current one into ss.
-    let _ = unsafe {
-        sys::raw6(
-            libc::SYS_sigaltstack,
-            0,
-            &mut ss as *mut _ as usize,
-            0,
-            0,
-            0,
-            0,
-        )
-    };
+    let ss = sys::current_altstack();
     if ss.ss_flags & libc::SS_DISABLE == 0 && ss.ss_sp as u64 != lo {
         pin(
             am,
