@@ -251,6 +251,38 @@ impl Drop for TempDir {
     }
 }
 
+/// A key file for the replication link, made once per test process (32 random bytes as hex,
+/// mode 0600): every [`Standby::start`] and [`Protected::start`] with a standby uses it.
+pub fn test_key_file() -> &'static Path {
+    static KEY: OnceLock<PathBuf> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = target_dir().join("remus-test-keys");
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let p = dir.join(format!("key-{}", std::process::id()));
+        write_key_file(&p);
+        p
+    })
+}
+
+/// Writes a new random key (hex, mode 0600) to `path`.
+pub fn write_key_file(path: &Path) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .expect("reading /dev/urandom");
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = fs::remove_file(path);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(hex.as_bytes()))
+        .unwrap_or_else(|e| panic!("writing the key file {}: {e}", path.display()));
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -631,12 +663,18 @@ pub struct Standby {
 }
 
 impl Standby {
-    /// Starts a standby with `--timeout-ms timeout_ms` and waits until its status answers.
+    /// Starts a standby with `--timeout-ms timeout_ms` and the tests' key
+    /// ([`test_key_file`]), and waits until its status answers.
     pub fn start(timeout_ms: u64) -> Standby {
+        Standby::start_keyed(timeout_ms, Some(test_key_file()))
+    }
+
+    /// [`Standby::start`] with `--key-file key`, or `--insecure` when `key` is None.
+    pub fn start_keyed(timeout_ms: u64, key: Option<&Path>) -> Standby {
         let mut last_report = String::new();
         // Another test may take the port between free_port() and remusd's bind: retry then.
         for attempt in 1..=3 {
-            match Standby::try_start(timeout_ms) {
+            match Standby::try_start(timeout_ms, key) {
                 Ok(sb) => return sb,
                 Err(report) => {
                     let in_use = report.contains("in use") || report.contains("AddrInUse");
@@ -651,7 +689,7 @@ impl Standby {
         panic!("the standby did not start:\n{last_report}");
     }
 
-    fn try_start(timeout_ms: u64) -> Result<Standby, String> {
+    fn try_start(timeout_ms: u64, key: Option<&Path>) -> Result<Standby, String> {
         let dir = TempDir::new("sb");
         let p = dir.path().to_path_buf();
         let addr = format!("127.0.0.1:{}", free_port());
@@ -691,6 +729,10 @@ impl Standby {
         ] {
             cmd.env_remove(k);
         }
+        match key {
+            Some(k) => cmd.arg("--key-file").arg(k),
+            None => cmd.arg("--insecure"),
+        };
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bins().remusd.display()));
@@ -860,6 +902,13 @@ pub struct ProtectedOpts {
     pub epoch_ms: Option<u64>,
     /// `REMUS_ALLOW_UNPROTECTED=1`.
     pub allow_unprotected: bool,
+    /// `REMUS_KEY_FILE`; None: the tests' key ([`test_key_file`]) when a standby is set,
+    /// unless `insecure` or `no_key`.
+    pub key_file: Option<PathBuf>,
+    /// `REMUS_INSECURE=1` (no key).
+    pub insecure: bool,
+    /// Neither a key nor `REMUS_INSECURE` (to see the refusal).
+    pub no_key: bool,
     /// More environment variables.
     pub env: Vec<(String, String)>,
 }
@@ -917,6 +966,8 @@ impl Protected {
             .env_remove("REMUS_ALLOW_UNPROTECTED")
             .env_remove("REMUS_PROTECTED_PID")
             .env_remove("REMUS_PRIMARY_ARGS")
+            .env_remove("REMUS_KEY_FILE")
+            .env_remove("REMUS_INSECURE")
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -930,6 +981,18 @@ impl Protected {
         }
         if opts.allow_unprotected {
             cmd.env("REMUS_ALLOW_UNPROTECTED", "1");
+        }
+        if opts.insecure {
+            cmd.env("REMUS_INSECURE", "1");
+        }
+        match &opts.key_file {
+            Some(k) => {
+                cmd.env("REMUS_KEY_FILE", k);
+            }
+            None if opts.standby.is_some() && !opts.insecure && !opts.no_key => {
+                cmd.env("REMUS_KEY_FILE", test_key_file());
+            }
+            None => {}
         }
         for (k, v) in &opts.env {
             cmd.env(k, v);

@@ -61,6 +61,10 @@ pub const ENV_STANDBY: &str = "REMUS_STANDBY";
 pub const ENV_EPOCH_MS: &str = "REMUS_EPOCH_MS";
 pub const ENV_CONTROL: &str = "REMUS_CONTROL";
 pub const ENV_ALLOW_UNPROTECTED: &str = "REMUS_ALLOW_UNPROTECTED";
+/// The key file that authenticates the replication link (`remusd primary --key-file`).
+pub const ENV_KEY_FILE: &str = "REMUS_KEY_FILE";
+/// `1`: no key, for a standby on a loopback address only (`remusd primary --insecure`).
+pub const ENV_INSECURE: &str = "REMUS_INSECURE";
 /// Path of the `remusd` binary; default: `remusd` next to `libremus.so`, then `$PATH`.
 pub const ENV_REMUSD: &str = "REMUS_REMUSD";
 /// Set by the shim in the protected process: a child that inherits the shim sees a different

@@ -347,6 +347,12 @@ fn spawn_controller(
     if allow {
         args.push("--allow-unprotected".into());
     }
+    if let Some(k) = env(remus_abi::ENV_KEY_FILE) {
+        args.extend(["--key-file".into(), k]);
+    }
+    if flag(remus_abi::ENV_INSECURE) {
+        args.push("--insecure".into());
+    }
     args.extend(["--log-file".into(), log_file.to_string()]);
     let streams: Vec<output::Stream> = outputs.streams.iter().flatten().copied().collect();
     for st in &streams {

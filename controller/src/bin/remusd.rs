@@ -53,6 +53,12 @@ enum Role {
         /// snap_only_frame_bytes; costs CPU). Also set by REMUS_WIRE_STATS=1.
         #[arg(long)]
         wire_stats: bool,
+        /// The key file shared with the standby (authenticates the link; see `remusd keygen`).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// No key: only for a standby on a loopback address (this host).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Receive epochs from a primary and take over when it fails.
     Standby {
@@ -86,6 +92,12 @@ enum Role {
         /// address to this host). If it fails, the takeover stops and the program is not run.
         #[arg(long = "on-takeover", value_name = "CMD")]
         on_takeover: Option<String>,
+        /// The key file shared with the primary (authenticates the link; see `remusd keygen`).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// No key: only with a loopback --listen address (a primary on this host).
+        #[arg(long)]
+        insecure: bool,
         /// Replicated files the app writes are kept under this directory (the primary's
         /// path appended to it); the restored program reopens them there. Default `/`: the
         /// same paths as on the primary's host.
@@ -94,6 +106,13 @@ enum Role {
         /// fsync each replicated file's copy before acknowledging the epoch.
         #[arg(long)]
         file_fsync: bool,
+    },
+    /// Create a key file for the replication link (32 random bytes as hex, mode 0600); copy
+    /// it to both hosts and pass it as --key-file to both daemons.
+    Keygen {
+        /// The file to create (it must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 
@@ -109,12 +128,27 @@ fn main() {
     let cli = Cli::parse();
     let log_file = match &cli.role {
         Role::Primary { log_file, .. } | Role::Standby { log_file, .. } => log_file.clone(),
+        Role::Keygen { out } => match remus_controller::wire::auth::generate_key_file(out) {
+            Ok(()) => {
+                println!(
+                    "wrote a new key to {0} (mode 0600): copy it to both hosts and pass \
+                     --key-file {0} to remusd standby and scripts/remus-run",
+                    out.display()
+                );
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("remusd keygen: {e}");
+                std::process::exit(1);
+            }
+        },
     };
     if let Err(e) = logging::init(log_file.as_deref()) {
         eprintln!("remusd: {e:#}");
         std::process::exit(1);
     }
     let result = match cli.role {
+        Role::Keygen { .. } => unreachable!("handled above"),
         Role::Primary {
             app_pid,
             standby,
@@ -125,6 +159,8 @@ fn main() {
             outputs,
             delta_budget_mb,
             wire_stats,
+            key_file,
+            insecure,
             ..
         } => primary::run(
             primary::PrimaryArgs {
@@ -134,6 +170,8 @@ fn main() {
                 control,
                 heartbeat_ms,
                 allow_unprotected,
+                key_file,
+                insecure,
                 pipeline: primary::link::PipelineOpts {
                     delta_budget: delta_budget_mb
                         .or_else(|| env_u64("REMUS_DELTA_BUDGET_MB"))
@@ -153,12 +191,29 @@ fn main() {
             control,
             bind_map,
             on_takeover,
+            key_file,
+            insecure,
             file_root,
             file_fsync,
             ..
-        } => standby::run({
+        } => {
             remus_controller::files::set_root(file_root, file_fsync);
-            standby::StandbyArgs {
+            let security = match remus_controller::wire::auth::LinkSecurity::resolve(
+                key_file.as_deref(),
+                insecure,
+                &listen,
+                "--listen",
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("refusing to start: {e}");
+                    if log_file.is_some() {
+                        eprintln!("remusd standby: refusing to start: {e}");
+                    }
+                    std::process::exit(2);
+                }
+            };
+            standby::run(standby::StandbyArgs {
                 listen,
                 state_dir,
                 timeout_ms,
@@ -167,8 +222,9 @@ fn main() {
                 control,
                 bind_map,
                 on_takeover,
-            }
-        }),
+                security,
+            })
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::control::status::SharedStatus;
 use crate::image::EpochMeta;
+use crate::wire::auth::{self, AuthError, LinkSecurity};
 use crate::wire::frame::SendFrameError;
 use crate::wire::messages::{GoodbyeReason, Hello, PageBytes, WireMsg};
 
@@ -60,7 +61,24 @@ pub enum ConnectError {
     Unexpected(String, &'static str),
     #[error("the standby at {0} refused: {1}")]
     Refused(String, String),
+    #[error("authenticating the link to the standby at {0} failed: {1}")]
+    Auth(String, AuthError),
 }
+
+impl ConnectError {
+    /// The standby refused because it has taken over this primary's app: this primary is
+    /// superseded and must stop.
+    pub fn superseded(&self) -> Option<&str> {
+        match self {
+            ConnectError::Refused(_, why) if why.starts_with(SUPERSEDED) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+/// How a standby's refusal starts when it has taken over (fencing: the old primary learns
+/// from it that it must stop).
+pub const SUPERSEDED: &str = "superseded:";
 
 /// Called (from the link's reader thread) with each epoch the standby acknowledges.
 pub type OnAck = Arc<dyn Fn(u64) + Send + Sync>;
@@ -117,9 +135,12 @@ pub fn lost_after(heartbeat: Duration) -> Duration {
 }
 
 impl Link {
-    /// Connects to `addr`, says hello and waits for the standby's answer.
+    /// Connects to `addr`, authenticates (both ways), says hello and waits for the standby's
+    /// answer.
+    #[allow(clippy::too_many_arguments)]
     pub fn connect(
         addr: &str,
+        sec: &LinkSecurity,
         hello: Hello,
         heartbeat: Duration,
         timeout: Duration,
@@ -145,20 +166,25 @@ impl Link {
         let stream = stream.ok_or_else(|| ConnectError::Connect(addr.into(), last))?;
         let conn = |e: io::Error| ConnectError::Connect(addr.into(), e);
         stream.set_nodelay(true).map_err(conn)?;
+        let keys = auth::handshake_tcp(&stream, sec, false, timeout)
+            .map_err(|e| ConnectError::Auth(addr.into(), e))?;
         let lost = lost_after(heartbeat);
         stream
             .set_write_timeout(Some(lost.max(timeout)))
             .map_err(conn)?;
         stream.set_read_timeout(Some(timeout)).map_err(conn)?;
-        let mut writer = FrameWriter::new(stream.try_clone().map_err(conn)?);
+        let mut writer = FrameWriter::new(stream.try_clone().map_err(conn)?, keys.send);
         writer
             .send(&WireMsg::Hello(hello))
             .map_err(|e| ConnectError::Send(addr.into(), e))?;
         let health = Arc::new(Health::default());
-        let mut reader = FrameReader::new(Counting {
-            inner: stream.try_clone().map_err(conn)?,
-            status: status.clone(),
-        });
+        let mut reader = FrameReader::new(
+            Counting {
+                inner: stream.try_clone().map_err(conn)?,
+                status: status.clone(),
+            },
+            keys.recv,
+        );
         match reader.read_msg() {
             Ok(Some(WireMsg::HelloAck(ack))) => {
                 if let Some(why) = ack.refused {

@@ -35,6 +35,10 @@ pub struct PrimaryArgs {
     pub control: Option<PathBuf>,
     pub heartbeat_ms: u64,
     pub allow_unprotected: bool,
+    /// `--key-file`: the key shared with the standby.
+    pub key_file: Option<PathBuf>,
+    /// `--insecure`: no key (a loopback standby only).
+    pub insecure: bool,
     /// Delta compression and wire measurement.
     pub pipeline: link::PipelineOpts,
 }
@@ -411,11 +415,30 @@ impl Primary {
     }
 
     /// Connects to the standby and tells the shim. `Some(end)` if remusd must stop here.
+    /// How the link to the standby at `addr` is authenticated (`--key-file` or `--insecure`).
+    fn security(&self, addr: &str) -> Result<crate::wire::auth::LinkSecurity, String> {
+        crate::wire::auth::LinkSecurity::resolve(
+            self.args.key_file.as_deref(),
+            self.args.insecure,
+            addr,
+            "standby (REMUS_STANDBY / --standby)",
+        )
+    }
+
     fn connect(&mut self) -> Result<Option<End>> {
         let why = match self.args.standby.clone() {
             None => "no standby is configured (set REMUS_STANDBY=HOST:PORT or pass --standby)"
                 .to_string(),
             Some(addr) => {
+                let sec = match self.security(&addr) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let text = format!("remus: refusing to start: {e}");
+                        tracing::error!("{text}");
+                        let _ = self.shim.send(MsgKind::Refuse, 0, 0, &text);
+                        return Ok(Some(End::Exit(1)));
+                    }
+                };
                 let hb = Duration::from_millis(self.args.heartbeat_ms.max(1));
                 let st = self.staging.clone();
                 let out = self.output.committer();
@@ -429,6 +452,7 @@ impl Primary {
                 });
                 match Link::connect(
                     &addr,
+                    &sec,
                     self.hello(),
                     hb,
                     Duration::from_secs(3),

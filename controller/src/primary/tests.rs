@@ -103,6 +103,7 @@ fn rig(name: &str) -> Rig {
             status: SharedStatus::new(Status::new("standby", "waiting")),
             state_dir: None,
             stop: Arc::new(AtomicBool::new(false)),
+            security: crate::wire::auth::LinkSecurity::Insecure,
         };
         session(s, peer.to_string(), &ctx)
     });
@@ -124,6 +125,8 @@ fn rig(name: &str) -> Rig {
         control: Some(control.clone()),
         heartbeat_ms: 20,
         allow_unprotected: false,
+        key_file: None,
+        insecure: true,
         pipeline: Default::default(),
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
@@ -294,6 +297,8 @@ fn no_standby_refuses_with_advice() {
         control: Some(control),
         heartbeat_ms: 20,
         allow_unprotected: false,
+        key_file: None,
+        insecure: true,
         pipeline: Default::default(),
     };
     let ctl = ShimLink::new(ctl_end).unwrap();

@@ -19,6 +19,7 @@ use crossbeam::channel::{bounded, RecvTimeoutError};
 use crate::control::server::ControlServer;
 use crate::control::status::{SharedStatus, Status};
 use crate::image::Image;
+use crate::wire::auth::{self, LinkSecurity, SessionKeys};
 use crate::wire::messages::{GoodbyeReason, HelloAck, WireMsg, PROTOCOL_VERSION};
 use crate::wire::{DecodeFrameError, FrameReader, FrameWriter};
 use detector::Liveness;
@@ -36,6 +37,8 @@ pub struct StandbyArgs {
     /// `--on-takeover CMD`: run with `sh -c` before the restored program resumes (e.g. to move
     /// a service address here); a failure stops the takeover.
     pub on_takeover: Option<String>,
+    /// The key (or `--insecure`) the link is authenticated with.
+    pub security: LinkSecurity,
 }
 
 /// How a session with one primary ended.
@@ -61,7 +64,12 @@ pub struct SessionCtx {
     /// Where `committed.json` goes (None: nowhere, for tests).
     pub state_dir: Option<PathBuf>,
     pub stop: Arc<AtomicBool>,
+    /// For [`session`], which authenticates the peer itself.
+    pub security: LinkSecurity,
 }
+
+/// How long a peer may take to authenticate.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `remusd standby`; returns the process exit code.
 pub fn run(args: StandbyArgs) -> Result<i32> {
@@ -92,9 +100,9 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
     let refusal: Arc<Mutex<String>> = Arc::new(Mutex::new(
         "this standby is already protecting another primary".into(),
     ));
-    let (conn_tx, conn_rx) = bounded::<(TcpStream, String)>(1);
+    let (conn_tx, conn_rx) = bounded::<(TcpStream, String, SessionKeys)>(1);
     {
-        let (busy, refusal) = (busy.clone(), refusal.clone());
+        let (busy, refusal, sec) = (busy.clone(), refusal.clone(), args.security.clone());
         std::thread::Builder::new()
             .name("accept".into())
             .spawn(move || {
@@ -111,13 +119,27 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
                         .peer_addr()
                         .map(|a| a.to_string())
                         .unwrap_or_else(|_| "?".into());
-                    if busy.swap(true, Ordering::SeqCst) {
-                        let why = refusal.lock().map(|s| s.clone()).unwrap_or_default();
-                        tracing::warn!(%peer, "refusing a second primary: {why}");
-                        std::thread::spawn(move || refuse(s, &why));
-                    } else if conn_tx.send((s, peer)).is_err() {
-                        return;
-                    }
+                    // Each peer authenticates in a thread of its own, before it may take the
+                    // session: a stranger can neither hold the standby nor learn its state.
+                    let (busy, refusal, sec, conn_tx) =
+                        (busy.clone(), refusal.clone(), sec.clone(), conn_tx.clone());
+                    std::thread::spawn(move || {
+                        let keys = match auth::handshake_tcp(&s, &sec, true, AUTH_TIMEOUT) {
+                            Ok(k) => k,
+                            Err(e) => {
+                                tracing::error!(%peer, "refused a connection: {e}");
+                                let _ = s.shutdown(Shutdown::Both);
+                                return;
+                            }
+                        };
+                        if busy.swap(true, Ordering::SeqCst) {
+                            let why = refusal.lock().map(|s| s.clone()).unwrap_or_default();
+                            tracing::warn!(%peer, "refusing a second primary: {why}");
+                            refuse(s, keys, &why);
+                        } else {
+                            let _ = conn_tx.send((s, peer, keys));
+                        }
+                    });
                 }
             })
             .context("starting the accept thread")?;
@@ -128,9 +150,10 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
         status: status.clone(),
         state_dir: Some(args.state_dir.clone()),
         stop: stop.clone(),
+        security: args.security.clone(),
     };
     loop {
-        let (stream, peer) = match conn_rx.recv_timeout(Duration::from_millis(200)) {
+        let (stream, peer, keys) = match conn_rx.recv_timeout(Duration::from_millis(200)) {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {
                 if stop.load(Ordering::Relaxed) {
@@ -142,7 +165,7 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
             Err(RecvTimeoutError::Disconnected) => anyhow::bail!("the accept thread stopped"),
         };
         tracing::info!(%peer, "primary connected");
-        let (end, rx) = session(stream, peer.clone(), &ctx);
+        let (end, rx) = session_authenticated(stream, peer.clone(), keys, &ctx);
         let committed = rx.image.committed_epoch();
         let forget = |state: &str, reason: String, exit_code: Option<i32>| {
             remove_committed(&args.state_dir);
@@ -167,8 +190,13 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
                     continue;
                 };
                 tracing::error!(%peer, epoch, "primary lost: {why}; TAKING OVER from epoch {epoch}");
-                *refusal.lock().unwrap_or_else(|p| p.into_inner()) =
-                    "this standby has taken over and cannot protect a new primary".into();
+                // Fencing: the old primary, if it wakes up, asks again and learns from this
+                // answer that it must stop.
+                *refusal.lock().unwrap_or_else(|p| p.into_inner()) = format!(
+                    "{} this standby took over the app from primary {peer} at epoch {epoch} and \
+                     cannot protect a new primary",
+                    crate::primary::link::SUPERSEDED
+                );
                 return takeover(&rx.image, &peer, &why, &args, &status, &stop);
             }
             SessionEnd::Protocol(why) => {
@@ -214,18 +242,18 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
     }
 }
 
-/// Answers the hello of a primary this standby cannot take.
-fn refuse(s: TcpStream, why: &str) {
+/// Answers the hello of an (authenticated) primary this standby cannot take.
+fn refuse(s: TcpStream, keys: SessionKeys, why: &str) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
     let Ok(clone) = s.try_clone() else { return };
-    if let Ok(Some(WireMsg::Hello(_))) = FrameReader::new(clone).read_msg() {
+    if let Ok(Some(WireMsg::Hello(_))) = FrameReader::new(clone, keys.recv).read_msg() {
         let ack = HelloAck {
             version: PROTOCOL_VERSION,
             standby_pid: std::process::id(),
             refused: Some(why.into()),
         };
-        let _ = FrameWriter::new(&s).send(&WireMsg::HelloAck(ack));
+        let _ = FrameWriter::new(&s, keys.send).send(&WireMsg::HelloAck(ack));
     }
     let _ = s.shutdown(Shutdown::Both);
 }
@@ -252,11 +280,29 @@ impl Read for Counting {
 
 type Incoming = Result<Option<WireMsg>, DecodeFrameError>;
 
-/// Serves one primary until it says goodbye, fails, or misbehaves. Returns how it ended and
-/// the receiver (with its committed image).
+/// Authenticates the peer with `ctx.security`, then serves it ([`session_authenticated`]).
+/// A peer that fails the authentication ends the session at once ([`SessionEnd::Handshake`]),
+/// before anything it sent is looked at.
 pub fn session(stream: TcpStream, peer: String, ctx: &SessionCtx) -> (SessionEnd, Receiver) {
+    match auth::handshake_tcp(&stream, &ctx.security, true, AUTH_TIMEOUT) {
+        Ok(keys) => session_authenticated(stream, peer, keys, ctx),
+        Err(e) => {
+            let _ = stream.shutdown(Shutdown::Both);
+            (SessionEnd::Handshake(e.to_string()), Receiver::new())
+        }
+    }
+}
+
+/// Serves one authenticated primary until it says goodbye, fails, or misbehaves. Returns how
+/// it ended and the receiver (with its committed image).
+pub fn session_authenticated(
+    stream: TcpStream,
+    peer: String,
+    keys: SessionKeys,
+    ctx: &SessionCtx,
+) -> (SessionEnd, Receiver) {
     let mut rx = Receiver::new();
-    let end = match session_inner(&stream, &peer, ctx, &mut rx) {
+    let end = match session_inner(&stream, &peer, keys, ctx, &mut rx) {
         Ok(end) => end,
         Err(e) => SessionEnd::Lost(format!("{e:#}")),
     };
@@ -267,6 +313,7 @@ pub fn session(stream: TcpStream, peer: String, ctx: &SessionCtx) -> (SessionEnd
 fn session_inner(
     stream: &TcpStream,
     peer: &str,
+    keys: SessionKeys,
     ctx: &SessionCtx,
     rx: &mut Receiver,
 ) -> Result<SessionEnd> {
@@ -291,11 +338,14 @@ fn session_inner(
     // (the primary then merges epochs) instead of queueing without limit and taking over late.
     let (msg_tx, msg_rx) = bounded::<Incoming>(8);
     let reader = {
-        let mut r = FrameReader::new(Counting {
-            inner: stream.try_clone()?,
-            live: live.clone(),
-            status: ctx.status.clone(),
-        });
+        let mut r = FrameReader::new(
+            Counting {
+                inner: stream.try_clone()?,
+                live: live.clone(),
+                status: ctx.status.clone(),
+            },
+            keys.recv,
+        );
         std::thread::Builder::new()
             .name("standby-recv".into())
             .spawn(move || loop {
@@ -306,7 +356,7 @@ fn session_inner(
                 }
             })?
     };
-    let writer = Arc::new(Mutex::new(FrameWriter::new(stream.try_clone()?)));
+    let writer = Arc::new(Mutex::new(FrameWriter::new(stream.try_clone()?, keys.send)));
     let hb_stop = Arc::new(AtomicBool::new(false));
     let mut hb_thread = None;
     let mut write_err: Option<String> = None;

@@ -11,6 +11,7 @@ use super::receiver::{Event, ReceiveError, Receiver};
 use super::{session, SessionCtx, SessionEnd};
 use crate::control::status::{SharedStatus, Status};
 use crate::image::EpochMeta;
+use crate::wire::auth::{client_handshake, FrameKey, LinkSecurity, SharedKey, TAG_LEN};
 use crate::wire::frame::encode_frame;
 use crate::wire::messages::*;
 use crate::wire::FrameReader;
@@ -58,11 +59,54 @@ struct Fake {
     s: TcpStream,
     seq: u64,
     acks: FrameReader<TcpStream>,
+    send_key: FrameKey,
+}
+
+/// The key the standby sessions of these tests use.
+fn test_key() -> LinkSecurity {
+    LinkSecurity::Keyed(SharedKey::from_bytes(
+        &(0u8..32).map(|b| b * 5 + 1).collect::<Vec<_>>(),
+    ))
+}
+
+/// Starts a session with `sec` and connects a client that authenticates with `client`.
+fn connect(
+    timeout_ms: u64,
+    client: &LinkSecurity,
+) -> (
+    Result<Fake, crate::wire::auth::AuthError>,
+    std::thread::JoinHandle<(SessionEnd, Receiver)>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = std::thread::spawn(move || {
+        let (s, peer) = l.accept().unwrap();
+        let ctx = SessionCtx {
+            timeout: Duration::from_millis(timeout_ms),
+            status: SharedStatus::new(Status::new("standby", "waiting")),
+            state_dir: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            security: test_key(),
+        };
+        session(s, peer.to_string(), &ctx)
+    });
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let f = client_handshake(&mut s, client).map(|keys| Fake {
+        acks: FrameReader::new(s.try_clone().unwrap(), keys.recv),
+        s,
+        seq: 1,
+        send_key: keys.send,
+    });
+    (f, h)
 }
 
 impl Fake {
+    /// The next frame, tagged.
     fn frame(&mut self, m: &WireMsg) -> Vec<u8> {
-        let f = encode_frame(self.seq, m).unwrap();
+        let mut f = encode_frame(self.seq, m).unwrap();
+        let t = self.send_key.tag(&[&f]);
+        f.extend_from_slice(&t);
         self.seq += 1;
         f
     }
@@ -90,25 +134,8 @@ impl Fake {
 
 /// Starts a session; the fake has said hello and epoch 1 (pages 0x1000=1, 0x2000=2) is acked.
 fn start(timeout_ms: u64) -> (Fake, std::thread::JoinHandle<(SessionEnd, Receiver)>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let h = std::thread::spawn(move || {
-        let (s, peer) = l.accept().unwrap();
-        let ctx = SessionCtx {
-            timeout: Duration::from_millis(timeout_ms),
-            status: SharedStatus::new(Status::new("standby", "waiting")),
-            state_dir: None,
-            stop: Arc::new(AtomicBool::new(false)),
-        };
-        session(s, peer.to_string(), &ctx)
-    });
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut f = Fake {
-        acks: FrameReader::new(s.try_clone().unwrap()),
-        s,
-        seq: 1,
-    };
+    let (f, h) = connect(timeout_ms, &test_key());
+    let mut f = f.unwrap();
     f.send(&hello());
     f.send(&part(1, 0, &[(0x1000, 1), (0x2000, 2)]));
     f.send(&commit(1, 1, 2));
@@ -188,8 +215,9 @@ fn corrupt_frame_leaves_the_image_untouched() {
     c[n - 2] ^= 0x55;
     f.raw(&c);
     let (end, rx) = h.join().unwrap();
+    // The tag catches it (before the checksum is even looked at).
     assert!(
-        matches!(&end, SessionEnd::Protocol(why) if why.contains("checksum")),
+        matches!(&end, SessionEnd::Protocol(why) if why.contains("failed authentication")),
         "{end:?}"
     );
     assert_epoch1(&rx);
@@ -315,4 +343,38 @@ fn receiver_checks_order_and_completeness() {
         rx.handle(WireMsg::Ack { epoch: 1 }),
         Err(ReceiveError::Unexpected("Ack"))
     ));
+}
+
+#[test]
+fn wrong_key_or_no_key_refused_before_anything_is_read() {
+    let other = LinkSecurity::Keyed(SharedKey::from_bytes(&[9u8; 40].map(|b| b ^ 3)));
+    for client in [other, LinkSecurity::Insecure] {
+        let (f, h) = connect(5000, &client);
+        let e = f.err().expect("the client side refuses too");
+        let (end, rx) = h.join().unwrap();
+        match end {
+            SessionEnd::Handshake(why) => assert!(
+                why.contains("wrong key") || why.contains("--insecure"),
+                "{why} (client: {e})"
+            ),
+            other => panic!("expected a handshake failure, got {other:?}"),
+        }
+        assert!(rx.hello.is_none());
+        assert_eq!(rx.image.committed_epoch(), None, "image untouched");
+    }
+}
+
+#[test]
+fn tampered_frame_ends_the_session_image_untouched() {
+    let (mut f, h) = start(5000);
+    let mut bad = f.frame(&part(2, 0, &[(0x1000, 9)]));
+    let n = bad.len();
+    bad[n - TAG_LEN - 3] ^= 0x40;
+    f.raw(&bad);
+    let (end, rx) = h.join().unwrap();
+    match end {
+        SessionEnd::Protocol(why) => assert!(why.contains("failed authentication"), "{why}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    assert_epoch1(&rx);
 }

@@ -10,12 +10,19 @@
 //!     16     4  payload_len (u32 LE) <= MAX_PAYLOAD
 //!     20     4  crc32 of the payload (u32 LE)
 //!     24     -  payload: snap (raw format) of rmp-serde(WireMsg), also <= MAX_PAYLOAD unpacked
+//!      -    32  tag: HMAC-SHA256(key of this direction, header | payload)
 //! ```
+//!
+//! [`encode_frame`] and [`decode_frame`] handle the header and payload; [`FrameWriter`] and
+//! [`FrameReader`] add and check the tag, with the per-connection, per-direction keys of the
+//! link authentication ([`super::auth`]). The tag covers the sequence number: a frame that
+//! was changed, replayed, reordered or dropped, or comes from another connection, fails.
 
 use std::io::{self, Read, Write};
 
 use thiserror::Error;
 
+use super::auth::{FrameKey, TAG_LEN};
 use super::messages::{WireMsg, PROTOCOL_VERSION};
 
 pub const MAGIC: [u8; 4] = *b"RMUS";
@@ -43,6 +50,8 @@ pub enum DecodeFrameError {
     UnknownKind(u8),
     #[error("undecodable frame payload: {0}")]
     Payload(String),
+    #[error("frame {seq} failed authentication: it was altered on the way, or its sender does not hold this connection's key")]
+    BadTag { seq: u64 },
     #[error("frame out of sequence: expected seq {expected}, got {got}")]
     OutOfSequence { expected: u64, got: u64 },
     #[error("reading from the peer: {0}")]
@@ -209,17 +218,20 @@ pub fn decode_frame(buf: &[u8], expected_seq: u64) -> Result<(WireMsg, usize), D
     Ok((decode_payload(&hdr, payload)?, HEADER_LEN + len))
 }
 
-/// Reads frames from a stream, enforcing the sequence.
+/// Reads frames from a stream, enforcing the sequence and checking each frame's tag.
 pub struct FrameReader<R> {
     inner: R,
+    key: FrameKey,
     next_seq: u64,
     bytes: u64,
 }
 
 impl<R: Read> FrameReader<R> {
-    pub fn new(inner: R) -> Self {
+    /// `key`: the receiving key of this connection ([`super::auth::SessionKeys::recv`]).
+    pub fn new(inner: R, key: FrameKey) -> Self {
         FrameReader {
             inner,
+            key,
             next_seq: 1,
             bytes: 0,
         }
@@ -247,17 +259,22 @@ impl<R: Read> FrameReader<R> {
         }
         let hdr = parse_header(&h, self.next_seq)?;
         let len = hdr.payload_len as usize;
-        let mut payload = vec![0u8; len];
-        let got = read_full(&mut self.inner, &mut payload)?;
+        // Payload and tag in one buffer: the payload is never unpacked before the tag checks.
+        let mut body = vec![0u8; len + TAG_LEN];
+        let got = read_full(&mut self.inner, &mut body)?;
         self.bytes += got as u64;
-        if got < len {
+        if got < len + TAG_LEN {
             return Err(DecodeFrameError::Truncated {
-                what: "payload",
-                need: len,
+                what: if got < len { "payload" } else { "tag" },
+                need: len + TAG_LEN,
                 got,
             });
         }
-        let msg = decode_payload(&hdr, &payload)?;
+        let (payload, tag) = body.split_at(len);
+        if !self.key.verify(&[&h, payload], tag) {
+            return Err(DecodeFrameError::BadTag { seq: hdr.seq });
+        }
+        let msg = decode_payload(&hdr, payload)?;
         self.next_seq += 1;
         Ok(Some(msg))
     }
@@ -277,17 +294,20 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Writes frames to a stream, numbering them.
+/// Writes frames to a stream, numbering and tagging them.
 pub struct FrameWriter<W> {
     inner: W,
+    key: FrameKey,
     next_seq: u64,
     bytes: u64,
 }
 
 impl<W: Write> FrameWriter<W> {
-    pub fn new(inner: W) -> Self {
+    /// `key`: the sending key of this connection ([`super::auth::SessionKeys::send`]).
+    pub fn new(inner: W, key: FrameKey) -> Self {
         FrameWriter {
             inner,
+            key,
             next_seq: 1,
             bytes: 0,
         }
@@ -304,7 +324,9 @@ impl<W: Write> FrameWriter<W> {
 
     /// Encodes and writes one message; returns the bytes written.
     pub fn send(&mut self, msg: &WireMsg) -> Result<usize, SendFrameError> {
-        let frame = encode_frame(self.next_seq, msg)?;
+        let mut frame = encode_frame(self.next_seq, msg)?;
+        let tag = self.key.tag(&[&frame]);
+        frame.extend_from_slice(&tag);
         self.inner.write_all(&frame)?;
         self.inner.flush()?;
         self.next_seq += 1;
@@ -318,6 +340,100 @@ mod tests {
     use super::*;
     use crate::image::EpochMeta;
     use crate::wire::messages::*;
+
+    fn key() -> FrameKey {
+        FrameKey::from_bytes([7; 32])
+    }
+
+    /// A frame with its tag.
+    fn tagged(mut f: Vec<u8>) -> Vec<u8> {
+        let t = key().tag(&[&f]);
+        f.extend_from_slice(&t);
+        f
+    }
+
+    fn stream(msgs: &[WireMsg]) -> Vec<Vec<u8>> {
+        let mut w = FrameWriter::new(Vec::new(), key());
+        msgs.iter()
+            .map(|m| {
+                let before = w.inner.len();
+                w.send(m).unwrap();
+                w.inner[before..].to_vec()
+            })
+            .collect()
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<WireMsg>, DecodeFrameError> {
+        let mut r = FrameReader::new(bytes, key());
+        let mut out = Vec::new();
+        while let Some(m) = r.read_msg()? {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn tampered_frame_rejected() {
+        let frames = stream(&[WireMsg::Heartbeat, part(), WireMsg::Ack { epoch: 3 }]);
+        assert_eq!(read_all(&frames.concat()).unwrap().len(), 3);
+        // Any flipped bit in the payload or tag, with the checksum fixed up: refused before
+        // the payload is unpacked.
+        let f = &frames[1];
+        for i in [HEADER_LEN, HEADER_LEN + 5, f.len() - 40, f.len() - 1] {
+            let mut g = f.clone();
+            g[i] ^= 0x01;
+            let plen = g.len() - HEADER_LEN - TAG_LEN;
+            let crc = crc32fast::hash(&g[HEADER_LEN..HEADER_LEN + plen]);
+            g[20..24].copy_from_slice(&crc.to_le_bytes());
+            let s = [frames[0].clone(), g].concat();
+            let e = read_all(&s).unwrap_err();
+            assert!(
+                matches!(e, DecodeFrameError::BadTag { seq: 2 }),
+                "byte {i}: {e}"
+            );
+            assert!(!e.is_connection_break());
+        }
+        // A frame tagged with another key (another connection, or a stranger).
+        let mut other = FrameWriter::new(Vec::new(), FrameKey::from_bytes([8; 32]));
+        other.send(&WireMsg::Heartbeat).unwrap();
+        assert!(matches!(
+            read_all(&other.inner),
+            Err(DecodeFrameError::BadTag { seq: 1 })
+        ));
+        // An untagged frame.
+        let bare = encode_frame(1, &WireMsg::Heartbeat).unwrap();
+        assert!(matches!(
+            read_all(&bare),
+            Err(DecodeFrameError::Truncated { what: "tag", .. })
+        ));
+    }
+
+    #[test]
+    fn replayed_reordered_or_dropped_frames_rejected() {
+        let f = stream(&[
+            WireMsg::Heartbeat,
+            WireMsg::Ack { epoch: 1 },
+            WireMsg::Ack { epoch: 2 },
+        ]);
+        for bad in [
+            [f[0].clone(), f[0].clone()].concat(),
+            [f[0].clone(), f[2].clone(), f[1].clone()].concat(),
+            [f[0].clone(), f[2].clone()].concat(),
+            f[1].clone(),
+        ] {
+            assert!(matches!(
+                read_all(&bad),
+                Err(DecodeFrameError::OutOfSequence { .. })
+            ));
+        }
+        // Renumbering a frame breaks its tag.
+        let mut g = f[2].clone();
+        g[8..16].copy_from_slice(&2u64.to_le_bytes());
+        assert!(matches!(
+            read_all(&[f[0].clone(), g].concat()),
+            Err(DecodeFrameError::BadTag { seq: 2 })
+        ));
+    }
 
     fn part() -> WireMsg {
         WireMsg::EpochPart(EpochPart {
@@ -371,12 +487,12 @@ mod tests {
                 reason: GoodbyeReason::OperatorStop,
             },
         ];
-        let mut w = FrameWriter::new(Vec::new());
+        let mut w = FrameWriter::new(Vec::new(), key());
         for m in &msgs {
             w.send(m).unwrap();
         }
         let buf = w.inner;
-        let mut r = FrameReader::new(&buf[..]);
+        let mut r = FrameReader::new(&buf[..], key());
         for m in &msgs {
             assert_eq!(r.read_msg().unwrap().as_ref(), Some(m));
         }
@@ -445,7 +561,7 @@ mod tests {
                 ..
             })
         ));
-        let mut r = FrameReader::new(&f[..f.len() - 3]);
+        let mut r = FrameReader::new(&f[..f.len() - 3], key());
         let e = r.read_msg().unwrap_err();
         assert!(matches!(e, DecodeFrameError::Truncated { .. }) && e.is_connection_break());
     }
@@ -505,10 +621,10 @@ mod tests {
 
     #[test]
     fn out_of_sequence() {
-        let a = encode_frame(1, &WireMsg::Heartbeat).unwrap();
-        let c = encode_frame(3, &WireMsg::Heartbeat).unwrap();
+        let a = tagged(encode_frame(1, &WireMsg::Heartbeat).unwrap());
+        let c = tagged(encode_frame(3, &WireMsg::Heartbeat).unwrap());
         let stream = [a, c].concat();
-        let mut r = FrameReader::new(&stream[..]);
+        let mut r = FrameReader::new(&stream[..], key());
         assert!(r.read_msg().unwrap().is_some());
         assert!(matches!(
             r.read_msg(),

@@ -14,8 +14,10 @@
 //! ```
 //!
 //! Each message travels in one [`frame`]: a fixed header (magic, version, kind, sequence
-//! number, length, checksum) and a snap-compressed rmp-serde payload.
+//! number, length, checksum), a snap-compressed rmp-serde payload and an HMAC tag. Before the
+//! first frame the two daemons authenticate each other with a shared key ([`auth`]).
 
+pub mod auth;
 pub mod delta;
 pub mod frame;
 pub mod messages;
