@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,8 +13,8 @@ use super::status::SharedStatus;
 
 #[derive(Debug, Error)]
 pub enum StartControlError {
-    #[error("creating the control directory {0}: {1}")]
-    Dir(PathBuf, io::Error),
+    #[error("{0}")]
+    Dir(String),
     #[error("control socket {0} is in use by another running controller")]
     InUse(PathBuf),
     #[error("binding the control socket {0}: {1}")]
@@ -37,17 +37,12 @@ impl ControlServer {
         let path = match path {
             Some(p) => p,
             None => {
-                let dir = super::default_dir();
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&dir)
-                    .map_err(|e| StartControlError::Dir(dir.clone(), e))?;
-                // The directory may predate us with a looser mode.
-                let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+                super::ensure_private_dir(&super::default_dir()).map_err(StartControlError::Dir)?;
                 super::default_socket(role)
             }
         };
+        super::check_socket_dir(path.parent().unwrap_or(Path::new(".")))
+            .map_err(StartControlError::Dir)?;
         if path.exists() {
             if UnixStream::connect(&path).is_ok() {
                 return Err(StartControlError::InUse(path));
@@ -56,7 +51,9 @@ impl ControlServer {
         }
         let listener =
             UnixListener::bind(&path).map_err(|e| StartControlError::Bind(path.clone(), e))?;
-        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+        // The directory keeps others out meanwhile (checked above).
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(|e| StartControlError::Bind(path.clone(), e))?;
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || serve(listener, status))
