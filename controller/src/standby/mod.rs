@@ -2,6 +2,8 @@
 //! image, and restores it when the primary's host fails.
 
 pub mod detector;
+#[cfg(test)]
+mod fuzz;
 pub mod receiver;
 #[cfg(test)]
 mod tests;
