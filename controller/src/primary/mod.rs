@@ -550,10 +550,77 @@ impl Primary {
     fn check_link(&mut self) {
         let Some(link) = &self.link else { return };
         if let Some(why) = link.lost() {
-            let reason = format!("standby {} lost: {why}", link.addr);
+            let addr = link.addr.clone();
+            // Fencing: before anything held is released, make sure the standby has not taken
+            // over meanwhile (this primary may have been frozen or cut off for longer than its
+            // failure timeout). A standby that did answers any new connection "superseded".
+            if let Some(link) = self.link.take() {
+                link.close();
+            }
+            if let Some(text) = self.probe_superseded(&addr) {
+                self.superseded(&addr, &why, &text);
+                return;
+            }
+            let reason = format!("standby {addr} lost: {why}");
             tracing::error!("{reason}; the app keeps running unprotected");
             self.unprotect(reason, false);
         }
+    }
+
+    /// After the link broke: asks the standby again. `Some(answer)` when it says this primary
+    /// was superseded (it took over the app); None when it is unreachable or still waiting
+    /// (then told that this primary goes on unprotected, so that it discards its image).
+    fn probe_superseded(&mut self, addr: &str) -> Option<String> {
+        let sec = self.security(addr).ok()?;
+        let hb = Duration::from_millis(self.args.heartbeat_ms.max(1));
+        let noop: link::OnAck = Arc::new(|_| {});
+        match Link::connect(
+            addr,
+            &sec,
+            self.hello(),
+            hb,
+            Duration::from_secs(2),
+            self.status.clone(),
+            noop,
+            self.args.pipeline,
+        ) {
+            Err(e) => {
+                if let Some(text) = e.superseded() {
+                    return Some(text.to_string());
+                }
+                tracing::info!("asked the standby again after the link broke: {e}");
+                None
+            }
+            Ok(link) => {
+                link.goodbye(
+                    GoodbyeReason::Unprotected {
+                        reason: "the link broke and this primary goes on unprotected".into(),
+                    },
+                    Duration::from_secs(2),
+                );
+                link.close();
+                None
+            }
+        }
+    }
+
+    /// The standby took over: this primary must never run the app beside the restored one,
+    /// nor release anything it holds (all of it is from epochs the standby does not have).
+    fn superseded(&mut self, addr: &str, why: &str, answer: &str) {
+        let reason = format!(
+            "SUPERSEDED: the standby {addr} took over the app while this primary was cut off or \
+             frozen ({why}); it answered: {answer}. Stopping the app (SIGKILL) and releasing \
+             none of the output held since the last committed epoch"
+        );
+        tracing::error!("{reason}");
+        self.given_up = true;
+        if let Err(e) = crate::sys::kill(self.args.app_pid, libc::SIGKILL) {
+            tracing::error!("killing the superseded app {}: {e}", self.args.app_pid);
+        }
+        let mut b = self.status.lock();
+        b.status.state = "superseded".into();
+        b.status.link = "down".into();
+        b.unprotect(reason);
     }
 
     fn on_shim(&mut self, m: FromShim) -> Result<Option<End>> {
