@@ -99,6 +99,18 @@ const NO_VMA: Vma = Vma {
     inode: 0,
 };
 
+/// Forgets every region followed so far (a restored process being protected again: its new
+/// tracker starts empty, so the first epoch ships every region whole). Not in the signal
+/// handler: at the rejoin's safe point, while the mode is passive (the handler takes no epoch).
+pub fn reset() {
+    // SAFETY: see ScratchCell; the epoch handler does not touch SCRATCH while passive.
+    let s = unsafe { &mut *SCRATCH.0.get() };
+    s.n_tracked = 0;
+    s.n_next = 0;
+    s.n_vmas_prev = 0;
+    s.maps_out_len = 0;
+}
+
 static APP_SIGMASK: AtomicU64 = AtomicU64::new(0);
 
 pub fn set_app_sigmask(m: u64) {

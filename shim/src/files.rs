@@ -495,6 +495,19 @@ struct KnownCell(UnsafeCell<[Known; MAX_FILE_RECS]>);
 unsafe impl Sync for KnownCell {}
 static KNOWN: KnownCell = KnownCell(UnsafeCell::new([UNKNOWN; MAX_FILE_RECS]));
 
+/// Forgets every followed file and recorded range (a restored process being protected again:
+/// its new standby has none of them, so each is shipped whole at first sight). Called at the
+/// rejoin's safe point while passive (no hook records, the handler takes no epoch).
+pub fn reset() {
+    // SAFETY: see KnownCell and DirtyCell: nothing else uses them while the mode is passive.
+    unsafe {
+        *KNOWN.0.get() = [UNKNOWN; MAX_FILE_RECS];
+        let d = &mut *DIRTY.0.get();
+        d.files = [CLEAN; MAX_DIRTY_FILES];
+        d.overflow = false;
+    }
+}
+
 /// The file section could not be written; [`message`] says why and names the file.
 pub struct Fail;
 

@@ -224,6 +224,27 @@ hook! {
     }
 }
 
+// Safe points for a rejoin (see rejoin.rs): a restored program that sleeps between pieces of
+// work picks up a request here, outside signal context.
+hook! {
+    unsafe fn nanosleep(req: *const libc::timespec, rem: *mut libc::timespec) -> c_int => remus_nanosleep {
+        crate::rejoin::poll();
+        real!(nanosleep)(req, rem)
+    }
+}
+
+hook! {
+    unsafe fn clock_nanosleep(
+        clock: libc::clockid_t,
+        flags: c_int,
+        req: *const libc::timespec,
+        rem: *mut libc::timespec
+    ) -> c_int => remus_clock_nanosleep {
+        crate::rejoin::poll();
+        real!(clock_nanosleep)(clock, flags, req, rem)
+    }
+}
+
 fn report_exit(code: c_int) {
     if state::mode() != state::MODE_PASSIVE
         && state::APP_PID.load(Ordering::Relaxed) == sys::getpid()

@@ -56,7 +56,7 @@ pub fn fill_auxv(h: &mut StagingHeader) {
     h.n_auxv = s.n_auxv as u32;
 }
 
-fn env(name: &str) -> Option<String> {
+pub(crate) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
@@ -80,8 +80,62 @@ pub fn run() {
                 .as_bytes(),
         );
     }
-    // The dirty-page tracker: REMUS_TRACKER=uffd (the default) or mprotect; without async
-    // write-protect the default falls back to mprotect, said once in the controller's log.
+    let (kernel, kind, notice) = match choose_tracker() {
+        Ok(k) => k,
+        Err(why) => {
+            if allow {
+                fatal::say(
+                    format!("WARNING: running UNPROTECTED ({ENV_ALLOW_UNPROTECTED}=1): {why}")
+                        .as_bytes(),
+                );
+                return;
+            }
+            fatal::refuse(why.as_bytes());
+        }
+    };
+    use_kernel(&kernel);
+    state::APP_PID.store(pid, Ordering::Relaxed);
+    read_statics();
+    find_tid_offset();
+    find_rseq();
+    std::env::set_var(ENV_PROTECTED_PID, pid.to_string());
+
+    let log_file = env("REMUS_LOG_FILE").unwrap_or_else(|| {
+        // SAFETY: getuid has no preconditions.
+        let dir = format!("/tmp/remus-{}", unsafe { libc::getuid() });
+        let _ = std::fs::create_dir_all(&dir);
+        format!("{dir}/primary-{pid}.log")
+    });
+    let launch = Launch {
+        pid,
+        standby,
+        allow,
+        control: env(ENV_CONTROL),
+        key_file: env(remus_abi::ENV_KEY_FILE),
+        insecure: flag(remus_abi::ENV_INSECURE),
+        epoch_ms: env(ENV_EPOCH_MS),
+        log_file,
+        before_main: true,
+    };
+    let answer = connect(&launch, kind, notice, |_| {
+        // SAFETY: registering a fork handler with no parent/prepare hooks.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        signals::install(hooks::real_sigaction());
+    });
+    match answer {
+        Ok(Answer::Ready) => {}
+        Ok(Answer::Unprotected(text)) => {
+            fatal::say(&[b"WARNING: running UNPROTECTED: ".as_slice(), &text].concat());
+            state::set_mode(state::MODE_UNPROTECTED);
+        }
+        Ok(Answer::Refused(text)) => fatal::refuse(&text),
+        Err(e) => fatal::refuse(e.as_bytes()),
+    }
+}
+
+/// The dirty-page tracker: `REMUS_TRACKER=uffd` (the default) or `mprotect`; without async
+/// write-protect the default falls back to mprotect, with a notice for the controller's log.
+pub(crate) fn choose_tracker() -> Result<(probe::Kernel, u8, Option<String>), String> {
     let choice = env("REMUS_TRACKER");
     let mut notice: Option<String> = None;
     let probed = match choice.as_deref() {
@@ -103,19 +157,11 @@ pub fn run() {
             "REMUS_TRACKER={other} is not a dirty-page tracker: use uffd (the default) or mprotect"
         )),
     };
-    let (kernel, kind) = match probed {
-        Ok(k) => k,
-        Err(why) => {
-            if allow {
-                fatal::say(
-                    format!("WARNING: running UNPROTECTED ({ENV_ALLOW_UNPROTECTED}=1): {why}")
-                        .as_bytes(),
-                );
-                return;
-            }
-            fatal::refuse(why.as_bytes());
-        }
-    };
+    probed.map(|(k, kind)| (k, kind, notice))
+}
+
+/// Keeps the probed kernel objects (userfaultfd, pagemap) above the app's descriptors.
+pub(crate) fn use_kernel(kernel: &probe::Kernel) {
     let uffd = if kernel.uffd >= 0 {
         sys::move_fd_high(kernel.uffd).unwrap_or(kernel.uffd)
     } else {
@@ -124,22 +170,50 @@ pub fn run() {
     let pagemap = sys::move_fd_high(kernel.pagemap).unwrap_or(kernel.pagemap);
     state::UFFD.store(uffd, Ordering::Relaxed);
     state::PAGEMAP.store(pagemap, Ordering::Relaxed);
-    state::APP_PID.store(pid, Ordering::Relaxed);
-    read_statics();
-    find_tid_offset();
-    find_rseq();
-    std::env::set_var(ENV_PROTECTED_PID, pid.to_string());
+}
 
-    let (staging_fd, staging) = match make_staging() {
-        Ok(v) => v,
-        Err(e) => fatal::refuse(
-            format!(
-                "cannot create the staging area ({} MiB shared memory): {e}",
-                STAGING_SIZE >> 20
-            )
-            .as_bytes(),
-        ),
-    };
+/// How to start a `remusd primary` for this process: at start-up (from the environment) or
+/// when the restored process is protected again (from the rejoin request, see `rejoin.rs`).
+pub(crate) struct Launch {
+    pub pid: i32,
+    pub standby: Option<String>,
+    pub allow: bool,
+    pub control: Option<String>,
+    pub key_file: Option<String>,
+    pub insecure: bool,
+    pub epoch_ms: Option<String>,
+    pub log_file: String,
+    /// Before `main` (start-up): stdio buffering may still be changed.
+    pub before_main: bool,
+}
+
+/// What `remusd primary` answered the shim's hello.
+pub(crate) enum Answer {
+    /// Protection is on.
+    Ready,
+    /// No standby, and the user allowed running without one: the text says why.
+    Unprotected(Vec<u8>),
+    /// It refused (standby unreachable, bad key, ...): the text says why. Nothing of the
+    /// shim's was switched on; the staging area and socket are still set up.
+    Refused(Vec<u8>),
+}
+
+/// The part of start-up that a restored process repeats to be protected again: a new staging
+/// area, a new `remusd primary` for this pid, hello, and its answer. The tracker's kernel
+/// objects must be in place ([`use_kernel`]). `before_hello` runs once remusd exists and
+/// before the hello (start-up installs the epoch handler there: the first signal must find it).
+pub(crate) fn connect(
+    l: &Launch,
+    kind: u8,
+    notice: Option<String>,
+    before_hello: impl FnOnce(signals::SigactionFn),
+) -> Result<Answer, String> {
+    let (staging_fd, staging) = make_staging().map_err(|e| {
+        format!(
+            "cannot create the staging area ({} MiB shared memory): {e}",
+            STAGING_SIZE >> 20
+        )
+    })?;
     state::STAGING.store(staging, Ordering::Relaxed);
     crate::netout::init(staging);
     crate::files::init(staging);
@@ -155,50 +229,33 @@ pub fn run() {
         )
     } != 0
     {
-        fatal::refuse(
-            format!(
-                "cannot create the controller socket: {}",
-                std::io::Error::last_os_error()
-            )
-            .as_bytes(),
-        );
+        return Err(format!(
+            "cannot create the controller socket: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     let ours = sys::move_fd_high(sv[0]).unwrap_or(sv[0]);
     let theirs = sys::move_fd_high(sv[1]).unwrap_or(sv[1]);
     state::SOCK.store(ours, Ordering::Relaxed);
 
-    let log_file = env("REMUS_LOG_FILE").unwrap_or_else(|| {
-        // SAFETY: getuid has no preconditions.
-        let dir = format!("/tmp/remus-{}", unsafe { libc::getuid() });
-        let _ = std::fs::create_dir_all(&dir);
-        format!("{dir}/primary-{pid}.log")
-    });
     // Output commit: pipes for the held output streams, handed to remusd now, put in place
     // of fds 1/2 once protection starts.
     let outputs = output::prepare();
-    if let Err(e) = spawn_controller(
-        pid,
-        standby.as_deref(),
-        allow,
-        &log_file,
-        theirs,
-        staging_fd,
-        &outputs,
-    ) {
-        fatal::refuse(e.as_bytes());
-    }
+    let spawned = spawn_controller(l, theirs, staging_fd, &outputs);
     sys::close(theirs);
     sys::close(staging_fd);
     output::forget_controller_ends(&outputs);
-
-    // SAFETY: registering a fork handler with no parent/prepare hooks.
-    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    if let Err(e) = spawned {
+        output::abandon(&outputs);
+        return Err(e);
+    }
 
     let real = hooks::real_sigaction();
-    signals::install(real);
+    before_hello(real);
     if kind == tracker::MPROTECT {
         if let Err(e) = tracker::mprotect::start(real) {
-            fatal::refuse(e.as_bytes());
+            output::abandon(&outputs);
+            return Err(e);
         }
     }
     tracker::set_kind(kind);
@@ -206,39 +263,35 @@ pub fn run() {
     if let Some(n) = notice {
         link::send_text(MsgKind::Log, 0, 0, n.as_bytes());
     }
-    let _ = link::send(&Msg::new(MsgKind::Hello, pid as u64, ABI_VERSION as u64));
-    match link::recv() {
+    let _ = link::send(&Msg::new(MsgKind::Hello, l.pid as u64, ABI_VERSION as u64));
+    let answer = match link::recv() {
         Ok(m) if m.kind == MsgKind::Ready as u32 => {
-            output::install(&outputs);
+            output::install(&outputs, l.before_main);
             signals::start_protection();
             signals::install_reporters(real);
+            return Ok(Answer::Ready);
         }
         Ok(m) if m.kind == MsgKind::RunUnprotected as u32 => {
-            output::abandon(&outputs);
-            signals::no_protection();
-            fatal::say(&[b"WARNING: running UNPROTECTED: ".as_slice(), m.text()].concat());
-            state::set_mode(state::MODE_UNPROTECTED);
+            Ok(Answer::Unprotected(m.text().to_vec()))
         }
-        Ok(m) if m.kind == MsgKind::Refuse as u32 => fatal::refuse(m.text()),
-        Ok(m) => fatal::refuse(
-            format!(
-                "remusd primary answered with an unexpected message (kind {})",
-                m.kind
-            )
-            .as_bytes(),
-        ),
-        Err(e) => fatal::refuse(
-            format!(
-                "remusd primary exited before answering ({}); see its log {log_file}",
-                if e == 0 {
-                    "end of file".to_string()
-                } else {
-                    std::io::Error::from_raw_os_error(e).to_string()
-                }
-            )
-            .as_bytes(),
-        ),
-    }
+        Ok(m) if m.kind == MsgKind::Refuse as u32 => Ok(Answer::Refused(m.text().to_vec())),
+        Ok(m) => Err(format!(
+            "remusd primary answered with an unexpected message (kind {})",
+            m.kind
+        )),
+        Err(e) => Err(format!(
+            "remusd primary exited before answering ({}); see its log {}",
+            if e == 0 {
+                "end of file".to_string()
+            } else {
+                std::io::Error::from_raw_os_error(e).to_string()
+            },
+            l.log_file
+        )),
+    };
+    output::abandon(&outputs);
+    signals::no_protection();
+    answer
 }
 
 extern "C" fn after_fork_in_child() {
@@ -255,7 +308,7 @@ extern "C" fn after_fork_in_child() {
 
 /// The staging memfd holds the staging area and, after it, the sockets' output log
 /// (`remus_abi::netlog`) and the file log (`remus_abi::filelog`), mapped as one region (capture skips it by its start address).
-const MAPPED_SIZE: usize = remus_abi::filelog::FILELOG_END;
+pub(crate) const MAPPED_SIZE: usize = remus_abi::filelog::FILELOG_END;
 
 fn make_staging() -> Result<(i32, *mut u8), std::io::Error> {
     // SAFETY: memfd_create with a static NUL-terminated name.
@@ -320,10 +373,7 @@ fn find_remusd() -> Result<std::path::PathBuf, String> {
 }
 
 fn spawn_controller(
-    pid: i32,
-    standby: Option<&str>,
-    allow: bool,
-    log_file: &str,
+    l: &Launch,
     sock: i32,
     staging: i32,
     outputs: &output::Plan,
@@ -333,27 +383,27 @@ fn spawn_controller(
         remusd.display().to_string(),
         "primary".into(),
         "--app-pid".into(),
-        pid.to_string(),
+        l.pid.to_string(),
     ];
-    if let Some(s) = standby {
-        args.extend(["--standby".into(), s.to_string()]);
+    if let Some(s) = &l.standby {
+        args.extend(["--standby".into(), s.clone()]);
     }
-    if let Some(ms) = env(ENV_EPOCH_MS) {
-        args.extend(["--epoch-ms".into(), ms]);
+    if let Some(ms) = &l.epoch_ms {
+        args.extend(["--epoch-ms".into(), ms.clone()]);
     }
-    if let Some(c) = env(ENV_CONTROL) {
-        args.extend(["--control".into(), c]);
+    if let Some(c) = &l.control {
+        args.extend(["--control".into(), c.clone()]);
     }
-    if allow {
+    if l.allow {
         args.push("--allow-unprotected".into());
     }
-    if let Some(k) = env(remus_abi::ENV_KEY_FILE) {
-        args.extend(["--key-file".into(), k]);
+    if let Some(k) = &l.key_file {
+        args.extend(["--key-file".into(), k.clone()]);
     }
-    if flag(remus_abi::ENV_INSECURE) {
+    if l.insecure {
         args.push("--insecure".into());
     }
-    args.extend(["--log-file".into(), log_file.to_string()]);
+    args.extend(["--log-file".into(), l.log_file.clone()]);
     let streams: Vec<output::Stream> = outputs.streams.iter().flatten().copied().collect();
     for st in &streams {
         args.extend(["--output".into(), st.name().into()]);
@@ -375,8 +425,8 @@ fn spawn_controller(
     envp.push(core::ptr::null());
     let path = argv[0].clone();
 
-    // SAFETY: fork before main, with one thread. The child only makes system calls, then
-    // execs or exits.
+    // SAFETY: fork with one thread (before main, or at a rejoin's safe point outside any
+    // signal handler and hook). The child only makes system calls, then execs or exits.
     let child = unsafe { libc::fork() };
     if child < 0 {
         return Err(format!(

@@ -21,6 +21,7 @@ mod netout;
 mod output;
 mod probe;
 mod procmap;
+mod rejoin;
 mod restored;
 mod signals;
 mod state;

@@ -100,6 +100,22 @@ pub fn init(staging: *mut u8) {
     }
 }
 
+/// Forgets every socket held for the previous `remusd primary` (a restored process being
+/// protected again: the new remusd has none of them; each is passed again at its next use).
+/// Called at the rejoin's safe point while passive (every hook passes through).
+pub fn reset() {
+    for s in SLOTS.iter() {
+        s.ino.store(0, Ordering::Relaxed);
+        s.conn.store(0, Ordering::Relaxed);
+        s.flags.store(0, Ordering::Relaxed);
+        s.epfd.store(-1, Ordering::Relaxed);
+        s.starved.store(false, Ordering::Relaxed);
+    }
+    LAST_TAG.store(0, Ordering::Relaxed);
+    IDLE_ASKED.store(0, Ordering::Relaxed);
+    ANY_STARVED.store(false, Ordering::Relaxed);
+}
+
 // ---------------------------------------------------------------------------------------
 // The log
 // ---------------------------------------------------------------------------------------
@@ -1067,6 +1083,7 @@ hook! {
 /// The app is about to wait (`blocking`: with a non-zero timeout). Re-arms starved
 /// descriptors of `epfd` once the log has room, and asks for the pending epoch now.
 fn before_wait(blocking: bool, epfd: i32) {
+    crate::rejoin::poll();
     if !blocking || state::mode() != state::MODE_PROTECTED {
         return;
     }

@@ -17,7 +17,8 @@
 //! on fd 1/2, and `fstat(1)` shows a pipe. Regular files and `/dev/null` are left alone
 //! (files are replicated state, not output).
 //!
-//! Start-up only (single-threaded, before `main`); nothing here runs in the signal handler.
+//! Start-up only (single-threaded, before `main`, or a restored process being protected again at
+//! a safe point, see `rejoin.rs`); nothing here runs in the signal handler.
 
 use remus_abi::MAX_OUTPUT_STREAMS;
 
@@ -170,8 +171,9 @@ extern "C" {
 }
 
 /// Protection starts: puts each pipe's write end in place of the app's descriptor(s), with the
-/// original's `O_NONBLOCK` and close-on-exec flag.
-pub fn install(plan: &Plan) {
+/// original's `O_NONBLOCK` and close-on-exec flag. `before_main`: stdio has not written yet, so
+/// stdout's buffering may still be changed (not so when a restored process is protected again).
+pub fn install(plan: &Plan, before_main: bool) {
     for s in plan.streams.iter().flatten() {
         for fd in 1..3 {
             if !s.app_fds[fd] {
@@ -195,7 +197,7 @@ pub fn install(plan: &Plan) {
                 libc::dup3(s.wr, fd, cloexec);
             }
         }
-        if s.tty && s.app_fds[1] {
+        if s.tty && s.app_fds[1] && before_main {
             // glibc line-buffers stdout on a tty: keep that, now that fd 1 is a pipe. Before
             // main, no stdio output has happened yet, so setvbuf is allowed.
             // SAFETY: stdout is glibc's FILE pointer, valid for the life of the process.

@@ -3,7 +3,8 @@
 //! alternate stack `rt_sigreturn` then restores from the signal frame in the restored stack).
 //!
 //! The process is new: its pid and thread id differ, it has no userfaultfd, no controller and
-//! no staging area. The shim fixes what glibc cached and runs passive (unprotected) from here.
+//! no staging area. The shim fixes what glibc cached and runs passive (unprotected) from here,
+//! until a new standby joins (`rejoin.rs`).
 
 use core::sync::atomic::Ordering;
 
@@ -13,6 +14,8 @@ const RSEQ_SIG: usize = 0x5305_3053;
 
 pub fn after_restore() {
     state::set_mode(state::MODE_PASSIVE);
+    // A rejoin request (see rejoin.rs) can protect it again.
+    crate::rejoin::RESTORED.store(true, Ordering::Relaxed);
     state::SOCK.store(-1, Ordering::Relaxed);
     state::UFFD.store(-1, Ordering::Relaxed);
     state::PAGEMAP.store(-1, Ordering::Relaxed);

@@ -331,6 +331,10 @@ extern "C" fn on_epoch(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_
                 restored::after_restore();
             }
         }
+    } else if state::mode() == state::MODE_PASSIVE {
+        // A restored process asked to be protected again: the work waits for a safe point
+        // outside this handler (rejoin::poll).
+        crate::rejoin::on_signal();
     }
     sys::set_errno(saved_errno);
 }

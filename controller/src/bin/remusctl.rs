@@ -23,11 +23,36 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// After a takeover: protect the restored program again with a new standby. Sent to the
+    /// standby daemon that runs it (state took_over); `status` there then shows
+    /// reprotecting -> reprotected, and where the new primary's control socket is.
+    Protect {
+        /// The new standby's HOST:PORT (a `remusd standby --listen` with the same key).
+        #[arg(long, value_name = "HOST:PORT")]
+        standby: String,
+        /// The daemon's control socket (default: the only one on this host).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Another key file than the daemon's own.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// No key (the new standby is on this host's loopback).
+        #[arg(long)]
+        insecure: bool,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
-    let Cmd::Status { control, json } = cli.cmd;
+    let (control, json) = match cli.cmd {
+        Cmd::Status { control, json } => (control, json),
+        Cmd::Protect {
+            standby,
+            control,
+            key_file,
+            insecure,
+        } => protect(control, &standby, key_file, insecure),
+    };
     let result = match &control {
         Some(p) => client::query_status(p).map(|s| (p.clone(), s)),
         None => client::discover(&control::default_dir()),
@@ -45,6 +70,33 @@ fn main() {
             } else {
                 print!("{}", status.human());
             }
+        }
+        Err(e) => {
+            eprintln!("remusctl: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn protect(
+    control: Option<PathBuf>,
+    standby: &str,
+    key_file: Option<PathBuf>,
+    insecure: bool,
+) -> ! {
+    let path = match control {
+        Some(p) => Ok(p),
+        None => client::discover(&control::default_dir()).map(|(p, _)| p),
+    };
+    let mut cmd = serde_json::json!({ "standby": standby, "insecure": insecure });
+    if let Some(k) = key_file {
+        let k = std::fs::canonicalize(&k).unwrap_or(k);
+        cmd["key_file"] = serde_json::Value::String(k.display().to_string());
+    }
+    match path.and_then(|p| client::command(&p, &format!("protect {cmd}"))) {
+        Ok(msg) => {
+            println!("{msg}");
+            std::process::exit(0);
         }
         Err(e) => {
             eprintln!("remusctl: {e}");

@@ -106,6 +106,10 @@ enum Role {
         /// fsync each replicated file's copy before acknowledging the epoch.
         #[arg(long)]
         file_fsync: bool,
+        /// After a takeover, protect the restored program again with the standby at
+        /// HOST:PORT right away (same as `remusctl protect --standby HOST:PORT` then).
+        #[arg(long, value_name = "HOST:PORT")]
+        reprotect_with: Option<String>,
     },
     /// Create a key file for the replication link (32 random bytes as hex, mode 0600); copy
     /// it to both hosts and pass it as --key-file to both daemons.
@@ -195,6 +199,7 @@ fn main() {
             insecure,
             file_root,
             file_fsync,
+            reprotect_with,
             ..
         } => {
             remus_controller::files::set_root(file_root, file_fsync);
@@ -223,6 +228,8 @@ fn main() {
                 bind_map,
                 on_takeover,
                 security,
+                key_file,
+                reprotect_with,
             })
         }
     };

@@ -21,6 +21,8 @@ pub enum QueryError {
     NoneRunning(PathBuf),
     #[error("refusing the control socket: {0}")]
     Unsafe(String),
+    #[error("{0}")]
+    Refused(String),
     #[error("several remus controllers are running on this host; pass --control with one of: {0}")]
     Several(String),
 }
@@ -39,6 +41,33 @@ pub fn query_status(path: &Path) -> Result<Status, QueryError> {
     c.read_to_string(&mut reply).map_err(io_err)?;
     serde_json::from_str(reply.trim())
         .map_err(|e| QueryError::BadReply(path.into(), format!("{e}: {:?}", truncate(&reply))))
+}
+
+/// Sends one command line (`protect {...}`) to the daemon at `path`; its answer's message.
+pub fn command(path: &Path, line: &str) -> Result<String, QueryError> {
+    let mut c = UnixStream::connect(path).map_err(|e| QueryError::Connect(path.into(), e))?;
+    let io_err = |e| QueryError::Io(path.into(), e);
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io_err)?;
+    c.set_write_timeout(Some(Duration::from_secs(3)))
+        .map_err(io_err)?;
+    c.write_all(format!("{}\n", line.trim()).as_bytes())
+        .map_err(io_err)?;
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).map_err(io_err)?;
+    let v: serde_json::Value = serde_json::from_str(reply.trim())
+        .map_err(|e| QueryError::BadReply(path.into(), format!("{e}: {:?}", truncate(&reply))))?;
+    match (
+        v.get("ok").and_then(|m| m.as_str()),
+        v.get("error").and_then(|m| m.as_str()),
+    ) {
+        (Some(m), _) => Ok(m.to_string()),
+        (_, Some(e)) => Err(QueryError::Refused(e.to_string())),
+        _ => Err(QueryError::BadReply(
+            path.into(),
+            truncate(&reply).to_string(),
+        )),
+    }
 }
 
 fn truncate(s: &str) -> &str {

@@ -5,6 +5,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -21,6 +22,10 @@ pub enum StartControlError {
     Bind(PathBuf, io::Error),
 }
 
+/// A command other than `status` (`protect {...}` on a standby that took over): gets the whole
+/// line, answers a message (`{"ok": ...}`) or an error (`{"error": ...}`).
+pub type CommandFn = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
 /// A listening control socket; the socket file is removed when this is dropped.
 pub struct ControlServer {
     path: PathBuf,
@@ -33,6 +38,16 @@ impl ControlServer {
         path: Option<PathBuf>,
         role: &str,
         status: SharedStatus,
+    ) -> Result<ControlServer, StartControlError> {
+        ControlServer::start_with_commands(path, role, status, None)
+    }
+
+    /// [`ControlServer::start`], also answering other commands with `commands`.
+    pub fn start_with_commands(
+        path: Option<PathBuf>,
+        role: &str,
+        status: SharedStatus,
+        commands: Option<CommandFn>,
     ) -> Result<ControlServer, StartControlError> {
         let path = match path {
             Some(p) => p,
@@ -56,7 +71,7 @@ impl ControlServer {
             .map_err(|e| StartControlError::Bind(path.clone(), e))?;
         std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || serve(listener, status))
+            .spawn(move || serve(listener, status, commands))
             .map_err(|e| StartControlError::Bind(path.clone(), e))?;
         tracing::info!(socket = %path.display(), "control socket ready");
         Ok(ControlServer { path })
@@ -73,11 +88,11 @@ impl Drop for ControlServer {
     }
 }
 
-fn serve(listener: UnixListener, status: SharedStatus) {
+fn serve(listener: UnixListener, status: SharedStatus, commands: Option<CommandFn>) {
     for conn in listener.incoming() {
         match conn {
             Ok(c) => {
-                if let Err(e) = answer(c, &status) {
+                if let Err(e) = answer(c, &status, commands.as_ref()) {
                     tracing::debug!("control client: {e}");
                 }
             }
@@ -89,13 +104,20 @@ fn serve(listener: UnixListener, status: SharedStatus) {
     }
 }
 
-fn answer(c: UnixStream, status: &SharedStatus) -> io::Result<()> {
+fn answer(c: UnixStream, status: &SharedStatus, commands: Option<&CommandFn>) -> io::Result<()> {
     c.set_read_timeout(Some(Duration::from_secs(2)))?;
     c.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
     BufReader::new(&c).take_line(&mut line)?;
     let reply = match line.trim() {
         "status" => serde_json::to_string(&status.snapshot()).map_err(io::Error::other)?,
+        other if !other.is_empty() && commands.is_some() => {
+            let run = commands.expect("checked");
+            match run(other) {
+                Ok(msg) => serde_json::json!({ "ok": msg }).to_string(),
+                Err(e) => serde_json::json!({ "error": e }).to_string(),
+            }
+        }
         other => {
             serde_json::json!({ "error": format!("unknown command {other:?}; known: status") })
                 .to_string()
@@ -112,8 +134,8 @@ trait TakeLine {
 }
 
 impl<R: BufRead> TakeLine for R {
-    /// One line of at most 256 bytes.
+    /// One line of at most 4 KiB.
     fn take_line(&mut self, buf: &mut String) -> io::Result<usize> {
-        io::Read::take(self, 256).read_line(buf)
+        io::Read::take(self, 4096).read_line(buf)
     }
 }

@@ -23,7 +23,8 @@ pub struct Status {
     /// "primary" | "standby"
     pub role: String,
     /// primary: "starting" | "protected" | "unprotected";
-    /// standby: "waiting" | "receiving" | "took_over" | "app_exited" | "primary_unprotected".
+    /// standby: "waiting" | "receiving" | "took_over" | "app_exited" | "primary_unprotected",
+    /// and after a takeover "reprotecting" | "reprotected" (see `standby::reprotect`).
     pub state: String,
     pub protected: bool,
     /// Why not protected (set whenever `protected` is false).
@@ -74,6 +75,10 @@ pub struct Status {
     /// committed), over the last pieces released.
     #[serde(default)]
     pub commit_latency_us: PauseUs,
+    /// standby after a takeover, once the restored program is protected again: the control
+    /// socket of its new `remusd primary` (whose status is the program's from then on).
+    #[serde(default)]
+    pub primary_control: Option<String>,
     /// primary: the compression and sending pipeline (delta pages, merged epochs).
     #[serde(flatten, default)]
     pub pipeline: PipelineStats,
@@ -140,6 +145,7 @@ impl Status {
             output_held_bytes: 0,
             output_released_bytes: 0,
             commit_latency_us: PauseUs::default(),
+            primary_control: None,
             pipeline: PipelineStats::default(),
         }
     }
@@ -167,6 +173,15 @@ impl Status {
             app.push_str(&format!("  {exe}"));
         }
         line("app", app);
+        if let Some(c) = &self.primary_control {
+            line(
+                "protected by",
+                format!(
+                    "standby {} (its primary: remusctl status --control {c})",
+                    opt(self.standby.clone())
+                ),
+            );
+        }
         if !self.unrestorable_fds.is_empty() {
             line("unrestorable", self.unrestorable_fds.join("; "));
         }

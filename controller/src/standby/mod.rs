@@ -5,6 +5,7 @@ pub mod detector;
 #[cfg(test)]
 mod fuzz;
 pub mod receiver;
+pub mod reprotect;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +42,11 @@ pub struct StandbyArgs {
     pub on_takeover: Option<String>,
     /// The key (or `--insecure`) the link is authenticated with.
     pub security: LinkSecurity,
+    /// `--key-file`, given to the restored program's new primary when it is protected again.
+    pub key_file: Option<PathBuf>,
+    /// `--reprotect-with ADDR`: right after a takeover, protect the restored program again
+    /// with the standby at ADDR (as `remusctl protect --standby ADDR` would).
+    pub reprotect_with: Option<String>,
 }
 
 /// How a session with one primary ended.
@@ -95,7 +101,17 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
     st.listen = Some(local.clone());
     st.reason = Some("no primary connected".into());
     let status = SharedStatus::new(st);
-    let _control = ControlServer::start(args.control.clone(), "standby", status.clone())?;
+    let rejoin: reprotect::Slot = Arc::new(Mutex::new(None));
+    let commands: crate::control::server::CommandFn = {
+        let (slot, status) = (rejoin.clone(), status.clone());
+        Arc::new(move |line: &str| reprotect::handle_command(line, &slot, &status))
+    };
+    let _control = ControlServer::start_with_commands(
+        args.control.clone(),
+        "standby",
+        status.clone(),
+        Some(commands),
+    )?;
     tracing::info!(listen = %local, state_dir = %args.state_dir.display(), "standby waiting for a primary");
 
     let busy = Arc::new(AtomicBool::new(false));
@@ -199,7 +215,7 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
                      cannot protect a new primary",
                     crate::primary::link::SUPERSEDED
                 );
-                return takeover(&rx.image, &peer, &why, &args, &status, &stop);
+                return takeover(&rx.image, &peer, &why, &args, &status, &stop, &rejoin);
             }
             SessionEnd::Protocol(why) => {
                 tracing::error!(%peer, "dropped the primary after a protocol error: {why}");
@@ -556,6 +572,7 @@ fn takeover(
     args: &StandbyArgs,
     status: &SharedStatus,
     stop: &AtomicBool,
+    rejoin: &reprotect::Slot,
 ) -> Result<i32> {
     let epoch = image.committed_epoch().unwrap_or(0);
     let opts = crate::restore::RestoreOptions {
@@ -618,6 +635,20 @@ fn takeover(
         &args.state_dir.join("takeover.json"),
         &serde_json::json!({ "epoch": epoch, "pid": pid, "time_ms": crate::sys::unix_ms(), "primary": peer, "reason": why }),
     )?;
+    let target = reprotect::Target {
+        pid,
+        state_dir: args.state_dir.clone(),
+        key_file: args.key_file.clone(),
+        insecure: matches!(args.security, LinkSecurity::Insecure),
+        epoch_ms: status.lock().status.epoch_ms,
+    };
+    *rejoin.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.clone());
+    if let Some(addr) = &args.reprotect_with {
+        match reprotect::start(&target, addr, status) {
+            Ok(msg) => tracing::info!("--reprotect-with: {msg}"),
+            Err(e) => tracing::error!("--reprotect-with {addr}: {e}"),
+        }
+    }
     let code = wait_restored(pid, stop)?;
     tracing::info!(pid, code, "the restored process exited");
     status.lock().status.exit_code = Some(code);
