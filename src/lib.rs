@@ -671,10 +671,15 @@ impl Standby {
 
     /// [`Standby::start`] with `--key-file key`, or `--insecure` when `key` is None.
     pub fn start_keyed(timeout_ms: u64, key: Option<&Path>) -> Standby {
+        Standby::start_with(timeout_ms, key, &[])
+    }
+
+    /// [`Standby::start_keyed`] with more `remusd standby` arguments (e.g. `--on-takeover`).
+    pub fn start_with(timeout_ms: u64, key: Option<&Path>, extra: &[&str]) -> Standby {
         let mut last_report = String::new();
         // Another test may take the port between free_port() and remusd's bind: retry then.
         for attempt in 1..=3 {
-            match Standby::try_start(timeout_ms, key) {
+            match Standby::try_start(timeout_ms, key, extra) {
                 Ok(sb) => return sb,
                 Err(report) => {
                     let in_use = report.contains("in use") || report.contains("AddrInUse");
@@ -689,7 +694,7 @@ impl Standby {
         panic!("the standby did not start:\n{last_report}");
     }
 
-    fn try_start(timeout_ms: u64, key: Option<&Path>) -> Result<Standby, String> {
+    fn try_start(timeout_ms: u64, key: Option<&Path>, extra: &[&str]) -> Result<Standby, String> {
         let dir = TempDir::new("sb");
         let p = dir.path().to_path_buf();
         let addr = format!("127.0.0.1:{}", free_port());
@@ -733,6 +738,7 @@ impl Standby {
             Some(k) => cmd.arg("--key-file").arg(k),
             None => cmd.arg("--insecure"),
         };
+        cmd.args(extra);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bins().remusd.display()));

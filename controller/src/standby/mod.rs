@@ -585,7 +585,7 @@ fn takeover(
     };
     let started = Instant::now();
     if let Some(cmd) = &args.on_takeover {
-        if let Err(e) = run_on_takeover(cmd, epoch, peer) {
+        if let Err(e) = run_on_takeover(cmd, epoch, peer, &args.state_dir) {
             tracing::error!(epoch, "TAKEOVER STOPPED: --on-takeover failed: {e}");
             let _ = write_json_atomic(
                 &args.state_dir.join("takeover.json"),
@@ -655,15 +655,17 @@ fn takeover(
     Ok(code)
 }
 
-/// Runs the operator's `--on-takeover` command with `sh -c`, with `REMUS_EPOCH` and
-/// `REMUS_PRIMARY` in its environment; its output goes to the standby's log.
-fn run_on_takeover(cmd: &str, epoch: u64, peer: &str) -> Result<()> {
+/// Runs the operator's `--on-takeover` command with `sh -c`, with `REMUS_EPOCH`,
+/// `REMUS_PRIMARY` and `REMUS_STATE_DIR` in its environment; its output goes to the
+/// standby's log.
+fn run_on_takeover(cmd: &str, epoch: u64, peer: &str, state_dir: &Path) -> Result<()> {
     tracing::info!(epoch, "running --on-takeover: {cmd}");
     let out = std::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
         .env("REMUS_EPOCH", epoch.to_string())
         .env("REMUS_PRIMARY", peer)
+        .env("REMUS_STATE_DIR", state_dir)
         .stdin(std::process::Stdio::null())
         .output()
         .with_context(|| format!("cannot run /bin/sh -c {cmd:?}"))?;
