@@ -679,7 +679,7 @@ impl Standby {
         let mut last_report = String::new();
         // Another test may take the port between free_port() and remusd's bind: retry then.
         for attempt in 1..=3 {
-            match Standby::try_start(timeout_ms, key, extra) {
+            match Standby::try_start(timeout_ms, key, extra, None) {
                 Ok(sb) => return sb,
                 Err(report) => {
                     let in_use = report.contains("in use") || report.contains("AddrInUse");
@@ -694,10 +694,39 @@ impl Standby {
         panic!("the standby did not start:\n{last_report}");
     }
 
-    fn try_start(timeout_ms: u64, key: Option<&Path>, extra: &[&str]) -> Result<Standby, String> {
+    /// A new standby (fresh state directory) listening on `addr`, e.g. the address of one
+    /// that was killed (a restarted standby): retries for a while when the address is still
+    /// (or again, by another test) in use.
+    pub fn start_on(addr: &str, timeout_ms: u64) -> Standby {
+        let mut last_report = String::new();
+        for attempt in 1..=20 {
+            match Standby::try_start(timeout_ms, Some(test_key_file()), &[], Some(addr)) {
+                Ok(sb) => return sb,
+                Err(report) => {
+                    let in_use = report.contains("in use") || report.contains("AddrInUse");
+                    last_report = report;
+                    if !in_use {
+                        break;
+                    }
+                    eprintln!("standby on {addr}, attempt {attempt}: address in use, retrying");
+                    thread::sleep(Duration::from_millis(250));
+                }
+            }
+        }
+        panic!("the standby did not start on {addr}:\n{last_report}");
+    }
+
+    fn try_start(
+        timeout_ms: u64,
+        key: Option<&Path>,
+        extra: &[&str],
+        addr: Option<&str>,
+    ) -> Result<Standby, String> {
         let dir = TempDir::new("sb");
         let p = dir.path().to_path_buf();
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = addr
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
         let state_dir = p.join("state");
         fs::create_dir_all(&state_dir).expect("mkdir state");
         let daemon_out = p.join("remusd.out");

@@ -373,3 +373,22 @@ pub const COMMITTED_UNPROTECTED: u64 = u64::MAX;
 
 const _: () = assert!(core::mem::size_of::<StagingHeader>() <= COMMITTED_OFF);
 const _: () = assert!(COMMITTED_OFF.is_multiple_of(8));
+
+/// Full resend (resynchronising a new standby connection; additive, like [`COMMITTED_OFF`]).
+///
+/// When the controller has a new connection to a standby that holds nothing of this app (a
+/// restarted standby, a link that came back), it asks the shim for a full image: it stores a
+/// new, non-zero request number in the `u64` at [`RESEND_REQ_OFF`] (release ordering) before
+/// it sends the next epoch signal. The epoch handler compares it with the last request it
+/// honoured, the `u64` at [`RESEND_DONE_OFF`]; when they differ it forgets every region and
+/// file it follows, so that this epoch ships every region as new (its populated pages, and a
+/// reset of its range) and every replicated file whole, then stores the epoch number at
+/// [`RESEND_EPOCH_OFF`] and the request number at [`RESEND_DONE_OFF`] (release ordering),
+/// before the epoch's first chunk is announced. The controller writes only the request word;
+/// the shim writes only the other two.
+pub const RESEND_REQ_OFF: usize = COMMITTED_OFF + 16;
+pub const RESEND_DONE_OFF: usize = COMMITTED_OFF + 24;
+pub const RESEND_EPOCH_OFF: usize = COMMITTED_OFF + 32;
+
+const _: () = assert!(RESEND_EPOCH_OFF + 8 <= HEADER_SIZE);
+const _: () = assert!(RESEND_REQ_OFF.is_multiple_of(8));

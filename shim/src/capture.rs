@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use remus_abi::{
     FdRecord, Msg, MsgKind, ResetRange, ResumeContext, StagingHeader, ABI_VERSION, ADDRS_OFF,
     CHUNK_PAGES, CWD_MAX, DATA_OFF, FDS_OFF, MAPS_OFF, MAX_FDS, MAX_MAPS_BYTES, MAX_RESETS,
-    PAGE_SIZE, RESETS_OFF, STAGING_MAGIC,
+    PAGE_SIZE, RESEND_DONE_OFF, RESEND_EPOCH_OFF, RESEND_REQ_OFF, RESETS_OFF, STAGING_MAGIC,
 };
 
 use crate::procmap::{self, Vma};
@@ -109,6 +109,15 @@ pub fn reset() {
     s.n_next = 0;
     s.n_vmas_prev = 0;
     s.maps_out_len = 0;
+}
+
+/// One of the controller's words in the staging header area (`remus_abi::COMMITTED_OFF` and
+/// after).
+fn header_word(base: *mut u8, off: usize) -> &'static AtomicU64 {
+    // SAFETY: `off` is one of remus_abi's 8-aligned header-area words (RESEND_*), inside the
+    // page-aligned staging mapping, which stays mapped while protected; both processes access
+    // these words atomically only.
+    unsafe { &*(base.add(off) as *const AtomicU64) }
 }
 
 static APP_SIGMASK: AtomicU64 = AtomicU64::new(0);
@@ -309,6 +318,21 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     let epoch = state::EPOCH.load(Ordering::Relaxed) + 1;
     // SAFETY: see ScratchCell.
     let s = unsafe { &mut *SCRATCH.0.get() };
+
+    // A full resend asked for by the controller (a new connection to a standby that holds
+    // nothing): forget every region and file followed, so that this epoch ships them all as
+    // new (populated pages and resets; files whole). Re-registering a region with the tracker
+    // is idempotent (uffd: the same context; mprotect: its table is rebuilt every epoch).
+    let resend = header_word(base, RESEND_REQ_OFF).load(Ordering::Acquire);
+    if resend != header_word(base, RESEND_DONE_OFF).load(Ordering::Relaxed) {
+        s.n_tracked = 0;
+        s.n_next = 0;
+        s.n_vmas_prev = 0;
+        s.maps_out_len = 0;
+        crate::files::forget_known();
+        header_word(base, RESEND_EPOCH_OFF).store(epoch, Ordering::Relaxed);
+        header_word(base, RESEND_DONE_OFF).store(resend, Ordering::Release);
+    }
 
     let maps_fd = sys::kept_open(&state::MAPS_FD, c"/proc/self/maps", 0)
         .map_err(|_| Abort::Unsupported(b"cannot open /proc/self/maps", 0))?;

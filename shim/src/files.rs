@@ -508,6 +508,17 @@ pub fn reset() {
     }
 }
 
+/// Forgets every followed file (a full resend for a new standby connection: each file open
+/// for writing is shipped whole at its next sight). From the epoch handler: no allocation, no
+/// lock; the hooks' recorded ranges are kept (they are shipped as usual).
+pub fn forget_known() {
+    // SAFETY: see KnownCell: the epoch handler is the only user.
+    let known = unsafe { &mut *KNOWN.0.get() };
+    for k in known.iter_mut() {
+        k.used = false;
+    }
+}
+
 /// The file section could not be written; [`message`] says why and names the file.
 pub struct Fail;
 

@@ -76,6 +76,30 @@ struct Primary {
     net: Option<netout::NetOut>,
     /// The shim asked for this epoch now (output waits for it and the app went idle).
     want_epoch: u64,
+    /// The standby was lost; reconnecting or sending the full image.
+    resync: Option<Resync>,
+}
+
+/// How often a lost standby is asked again (resynchronisation).
+const RESYNC_RETRY: Duration = Duration::from_millis(500);
+/// How long one reconnection attempt may take (the epoch loop waits for it).
+const RESYNC_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The standby was lost (and had not taken over): the app runs unprotected while remusd
+/// reconnects; a new connection gets a full image, then epochs.
+struct Resync {
+    addr: String,
+    /// Why the standby was lost.
+    why: String,
+    next_try: Instant,
+    attempts: u64,
+    /// The full-resend request (`remus_abi::RESEND_REQ_OFF`) the next epoch must honour, once
+    /// a new connection is up.
+    request: Option<u64>,
+    /// The reconnection attempt under way (in a thread of its own).
+    attempt: Option<crossbeam::channel::Receiver<Result<Link, String>>>,
+    /// The epoch carrying the full image: protection resumes when the standby commits it.
+    full_epoch: Option<u64>,
 }
 
 /// How the primary ends.
@@ -178,6 +202,7 @@ pub fn run_full(
         release_at_end: false,
         net,
         want_epoch: 0,
+        resync: None,
     };
     let End::Exit(code) = p.main(&stop)?;
     let net = p.net.take();
@@ -246,6 +271,7 @@ impl Primary {
                 return Ok(self.app_vanished("the app died without saying goodbye (killed?)"));
             }
             self.check_link();
+            self.step_resync();
             if let Some(e) = &mut self.in_epoch {
                 if !e.warned && e.signalled_at.elapsed() > Duration::from_secs(10) {
                     e.warned = true;
@@ -425,6 +451,39 @@ impl Primary {
         )
     }
 
+    /// Connects to the standby at `addr` with the ack callback that commits output.
+    fn open_link(
+        &self,
+        addr: &str,
+        sec: &crate::wire::auth::LinkSecurity,
+        timeout: Duration,
+    ) -> Result<Link, link::ConnectError> {
+        self.link_opener(addr, sec, timeout)()
+    }
+
+    /// [`Self::open_link`], to be run later (in another thread).
+    fn link_opener(
+        &self,
+        addr: &str,
+        sec: &crate::wire::auth::LinkSecurity,
+        timeout: Duration,
+    ) -> impl FnOnce() -> Result<Link, link::ConnectError> + Send + 'static {
+        let hb = Duration::from_millis(self.args.heartbeat_ms.max(1));
+        let st = self.staging.clone();
+        let out = self.output.committer();
+        let net = self.net.as_ref().map(|n| n.committer());
+        let on_ack: link::OnAck = Arc::new(move |epoch| {
+            st.publish_committed(epoch);
+            out.commit(epoch);
+            if let Some(n) = &net {
+                n.commit(epoch);
+            }
+        });
+        let (addr, sec, hello) = (addr.to_string(), sec.clone(), self.hello());
+        let (status, pipeline) = (self.status.clone(), self.args.pipeline);
+        move || Link::connect(&addr, &sec, hello, hb, timeout, status, on_ack, pipeline)
+    }
+
     fn connect(&mut self) -> Result<Option<End>> {
         let why = match self.args.standby.clone() {
             None => "no standby is configured (set REMUS_STANDBY=HOST:PORT or pass --standby)"
@@ -439,27 +498,7 @@ impl Primary {
                         return Ok(Some(End::Exit(1)));
                     }
                 };
-                let hb = Duration::from_millis(self.args.heartbeat_ms.max(1));
-                let st = self.staging.clone();
-                let out = self.output.committer();
-                let net = self.net.as_ref().map(|n| n.committer());
-                let on_ack: link::OnAck = Arc::new(move |epoch| {
-                    st.publish_committed(epoch);
-                    out.commit(epoch);
-                    if let Some(n) = &net {
-                        n.commit(epoch);
-                    }
-                });
-                match Link::connect(
-                    &addr,
-                    &sec,
-                    self.hello(),
-                    hb,
-                    Duration::from_secs(3),
-                    self.status.clone(),
-                    on_ack,
-                    self.args.pipeline,
-                ) {
+                match self.open_link(&addr, &sec, Duration::from_secs(3)) {
                     Ok(link) => {
                         tracing::info!(standby = %addr, "connected to the standby; protection starts");
                         self.link = Some(link);
@@ -523,6 +562,7 @@ impl Primary {
             tracing::warn!("protection stops: {reason}");
         }
         self.given_up = true;
+        self.resync = None;
         if let Some(link) = self.link.take() {
             if goodbye {
                 link.goodbye(
@@ -562,9 +602,218 @@ impl Primary {
                 return;
             }
             let reason = format!("standby {addr} lost: {why}");
-            tracing::error!("{reason}; the app keeps running unprotected");
-            self.unprotect(reason, false);
+            tracing::error!(
+                "{reason}; the app keeps running unprotected while remusd reconnects (every {} ms) to resynchronise",
+                RESYNC_RETRY.as_millis()
+            );
+            self.lose_standby(addr, why);
         }
+    }
+
+    /// The standby is lost and has not taken over (the fencing check said so, or it is
+    /// unreachable): nothing is held for it any more, as when protection stops; but remusd
+    /// keeps asking it (or its successor at the same address) again, to resynchronise.
+    fn lose_standby(&mut self, addr: String, why: String) {
+        self.staging
+            .publish_committed(remus_abi::COMMITTED_UNPROTECTED);
+        self.output.release_all();
+        if let Some(n) = &self.net {
+            n.release_all();
+        }
+        let reason = format!(
+            "standby {addr} lost: {why}; running unprotected, reconnecting every {} ms to \
+             resynchronise",
+            RESYNC_RETRY.as_millis()
+        );
+        {
+            let mut b = self.status.lock();
+            b.status.state = "resyncing".into();
+            b.status.link = "down".into();
+            b.unprotect(reason);
+        }
+        self.resync = Some(Resync {
+            addr,
+            why,
+            next_try: Instant::now() + RESYNC_RETRY,
+            attempts: 0,
+            request: None,
+            full_epoch: None,
+            attempt: None,
+        });
+    }
+
+    /// Resynchronisation: reconnects when due (never while an epoch is in flight: its chunks
+    /// would reach the new standby without the full image), then watches for the commit of
+    /// the full image.
+    fn step_resync(&mut self) {
+        if self.given_up {
+            self.resync = None;
+            return;
+        }
+        let Some(r) = &mut self.resync else { return };
+        if self.link.is_some() {
+            // Connected: protection resumes once the standby commits the full image.
+            if let Some(full) = r.full_epoch {
+                let committed = self.staging.committed();
+                if committed != remus_abi::COMMITTED_UNPROTECTED && committed >= full {
+                    tracing::info!(
+                        standby = %r.addr,
+                        epoch = full,
+                        "the standby committed the full image; protection resumes"
+                    );
+                    self.resync = None;
+                    let mut b = self.status.lock();
+                    b.status.state = "protected".into();
+                    b.status.protected = true;
+                    b.status.reason = None;
+                }
+            }
+            return;
+        }
+        // An attempt runs in a thread of its own: the epoch loop goes on pumping output (a
+        // standby host that drops packets makes each attempt last the whole timeout).
+        if let Some(rx) = &r.attempt {
+            let result = match rx.try_recv() {
+                Ok(res) => res,
+                Err(crossbeam::channel::TryRecvError::Empty) => return,
+                Err(crossbeam::channel::TryRecvError::Disconnected) => {
+                    Err("the reconnection attempt ended without an answer".into())
+                }
+            };
+            r.attempt = None;
+            let (addr, attempts) = (r.addr.clone(), r.attempts);
+            self.resync_attempted(addr, attempts, result);
+            return;
+        }
+        if Instant::now() < r.next_try || self.in_epoch.is_some() {
+            return;
+        }
+        r.attempts += 1;
+        let (addr, attempts) = (r.addr.clone(), r.attempts);
+        let open = match self.security(&addr) {
+            Ok(sec) => self.link_opener(&addr, &sec, RESYNC_CONNECT_TIMEOUT),
+            Err(e) => return self.resync_attempted(addr, attempts, Err(e)),
+        };
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        let spawned = std::thread::Builder::new()
+            .name("link-reconnect".into())
+            .spawn(move || {
+                let result = open().map_err(|e| match e.superseded() {
+                    // Fencing: the standby took over meanwhile.
+                    Some(text) => format!("{}{text}", link::SUPERSEDED),
+                    None => e.to_string(),
+                });
+                // Dropped unanswered (the primary gave up meanwhile): the connection closes
+                // before any epoch went over it, so the standby has nothing to take over.
+                let _ = tx.send(result);
+            });
+        match spawned {
+            Ok(_) => {
+                if let Some(r) = &mut self.resync {
+                    r.attempt = Some(rx);
+                }
+            }
+            Err(e) => self.resync_attempted(
+                addr,
+                attempts,
+                Err(format!("cannot start a reconnection thread: {e}")),
+            ),
+        }
+    }
+
+    /// The outcome of reconnection attempt number `attempts` to `addr`.
+    fn resync_attempted(&mut self, addr: String, attempts: u64, result: Result<Link, String>) {
+        if self.given_up || self.resync.is_none() {
+            if let Ok(link) = result {
+                link.close();
+            }
+            return;
+        }
+        match result {
+            Err(e) if e.starts_with(link::SUPERSEDED) => {
+                let why = self.resync.take().map(|r| r.why).unwrap_or_default();
+                let text = e[link::SUPERSEDED.len()..].to_string();
+                self.superseded(&addr, &why, &text);
+            }
+            Err(e) => {
+                let Some(r) = &mut self.resync else { return };
+                r.next_try = Instant::now() + RESYNC_RETRY;
+                if attempts == 1 || attempts.is_multiple_of(20) {
+                    tracing::info!(standby = %addr, attempts, "reconnecting to resynchronise: {e}");
+                } else {
+                    tracing::debug!(standby = %addr, attempts, "reconnecting to resynchronise: {e}");
+                }
+                let reason = format!(
+                    "standby {addr} lost: {}; running unprotected, reconnecting every {} ms to \
+                     resynchronise (attempt {attempts}: {e})",
+                    r.why,
+                    RESYNC_RETRY.as_millis()
+                );
+                let mut b = self.status.lock();
+                b.status.reason = Some(reason);
+            }
+            Ok(link) => self.resume(link),
+        }
+    }
+
+    /// A new connection after the standby was lost: hold output again, ask the shim for a
+    /// full image at the next epoch (taken at once), and send epochs from there. The new
+    /// link's sending pipeline starts with an empty delta shadow (it belongs to the
+    /// connection), and the standby's session starts from an empty image.
+    fn resume(&mut self, link: Link) {
+        let Some(r) = &mut self.resync else { return };
+        let last = self.last_epoch.unwrap_or(0);
+        // Before any epoch can be acked on the new link: output from now on waits for the
+        // full image's commit.
+        self.staging.hold_again(last);
+        self.output.hold_again(last);
+        if let Some(n) = &self.net {
+            n.hold_again(last);
+        }
+        let req = self.staging.request_resend();
+        r.request = Some(req);
+        r.full_epoch = None;
+        tracing::info!(
+            standby = %link.addr,
+            attempts = r.attempts,
+            last_epoch = last,
+            "reconnected to the standby; sending a full image, then epochs"
+        );
+        let reason = format!(
+            "standby {} reconnected after it was lost ({}); sending a full image (output is \
+             held again from now on); protected once it commits",
+            link.addr, r.why
+        );
+        self.link = Some(link);
+        self.want_epoch = self.want_epoch.max(last + 1);
+        self.next_tick = Instant::now();
+        let mut b = self.status.lock();
+        b.status.state = "resyncing".into();
+        b.status.link = "up".into();
+        b.status.reason = Some(reason);
+    }
+
+    /// The first chunk of an epoch on a resynchronising link: it must carry the full image
+    /// asked for. `Err(reason)` when the shim did not honour the request.
+    fn check_full_resend(&mut self, epoch: u64) -> Result<(), String> {
+        let Some(r) = &mut self.resync else {
+            return Ok(());
+        };
+        let Some(req) = r.request else { return Ok(()) };
+        let (done, full) = self.staging.resend_done();
+        if done != req || full != epoch {
+            return Err(format!(
+                "the shim did not ship a full image for the reconnected standby (request {req}, \
+                 honoured {done} in epoch {full}, epoch {epoch} arrived)"
+            ));
+        }
+        r.request = None;
+        r.full_epoch = Some(epoch);
+        tracing::info!(
+            epoch,
+            "the full image for the reconnected standby is on its way"
+        );
+        Ok(())
     }
 
     /// After the link broke: asks the standby again. `Some(answer)` when it says this primary
@@ -702,7 +951,8 @@ impl Primary {
     }
 
     fn on_chunk(&mut self, epoch: u64, chunk: u64) -> Result<()> {
-        let bytes = self.staging.bytes();
+        let staging = self.staging.clone();
+        let bytes = staging.bytes();
         let hdr = staging::read_header(bytes, (epoch, chunk));
         let last = hdr.as_ref().map(|h| h.last != 0).unwrap_or(false);
         let drain = |shim: &ShimLink| -> Result<()> {
@@ -716,6 +966,8 @@ impl Primary {
             drain(&self.shim)?;
             if last {
                 self.in_epoch = None;
+                // Dropped (the standby was lost mid-epoch): the next epoch follows this one.
+                self.last_epoch = Some(epoch);
             }
             return Ok(());
         }
@@ -756,6 +1008,14 @@ impl Primary {
                 true,
             );
             return Ok(());
+        }
+        if chunk == 0 {
+            if let Err(reason) = self.check_full_resend(epoch) {
+                drain(&self.shim)?;
+                self.in_epoch = None;
+                self.unprotect(reason, true);
+                return Ok(());
+            }
         }
         let pages = staging::read_pages(bytes, &h);
         let meta = if last {
@@ -837,6 +1097,14 @@ impl Primary {
                 b.status.unrestorable_fds = unrestorable;
             }
             tracing::debug!(epoch, pages = n, pause_us = pause / 1000, "epoch taken");
+            if self.resync.as_ref().and_then(|r| r.full_epoch) == Some(epoch) {
+                tracing::info!(
+                    epoch,
+                    pages = n,
+                    pause_us = pause / 1000,
+                    "full image for the reconnected standby taken"
+                );
+            }
         }
         if !ok {
             self.check_link();

@@ -207,6 +207,13 @@ impl NetOut {
         self.committer().commit(ALL);
     }
 
+    /// Protection resumes (a new standby connection): hold again what the shim tags after
+    /// `epoch` (the last epoch taken).
+    pub fn hold_again(&self, epoch: u64) {
+        self.shared.committed.store(epoch, Ordering::Release);
+        self.shared.poke();
+    }
+
     /// The shim passed the duplicate of the app's socket `app_fd` as connection `conn`.
     pub fn register(&self, conn: u32, fd: OwnedFd, app_fd: i32) {
         tracing::debug!(conn, app_fd, "socket output held");

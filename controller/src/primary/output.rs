@@ -167,6 +167,15 @@ impl Output {
         Committer(self.shared.clone()).commit(ALL);
     }
 
+    /// Protection resumes (a new standby connection): hold again what is tagged after
+    /// `epoch` (the last epoch taken; what was read meanwhile is tagged later and waits for
+    /// the new standby's first commit).
+    pub fn hold_again(&self, epoch: u64) {
+        let mut g = self.shared.lock();
+        g.committed = epoch;
+        self.shared.cv.notify_all();
+    }
+
     /// The read ends to poll (none while the held bytes are at the limit: backpressure).
     pub fn poll_fds(&mut self) -> Vec<RawFd> {
         self.close_broken();

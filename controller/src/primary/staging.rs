@@ -124,6 +124,43 @@ impl Staging {
     pub fn committed(&self) -> u64 {
         self.committed_words().0.load(Ordering::Acquire)
     }
+
+    /// Protection resumes after it had stopped (a new standby connection): the committed word
+    /// goes back from `COMMITTED_UNPROTECTED` to `epoch` (the last epoch taken, which the new
+    /// standby does not have), so that the shim holds new socket output again until its epoch
+    /// commits. The only place the word goes down.
+    pub fn hold_again(&self, epoch: u64) {
+        let (word, futex) = self.committed_words();
+        word.store(epoch, Ordering::Release);
+        futex.fetch_add(1, Ordering::Release);
+        crate::sys::futex_wake_all(futex);
+    }
+
+    fn header_word(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: `off` is one of remus_abi's RESEND_* words: 8-aligned, inside the header
+        // area of the mapping (const asserts of remus_abi), accessed atomically by both sides.
+        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
+    }
+
+    /// Asks the shim to ship everything as new at its next epoch (`remus_abi::RESEND_REQ_OFF`).
+    /// Returns the request number.
+    pub fn request_resend(&self) -> u64 {
+        let w = self.header_word(remus_abi::RESEND_REQ_OFF);
+        let req = w.load(Ordering::Relaxed) + 1;
+        w.store(req, Ordering::Release);
+        req
+    }
+
+    /// The last full-resend request the shim honoured and the epoch that carried it.
+    pub fn resend_done(&self) -> (u64, u64) {
+        let done = self
+            .header_word(remus_abi::RESEND_DONE_OFF)
+            .load(Ordering::Acquire);
+        let epoch = self
+            .header_word(remus_abi::RESEND_EPOCH_OFF)
+            .load(Ordering::Relaxed);
+        (done, epoch)
+    }
 }
 
 /// Reads a plain-data `T` at `off` in `b`.

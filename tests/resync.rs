@@ -1,0 +1,182 @@
+//! A standby that restarts resynchronises from a full image (issue 5, "fencing and roles"):
+//! memcheck protected by standby A; A is SIGKILLed mid-run; the primary keeps the program
+//! running (unprotected, `state: resyncing`, with the reason) and keeps reconnecting; a new
+//! standby B is started on A's address (a restarted standby: empty state); the primary
+//! reconnects, ships a full image, then epochs, and is protected again (output held again).
+//! Then the primary side is killed: B takes over and the program continues from a state at
+//! least as new as what B had committed, its own checks of all its memory passing, and no
+//! output the primary released is repeated (output commit resumed with protection).
+
+use std::time::Duration;
+
+use remus::{
+    check_restored_output, committed_epoch, iters, n, progs, s, wait_for, Protected, ProtectedOpts,
+    Standby,
+};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(180);
+/// Iterations the program must run on B after the takeover.
+const RUN_AFTER: u64 = 50;
+
+#[test]
+fn restarted_standby_resynchronises_then_takes_over() {
+    scenario(&[]);
+}
+
+/// The mprotect tracker re-registers every region at the full resend too.
+#[test]
+fn restarted_standby_resynchronises_mprotect_tracker() {
+    scenario(&[("REMUS_TRACKER", "mprotect")]);
+}
+
+fn primary_log(app: &Protected) -> String {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    std::fs::read_to_string(format!("/tmp/remus-{uid}/primary-{}.log", app.pid()))
+        .unwrap_or_default()
+}
+
+fn scenario(env: &[(&str, &str)]) {
+    let mut a = Standby::start(500);
+    let addr = a.addr.clone();
+    let stop = a.dir().join("stop");
+    let stop_s = stop.to_str().expect("utf-8").to_string();
+    let mut app = Protected::start(
+        &progs().memcheck,
+        &["0", "--stop-file", &stop_s],
+        &ProtectedOpts {
+            standby: Some(addr.clone()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        },
+    );
+    let v = app.wait_committed(5, LONG);
+    assert_eq!(v.get("protected"), Some(&Value::Bool(true)), "{v}");
+    let c1 = committed_epoch(&v).unwrap_or(0);
+
+    // The standby dies: the primary goes on unprotected and says it is resynchronising.
+    a.kill();
+    let v = app.wait_status("state resyncing, protected:false", LONG, |v| {
+        s(v, "state") == "resyncing" && v.get("protected") == Some(&Value::Bool(false))
+    });
+    let reason = s(&v, "reason").to_string();
+    assert!(
+        reason.contains(&addr) && reason.contains("resynchronise"),
+        "the reason should name the lost standby and the resynchronisation: {v}"
+    );
+    // The program keeps running (its output is not held for a standby that is gone).
+    let seen = app.max_iter();
+    app.wait_iter(seen + 20, LONG);
+    // Still resyncing, and it keeps trying (the reason counts attempts).
+    let v = app.wait_status("reconnection attempts", LONG, |v| {
+        s(v, "state") == "resyncing" && s(v, "reason").contains("attempt")
+    });
+    assert_eq!(v.get("protected"), Some(&Value::Bool(false)), "{v}");
+
+    // A restarted standby: a new process, empty state, same address.
+    let b = Standby::start_on(&addr, 500);
+    let both = || format!("{}{}", app.report(), b.report());
+    let v = wait_for(
+        "the primary to be protected again with new committed epochs",
+        LONG,
+        &both,
+        || {
+            let v = app.status().ok()?;
+            (v.get("protected") == Some(&Value::Bool(true))
+                && s(&v, "state") == "protected"
+                && committed_epoch(&v).is_some_and(|c| c > c1 + 3))
+            .then_some(v)
+        },
+    );
+    assert_eq!(s(&v, "link"), "up", "{v}");
+    let bv = b.wait_status("B committed epochs", LONG, |v| {
+        s(v, "state") == "receiving" && committed_epoch(v).is_some_and(|c| c > c1)
+    });
+    assert_eq!(bv.get("protected"), Some(&Value::Bool(true)), "{bv}");
+    let log = std::fs::read_to_string(&b.log).unwrap_or_default();
+    assert!(
+        !log.contains("TAKING OVER"),
+        "B must not take over while the primary lives:\n{log}"
+    );
+    // The shim honoured the full-resend request, and B committed that epoch.
+    let plog = primary_log(&app);
+    assert!(
+        plog.contains("the full image for the reconnected standby is on its way")
+            && plog.contains("protection resumes"),
+        "the primary's log does not show the full image:\n{}",
+        both()
+    );
+
+    // Ordering, as in failover_scenario: lines read now were printed before epoch
+    // `taken + 1` started, so B holds them once `taken + 2` is committed.
+    let known = app.max_iter();
+    let taken = app
+        .status()
+        .ok()
+        .and_then(|v| v.get("epoch").and_then(Value::as_u64))
+        .unwrap_or_else(|| panic!("the primary's status has no epoch\n{}", both()));
+    wait_for(
+        &format!("committed_epoch >= {}", taken + 2),
+        LONG,
+        &both,
+        || {
+            let v = app.status().ok()?;
+            assert_eq!(
+                v.get("protected"),
+                Some(&Value::Bool(true)),
+                "protection stopped again: {v}\n{}",
+                both()
+            );
+            committed_epoch(&v)
+                .is_some_and(|c| c >= taken + 2)
+                .then_some(())
+        },
+    );
+
+    // The primary's host dies.
+    app.kill_primary_side();
+    app.wait_eof(Duration::from_secs(30));
+    let out = app.stdout_lines();
+    assert!(
+        !out.iter().any(|l| l.contains("MISMATCH")),
+        "the program failed its own check before failover\n{}",
+        app.report()
+    );
+    let released = iters(&out).into_iter().max().unwrap_or(0);
+
+    let sv = b.wait_status("B took over", LONG, |v| {
+        s(v, "state") == "took_over" && n(v, "restored_pid").is_some()
+    });
+    let restored = n(&sv, "restored_pid").unwrap_or(0) as i32;
+    assert!(restored > 0, "{sv}");
+    wait_for(
+        &format!("the program to run {RUN_AFTER} iterations on B"),
+        LONG,
+        &|| b.report(),
+        || {
+            let it = iters(&b.app_stdout_text().lines().collect::<Vec<_>>());
+            (it.len() as u64 >= RUN_AFTER).then_some(())
+        },
+    );
+    std::fs::write(&stop, b"stop\n").expect("write the stop file");
+    let mut b = b;
+    let st = b.wait_exit("the program to stop on B", LONG);
+    assert_eq!(st.code(), Some(0), "{}", b.report());
+    let (first, last) = check_restored_output(&b.app_stdout_text(), known, None)
+        .unwrap_or_else(|e| panic!("{e}\n{}", b.report()));
+    // Output commit resumed with protection: nothing the primary let out is done again.
+    assert!(
+        first > released,
+        "the primary released iteration {released} but B resumed at {first}: output from a \
+         lost state escaped after the resynchronisation\n{}",
+        b.report()
+    );
+    eprintln!(
+        "resync: committed {c1} before the standby died; on B: iterations {first}..={last} \
+         (known: {known}, released: {released})"
+    );
+}
