@@ -22,7 +22,8 @@ pub struct PauseUs {
 pub struct Status {
     /// "primary" | "standby"
     pub role: String,
-    /// primary: "starting" | "protected" | "unprotected";
+    /// primary: "starting" | "protected" | "resyncing" (standby lost, reconnecting or sending
+    /// a full image) | "unprotected" | "superseded";
     /// standby: "waiting" | "receiving" | "took_over" | "app_exited" | "primary_unprotected",
     /// and after a takeover "reprotecting" | "reprotected" (see `standby::reprotect`).
     pub state: String,
