@@ -102,6 +102,10 @@ struct Resync {
     full_epoch: Option<u64>,
 }
 
+/// How long a lost standby that answers "busy" is asked again before the primary releases
+/// what it holds (fencing: it may be about to take over at the end of the lost session).
+const BUSY_PROBE_WAIT: Duration = Duration::from_secs(5);
+
 /// How the primary ends.
 enum End {
     Exit(i32),
@@ -819,20 +823,41 @@ impl Primary {
     /// After the link broke: asks the standby again. `Some(answer)` when it says this primary
     /// was superseded (it took over the app); None when it is unreachable or still waiting
     /// (then told that this primary goes on unprotected, so that it discards its image).
+    ///
+    /// A standby that refuses for another reason ("already protecting another primary") may
+    /// still be ending the session this primary just lost, and take over at its end: it is
+    /// asked again (holding everything) for up to [`BUSY_PROBE_WAIT`] until it answers
+    /// either way.
     fn probe_superseded(&mut self, addr: &str) -> Option<String> {
         let sec = self.security(addr).ok()?;
         let hb = Duration::from_millis(self.args.heartbeat_ms.max(1));
-        let noop: link::OnAck = Arc::new(|_| {});
-        match Link::connect(
-            addr,
-            &sec,
-            self.hello(),
-            hb,
-            Duration::from_secs(2),
-            self.status.clone(),
-            noop,
-            self.args.pipeline,
-        ) {
+        let busy_until = Instant::now() + BUSY_PROBE_WAIT;
+        let result = loop {
+            let noop: link::OnAck = Arc::new(|_| {});
+            let r = Link::connect(
+                addr,
+                &sec,
+                self.hello(),
+                hb,
+                Duration::from_secs(2),
+                self.status.clone(),
+                noop,
+                self.args.pipeline,
+            );
+            match &r {
+                Err(e @ link::ConnectError::Refused(..))
+                    if e.superseded().is_none() && Instant::now() < busy_until =>
+                {
+                    tracing::info!(
+                        "asked the standby again after the link broke: {e}; asking again before \
+                         releasing anything"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                _ => break r,
+            }
+        };
+        match result {
             Err(e) => {
                 if let Some(text) = e.superseded() {
                     return Some(text.to_string());
