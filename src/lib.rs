@@ -1481,6 +1481,10 @@ pub fn failover_scenario_env(
         )
     };
     wait_committed(after_epochs);
+    // Committed output is written out by remusd's release thread after the ack: on a loaded
+    // machine the start line can still be on its way. Kill only once the reader has it, so
+    // the check below (the released output begins with it) is about order, not timing.
+    app.wait_line("the start line released", long, |l| l.starts_with("start "));
     // Ordering, not time: lines read now were printed before epoch `taken + 1` started.
     let known_committed = app.max_iter();
     let v = app
