@@ -849,15 +849,11 @@ fn frames_corrupted_duplicated_reordered() {
     }
 }
 
-/// A frame truncated and the connection closed mid-frame. VIOLATION FOUND (see the README's
-/// fault-injection section): the primary sees the close first and asks the standby, which
-/// has not yet read the end of the broken session and answers "already protecting another
-/// primary"; the primary takes that as "not taken over", goes unprotected and releases the
-/// output it held; a moment later the standby takes over from its last committed epoch, and
-/// the primary is fenced only at its next reconnection (~500 ms later). Meanwhile the client
-/// saw iterations the restored program does again, and both copies ran.
+/// A frame truncated and the connection closed mid-frame. The primary sees the close first
+/// and asks the standby, which has not yet read the end of the broken session: "busy" must
+/// not be taken as "not taken over" (before eefb590 the primary then went unprotected and
+/// released its held output beside the restored program: 8 violations in 8 runs).
 #[test]
-#[ignore = "known split-brain violation: run with --ignored (see the README, fault injection)"]
 fn frame_truncated_and_connection_closed() {
     let mut rng = Rng::new(seed() ^ 6);
     let o = fault_mangle(&mut rng, Mangle::Truncate);
