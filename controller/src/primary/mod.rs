@@ -100,6 +100,43 @@ struct Resync {
     attempt: Option<crossbeam::channel::Receiver<Result<Link, String>>>,
     /// The epoch carrying the full image: protection resumes when the standby commits it.
     full_epoch: Option<u64>,
+    /// The standby could not be asked whether it took over (unreachable): everything held is
+    /// still held, and stays so until a reconnection proves it did not (then the full image's
+    /// commit releases it) or shows it did (superseded: released never).
+    held: bool,
+}
+
+/// What asking a lost standby "did you take over?" found.
+enum Probe {
+    /// It took over this primary's app: stop, release nothing.
+    Superseded(String),
+    /// It answered and had not taken over (it was told to discard its image), or nothing
+    /// listens at its address (its daemon is gone, so it is not running the app).
+    NotTakenOver,
+    /// No answer either way (timeout, unreachable network, broken handshake): it may have
+    /// taken over on the far side of a partition.
+    Unknown(String),
+}
+
+/// Marks a reconnection attempt that found nothing alive at the standby's address.
+const PEER_GONE: &str = "nothing answers there: ";
+
+/// The standby's host answered, but no daemon does (refused, or reset/closed while its
+/// process dies): that daemon is gone, so it runs no restored app. A silent address (timeout,
+/// unreachable network) proves nothing: across a partition the standby may have taken over.
+fn peer_gone(e: &link::ConnectError) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionRefused, ConnectionReset};
+    match e {
+        link::ConnectError::Connect(_, io) => {
+            matches!(io.kind(), ConnectionRefused | ConnectionReset)
+        }
+        link::ConnectError::Auth(_, crate::wire::auth::AuthError::Io(io)) => {
+            matches!(io.kind(), ConnectionRefused | ConnectionReset | BrokenPipe)
+        }
+        link::ConnectError::Auth(_, crate::wire::auth::AuthError::Closed(_)) => true,
+        link::ConnectError::Closed(_) => true,
+        _ => false,
+    }
 }
 
 /// How long a lost standby that answers "busy" is asked again before the primary releases
@@ -601,34 +638,56 @@ impl Primary {
             if let Some(link) = self.link.take() {
                 link.close();
             }
-            if let Some(text) = self.probe_superseded(&addr) {
-                self.superseded(&addr, &why, &text);
-                return;
+            match self.probe_superseded(&addr) {
+                Probe::Superseded(text) => {
+                    self.superseded(&addr, &why, &text);
+                }
+                Probe::NotTakenOver => {
+                    tracing::error!(
+                        "standby {addr} lost: {why}; the app keeps running unprotected while remusd reconnects (every {} ms) to resynchronise",
+                        RESYNC_RETRY.as_millis()
+                    );
+                    self.lose_standby(addr, why, false);
+                }
+                Probe::Unknown(err) => {
+                    tracing::error!(
+                        "standby {addr} lost: {why}; it cannot be asked whether it took over ({err}): \
+                         the app keeps running but everything it sends out stays HELD until the standby \
+                         answers (asked every {} ms); if that standby is gone for good, start a new one \
+                         at {addr}",
+                        RESYNC_RETRY.as_millis()
+                    );
+                    self.lose_standby(addr, format!("{why}; unreachable since: {err}"), true);
+                }
             }
-            let reason = format!("standby {addr} lost: {why}");
-            tracing::error!(
-                "{reason}; the app keeps running unprotected while remusd reconnects (every {} ms) to resynchronise",
-                RESYNC_RETRY.as_millis()
-            );
-            self.lose_standby(addr, why);
         }
     }
 
     /// The standby is lost and has not taken over (the fencing check said so, or it is
     /// unreachable): nothing is held for it any more, as when protection stops; but remusd
     /// keeps asking it (or its successor at the same address) again, to resynchronise.
-    fn lose_standby(&mut self, addr: String, why: String) {
-        self.staging
-            .publish_committed(remus_abi::COMMITTED_UNPROTECTED);
-        self.output.release_all();
-        if let Some(n) = &self.net {
-            n.release_all();
-        }
-        let reason = format!(
-            "standby {addr} lost: {why}; running unprotected, reconnecting every {} ms to \
-             resynchronise",
-            RESYNC_RETRY.as_millis()
-        );
+    fn lose_standby(&mut self, addr: String, why: String, held: bool) {
+        let reason = if held {
+            // Fencing across a partition: the standby may be running the app from its last
+            // committed epoch. Nothing this primary holds may leave until it is known not to.
+            format!(
+                "standby {addr} lost: {why}; it may have taken over, so output stays held until \
+                 it answers (reconnecting every {} ms to resynchronise)",
+                RESYNC_RETRY.as_millis()
+            )
+        } else {
+            self.staging
+                .publish_committed(remus_abi::COMMITTED_UNPROTECTED);
+            self.output.release_all();
+            if let Some(n) = &self.net {
+                n.release_all();
+            }
+            format!(
+                "standby {addr} lost: {why}; running unprotected, reconnecting every {} ms to \
+                 resynchronise",
+                RESYNC_RETRY.as_millis()
+            )
+        };
         {
             let mut b = self.status.lock();
             b.status.state = "resyncing".into();
@@ -643,6 +702,7 @@ impl Primary {
             request: None,
             full_epoch: None,
             attempt: None,
+            held,
         });
     }
 
@@ -705,6 +765,7 @@ impl Primary {
                 let result = open().map_err(|e| match e.superseded() {
                     // Fencing: the standby took over meanwhile.
                     Some(text) => format!("{}{text}", link::SUPERSEDED),
+                    None if peer_gone(&e) => format!("{PEER_GONE}{e}"),
                     None => e.to_string(),
                 });
                 // Dropped unanswered (the primary gave up meanwhile): the connection closes
@@ -742,17 +803,40 @@ impl Primary {
             Err(e) => {
                 let Some(r) = &mut self.resync else { return };
                 r.next_try = Instant::now() + RESYNC_RETRY;
+                if r.held && e.starts_with(PEER_GONE) {
+                    // The standby's daemon is gone, so it is not running the app: what was
+                    // held for it may go now, as when a standby dies in plain sight.
+                    r.held = false;
+                    tracing::warn!(standby = %addr, "{e}: the standby is gone; releasing the output held for it and running unprotected");
+                    self.staging
+                        .publish_committed(remus_abi::COMMITTED_UNPROTECTED);
+                    self.output.release_all();
+                    if let Some(n) = &self.net {
+                        n.release_all();
+                    }
+                }
+                let Some(r) = &mut self.resync else { return };
                 if attempts == 1 || attempts.is_multiple_of(20) {
                     tracing::info!(standby = %addr, attempts, "reconnecting to resynchronise: {e}");
                 } else {
                     tracing::debug!(standby = %addr, attempts, "reconnecting to resynchronise: {e}");
                 }
-                let reason = format!(
-                    "standby {addr} lost: {}; running unprotected, reconnecting every {} ms to \
-                     resynchronise (attempt {attempts}: {e})",
-                    r.why,
-                    RESYNC_RETRY.as_millis()
-                );
+                let reason = if r.held {
+                    format!(
+                        "standby {addr} lost: {}; it may have taken over, so output stays held \
+                         until it answers; reconnecting every {} ms to resynchronise (attempt \
+                         {attempts}: {e})",
+                        r.why,
+                        RESYNC_RETRY.as_millis()
+                    )
+                } else {
+                    format!(
+                        "standby {addr} lost: {}; running unprotected, reconnecting every {} ms to \
+                         resynchronise (attempt {attempts}: {e})",
+                        r.why,
+                        RESYNC_RETRY.as_millis()
+                    )
+                };
                 let mut b = self.status.lock();
                 b.status.reason = Some(reason);
             }
@@ -768,11 +852,15 @@ impl Primary {
         let Some(r) = &mut self.resync else { return };
         let last = self.last_epoch.unwrap_or(0);
         // Before any epoch can be acked on the new link: output from now on waits for the
-        // full image's commit.
-        self.staging.hold_again(last);
-        self.output.hold_again(last);
-        if let Some(n) = &self.net {
-            n.hold_again(last);
+        // full image's commit. (If it was never released — the standby was unreachable —
+        // it is still held at the last committed epoch, and must stay so: epochs after that
+        // were never acked.)
+        if !r.held {
+            self.staging.hold_again(last);
+            self.output.hold_again(last);
+            if let Some(n) = &self.net {
+                n.hold_again(last);
+            }
         }
         let req = self.staging.request_resend();
         r.request = Some(req);
@@ -828,8 +916,11 @@ impl Primary {
     /// still be ending the session this primary just lost, and take over at its end: it is
     /// asked again (holding everything) for up to [`BUSY_PROBE_WAIT`] until it answers
     /// either way.
-    fn probe_superseded(&mut self, addr: &str) -> Option<String> {
-        let sec = self.security(addr).ok()?;
+    fn probe_superseded(&mut self, addr: &str) -> Probe {
+        let sec = match self.security(addr) {
+            Ok(sec) => sec,
+            Err(e) => return Probe::Unknown(e.to_string()),
+        };
         let hb = Duration::from_millis(self.args.heartbeat_ms.max(1));
         let busy_until = Instant::now() + BUSY_PROBE_WAIT;
         let result = loop {
@@ -860,10 +951,14 @@ impl Primary {
         match result {
             Err(e) => {
                 if let Some(text) = e.superseded() {
-                    return Some(text.to_string());
+                    return Probe::Superseded(text.to_string());
                 }
                 tracing::info!("asked the standby again after the link broke: {e}");
-                None
+                if peer_gone(&e) {
+                    Probe::NotTakenOver
+                } else {
+                    Probe::Unknown(e.to_string())
+                }
             }
             Ok(link) => {
                 link.goodbye(
@@ -873,7 +968,7 @@ impl Primary {
                     Duration::from_secs(2),
                 );
                 link.close();
-                None
+                Probe::NotTakenOver
             }
         }
     }
