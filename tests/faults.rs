@@ -867,13 +867,11 @@ fn standby_state_dir_out_of_space() {
     assert_clean("out of space", &o);
 }
 
-/// The link black-holed past the timeouts, then restored. VIOLATION FOUND (see the README):
-/// the standby takes over after `--timeout-ms`; the primary declares the standby lost,
-/// cannot reach it to ask, goes unprotected and releases the output it held, and runs on
-/// beside the restored program until the link comes back and the standby answers
-/// "superseded".
+/// The link black-holed past the timeouts, then restored. The standby takes over after
+/// `--timeout-ms`; the primary, which cannot ask it whether it did, keeps everything it holds
+/// (this case found the primary releasing it, before bf46ecb), and is told "superseded" when
+/// the link comes back: its app is killed, nothing it held escapes.
 #[test]
-#[ignore = "known split-brain violation: run with --ignored (see the README, fault injection)"]
 fn link_cut_and_restored() {
     let mut rng = Rng::new(seed() ^ 5);
     let o = fault_link_cut(&mut rng);
