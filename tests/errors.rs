@@ -122,6 +122,47 @@ fn unreachable_standby_refuses_to_start() {
     assert_refused(&mut p, &[&addr]);
 }
 
+/// A kernel without async write-protect (simulated: this one has it): with the uffd tracker
+/// asked for explicitly, the program is refused with the kernel version and what is missing.
+#[test]
+fn kernel_without_async_wp_refuses_the_uffd_tracker() {
+    let standby = Standby::start(STANDBY_TIMEOUT_MS);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut opts = protected_to(&standby);
+    opts.env = vec![
+        ("REMUS_TRACKER".into(), "uffd".into()),
+        ("REMUS_FAULT_PROBE".into(), "no-wp-async".into()),
+    ];
+    let mut p = memcheck(&["100"], &opts);
+    assert_refused(&mut p, &[release.trim(), "UFFD_FEATURE_WP_ASYNC", "6.7"]);
+}
+
+/// The same kernel with the default tracker: the program is protected by the mprotect
+/// tracker instead, and the controller's log says why (nothing on the program's stderr).
+#[test]
+fn kernel_without_async_wp_falls_back_to_mprotect() {
+    let standby = Standby::start(STANDBY_TIMEOUT_MS);
+    let mut opts = protected_to(&standby);
+    opts.env = vec![("REMUS_FAULT_PROBE".into(), "no-wp-async".into())];
+    let stop = standby.dir().join("stop");
+    let mut p = memcheck(&["0", "--stop-file", stop.to_str().expect("utf-8")], &opts);
+    let v = p.wait_committed(3, LONG);
+    assert_eq!(v.get("protected"), Some(&Value::Bool(true)), "{v}");
+    assert!(
+        remus_lines(&p).is_empty(),
+        "the fallback must not write to the program's stderr\n{}",
+        p.report()
+    );
+    assert!(
+        p.report().contains("mprotect") && p.report().contains("UFFD_FEATURE_WP_ASYNC"),
+        "the controller's log should say the mprotect tracker is used, and why\n{}",
+        p.report()
+    );
+    std::fs::write(&stop, b"stop\n").expect("stop file");
+    let st = p.wait_exit(LONG);
+    assert_eq!(st.code(), Some(0), "{}", p.report());
+}
+
 #[test]
 fn allow_unprotected_runs_and_says_why() {
     let addr = format!("127.0.0.1:{}", free_port());

@@ -14,7 +14,18 @@ pub struct Kernel {
 /// Returns the descriptors, or a sentence for the user.
 pub fn probe() -> Result<Kernel, String> {
     let release = kernel_release();
-    let uffd = match uffd::open() {
+    // Fault injection for the tests of the refusal and of the fallback (this kernel has the
+    // features): `REMUS_FAULT_PROBE=no-wp-async` answers as a kernel without async
+    // write-protect would.
+    let opened = if std::env::var("REMUS_FAULT_PROBE").as_deref() == Ok("no-wp-async") {
+        Err(uffd::OpenError::Features {
+            errno: libc::EINVAL,
+            missing: uffd::UFFD_FEATURE_WP_ASYNC,
+        })
+    } else {
+        uffd::open()
+    };
+    let uffd = match opened {
         Ok(fd) => fd,
         Err(uffd::OpenError::Syscall(e)) => {
             return Err(format!(
