@@ -38,6 +38,16 @@ const POLL: Duration = Duration::from_millis(20);
 // Locations and builds
 // ---------------------------------------------------------------------------------------
 
+/// Adds the pid under `key` in a status to `seen` (processes killed when the test ends).
+fn remember_pid(seen: &Mutex<Vec<i32>>, v: &Value, key: &str) {
+    if let Some(p) = n(v, key).filter(|&p| p > 0) {
+        let mut seen = seen.lock().expect("lock");
+        if !seen.contains(&(p as i32)) {
+            seen.push(p as i32);
+        }
+    }
+}
+
 /// The workspace root (where this package's Cargo.toml is).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -830,12 +840,7 @@ impl Standby {
     /// Its status (and remembers the restored program's pid, to kill it on drop).
     pub fn status(&self) -> Result<Value, String> {
         let v = status(&self.control)?;
-        if let Some(p) = n(&v, "restored_pid") {
-            let mut seen = self.seen_pids.lock().expect("lock");
-            if p > 0 && !seen.contains(&(p as i32)) {
-                seen.push(p as i32);
-            }
-        }
+        remember_pid(&self.seen_pids, &v, "restored_pid");
         Ok(v)
     }
 
@@ -1089,12 +1094,7 @@ impl Protected {
     /// The primary's status (and remembers the controller's pid, to kill it on drop).
     pub fn status(&self) -> Result<Value, String> {
         let v = status(&self.control)?;
-        if let Some(p) = n(&v, "controller_pid") {
-            let mut seen = self.seen_pids.lock().expect("lock");
-            if p > 0 && !seen.contains(&(p as i32)) {
-                seen.push(p as i32);
-            }
-        }
+        remember_pid(&self.seen_pids, &v, "controller_pid");
         Ok(v)
     }
 

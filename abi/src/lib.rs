@@ -106,6 +106,7 @@ const _: () = assert!(core::mem::size_of::<StagingHeader>() <= HEADER_SIZE);
 /// setting these registers, `rax = 1`, and `fs_base`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ResumeContext {
     pub rbx: u64,
     pub rbp: u64,
@@ -121,6 +122,7 @@ pub struct ResumeContext {
 /// The mm fields `prctl(PR_SET_MM_MAP)` wants, read from `/proc/self/stat` (and `brk(0)`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MmFields {
     pub start_code: u64,
     pub end_code: u64,

@@ -89,67 +89,8 @@ fn parse_maps_line(line: &str) -> Option<Region> {
     })
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResumeContext {
-    pub rbx: u64,
-    pub rbp: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
-    pub rsp: u64,
-    pub rip: u64,
-    pub fs_base: u64,
-}
-
-impl From<remus_abi::ResumeContext> for ResumeContext {
-    fn from(c: remus_abi::ResumeContext) -> Self {
-        ResumeContext {
-            rbx: c.rbx,
-            rbp: c.rbp,
-            r12: c.r12,
-            r13: c.r13,
-            r14: c.r14,
-            r15: c.r15,
-            rsp: c.rsp,
-            rip: c.rip,
-            fs_base: c.fs_base,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MmFields {
-    pub start_code: u64,
-    pub end_code: u64,
-    pub start_data: u64,
-    pub end_data: u64,
-    pub start_brk: u64,
-    pub brk: u64,
-    pub start_stack: u64,
-    pub arg_start: u64,
-    pub arg_end: u64,
-    pub env_start: u64,
-    pub env_end: u64,
-}
-
-impl From<remus_abi::MmFields> for MmFields {
-    fn from(m: remus_abi::MmFields) -> Self {
-        MmFields {
-            start_code: m.start_code,
-            end_code: m.end_code,
-            start_data: m.start_data,
-            end_data: m.end_data,
-            start_brk: m.start_brk,
-            brk: m.brk,
-            start_stack: m.start_stack,
-            arg_start: m.arg_start,
-            arg_end: m.arg_end,
-            env_start: m.env_start,
-            env_end: m.env_end,
-        }
-    }
-}
+/// The resume point and the mm fields travel in the epoch metadata as the shim wrote them.
+pub use remus_abi::{MmFields, ResumeContext};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FdKind {

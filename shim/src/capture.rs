@@ -157,10 +157,9 @@ impl Writer {
             if self.n == CHUNK_PAGES {
                 self.flush(false)?;
             }
-            // SAFETY: the staging area is STAGING_SIZE bytes; ADDRS_OFF + n*8 and DATA_OFF +
-            // n*PAGE_SIZE are in bounds because n < CHUNK_PAGES. The source page is mapped and
-            // readable (it was reported by PAGEMAP_SCAN in a readable region of this process,
-            // and the process is stopped in this handler).
+            // n < CHUNK_PAGES keeps ADDRS_OFF + n*8 and DATA_OFF + n*PAGE_SIZE inside staging;
+            // the page was reported by PAGEMAP_SCAN in a readable region, the app is stopped.
+            // SAFETY: both ranges are in bounds and valid; they do not overlap.
             unsafe {
                 *(self.base.add(ADDRS_OFF) as *mut u64).add(self.n) = a;
                 core::ptr::copy_nonoverlapping(
@@ -353,15 +352,22 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     // than having it format the maps text; the text is read only when something changed.
     let listed = procmap::list(maps_fd, &mut s.vmas_now);
     tracker::begin_epoch();
+    // (Only the uffd tracker takes the shortcut: the mprotect tracker splits VMAs itself.)
     let unchanged = tracker::vma_shortcut()
         && matches!(listed, Ok(n) if s.maps_out_len > 0 && n == s.n_vmas_prev && s.vmas_now[..n] == s.vmas_prev[..n]);
 
-    let out_len = if unchanged && !tracker::is_mprotect() && s.n_tracked > 0 {
+    let out_len = if unchanged {
         // Same regions as last epoch, async write-protect: two scans cover them all, instead
         // of one per region. First, which tracked regions lost their registration (unmapped
         // and mapped again behind our back: same range, fresh memory)?
         let pm = state::PAGEMAP.load(Ordering::Relaxed);
-        let (lo, hi) = (s.tracked[0].start, s.tracked[s.n_tracked - 1].end);
+        let (lo, hi) = match (
+            s.tracked[..s.n_tracked].first(),
+            s.tracked[..s.n_tracked].last(),
+        ) {
+            (Some(f), Some(l)) => (f.start, l.end),
+            _ => (0, 0), // nothing tracked: both scans below are empty
+        };
         // Scanned run by run of adjacent tracked regions: a registered VMA is skipped whole by
         // the kernel, while the gaps between runs (code, mostly) would cost a walk of their
         // page tables.
@@ -413,14 +419,6 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
             Ok(()) => {}
             Err(-1) => return Err(Abort::Link),
             Err(_) => return Err(Abort::Unsupported(b"PAGEMAP_SCAN failed", lo)),
-        }
-        s.maps_out_len
-    } else if unchanged {
-        // Same regions as last epoch: the maps text in staging is still right.
-        for i in 0..s.n_tracked {
-            let t = s.tracked[i];
-            let r = t.region();
-            s.tracked[i].how = ship.region(&mut w, &mut s.vec, &r, Some(t.how))?;
         }
         s.maps_out_len
     } else {
@@ -481,13 +479,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
             }
             let known = (cursor < s.n_tracked)
                 .then(|| s.tracked[cursor])
-                .filter(|t| {
-                    t.start == m.start
-                        && t.end == m.end
-                        && t.perms == m.perms
-                        && t.offset == m.offset
-                        && t.inode == m.inode
-                })
+                .filter(|t| t.region().same_vma(&tracker::Region::from_line(&m)))
                 .map(|t| t.how);
             let how = ship.region(&mut w, &mut s.vec, &tracker::Region::from_line(&m), known)?;
             if s.n_next == MAX_TRACKED {

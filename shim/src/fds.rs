@@ -70,46 +70,10 @@ fn record(fd: i32, r: &mut FdRecord) -> bool {
     };
     r.fd = fd;
     r.kind = kind as u32;
-    // SAFETY: fcntl F_GETFL/F_GETFD take no memory arguments.
-    r.flags = unsafe {
-        sys::raw6(
-            libc::SYS_fcntl,
-            fd as usize,
-            libc::F_GETFL as usize,
-            0,
-            0,
-            0,
-            0,
-        )
-    }
-    .unwrap_or(0) as i32;
-    // SAFETY: as above.
-    r.fd_flags = unsafe {
-        sys::raw6(
-            libc::SYS_fcntl,
-            fd as usize,
-            libc::F_GETFD as usize,
-            0,
-            0,
-            0,
-            0,
-        )
-    }
-    .unwrap_or(0) as i32;
+    r.flags = sys::fcntl_get(fd, libc::F_GETFL).unwrap_or(0);
+    r.fd_flags = sys::fcntl_get(fd, libc::F_GETFD).unwrap_or(0);
     r.offset = if matches!(kind, FdKind::Regular | FdKind::Directory) {
-        // SAFETY: lseek takes no memory arguments.
-        unsafe {
-            sys::raw6(
-                libc::SYS_lseek,
-                fd as usize,
-                0,
-                libc::SEEK_CUR as usize,
-                0,
-                0,
-                0,
-            )
-        }
-        .unwrap_or(-1) as i64
+        sys::tell(fd).map_or(-1, |o| o as i64)
     } else {
         -1
     };

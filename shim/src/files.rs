@@ -18,7 +18,7 @@
 //!
 //! The hooks record a range both before and after the call (a checkpoint between the kernel's
 //! write and the hook's bookkeeping would otherwise miss it); recording is short and done with
-//! the epoch deferred ([`Depth`]). A range recorded too much only costs bytes: the handler
+//! the epoch deferred ([`state::HookDepth`]). A range recorded too much only costs bytes: the handler
 //! ships what the file holds.
 //!
 //! A followed file that is no longer open at a checkpoint is looked at once more by path (same
@@ -41,7 +41,7 @@ use remus_abi::filelog::{
     FILE_DATA_MAX, FILE_DATA_OFF, FILE_RANGES_OFF, FILE_RECS_OFF, FR_CHANGED, FR_WHOLE,
     MAX_FILE_RANGES, MAX_FILE_RECS,
 };
-use remus_abi::{FdKind, FdRecord, EPOCH_SIGNAL, FD_PATH_MAX};
+use remus_abi::{FdKind, FdRecord, FD_PATH_MAX};
 
 use crate::{state, sys};
 
@@ -163,7 +163,7 @@ struct DirtyTable {
 
 struct DirtyCell(UnsafeCell<DirtyTable>);
 // SAFETY: touched by the hooks of the only protected thread with the epoch handler deferred
-// (`Depth`), and by the epoch handler, which cannot run while a hook holds the depth: never
+// (`state::HookDepth`), and by the epoch handler, which cannot run while a hook holds the depth: never
 // two at once.
 unsafe impl Sync for DirtyCell {}
 
@@ -171,26 +171,6 @@ static DIRTY: DirtyCell = DirtyCell(UnsafeCell::new(DirtyTable {
     files: [CLEAN; MAX_DIRTY_FILES],
     overflow: false,
 }));
-
-/// Defers the epoch handler while alive (as the output hooks do): it runs on the way out.
-struct Depth;
-
-impl Depth {
-    fn enter() -> Depth {
-        state::HOOK_DEPTH.fetch_add(1, Ordering::AcqRel);
-        Depth
-    }
-}
-
-impl Drop for Depth {
-    fn drop(&mut self) {
-        if state::HOOK_DEPTH.fetch_sub(1, Ordering::AcqRel) == 1
-            && state::PENDING.swap(false, Ordering::AcqRel)
-        {
-            sys::raise_here(EPOCH_SIGNAL);
-        }
-    }
-}
 
 /// A write about to happen: file identity and byte range.
 #[derive(Clone, Copy)]
@@ -240,35 +220,11 @@ pub fn before_write(fd: i32, n: usize) -> Option<Note> {
         return None;
     }
     let st = regular(fd)?;
-    // SAFETY: fcntl F_GETFL and lseek take no memory arguments.
-    let fl = unsafe {
-        sys::raw6(
-            libc::SYS_fcntl,
-            fd as usize,
-            libc::F_GETFL as usize,
-            0,
-            0,
-            0,
-            0,
-        )
-    }
-    .unwrap_or(0) as i32;
+    let fl = sys::fcntl_get(fd, libc::F_GETFL).unwrap_or(0);
     let start = if fl & libc::O_APPEND != 0 {
         st.st_size as u64
     } else {
-        // SAFETY: as above.
-        unsafe {
-            sys::raw6(
-                libc::SYS_lseek,
-                fd as usize,
-                0,
-                libc::SEEK_CUR as usize,
-                0,
-                0,
-                0,
-            )
-        }
-        .ok()? as u64
+        sys::tell(fd).ok()?
     };
     note(Note {
         dev: st.st_dev,
@@ -308,7 +264,7 @@ fn before_truncate(fd: i32, len: i64) -> Option<Note> {
 
 /// Records `n` in the dirty table; returns it, to be recorded again after the call.
 fn note(n: Note) -> Option<Note> {
-    let _d = Depth::enter();
+    let _d = state::HookDepth::enter();
     // SAFETY: see DirtyCell (the epoch handler is deferred while `_d` lives).
     let t = unsafe { &mut *DIRTY.0.get() };
     let slot = match t

@@ -43,7 +43,7 @@ pub unsafe extern "C" fn mmap(
     off: libc::off_t,
 ) -> *mut c_void {
     hint();
-    let _d = tracker::Defer::new();
+    let _d = state::HookDepth::enter();
     let r = sys::raw6(
         libc::SYS_mmap,
         addr as usize,
@@ -78,7 +78,7 @@ pub unsafe extern "C" fn mmap64(
 #[no_mangle]
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
     hint();
-    let _d = tracker::Defer::new();
+    let _d = state::HookDepth::enter();
     tracker::forget(addr as u64, len as u64);
     match sys::raw6(libc::SYS_munmap, addr as usize, len, 0, 0, 0, 0) {
         Ok(_) => 0,
@@ -103,7 +103,7 @@ pub unsafe extern "C" fn mremap(
     new_addr: *mut c_void,
 ) -> *mut c_void {
     hint();
-    let _d = tracker::Defer::new();
+    let _d = state::HookDepth::enter();
     tracker::forget(old as u64, old_len as u64);
     if tracker::is_mprotect() && new_len > old_len && flags & libc::MREMAP_MAYMOVE != 0 {
         // A region the mprotect tracker follows is several VMAs, which mremap refuses

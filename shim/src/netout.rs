@@ -42,7 +42,7 @@ use remus_abi::netlog::{
     NETLOG_ERRORS_OFF, NETLOG_MAGIC, NETLOG_OFF, NET_ENTRY_HDR, NET_ENTRY_MAX_DATA, NE_CLOSE,
     NE_DATA, NE_PAD, NE_SHUTDOWN,
 };
-use remus_abi::{Msg, MsgKind, COMMITTED_OFF, COMMITTED_UNPROTECTED, EPOCH_SIGNAL};
+use remus_abi::{Msg, MsgKind, COMMITTED_OFF, COMMITTED_UNPROTECTED};
 
 use crate::{state, sys};
 
@@ -288,44 +288,16 @@ fn append_control(log: &Log, kind: u16, flags: u16, conn: u32) {
 // The hook bracket
 // ---------------------------------------------------------------------------------------
 
-/// Raises `HOOK_DEPTH` for its lifetime; takes a deferred checkpoint on the way out.
-struct Depth;
-
-impl Depth {
-    fn enter() -> Depth {
-        state::HOOK_DEPTH.fetch_add(1, Ordering::AcqRel);
-        Depth
-    }
-}
-
-impl Drop for Depth {
-    fn drop(&mut self) {
-        leave();
-    }
-}
-
-fn leave() {
-    if state::HOOK_DEPTH.fetch_sub(1, Ordering::AcqRel) == 1
-        && state::PENDING.swap(false, Ordering::AcqRel)
-    {
-        sys::raise_here(EPOCH_SIGNAL);
-    }
-}
-
-fn enter() {
-    state::HOOK_DEPTH.fetch_add(1, Ordering::AcqRel);
-}
-
 /// Waits for room in the log with checkpoints allowed (the log only drains after a commit,
-/// and a commit needs a checkpoint). Called inside a [`Depth`]. Returns false when protection
+/// and a commit needs a checkpoint). Called inside a [`state::HookDepth`]. Returns false when protection
 /// ended meanwhile (the caller passes through).
 fn wait_room(log: &Log) -> bool {
     let seen = log.space_futex().load(Ordering::Acquire);
     // Lower the depth so that the epoch handler runs during the wait.
-    leave();
+    state::lower_depth();
     ask_epoch(log, false);
     futex_wait(log.space_futex(), seen, 50_000_000);
-    enter();
+    state::raise_depth();
     state::mode() == state::MODE_PROTECTED && log.committed() != COMMITTED_UNPROTECTED
 }
 
@@ -433,19 +405,7 @@ fn connected(fd: i32) -> bool {
 }
 
 fn nonblocking(fd: i32) -> bool {
-    // SAFETY: F_GETFL takes no memory arguments.
-    unsafe {
-        sys::raw6(
-            libc::SYS_fcntl,
-            fd as usize,
-            libc::F_GETFL as usize,
-            0,
-            0,
-            0,
-            0,
-        )
-    }
-    .is_ok_and(|fl| fl as i32 & libc::O_NONBLOCK != 0)
+    sys::fcntl_get(fd, libc::F_GETFL).is_ok_and(|fl| fl & libc::O_NONBLOCK != 0)
 }
 
 /// Passes a duplicate of `fd` to remusd as connection `conn`.
@@ -516,7 +476,7 @@ fn retire(log: &Log, s: &Slot) {
 }
 
 /// Whether output on `fd` is held; registers the socket with remusd the first time. Inside a
-/// [`Depth`], with the log present and protection on.
+/// [`state::HookDepth`], with the log present and protection on.
 fn classify(log: &Log, fd: i32) -> Option<Held> {
     let s = slot(fd)?;
     let st = fstat(fd)?;
@@ -577,7 +537,7 @@ enum Route {
     Hold(Log, Held),
 }
 
-/// Decides, inside a [`Depth`], where a call on `fd` goes. When protection has stopped,
+/// Decides, inside a [`state::HookDepth`], where a call on `fd` goes. When protection has stopped,
 /// waits (bounded) until the log drained, so that direct output comes after held output.
 fn route(fd: i32) -> Route {
     if state::mode() == state::MODE_PASSIVE || fd < 0 || fd as usize >= MAX_NET_FDS {
@@ -806,7 +766,7 @@ fn send_call(
     signals: bool,
     pass: impl FnOnce() -> isize,
 ) -> isize {
-    let d = Depth::enter();
+    let d = state::HookDepth::enter();
     let (log, h) = match route(fd) {
         Route::Pass => {
             drop(d);
@@ -954,7 +914,7 @@ hook! {
 
 hook! {
     unsafe fn shutdown(fd: c_int, how: c_int) -> c_int => remus_shutdown {
-        let d = Depth::enter();
+        let d = state::HookDepth::enter();
         let (log, h) = match route(fd) {
             Route::Pass => {
                 drop(d);
@@ -1004,7 +964,7 @@ fn forget_epoll(fd: i32, s: &Slot) {
 
 hook! {
     unsafe fn close(fd: c_int) -> c_int => remus_close {
-        let d = Depth::enter();
+        let d = state::HookDepth::enter();
         if let Route::Hold(log, h) = route(fd) {
             if let Some(s) = slot(fd) {
                 forget_epoll(fd, s);
@@ -1033,7 +993,7 @@ fn before_replace(newfd: i32) {
         s.ino.store(0, Ordering::Relaxed);
         return;
     }
-    let _d = Depth::enter();
+    let _d = state::HookDepth::enter();
     if let Some(log) = Log::get() {
         forget_epoll(newfd, s);
         retire(&log, s);

@@ -26,9 +26,8 @@ pub static FDDIR_FD: AtomicI32 = AtomicI32::new(-1);
 pub static STAGING: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 /// Last epoch number shipped.
 pub static EPOCH: AtomicU64 = AtomicU64::new(0);
-/// Depth of shim hooks the thread is inside; the epoch handler defers while it is non-zero.
-/// (The memory hooks are single system calls and need no deferral; the output-commit hooks
-/// will raise it around their bookkeeping.)
+/// Depth of shim hooks the thread is inside; the epoch handler defers while it is non-zero
+/// (see [`HookDepth`]).
 pub static HOOK_DEPTH: AtomicU32 = AtomicU32::new(0);
 /// An epoch signal arrived inside a hook; the hook raises it again on its way out.
 pub static PENDING: AtomicBool = AtomicBool::new(false);
@@ -49,4 +48,34 @@ pub fn mode() -> u8 {
 
 pub fn set_mode(m: u8) {
     MODE.store(m, Ordering::Release)
+}
+
+/// The bracket around a hook's bookkeeping (output log, file ranges, pre-faulted buffers):
+/// while one is alive the epoch handler only marks the checkpoint pending, and the last one
+/// to drop takes it ("no checkpoint in the middle of a wrapper").
+pub struct HookDepth;
+
+impl HookDepth {
+    pub fn enter() -> HookDepth {
+        raise_depth();
+        HookDepth
+    }
+}
+
+impl Drop for HookDepth {
+    fn drop(&mut self) {
+        lower_depth();
+    }
+}
+
+/// [`HookDepth`] by hand, for code that must open the bracket for a while (e.g. to let a
+/// checkpoint in during a wait) and close it again.
+pub fn raise_depth() {
+    HOOK_DEPTH.fetch_add(1, Ordering::AcqRel);
+}
+
+pub fn lower_depth() {
+    if HOOK_DEPTH.fetch_sub(1, Ordering::AcqRel) == 1 && PENDING.swap(false, Ordering::AcqRel) {
+        crate::sys::raise_here(remus_abi::EPOCH_SIGNAL);
+    }
 }

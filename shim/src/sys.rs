@@ -169,6 +169,30 @@ pub fn current_altstack() -> libc::stack_t {
     ss
 }
 
+/// `fcntl(fd, cmd)` for the query commands that take no argument (`F_GETFL`, `F_GETFD`,
+/// `F_GETPIPE_SZ`, ...).
+pub fn fcntl_get(fd: i32, cmd: i32) -> Result<i32, i32> {
+    // SAFETY: the query commands take no memory arguments.
+    unsafe { raw6(libc::SYS_fcntl, fd as usize, cmd as usize, 0, 0, 0, 0) }.map(|v| v as i32)
+}
+
+/// The file offset of `fd` (`lseek(fd, 0, SEEK_CUR)`).
+pub fn tell(fd: i32) -> Result<u64, i32> {
+    // SAFETY: lseek takes no memory arguments.
+    unsafe {
+        raw6(
+            libc::SYS_lseek,
+            fd as usize,
+            0,
+            libc::SEEK_CUR as usize,
+            0,
+            0,
+            0,
+        )
+    }
+    .map(|v| v as u64)
+}
+
 /// Rewinds `fd` to offset 0.
 pub fn rewind(fd: i32) -> Result<(), i32> {
     // SAFETY: lseek takes no memory arguments.

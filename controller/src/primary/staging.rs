@@ -99,10 +99,9 @@ impl Staging {
 
     fn committed_words(&self) -> (&AtomicU64, &AtomicU32) {
         let base = self.map.as_ptr();
-        // SAFETY: COMMITTED_OFF and COMMITTED_FUTEX_OFF are inside the mapping (checked by
-        // the const asserts of remus_abi and the size check in `map`), 8- and 4-aligned in a
-        // page-aligned mapping, and only ever accessed atomically by both processes; the shim
-        // never writes them otherwise (ABI contract).
+        // The two words are inside the mapping (remus_abi's const asserts and the size check
+        // in `map`) and aligned in a page-aligned mapping; the shim never writes them.
+        // SAFETY: in bounds, aligned, and only ever accessed atomically by both processes.
         unsafe {
             (
                 &*(base.add(remus_abi::COMMITTED_OFF) as *const AtomicU64),
@@ -296,8 +295,8 @@ pub fn read_meta(b: &[u8], h: &StagingHeader, pages: u64) -> Result<EpochMeta, R
         maps: String::from_utf8_lossy(&b[MAPS_OFF..MAPS_OFF + maps_len]).into_owned(),
         resets,
         fds,
-        ctx: h.ctx.into(),
-        mm: h.mm.into(),
+        ctx: h.ctx,
+        mm: h.mm,
         auxv: h.auxv[..n_auxv].to_vec(),
         cwd: String::from_utf8_lossy(&h.cwd[..cwd_len]).into_owned(),
         app_sigmask: h.app_sigmask,

@@ -63,6 +63,15 @@ pub struct Region<'a> {
 }
 
 impl Region<'_> {
+    /// The same mapping as `o`: same range, protection, file offset and inode.
+    pub fn same_vma(&self, o: &Region) -> bool {
+        self.start == o.start
+            && self.end == o.end
+            && self.perms == o.perms
+            && self.offset == o.offset
+            && self.inode == o.inode
+    }
+
     pub fn from_line<'a>(m: &MapLine<'a>) -> Region<'a> {
         Region {
             start: m.start,
@@ -298,25 +307,4 @@ fn hex8<const N: usize>(l: &mut crate::sys::Line<N>, v: u64) {
         }
     }
     l.push(&t[..n]);
-}
-
-/// Keeps the epoch out of a hook's bookkeeping: while alive, an epoch signal is deferred and
-/// taken when the guard drops.
-pub struct Defer;
-
-impl Defer {
-    pub fn new() -> Defer {
-        state::HOOK_DEPTH.fetch_add(1, Ordering::AcqRel);
-        Defer
-    }
-}
-
-impl Drop for Defer {
-    fn drop(&mut self) {
-        if state::HOOK_DEPTH.fetch_sub(1, Ordering::AcqRel) == 1
-            && state::PENDING.swap(false, Ordering::AcqRel)
-        {
-            crate::sys::raise_here(remus_abi::EPOCH_SIGNAL);
-        }
-    }
 }

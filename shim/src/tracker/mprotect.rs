@@ -712,7 +712,7 @@ pub fn forget(start: u64, len: u64) {
                 break;
             }
             // SAFETY: a single word store into the table, from a hook (the epoch handler is
-            // deferred around it by the caller, see tracker::Defer).
+            // deferred around it by the caller, see state::HookDepth).
             unsafe { area_mut() }.tables[t][i].reset = 1;
         }
     }

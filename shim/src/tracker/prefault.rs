@@ -26,7 +26,7 @@ use core::ffi::{c_char, c_int, c_void};
 
 use redhook::{hook, real};
 
-use super::{is_mprotect, mprotect, Defer};
+use super::{is_mprotect, mprotect};
 
 /// Touches `[ptr, ptr + len)` and lends it until the returned guard drops.
 pub struct Lent(Option<usize>);
@@ -44,7 +44,7 @@ pub fn buffer(ptr: *const c_void, len: usize) -> Option<Lent> {
         return None;
     }
     // An epoch between the touch and the lend would protect the pages again.
-    let _d = Defer::new();
+    let _d = crate::state::HookDepth::enter();
     let slot = mprotect::lend(ptr as u64, len as u64);
     mprotect::touch(ptr as u64, len as u64);
     Some(Lent(slot))
@@ -69,7 +69,7 @@ pub unsafe fn iovecs(iov: *const libc::iovec, n: c_int) -> Option<Lent> {
         .filter(|i| i.iov_len > 0)
         .map(|i| i.iov_base as u64 + i.iov_len as u64)
         .max()?;
-    let _d = Defer::new();
+    let _d = crate::state::HookDepth::enter();
     let slot = mprotect::lend(lo, hi - lo);
     for i in v {
         mprotect::touch(i.iov_base as u64, i.iov_len as u64);
@@ -284,7 +284,7 @@ hook! {
         if !is_mprotect() {
             return real!(madvise)(addr, len, advice);
         }
-        let _d = Defer::new();
+        let _d = crate::state::HookDepth::enter();
         let r = real!(madvise)(addr, len, advice);
         if r == 0
             && matches!(
