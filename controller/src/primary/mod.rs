@@ -63,10 +63,6 @@ struct Primary {
     next_tick: Instant,
     /// Protection was given up for good (second thread, unsupported state, standby lost).
     given_up: bool,
-    /// The app's epoch signal handler was seen installed.
-    handler_seen: bool,
-    handler_warned: bool,
-    started: Instant,
     /// Held output streams (output commit).
     output: Output,
     /// The app ended on its own (or the operator stopped remusd): what it wrote is released
@@ -236,9 +232,6 @@ pub fn run_full(
         last_epoch: None,
         next_tick: Instant::now(),
         given_up: false,
-        handler_seen: false,
-        handler_warned: false,
-        started: Instant::now(),
         output,
         release_at_end: false,
         net,
@@ -368,28 +361,8 @@ impl Primary {
 
     fn signal_epoch(&mut self, epoch: Duration) -> Result<()> {
         let now = Instant::now();
-        // The shim installs its handler after it reads Ready: a signal sent before that would
-        // kill the app (the default action of a real-time signal).
-        if !self.handler_seen {
-            match crate::sys::catches_signal(self.args.app_pid, remus_abi::EPOCH_SIGNAL) {
-                Ok(true) => self.handler_seen = true,
-                Ok(false) => {
-                    if self.started.elapsed() > Duration::from_secs(10) && !self.handler_warned {
-                        self.handler_warned = true;
-                        tracing::warn!(
-                            "the app has not installed the epoch signal handler after 10 s"
-                        );
-                    }
-                    self.next_tick = now + Duration::from_millis(2);
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::debug!("reading the app's signal handlers: {e}");
-                    self.next_tick = now + Duration::from_millis(2);
-                    return Ok(());
-                }
-            }
-        }
+        // The shim installs its epoch handler before it says hello, and keeps a signal that
+        // comes before Ready pending (shim/src/signals.rs): no need to look before signalling.
         // Everything written so far precedes this epoch's checkpoint: tag it with this epoch
         // (output_tag() is this epoch's number while no signal is outstanding).
         self.output.pump(self.output_tag());
