@@ -579,6 +579,38 @@ pub fn committed_epoch(v: &Value) -> Option<u64> {
     v.get("committed_epoch").and_then(Value::as_u64)
 }
 
+/// Checks that a primary's status shows its last full image streamed while the program ran
+/// (issue 5: a full image "without stopping the program for longer than one epoch's pause"):
+/// complete, read in at least two batches, at least `min_pages` pages read from the running
+/// program, and no pause meanwhile that copied as many pages as the stream read (a full image
+/// taken in one pause copies them all in it). Returns (pages read, most pages in a pause).
+pub fn assert_streamed(v: &Value, min_pages: u64) -> (u64, u64) {
+    let st = v
+        .get("image_stream")
+        .filter(|s| !s.is_null())
+        .unwrap_or_else(|| panic!("no image_stream in the primary's status: {v}"));
+    let get = |k: &str| st.get(k).and_then(Value::as_u64);
+    assert!(
+        get("complete_epoch").is_some(),
+        "the streamed image is not complete: {st}"
+    );
+    let (read, batches, max_pause) = (
+        get("pages_read").unwrap_or(0),
+        get("batches").unwrap_or(0),
+        get("max_pause_pages").unwrap_or(u64::MAX),
+    );
+    assert!(batches >= 2, "the image went in {batches} batch(es): {st}");
+    assert!(
+        read >= min_pages,
+        "only {read} pages were read while the program ran (expected at least {min_pages}): {st}"
+    );
+    assert!(
+        max_pause < read,
+        "a pause copied {max_pause} pages while the stream read {read}: {st}"
+    );
+    (read, max_pause)
+}
+
 // ---------------------------------------------------------------------------------------
 // Output of the test programs
 // ---------------------------------------------------------------------------------------
@@ -1469,7 +1501,9 @@ pub fn failover_scenario_env(
             &both,
             || {
                 let v = app.status().ok()?;
-                if v.get("protected") == Some(&Value::Bool(false)) && s(&v, "state") != "starting" {
+                if v.get("protected") == Some(&Value::Bool(false))
+                    && !matches!(s(&v, "state"), "starting" | "syncing")
+                {
                     panic!(
                         "protection stopped before epoch {epoch} was committed: {}\n{}",
                         s(&v, "reason"),

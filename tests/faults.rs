@@ -135,7 +135,9 @@ impl Run {
             &|| self.report(),
             || {
                 let v = self.app.status().ok()?;
-                if v.get("protected") == Some(&Value::Bool(false)) && s(&v, "state") != "starting" {
+                if v.get("protected") == Some(&Value::Bool(false))
+                    && !matches!(s(&v, "state"), "starting" | "syncing")
+                {
                     panic!(
                         "protection stopped before epoch {e}: {}\n{}",
                         s(&v, "reason"),

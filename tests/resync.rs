@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use remus::{
-    check_restored_output, committed_epoch, iters, n, progs, s, wait_for, Protected, ProtectedOpts,
-    Standby,
+    assert_streamed, check_restored_output, committed_epoch, iters, n, progs, s, wait_for,
+    Protected, ProtectedOpts, Standby,
 };
 use serde_json::Value;
 
@@ -93,6 +93,9 @@ fn scenario(env: &[(&str, &str)]) {
         },
     );
     assert_eq!(s(&v, "link"), "up", "{v}");
+    // The full image was streamed while the program ran: memcheck's 16 MiB block (4096
+    // pages) came through the stream, not through a pause.
+    let (read, max_pause) = assert_streamed(&v, 4096);
     let bv = b.wait_status("B committed epochs", LONG, |v| {
         s(v, "state") == "receiving" && committed_epoch(v).is_some_and(|c| c > c1)
     });
@@ -177,6 +180,7 @@ fn scenario(env: &[(&str, &str)]) {
     );
     eprintln!(
         "resync: committed {c1} before the standby died; on B: iterations {first}..={last} \
-         (known: {known}, released: {released})"
+         (known: {known}, released: {released}); full image streamed: {read} pages read, at \
+         most {max_pause} pages in a pause"
     );
 }

@@ -222,6 +222,11 @@ pub struct EpochMeta {
     /// reopens these under the standby's file root.
     #[serde(default)]
     pub replicated: Vec<String>,
+    /// The full image is still being streamed (`primary::stream`): some pages have not been
+    /// sent yet, so this epoch cannot be restored. The first epoch without it completes the
+    /// image.
+    #[serde(default)]
+    pub partial: bool,
 }
 
 /// One replicated file's change in one epoch (`remus_abi::filelog::FileRec`).
@@ -297,6 +302,11 @@ impl Image {
 
     pub fn committed_epoch(&self) -> Option<u64> {
         self.meta.as_ref().map(|m| m.epoch)
+    }
+
+    /// The committed epoch, if its image is complete (a takeover can restore it).
+    pub fn restorable_epoch(&self) -> Option<u64> {
+        self.meta.as_ref().filter(|m| !m.partial).map(|m| m.epoch)
     }
 }
 

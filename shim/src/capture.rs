@@ -8,8 +8,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use remus_abi::{
     FdRecord, Msg, MsgKind, ResetRange, ResumeContext, StagingHeader, ABI_VERSION, ADDRS_OFF,
-    CHUNK_PAGES, CWD_MAX, DATA_OFF, FDS_OFF, MAPS_OFF, MAX_FDS, MAX_MAPS_BYTES, MAX_RESETS,
-    PAGE_SIZE, RESEND_DONE_OFF, RESEND_EPOCH_OFF, RESEND_REQ_OFF, RESETS_OFF, STAGING_MAGIC,
+    CHUNK_PAGES, CWD_MAX, DATA_OFF, FDS_OFF, HDR_FLAG_STREAMED, MAPS_OFF, MAX_FDS, MAX_MAPS_BYTES,
+    MAX_RESETS, PAGE_SIZE, RESEND_DONE_OFF, RESEND_EPOCH_OFF, RESEND_REQ_OFF, RESETS_OFF,
+    STAGING_MAGIC, STREAM_OFF,
 };
 
 use crate::procmap::{self, Vma};
@@ -215,6 +216,9 @@ impl Writer {
 struct Shipper {
     resets: *mut ResetRange,
     n_resets: usize,
+    /// A streamed full image (`remus_abi::STREAM_OFF`): new regions are followed from now on
+    /// but their pages are left for the controller to read while the program runs.
+    streamed: bool,
 }
 
 impl Shipper {
@@ -252,7 +256,7 @@ impl Shipper {
             }
         };
         self.n_resets += 1;
-        match tracker::new_region(r, vec, &mut push) {
+        match tracker::new_region(r, vec, &mut push, self.streamed) {
             Ok(how) => Ok(how),
             Err(tracker::Fail::Push) => Err(Abort::Link),
             Err(tracker::Fail::Kernel(what)) => Err(Abort::Unsupported(what, r.start)),
@@ -346,6 +350,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     let mut ship = Shipper {
         resets: base.wrapping_add(RESETS_OFF) as *mut ResetRange,
         n_resets: 0,
+        streamed: header_word(base, STREAM_OFF).load(Ordering::Acquire) != 0,
     };
 
     // Has the map changed since the last epoch? Asking the kernel VMA by VMA is much cheaper
@@ -554,7 +559,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
         Ok(n) => (n as u32).saturating_sub(1), // the kernel counts the NUL
         Err(_) => 0,
     };
-    h.flags = 0;
+    h.flags = if ship.streamed { HDR_FLAG_STREAMED } else { 0 };
     h.pause_ns = sys::monotonic_ns().saturating_sub(t0);
     w.flush(true)?;
     state::EPOCH.store(epoch, Ordering::Relaxed);

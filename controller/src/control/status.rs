@@ -10,6 +10,22 @@ use serde::{Deserialize, Serialize};
 /// Pauses kept for the percentiles.
 const PAUSE_WINDOW: usize = 1000;
 
+/// Progress of a full image streamed while the program runs (`primary::stream`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageStream {
+    /// Pages in ranges still to read (present or not).
+    pub pending_pages: u64,
+    /// Pages read from the running program and shipped.
+    pub pages_read: u64,
+    /// Batches read (about one per epoch).
+    pub batches: u64,
+    /// The most pages the shim copied in one pause while the image streamed (its dirty
+    /// pages and the regions it cannot follow): the pause stays an ordinary epoch's.
+    pub max_pause_pages: u64,
+    /// The epoch that completed the image, once it did.
+    pub complete_epoch: Option<u64>,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PauseUs {
     pub p50: u64,
@@ -22,8 +38,9 @@ pub struct PauseUs {
 pub struct Status {
     /// "primary" | "standby"
     pub role: String,
-    /// primary: "starting" | "protected" | "resyncing" (standby lost, reconnecting or sending
-    /// a full image) | "unprotected" | "superseded";
+    /// primary: "starting" | "syncing" (streaming the first full image) | "protected" |
+    /// "resyncing" (standby lost, reconnecting or streaming a full image) | "unprotected" |
+    /// "superseded";
     /// standby: "waiting" | "receiving" | "took_over" | "app_exited" | "primary_unprotected",
     /// and after a takeover "reprotecting" | "reprotected" (see `standby::reprotect`).
     pub state: String,
@@ -80,6 +97,10 @@ pub struct Status {
     /// socket of its new `remusd primary` (whose status is the program's from then on).
     #[serde(default)]
     pub primary_control: Option<String>,
+    /// primary: the full image streamed to the standby while the program runs (the first
+    /// image of a connection), once it started.
+    #[serde(default)]
+    pub image_stream: Option<ImageStream>,
     /// primary: the compression and sending pipeline (delta pages, merged epochs).
     #[serde(flatten, default)]
     pub pipeline: PipelineStats,
@@ -147,6 +168,7 @@ impl Status {
             output_released_bytes: 0,
             commit_latency_us: PauseUs::default(),
             primary_control: None,
+            image_stream: None,
             pipeline: PipelineStats::default(),
         }
     }
@@ -181,6 +203,22 @@ impl Status {
                     "standby {} (its primary: remusctl status --control {c})",
                     opt(self.standby.clone())
                 ),
+            );
+        }
+        if let Some(st) = &self.image_stream {
+            line(
+                "full image",
+                match st.complete_epoch {
+                    Some(e) => format!(
+                        "complete at epoch {e} (streamed in {} batches, {} pages read; at most \
+                         {} pages copied in a pause meanwhile)",
+                        st.batches, st.pages_read, st.max_pause_pages
+                    ),
+                    None => format!(
+                        "streaming: {} pages read in {} batches, {} pages of ranges left",
+                        st.pages_read, st.batches, st.pending_pages
+                    ),
+                },
             );
         }
         if !self.unrestorable_fds.is_empty() {

@@ -235,13 +235,13 @@ impl Link {
                 .spawn(move || send_loop(writer, frame_rx, written_tx, heartbeat, h, st, a))
                 .map_err(conn)?,
         );
-        let (h, st, a) = (health.clone(), status, addr.to_string());
+        let (h, a) = (health.clone(), addr.to_string());
         let (gone_tx, reader_gone) = bounded::<()>(0);
         threads.push(
             std::thread::Builder::new()
                 .name("link-recv".into())
                 .spawn(move || {
-                    recv_loop(reader, h, st, a, on_ack);
+                    recv_loop(reader, h, a, on_ack);
                     drop(gone_tx);
                 })
                 .map_err(conn)?,
@@ -430,18 +430,11 @@ fn meta_raw_bytes(meta: &EpochMeta) -> u64 {
     (meta.maps.len() + meta.fds.len() * 64 + meta.resets.len() * 16 + 512) as u64
 }
 
-fn recv_loop(
-    mut r: FrameReader<Counting>,
-    health: Arc<Health>,
-    status: SharedStatus,
-    addr: String,
-    on_ack: OnAck,
-) {
+fn recv_loop(mut r: FrameReader<Counting>, health: Arc<Health>, addr: String, on_ack: OnAck) {
     loop {
         match r.read_msg() {
             Ok(Some(WireMsg::Ack { epoch })) => {
                 health.rx();
-                status.lock().status.committed_epoch = Some(epoch);
                 on_ack(epoch);
                 tracing::trace!(epoch, "standby acked");
             }

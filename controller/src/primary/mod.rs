@@ -7,13 +7,14 @@ pub mod output;
 pub mod pipeline;
 pub mod shim_link;
 pub mod staging;
+pub mod stream;
 #[cfg(test)]
 mod tests;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,14 @@ struct Primary {
     want_epoch: u64,
     /// The standby was lost; reconnecting or sending the full image.
     resync: Option<Resync>,
+    /// The full image being streamed to the standby while the program runs.
+    stream: Option<stream::Stream>,
+    /// The epoch whose commit completes the streamed image: protection (re)starts when the
+    /// standby acks it.
+    complete_at: Option<u64>,
+    /// Acks of epochs before this release nothing (their images are partial); `u64::MAX`
+    /// while a full image streams.
+    release_from: Arc<AtomicU64>,
 }
 
 /// How often a lost standby is asked again (resynchronisation).
@@ -237,6 +246,9 @@ pub fn run_full(
         net,
         want_epoch: 0,
         resync: None,
+        stream: None,
+        complete_at: None,
+        release_from: Arc::new(AtomicU64::new(u64::MAX)),
     };
     let End::Exit(code) = p.main(&stop)?;
     let net = p.net.take();
@@ -306,6 +318,7 @@ impl Primary {
             }
             self.check_link();
             self.step_resync();
+            self.step_sync();
             if let Some(e) = &mut self.in_epoch {
                 if !e.warned && e.signalled_at.elapsed() > Duration::from_secs(10) {
                     e.warned = true;
@@ -366,6 +379,7 @@ impl Primary {
         // Everything written so far precedes this epoch's checkpoint: tag it with this epoch
         // (output_tag() is this epoch's number while no signal is outstanding).
         self.output.pump(self.output_tag());
+        self.stream_batch();
         if let Err(e) = crate::sys::kill(self.args.app_pid, remus_abi::EPOCH_SIGNAL) {
             tracing::warn!("sending the epoch signal to {}: {e}", self.args.app_pid);
             // The pidfd tells us if the app is gone; try again next tick.
@@ -486,7 +500,24 @@ impl Primary {
         let st = self.staging.clone();
         let out = self.output.committer();
         let net = self.net.as_ref().map(|n| n.committer());
+        let (floor, status) = (self.release_from.clone(), self.status.clone());
         let on_ack: link::OnAck = Arc::new(move |epoch| {
+            if epoch < floor.load(Ordering::Acquire) {
+                return; // a partial image: the standby could not restore it
+            }
+            {
+                // The first restorable epoch: protected from here on (step_sync finishes the
+                // resync in the epoch loop; both under the status lock, so a reader never
+                // sees a committed epoch on an unprotected primary).
+                let mut b = status.lock();
+                b.status.committed_epoch = Some(epoch);
+                if !b.status.protected && matches!(b.status.state.as_str(), "syncing" | "resyncing")
+                {
+                    b.status.state = "protected".into();
+                    b.status.protected = true;
+                    b.status.reason = None;
+                }
+            }
             st.publish_committed(epoch);
             out.commit(epoch);
             if let Some(n) = &net {
@@ -514,13 +545,16 @@ impl Primary {
                 };
                 match self.open_link(&addr, &sec, Duration::from_secs(3)) {
                     Ok(link) => {
-                        tracing::info!(standby = %addr, "connected to the standby; protection starts");
+                        tracing::info!(standby = %addr, "connected to the standby; streaming the first full image");
                         self.link = Some(link);
+                        self.start_stream();
                         {
                             let mut b = self.status.lock();
-                            b.status.state = "protected".into();
-                            b.status.protected = true;
-                            b.status.reason = None;
+                            b.status.state = "syncing".into();
+                            b.status.reason = Some(format!(
+                                "sending the first full image to {addr} while the program runs; \
+                                 protected once the standby has all of it"
+                            ));
                         }
                         self.shim
                             .send(MsgKind::Ready, 0, 0, "")
@@ -577,6 +611,7 @@ impl Primary {
         }
         self.given_up = true;
         self.resync = None;
+        self.stop_stream();
         if let Some(link) = self.link.take() {
             if goodbye {
                 link.goodbye(
@@ -611,6 +646,7 @@ impl Primary {
             if let Some(link) = self.link.take() {
                 link.close();
             }
+            self.stop_stream();
             match self.probe_superseded(&addr) {
                 Probe::Superseded(text) => {
                     self.superseded(&addr, &why, &text);
@@ -682,6 +718,111 @@ impl Primary {
     /// Resynchronisation: reconnects when due (never while an epoch is in flight: its chunks
     /// would reach the new standby without the full image), then watches for the commit of
     /// the full image.
+    /// Starts streaming a full image (a new connection): the next epoch registers every
+    /// region it does not follow yet without copying it, and acks release nothing until the
+    /// image is complete.
+    fn start_stream(&mut self) {
+        self.release_from.store(u64::MAX, Ordering::Release);
+        self.complete_at = None;
+        self.stream = Some(stream::Stream::new(self.args.app_pid));
+        self.staging.set_stream(true);
+    }
+
+    /// The connection the stream was for is gone.
+    fn stop_stream(&mut self) {
+        self.stream = None;
+        self.complete_at = None;
+        self.staging.set_stream(false);
+    }
+
+    /// Before an epoch signal: reads the next batch of the streamed image (the pages belong to
+    /// the epoch about to be taken). When nothing is left to read after it, that epoch is an
+    /// ordinary one (new regions ship in its pause) and completes the image. When the
+    /// program's memory cannot be read, the image is taken in that epoch's pause instead.
+    fn stream_batch(&mut self) {
+        let Some(st) = &mut self.stream else { return };
+        let epoch = self.last_epoch.map_or(1, |e| e + 1);
+        match st.read_batch(epoch) {
+            Ok(more) => self.staging.set_stream(more),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot stream the full image ({e}); taking it in one pause instead (the \
+                     program stops for as long as the copy takes)"
+                );
+                *st = stream::Stream::new(self.args.app_pid);
+                self.staging.set_stream(false);
+                self.staging.request_resend();
+            }
+        }
+        let s = crate::control::status::ImageStream {
+            pending_pages: st.pending_pages(),
+            pages_read: st.pages_shipped,
+            batches: st.batches,
+            max_pause_pages: st.max_pause_pages,
+            complete_epoch: None,
+        };
+        self.status.lock().status.image_stream = Some(s);
+    }
+
+    /// An epoch of a streamed image ended: the batch pages that go out with it, and whether
+    /// it completes the image (`meta.partial` false): from its ack on, acks release output.
+    fn stream_commit(
+        &mut self,
+        epoch: u64,
+        meta: &mut crate::image::EpochMeta,
+        streamed: bool,
+        shim_pages: u64,
+    ) -> Vec<(u64, crate::wire::messages::PageBytes)> {
+        let Some(st) = &mut self.stream else {
+            return Vec::new();
+        };
+        let read = st.commit(epoch, meta, streamed, shim_pages);
+        if !meta.partial {
+            tracing::info!(
+                epoch,
+                batches = st.batches,
+                pages_read = st.pages_shipped,
+                pages_dropped = st.pages_dropped,
+                max_pause_pages = st.max_pause_pages,
+                "the streamed full image is complete with this epoch"
+            );
+            let mut b = self.status.lock();
+            b.status.image_stream = Some(crate::control::status::ImageStream {
+                pending_pages: 0,
+                pages_read: st.pages_shipped,
+                batches: st.batches,
+                max_pause_pages: st.max_pause_pages,
+                complete_epoch: Some(epoch),
+            });
+            drop(b);
+            self.release_from.store(epoch, Ordering::Release);
+            self.complete_at = Some(epoch);
+            self.stream = None;
+            self.staging.set_stream(false);
+        }
+        read
+    }
+
+    /// Protection (re)starts once the standby acked the epoch that completed the streamed
+    /// image.
+    fn step_sync(&mut self) {
+        let Some(e) = self.complete_at else { return };
+        let committed = self.staging.committed();
+        if committed == remus_abi::COMMITTED_UNPROTECTED || committed < e {
+            return;
+        }
+        self.complete_at = None;
+        if let Some(r) = self.resync.take() {
+            tracing::info!(standby = %r.addr, epoch = e, "the standby committed the full image; protection resumes");
+        } else {
+            tracing::info!(epoch = e, "the standby committed the full image; protected");
+        }
+        let mut b = self.status.lock();
+        b.status.state = "protected".into();
+        b.status.protected = true;
+        b.status.reason = None;
+    }
+
     fn step_resync(&mut self) {
         if self.given_up {
             self.resync = None;
@@ -689,22 +830,8 @@ impl Primary {
         }
         let Some(r) = &mut self.resync else { return };
         if self.link.is_some() {
-            // Connected: protection resumes once the standby commits the full image.
-            if let Some(full) = r.full_epoch {
-                let committed = self.staging.committed();
-                if committed != remus_abi::COMMITTED_UNPROTECTED && committed >= full {
-                    tracing::info!(
-                        standby = %r.addr,
-                        epoch = full,
-                        "the standby committed the full image; protection resumes"
-                    );
-                    self.resync = None;
-                    let mut b = self.status.lock();
-                    b.status.state = "protected".into();
-                    b.status.protected = true;
-                    b.status.reason = None;
-                }
-            }
+            // Connected: protection resumes once the standby commits the streamed full image
+            // (step_sync).
             return;
         }
         // An attempt runs in a thread of its own: the epoch loop goes on pumping output (a
@@ -845,13 +972,14 @@ impl Primary {
             "reconnected to the standby; sending a full image, then epochs"
         );
         let reason = format!(
-            "standby {} reconnected after it was lost ({}); sending a full image (output is \
-             held again from now on); protected once it commits",
+            "standby {} reconnected after it was lost ({}); streaming a full image while the \
+             program runs (output is held again from now on); protected once it has all of it",
             link.addr, r.why
         );
         self.link = Some(link);
         self.want_epoch = self.want_epoch.max(last + 1);
         self.next_tick = Instant::now();
+        self.start_stream();
         let mut b = self.status.lock();
         b.status.state = "resyncing".into();
         b.status.link = "up".into();
@@ -1143,9 +1271,13 @@ impl Primary {
         });
         ie.progress = Some((epoch, chunk as u32 + 1));
         ie.pages += pages.len() as u64;
+        let shim_pages = ie.pages;
+        if let Some(st) = &mut self.stream {
+            st.shipped_by_shim(epoch, pages.iter().map(|(a, _)| a));
+        }
         let link = self.link.as_ref().expect("checked above");
         let mut ok = pages.is_empty() || link.ship(Outbound::Pages { epoch, pages });
-        if let Some(meta) = meta {
+        if let Some(mut meta) = meta {
             if meta.pages != h.epoch_pages {
                 tracing::warn!(
                     epoch,
@@ -1164,6 +1296,10 @@ impl Primary {
             }
             let (n, pause) = (meta.pages, meta.pause_ns);
             let unrestorable = crate::restore::unrestorable_fds(&meta);
+            let streamed = h.flags & remus_abi::HDR_FLAG_STREAMED != 0;
+            let read = self.stream_commit(epoch, &mut meta, streamed, shim_pages);
+            let link = self.link.as_ref().expect("checked above");
+            ok = ok && (read.is_empty() || link.ship(Outbound::Pages { epoch, pages: read }));
             ok = ok
                 && link.ship(Outbound::Commit {
                     epoch,

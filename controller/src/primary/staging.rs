@@ -141,6 +141,13 @@ impl Staging {
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
     }
 
+    /// Whether the next epochs stream new regions (`remus_abi::STREAM_OFF`) instead of copying
+    /// them in the pause. Written before an epoch signal only.
+    pub fn set_stream(&self, on: bool) {
+        self.header_word(remus_abi::STREAM_OFF)
+            .store(on as u64, Ordering::Release);
+    }
+
     /// Asks the shim to ship everything as new at its next epoch (`remus_abi::RESEND_REQ_OFF`).
     /// Returns the request number.
     pub fn request_resend(&self) -> u64 {
@@ -304,6 +311,7 @@ pub fn read_meta(b: &[u8], h: &StagingHeader, pages: u64) -> Result<EpochMeta, R
         tid: h.tid,
         pages,
         pause_ns: h.pause_ns,
+        partial: false,
     })
 }
 

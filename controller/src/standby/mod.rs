@@ -184,7 +184,8 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
         };
         tracing::info!(%peer, "primary connected");
         let (end, rx) = session_authenticated(stream, peer.clone(), keys, &ctx);
-        let committed = rx.image.committed_epoch();
+        // A partial image (a full image still streaming) cannot be restored.
+        let committed = rx.image.restorable_epoch();
         let forget = |state: &str, reason: String, exit_code: Option<i32>| {
             remove_committed(&args.state_dir);
             let mut b = status.lock();
@@ -198,10 +199,15 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
             SessionEnd::Stopped => return Ok(0),
             SessionEnd::Lost(why) => {
                 let Some(epoch) = committed else {
-                    tracing::warn!(%peer, "primary lost ({why}) before the first image was committed; nothing to restore");
+                    let what = if rx.image.committed_epoch().is_some() {
+                        "before the streamed full image was complete"
+                    } else {
+                        "before the first image was committed"
+                    };
+                    tracing::warn!(%peer, "primary lost ({why}) {what}; nothing to restore");
                     forget(
                         "waiting",
-                        format!("primary {peer} lost before the first image was committed ({why})"),
+                        format!("primary {peer} lost {what} ({why})"),
                         None,
                     );
                     busy.store(false, Ordering::SeqCst);
@@ -505,18 +511,37 @@ fn session_inner(
                             write_err = Some(e.to_string());
                         }
                     }
+                    let restorable = rx.image.restorable_epoch().is_some();
                     {
                         let mut b = ctx.status.lock();
                         b.status.epoch = Some(epoch);
-                        b.status.committed_epoch = Some(epoch);
                         b.status.last_dirty_pages = Some(pages);
                         b.status.epochs_total += 1;
                         b.status.bytes_raw = rx.bytes_raw;
-                        b.status.protected = true;
-                        b.status.reason = None;
                         if let Some(m) = &rx.image.meta {
                             b.record_pause(m.pause_ns);
                         }
+                        if restorable {
+                            b.status.committed_epoch = Some(epoch);
+                            b.status.protected = true;
+                            b.status.reason = None;
+                        } else {
+                            b.status.committed_epoch = None;
+                            b.status.protected = false;
+                            b.status.reason = Some(format!(
+                                "receiving a full image streamed while the program runs (epoch \
+                                 {epoch}, {} pages so far); it can be restored once complete",
+                                rx.image.pages.len()
+                            ));
+                        }
+                    }
+                    if !restorable {
+                        tracing::debug!(
+                            epoch,
+                            pages,
+                            "partial epoch committed (full image streaming)"
+                        );
+                        continue;
                     }
                     if let Some(dir) = &ctx.state_dir {
                         if let Err(e) = write_committed(dir, &rx.image, peer) {

@@ -125,14 +125,18 @@ pub fn known(
     }
 }
 
-/// A region new to the tracker: ships its populated pages and starts tracking it.
+/// A region new to the tracker: starts tracking it and ships its populated pages. With
+/// `streamed` (a streamed full image, `remus_abi::STREAM_OFF`), a region the tracker follows
+/// ships nothing now: the controller reads it while the program runs, and every write after
+/// this point shows up as dirty. A region it cannot follow ships whole either way.
 pub fn new_region(
     r: &Region,
     vec: &mut [pagemap::PageRegion],
     push: &mut Push,
+    streamed: bool,
 ) -> Result<How, Fail> {
     if is_mprotect() {
-        mprotect::new_region(r, push)
+        mprotect::new_region(r, push, streamed)
     } else {
         uffd::new_region(
             state::PAGEMAP.load(Ordering::Relaxed),
@@ -140,6 +144,7 @@ pub fn new_region(
             r,
             vec,
             push,
+            streamed,
         )
     }
 }

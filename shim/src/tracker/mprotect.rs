@@ -551,13 +551,15 @@ fn is_stack(a: &Area, r: &Region) -> bool {
 }
 
 /// A region new to the tracker.
-pub fn new_region(r: &Region, push: &mut Push) -> Result<How, Fail> {
+pub fn new_region(r: &Region, push: &mut Push, streamed: bool) -> Result<How, Fail> {
     let Some(a) = area() else {
         return Err(Fail::Kernel(b"the mprotect tracker is not running"));
     };
     if r.perms[1] != b'w' {
         // Nothing can write it without changing its protection (a new region then).
-        populated(a, r.start, r.end, push)?;
+        if !streamed {
+            populated(a, r.start, r.end, push)?;
+        }
         return Ok(How::Scan);
     }
     if is_stack(a, r) {
@@ -588,7 +590,9 @@ pub fn new_region(r: &Region, push: &mut Push) -> Result<How, Fail> {
         return Ok(How::CopyAll);
     }
     mark(r);
-    populated(a, r.start, r.end, push)?;
+    if !streamed {
+        populated(a, r.start, r.end, push)?;
+    }
     Ok(How::Scan)
 }
 

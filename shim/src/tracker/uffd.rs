@@ -224,17 +224,24 @@ pub fn new_region(
     r: &Region,
     vec: &mut [PageRegion],
     push: &mut Push,
+    streamed: bool,
 ) -> Result<How, Fail> {
+    // The app is stopped: registering before or after the copy is the same.
+    let how = if register_wp(uffd, r.start, r.end).is_ok()
+        && write_protect(uffd, r.start, r.end).is_ok()
+    {
+        How::Scan
+    } else {
+        How::CopyAll
+    };
+    if streamed && how == How::Scan {
+        return Ok(how); // followed from here on; the controller reads the pages
+    }
     match pagemap::scan(pm, r.start, r.end, Query::Populated, vec, |a, b| {
         push(a, b).map_err(|_| -1)
     }) {
-        Ok(()) => {}
-        Err(-1) => return Err(Fail::Push),
-        Err(_) => return Err(Fail::Kernel(b"PAGEMAP_SCAN failed on a mapping")),
-    }
-    if register_wp(uffd, r.start, r.end).is_ok() && write_protect(uffd, r.start, r.end).is_ok() {
-        Ok(How::Scan)
-    } else {
-        Ok(How::CopyAll)
+        Ok(()) => Ok(how),
+        Err(-1) => Err(Fail::Push),
+        Err(_) => Err(Fail::Kernel(b"PAGEMAP_SCAN failed on a mapping")),
     }
 }
