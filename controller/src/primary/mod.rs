@@ -728,6 +728,16 @@ impl Primary {
         self.staging.set_stream(true);
     }
 
+    /// Output after `last` waits for acks again (all three streams of it: the shim's socket
+    /// log, the stdout/stderr pipes, and the socket output release).
+    fn hold_output_again(&self, last: u64) {
+        self.staging.hold_again(last);
+        self.output.hold_again(last);
+        if let Some(n) = &self.net {
+            n.hold_again(last);
+        }
+    }
+
     /// The connection the stream was for is gone.
     fn stop_stream(&mut self) {
         self.stream = None;
@@ -742,18 +752,36 @@ impl Primary {
     fn stream_batch(&mut self) {
         let Some(st) = &mut self.stream else { return };
         let epoch = self.last_epoch.map_or(1, |e| e + 1);
-        match st.read_batch(epoch) {
-            Ok(more) => self.staging.set_stream(more),
+        let last_batch = match st.read_batch(epoch) {
+            Ok(more) => {
+                self.staging.set_stream(more);
+                !more
+            }
             Err(e) => {
                 tracing::warn!(
                     "cannot stream the full image ({e}); taking it in one pause instead (the \
                      program stops for as long as the copy takes)"
                 );
+                let unheld = st.unheld;
                 *st = stream::Stream::new(self.args.app_pid);
+                st.unheld = unheld;
                 self.staging.set_stream(false);
                 self.staging.request_resend();
+                true
             }
+        };
+        if last_batch && st.unheld {
+            // The epoch about to be taken completes the image: its output, and all after
+            // it, waits for acks again.
+            st.unheld = false;
+            let last = self.last_epoch.unwrap_or(0);
+            tracing::info!(
+                epoch,
+                "the next epoch completes the streamed image; output is held again from it on"
+            );
+            self.hold_output_again(last);
         }
+        let Some(st) = &self.stream else { return };
         let s = crate::control::status::ImageStream {
             pending_pages: st.pending_pages(),
             pages_read: st.pages_shipped,
@@ -951,17 +979,12 @@ impl Primary {
     fn resume(&mut self, link: Link) {
         let Some(r) = &mut self.resync else { return };
         let last = self.last_epoch.unwrap_or(0);
-        // Before any epoch can be acked on the new link: output from now on waits for the
-        // full image's commit. (If it was never released — the standby was unreachable —
-        // it is still held at the last committed epoch, and must stay so: epochs after that
-        // were never acked.)
-        if !r.held {
-            self.staging.hold_again(last);
-            self.output.hold_again(last);
-            if let Some(n) = &self.net {
-                n.hold_again(last);
-            }
-        }
+        // Output: if it was released while the standby was gone, it keeps flowing while the
+        // image streams (the standby cannot restore a partial image, so nothing can run it
+        // twice), and is held again from the epoch that completes the image (stream_batch).
+        // If it was never released (the standby was unreachable), it stays held at the last
+        // committed epoch: epochs after that were never acked.
+        let unheld = !r.held;
         let req = self.staging.request_resend();
         r.request = Some(req);
         r.full_epoch = None;
@@ -973,13 +996,22 @@ impl Primary {
         );
         let reason = format!(
             "standby {} reconnected after it was lost ({}); streaming a full image while the \
-             program runs (output is held again from now on); protected once it has all of it",
-            link.addr, r.why
+             program runs ({}); protected once it has all of it",
+            link.addr,
+            r.why,
+            if unheld {
+                "output flows unprotected until the last batch, then is held again"
+            } else {
+                "output stays held"
+            }
         );
         self.link = Some(link);
         self.want_epoch = self.want_epoch.max(last + 1);
         self.next_tick = Instant::now();
         self.start_stream();
+        if let Some(st) = &mut self.stream {
+            st.unheld = unheld;
+        }
         let mut b = self.status.lock();
         b.status.state = "resyncing".into();
         b.status.link = "up".into();

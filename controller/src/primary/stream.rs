@@ -82,6 +82,9 @@ pub struct Stream {
     pub first_epoch: Option<u64>,
     /// The largest number of pages the shim copied in one pause while streaming.
     pub max_pause_pages: u64,
+    /// Output flows unprotected while the image streams (a resync after the standby was
+    /// declared gone); held again from the epoch that completes it.
+    pub unheld: bool,
 }
 
 impl Stream {
@@ -97,6 +100,7 @@ impl Stream {
             batches: 0,
             first_epoch: None,
             max_pause_pages: 0,
+            unheld: false,
         }
     }
 
