@@ -105,6 +105,18 @@ struct Standby {
 impl Standby {
     fn start(b: &Bins, dir: &Path, tag: &str, timeout_ms: u64, insecure: bool) -> Standby {
         let addr = format!("127.0.0.1:{}", free_port());
+        Standby::start_at(b, dir, tag, timeout_ms, insecure, addr)
+    }
+
+    /// A standby listening at `addr` (a restarted one takes its predecessor's address).
+    fn start_at(
+        b: &Bins,
+        dir: &Path,
+        tag: &str,
+        timeout_ms: u64,
+        insecure: bool,
+        addr: String,
+    ) -> Standby {
         let control = dir.join(format!("{tag}-sb.sock"));
         let log = dir.join(format!("{tag}-sb.log"));
         let state = dir.join(format!("{tag}-state"));
@@ -526,10 +538,130 @@ fn main() {
         }
         say(String::new());
     }
+    if section("resync") {
+        resync_rows(b, &dir, insecure, primary_base, &mut say);
+    }
     say(format!("Total time {:.0?}.", started.elapsed()));
     if let Ok(path) = std::env::var("REMUS_TABLE_OUT") {
         let _ = fs::write(path, &out);
     }
+}
+
+/// Resynchronisation after a standby restart: the full image in one pause (the baseline,
+/// `--full-image-in-pause`) against streamed while the program runs, same program, same run.
+fn resync_rows(
+    b: &Bins,
+    dir: &Path,
+    insecure: bool,
+    primary_base: &str,
+    say: &mut impl FnMut(String),
+) {
+    let server = compile_mem_server(dir);
+    say("### Resynchronisation after a standby restart: full image in one pause vs streamed\n".into());
+    say("Standby killed, then restarted at its address; a client asks every 10 ms meanwhile. \
+         resync = restart until the primary is protected again; longest pause = the shim's \
+         own measure over the resync's epochs; longest client wait = the slowest answer during \
+         the resync.\n"
+        .into());
+    say("| program | full image | resync s | longest pause ms | pages in that pause (most) | longest client wait ms | pause vs one-pause |".into());
+    say("|---|---|---|---|---|---|---|".into());
+    for mb in [256u64, 1024] {
+        let mut baseline_pause = None;
+        for (mode, extra) in [("one pause", "--full-image-in-pause"), ("streamed", "")] {
+            let tag = format!("rs-{mb}-{}", extra.is_empty() as u8);
+            let port = free_port();
+            let a = Standby::start(b, dir, &format!("{tag}-a"), 1000, insecure);
+            let addr = a.addr.clone();
+            let mut cmd = Command::new(&server);
+            cmd.args([mb.to_string(), port.to_string()]);
+            let args = format!("{primary_base} {extra}");
+            let (p, ctl) = protect(b, &mut cmd, &a, dir, &tag, 25, args.trim());
+            assert!(
+                p.wait_line("ready", Duration::from_secs(300)),
+                "{tag}: no ready line"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            drop(a); // killed
+            let t = Instant::now();
+            while remus::status(&ctl).map_or(true, |v| v["state"] != "resyncing") {
+                assert!(t.elapsed() < Duration::from_secs(60), "{tag}: no resync");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let pinger = {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut worst = Duration::ZERO;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let t = Instant::now();
+                        if ask_within(port, Duration::from_secs(60)).is_some() {
+                            worst = worst.max(t.elapsed());
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    worst
+                })
+            };
+            let sb = Standby::start_at(b, dir, &format!("{tag}-b"), 1000, insecure, addr);
+            let t0 = Instant::now();
+            let st = loop {
+                let v = remus::status(&ctl).unwrap_or_default();
+                if v["protected"] == true && v["state"] == "protected" {
+                    break v;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(300),
+                    "{tag}: not protected again"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let resync_s = t0.elapsed().as_secs_f64();
+            // A few more answers after protection resumed, then stop the client.
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let worst = pinger.join().unwrap_or_default();
+            let log = fs::read_to_string(dir.join(format!("{tag}-p.log"))).unwrap_or_default();
+            let field = |line: &str, key: &str| -> Option<u64> {
+                line.split(&format!("{key}=")).nth(1)?.split_whitespace().next()?.parse().ok()
+            };
+            // The epoch that honoured the full resend (the whole image in one-pause mode).
+            let resend = log
+                .lines()
+                .rfind(|l| l.contains("full image for the reconnected standby taken"));
+            let mut pause_us = resend.and_then(|l| field(l, "pause_us")).unwrap_or(0);
+            let mut pages = resend.and_then(|l| field(l, "pages")).unwrap_or(0);
+            if let Some(is) = st.get("image_stream").filter(|v| !v.is_null()) {
+                pause_us = pause_us.max(is["max_pause_us"].as_u64().unwrap_or(0));
+                pages = pages.max(is["max_pause_pages"].as_u64().unwrap_or(0));
+            }
+            let ratio = match baseline_pause {
+                None => {
+                    baseline_pause = Some(pause_us.max(1));
+                    "1.00".to_string()
+                }
+                Some(base) => format!("{:.4}", pause_us as f64 / base as f64),
+            };
+            say(format!(
+                "| {mb} MiB | {mode} | {resync_s:.2} | {:.1} | {pages} | {:.0} | {ratio} |",
+                pause_us as f64 / 1000.0,
+                worst.as_secs_f64() * 1000.0
+            ));
+            drop(sb); // before the program: no takeover
+            drop(p);
+        }
+    }
+    say(String::new());
+}
+
+/// One request with a deadline for the whole answer.
+fn ask_within(port: u16, timeout: Duration) -> Option<String> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    let _ = s.write_all(b"?\n");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    Some(buf.trim().to_string())
 }
 
 fn compile_mem_server(dir: &Path) -> PathBuf {
@@ -547,14 +679,7 @@ fn compile_mem_server(dir: &Path) -> PathBuf {
 
 /// One request to a mem_server: its answer line.
 fn ask(port: u16) -> Option<String> {
-    let mut s =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
-            .ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    let _ = s.write_all(b"?\n");
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    Some(buf.trim().to_string())
+    ask_within(port, Duration::from_millis(500))
 }
 
 /// The timestamp at the start of a remusd log line (RFC 3339, UTC).

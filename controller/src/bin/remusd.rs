@@ -59,6 +59,12 @@ enum Role {
         /// No key: only for a standby on a loopback address (this host).
         #[arg(long)]
         insecure: bool,
+        /// Take each full image (the first, and after a resync or a rejoin) in one pause
+        /// instead of streaming it while the program runs: the benchmarks' baseline. remusd
+        /// falls back to this by itself when it may not read the program's memory. Also set
+        /// by REMUS_FULL_IMAGE=pause.
+        #[arg(long)]
+        full_image_in_pause: bool,
     },
     /// Receive epochs from a primary and take over when it fails.
     Standby {
@@ -165,6 +171,7 @@ fn main() {
             wire_stats,
             key_file,
             insecure,
+            full_image_in_pause,
             ..
         } => primary::run(
             primary::PrimaryArgs {
@@ -176,6 +183,8 @@ fn main() {
                 allow_unprotected,
                 key_file,
                 insecure,
+                stream_images: !full_image_in_pause
+                    && std::env::var("REMUS_FULL_IMAGE").as_deref() != Ok("pause"),
                 pipeline: primary::link::PipelineOpts {
                     delta_budget: delta_budget_mb
                         .or_else(|| env_u64("REMUS_DELTA_BUDGET_MB"))

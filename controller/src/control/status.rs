@@ -22,6 +22,8 @@ pub struct ImageStream {
     /// The most pages the shim copied in one pause while the image streamed (its dirty
     /// pages and the regions it cannot follow): the pause stays an ordinary epoch's.
     pub max_pause_pages: u64,
+    /// The longest pause while the image streamed (µs).
+    pub max_pause_us: u64,
     /// The epoch that completed the image, once it did.
     pub complete_epoch: Option<u64>,
 }
@@ -211,8 +213,8 @@ impl Status {
                 match st.complete_epoch {
                     Some(e) => format!(
                         "complete at epoch {e} (streamed in {} batches, {} pages read; at most \
-                         {} pages copied in a pause meanwhile)",
-                        st.batches, st.pages_read, st.max_pause_pages
+                         {} pages and {} us in a pause meanwhile)",
+                        st.batches, st.pages_read, st.max_pause_pages, st.max_pause_us
                     ),
                     None => format!(
                         "streaming: {} pages read in {} batches, {} pages of ranges left",

@@ -40,6 +40,8 @@ pub struct PrimaryArgs {
     pub key_file: Option<PathBuf>,
     /// `--insecure`: no key (a loopback standby only).
     pub insecure: bool,
+    /// Full images stream while the program runs (`stream`); false: in one pause.
+    pub stream_images: bool,
     /// Delta compression and wire measurement.
     pub pipeline: link::PipelineOpts,
 }
@@ -722,6 +724,13 @@ impl Primary {
     /// region it does not follow yet without copying it, and acks release nothing until the
     /// image is complete.
     fn start_stream(&mut self) {
+        if !self.args.stream_images {
+            // The full image goes in the next epoch's pause (the baseline): its ack releases
+            // and protects.
+            self.release_from.store(0, Ordering::Release);
+            self.complete_at = Some(self.last_epoch.map_or(1, |e| e + 1));
+            return;
+        }
         self.release_from.store(u64::MAX, Ordering::Release);
         self.complete_at = None;
         self.stream = Some(stream::Stream::new(self.args.app_pid));
@@ -782,13 +791,7 @@ impl Primary {
             self.hold_output_again(last);
         }
         let Some(st) = &self.stream else { return };
-        let s = crate::control::status::ImageStream {
-            pending_pages: st.pending_pages(),
-            pages_read: st.pages_shipped,
-            batches: st.batches,
-            max_pause_pages: st.max_pause_pages,
-            complete_epoch: None,
-        };
+        let s = st.progress(None);
         self.status.lock().status.image_stream = Some(s);
     }
 
@@ -812,16 +815,11 @@ impl Primary {
                 pages_read = st.pages_shipped,
                 pages_dropped = st.pages_dropped,
                 max_pause_pages = st.max_pause_pages,
+                max_pause_us = st.max_pause_ns / 1000,
                 "the streamed full image is complete with this epoch"
             );
             let mut b = self.status.lock();
-            b.status.image_stream = Some(crate::control::status::ImageStream {
-                pending_pages: 0,
-                pages_read: st.pages_shipped,
-                batches: st.batches,
-                max_pause_pages: st.max_pause_pages,
-                complete_epoch: Some(epoch),
-            });
+            b.status.image_stream = Some(st.progress(Some(epoch)));
             drop(b);
             self.release_from.store(epoch, Ordering::Release);
             self.complete_at = Some(epoch);
@@ -1009,8 +1007,10 @@ impl Primary {
         self.want_epoch = self.want_epoch.max(last + 1);
         self.next_tick = Instant::now();
         self.start_stream();
-        if let Some(st) = &mut self.stream {
-            st.unheld = unheld;
+        match &mut self.stream {
+            Some(st) => st.unheld = unheld,
+            None if unheld => self.hold_output_again(last), // the full image goes in one pause
+            None => {}
         }
         let mut b = self.status.lock();
         b.status.state = "resyncing".into();

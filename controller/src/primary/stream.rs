@@ -80,8 +80,10 @@ pub struct Stream {
     pub batches: u64,
     /// The epoch whose pause started the stream (its resets are the first pending ranges).
     pub first_epoch: Option<u64>,
-    /// The largest number of pages the shim copied in one pause while streaming.
+    /// The largest number of pages the shim copied in one pause while streaming, and the
+    /// longest pause (the shim's own measure).
     pub max_pause_pages: u64,
+    pub max_pause_ns: u64,
     /// Output flows unprotected while the image streams (a resync after the standby was
     /// declared gone); held again from the epoch that completes it.
     pub unheld: bool,
@@ -100,6 +102,7 @@ impl Stream {
             batches: 0,
             first_epoch: None,
             max_pause_pages: 0,
+            max_pause_ns: 0,
             unheld: false,
         }
     }
@@ -107,6 +110,18 @@ impl Stream {
     /// Pages in ranges not read yet (present or not).
     pub fn pending_pages(&self) -> u64 {
         self.pending.iter().map(|(s, e)| (e - s) / PAGE).sum()
+    }
+
+    /// The status's view: `complete` is the epoch that completed the image, once one did.
+    pub fn progress(&self, complete: Option<u64>) -> crate::control::status::ImageStream {
+        crate::control::status::ImageStream {
+            pending_pages: self.pending_pages(),
+            pages_read: self.pages_shipped,
+            batches: self.batches,
+            max_pause_pages: self.max_pause_pages,
+            max_pause_us: self.max_pause_ns / 1000,
+            complete_epoch: complete,
+        }
     }
 
     /// Whether everything was read and shipped.
@@ -237,6 +252,7 @@ impl Stream {
     ) -> Vec<(u64, PageBytes)> {
         self.first_epoch.get_or_insert(epoch);
         self.max_pause_pages = self.max_pause_pages.max(shim_pages);
+        self.max_pause_ns = self.max_pause_ns.max(meta.pause_ns);
         let mut regions: Vec<(u64, u64)> = crate::image::parse_maps(&meta.maps)
             .map(|r| r.iter().map(|r| (r.start, r.end)).collect())
             .unwrap_or_default();

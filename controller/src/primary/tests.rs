@@ -127,6 +127,7 @@ fn rig(name: &str) -> Rig {
         allow_unprotected: false,
         key_file: None,
         insecure: true,
+        stream_images: true,
         pipeline: Default::default(),
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
@@ -299,6 +300,7 @@ fn no_standby_refuses_with_advice() {
         allow_unprotected: false,
         key_file: None,
         insecure: true,
+        stream_images: true,
         pipeline: Default::default(),
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
