@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod net;
+pub mod netns;
 pub mod zoo;
+
+use netns::Netns;
 
 /// The Debian system Python (the `python3` on PATH may be a pyenv shim script, which would
 /// be protected instead of the interpreter).
@@ -684,7 +687,8 @@ pub fn check_restored_output(
 // Standby
 // ---------------------------------------------------------------------------------------
 
-/// A `remusd standby` on 127.0.0.1, with its state, sockets and logs in a temporary dir.
+/// A `remusd standby` on 127.0.0.1 (or inside a network namespace, on its side of a veth
+/// pair: [`Standby::start_in`]), with its state, sockets and logs in a temporary dir.
 pub struct Standby {
     child: Child,
     exit: Option<ExitStatus>,
@@ -702,6 +706,24 @@ pub struct Standby {
     /// Pids seen in its status (the restored program), killed on drop.
     seen_pids: Mutex<Vec<i32>>,
     dir: TempDir,
+    /// The network namespace it runs in, if any: dropped after the standby (and deleted,
+    /// with anything still running in it, when nothing else holds it).
+    netns: Option<Arc<Netns>>,
+}
+
+/// The port a standby inside a network namespace listens on (the namespace is the test's
+/// own: nothing else can hold it).
+const NETNS_PORT: u16 = 7300;
+
+/// Where a standby listens.
+#[derive(Clone, Copy)]
+enum Listen<'a> {
+    /// A free port on 127.0.0.1.
+    AnyLoopback,
+    /// This address (in the root namespace).
+    At(&'a str),
+    /// The namespace's side of its veth pair, from inside it.
+    In(&'a Arc<Netns>),
 }
 
 impl Standby {
@@ -721,7 +743,7 @@ impl Standby {
         let mut last_report = String::new();
         // Another test may take the port between free_port() and remusd's bind: retry then.
         for attempt in 1..=3 {
-            match Standby::try_start(timeout_ms, key, extra, None) {
+            match Standby::try_start(timeout_ms, key, extra, Listen::AnyLoopback) {
                 Ok(sb) => return sb,
                 Err(report) => {
                     let in_use = report.contains("in use") || report.contains("AddrInUse");
@@ -742,7 +764,7 @@ impl Standby {
     pub fn start_on(addr: &str, timeout_ms: u64) -> Standby {
         let mut last_report = String::new();
         for attempt in 1..=20 {
-            match Standby::try_start(timeout_ms, Some(test_key_file()), &[], Some(addr)) {
+            match Standby::try_start(timeout_ms, Some(test_key_file()), &[], Listen::At(addr)) {
                 Ok(sb) => return sb,
                 Err(report) => {
                     let in_use = report.contains("in use") || report.contains("AddrInUse");
@@ -758,22 +780,37 @@ impl Standby {
         panic!("the standby did not start on {addr}:\n{last_report}");
     }
 
+    /// A standby inside the network namespace `ns`, listening on the namespace's side of the
+    /// veth pair (`ns.ns_ip`), with the tests' key (`--insecure` is for loopback only). A
+    /// primary in the root namespace reaches it across the pair; the restored program runs
+    /// in the namespace too. The standby holds `ns` until it is dropped.
+    pub fn start_in(ns: &Arc<Netns>, timeout_ms: u64) -> Standby {
+        Standby::try_start(timeout_ms, Some(test_key_file()), &[], Listen::In(ns)).unwrap_or_else(
+            |report| panic!("the standby did not start in netns {}:\n{report}", ns.name),
+        )
+    }
+
     fn try_start(
         timeout_ms: u64,
         key: Option<&Path>,
         extra: &[&str],
-        addr: Option<&str>,
+        listen: Listen,
     ) -> Result<Standby, String> {
         let dir = TempDir::new("sb");
         let p = dir.path().to_path_buf();
-        let addr = addr
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+        let (addr, netns) = match listen {
+            Listen::AnyLoopback => (format!("127.0.0.1:{}", free_port()), None),
+            Listen::At(a) => (a.to_string(), None),
+            Listen::In(ns) => (format!("{}:{NETNS_PORT}", ns.ns_ip), Some(ns.clone())),
+        };
         let state_dir = p.join("state");
         fs::create_dir_all(&state_dir).expect("mkdir state");
         let daemon_out = p.join("remusd.out");
         let daemon_err = p.join("remusd.err");
-        let mut cmd = Command::new(&bins().remusd);
+        let mut cmd = match &netns {
+            Some(ns) => ns.command(&bins().remusd),
+            None => Command::new(&bins().remusd),
+        };
         cmd.arg("standby")
             .arg("--listen")
             .arg(&addr)
@@ -827,6 +864,7 @@ impl Standby {
             daemon_err,
             seen_pids: Mutex::new(Vec::new()),
             dir,
+            netns,
         };
         // Up when its status answers as a standby; failed when remusd exits first.
         let start = Instant::now();
@@ -919,9 +957,13 @@ impl Standby {
         );
     }
 
-    /// SIGKILLs the standby and everything it started.
+    /// SIGKILLs the standby and everything it started (in a network namespace: everything
+    /// running there).
     pub fn kill(&mut self) {
-        let extra = self.seen_pids.lock().expect("lock").clone();
+        let mut extra = self.seen_pids.lock().expect("lock").clone();
+        if let Some(ns) = &self.netns {
+            extra.extend(ns.pids());
+        }
         kill_all(&mut self.child, &extra);
         self.exit = self.child.try_wait().ok().flatten();
     }
@@ -939,8 +981,12 @@ impl Standby {
             Ok(v) => v.to_string(),
             Err(e) => e,
         };
+        let place = match &self.netns {
+            Some(ns) => format!(", in netns {} via {}", ns.name, ns.host_dev()),
+            None => String::new(),
+        };
         format!(
-            "--- standby {} (pid {}, dir {}) status: {st}\n--- standby log (tail):\n{}\n\
+            "--- standby {}{place} (pid {}, dir {}) status: {st}\n--- standby log (tail):\n{}\n\
              --- standby remusd stderr (tail):\n{}\n--- standby remusd stdout (tail):\n{}\n\
              --- restored program stdout (tail):\n{}\n--- restored program stderr (tail):\n{}\n",
             self.addr,
@@ -1285,6 +1331,14 @@ impl Protected {
         }
     }
 
+    /// The log of its `remusd primary`: /tmp/remus-<uid>/primary-<app pid>.log (remusd's
+    /// default; the tests do not set another).
+    pub fn log_path(&self) -> PathBuf {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        PathBuf::from(format!("/tmp/remus-{uid}/primary-{}.log", self.pid()))
+    }
+
     /// Output and status, for failure messages.
     pub fn report(&self) -> String {
         let st = match status(&self.control) {
@@ -1297,10 +1351,7 @@ impl Protected {
             Some(st) => describe_status(&st),
             None => "running".to_string(),
         };
-        // remusd primary logs to /tmp/remus-<uid>/primary-<app pid>.log unless told otherwise.
-        // SAFETY: getuid has no preconditions and cannot fail.
-        let uid = unsafe { libc::getuid() };
-        let log = PathBuf::from(format!("/tmp/remus-{uid}/primary-{}.log", self.pid()));
+        let log = self.log_path();
         format!(
             "--- protected `{}` (pid {}, {ended}, dir {}) status: {st}\n--- its stdout ({} lines; tail):\n{}\n\
              --- its stderr (tail):\n{}\n--- remusd primary log {} (tail):\n{}\n",
