@@ -557,12 +557,17 @@ fn resync_rows(
     say: &mut impl FnMut(String),
 ) {
     let server = compile_mem_server(dir);
-    say("### Resynchronisation after a standby restart: full image in one pause vs streamed\n".into());
-    say("Standby killed, then restarted at its address; a client asks every 10 ms meanwhile. \
+    say(
+        "### Resynchronisation after a standby restart: full image in one pause vs streamed\n"
+            .into(),
+    );
+    say(
+        "Standby killed, then restarted at its address; a client asks every 10 ms meanwhile. \
          resync = restart until the primary is protected again; longest pause = the shim's \
          own measure over the resync's epochs; longest client wait = the slowest answer during \
          the resync.\n"
-        .into());
+            .into(),
+    );
     say("| program | full image | resync s | longest pause ms | pages in that pause (most) | longest client wait ms | pause vs one-pause |".into());
     say("|---|---|---|---|---|---|---|".into());
     for mb in [256u64, 1024] {
@@ -622,7 +627,12 @@ fn resync_rows(
             let worst = pinger.join().unwrap_or_default();
             let log = fs::read_to_string(dir.join(format!("{tag}-p.log"))).unwrap_or_default();
             let field = |line: &str, key: &str| -> Option<u64> {
-                line.split(&format!("{key}=")).nth(1)?.split_whitespace().next()?.parse().ok()
+                line.split(&format!("{key}="))
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
             };
             // The epoch that honoured the full resend (the whole image in one-pause mode).
             let resend = log

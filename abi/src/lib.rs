@@ -386,9 +386,11 @@ const _: () = assert!(COMMITTED_OFF.is_multiple_of(8));
 /// restarted standby, a link that came back), it asks the shim for a full image: it stores a
 /// new, non-zero request number in the `u64` at [`RESEND_REQ_OFF`] (release ordering) before
 /// it sends the next epoch signal. The epoch handler compares it with the last request it
-/// honoured, the `u64` at [`RESEND_DONE_OFF`]; when they differ it forgets every region and
-/// file it follows, so that this epoch ships every region as new (its populated pages, and a
-/// reset of its range) and every replicated file whole, then stores the epoch number at
+/// honoured, the `u64` at [`RESEND_DONE_OFF`]; when they differ it ships a reset of every
+/// region's range and every replicated file whole. With [`STREAM_OFF`] set it keeps following
+/// the regions (their pages written since the last epoch go out as usual; the controller reads
+/// the rest); without, it forgets them, so that this epoch ships every region as new (its
+/// populated pages after its reset). Then it stores the epoch number at
 /// [`RESEND_EPOCH_OFF`] and the request number at [`RESEND_DONE_OFF`] (release ordering),
 /// before the epoch's first chunk is announced. The controller writes only the request word;
 /// the shim writes only the other two.

@@ -219,6 +219,10 @@ struct Shipper {
     /// A streamed full image (`remus_abi::STREAM_OFF`): new regions are followed from now on
     /// but their pages are left for the controller to read while the program runs.
     streamed: bool,
+    /// A streamed full resend: regions the tracker already follows stay followed (what was
+    /// written since the last epoch is still reported), but each goes out with a reset, like
+    /// a new one, for the controller to read whole.
+    reset_known: bool,
 }
 
 impl Shipper {
@@ -231,9 +235,17 @@ impl Shipper {
         r: &tracker::Region,
         known: Option<How>,
     ) -> Result<How, Abort> {
+        let reset_done = known.is_some() && self.reset_known;
+        if reset_done {
+            self.reset(r)?;
+        }
         let mut push = |a: u64, b: u64| w.push_range(a, b).map_err(|_| ());
         if let Some(how) = known {
-            match tracker::known(r, how, vec, &mut push) {
+            // Reset for a streamed resend: the tracker re-arms what was written, but the pages
+            // need no copy now (the controller reads the whole region after this pause).
+            let mut skip = |_: u64, _: u64| Ok(());
+            let pages: &mut tracker::Push = if reset_done { &mut skip } else { &mut push };
+            match tracker::known(r, how, vec, pages) {
                 Ok(Some(how)) => return Ok(how),
                 Ok(None) => {} // no longer followed: treat it as new
                 Err(tracker::Fail::Push) => return Err(Abort::Link),
@@ -242,6 +254,18 @@ impl Shipper {
         }
         // New (or not trackable): the standby forgets what it had there, gets every
         // populated page, and the region is tracked from now on.
+        if !reset_done {
+            self.reset(r)?;
+        }
+        match tracker::new_region(r, vec, &mut push, self.streamed) {
+            Ok(how) => Ok(how),
+            Err(tracker::Fail::Push) => Err(Abort::Link),
+            Err(tracker::Fail::Kernel(what)) => Err(Abort::Unsupported(what, r.start)),
+        }
+    }
+
+    /// The standby forgets what it holds in `r` (applied before this epoch's pages).
+    fn reset(&mut self, r: &tracker::Region) -> Result<(), Abort> {
         if self.n_resets == MAX_RESETS {
             return Err(Abort::Unsupported(
                 b"too many new mappings in one epoch",
@@ -256,11 +280,7 @@ impl Shipper {
             }
         };
         self.n_resets += 1;
-        match tracker::new_region(r, vec, &mut push, self.streamed) {
-            Ok(how) => Ok(how),
-            Err(tracker::Fail::Push) => Err(Abort::Link),
-            Err(tracker::Fail::Kernel(what)) => Err(Abort::Unsupported(what, r.start)),
-        }
+        Ok(())
     }
 }
 
@@ -323,14 +343,22 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     let s = unsafe { &mut *SCRATCH.0.get() };
 
     // A full resend asked for by the controller (a new connection to a standby that holds
-    // nothing): forget every region and file followed, so that this epoch ships them all as
-    // new (populated pages and resets; files whole). Re-registering a region with the tracker
-    // is idempotent (uffd: the same context; mprotect: its table is rebuilt every epoch).
+    // nothing). Streamed: every region goes out with a reset and stays followed (the
+    // controller reads the pages; reading the maps text again lists every region). In one
+    // pause: forget every region, so that this epoch ships them all as new (populated pages
+    // and resets); re-registering a region with the tracker is idempotent (uffd: the same
+    // context; mprotect: its table is rebuilt every epoch). Files go whole either way.
+    let streamed = header_word(base, STREAM_OFF).load(Ordering::Acquire) != 0;
+    let mut reset_known = false;
     let resend = header_word(base, RESEND_REQ_OFF).load(Ordering::Acquire);
     if resend != header_word(base, RESEND_DONE_OFF).load(Ordering::Relaxed) {
-        s.n_tracked = 0;
-        s.n_next = 0;
-        s.n_vmas_prev = 0;
+        if streamed {
+            reset_known = true;
+        } else {
+            s.n_tracked = 0;
+            s.n_next = 0;
+            s.n_vmas_prev = 0;
+        }
         s.maps_out_len = 0;
         crate::files::forget_known();
         header_word(base, RESEND_EPOCH_OFF).store(epoch, Ordering::Relaxed);
@@ -350,7 +378,8 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     let mut ship = Shipper {
         resets: base.wrapping_add(RESETS_OFF) as *mut ResetRange,
         n_resets: 0,
-        streamed: header_word(base, STREAM_OFF).load(Ordering::Acquire) != 0,
+        streamed,
+        reset_known,
     };
 
     // Has the map changed since the last epoch? Asking the kernel VMA by VMA is much cheaper
