@@ -9,7 +9,7 @@
 //! standby on the same host: ratios are what to read, the machine is shared and noisy.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -568,8 +568,8 @@ fn resync_rows(
          the resync.\n"
             .into(),
     );
-    say("| program | full image | resync s | longest pause ms | pages in that pause (most) | longest client wait ms | pause vs one-pause |".into());
-    say("|---|---|---|---|---|---|---|".into());
+    say("| program | full image | resync s | longest pause ms | pages in that pause (most) | longest client wait ms | answers ok / failed | pause vs one-pause |".into());
+    say("|---|---|---|---|---|---|---|---|".into());
     for mb in [256u64, 1024] {
         let mut baseline_pause = None;
         for (mode, extra) in [("one pause", "--full-image-in-pause"), ("streamed", "")] {
@@ -596,15 +596,17 @@ fn resync_rows(
             let pinger = {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
-                    let mut worst = Duration::ZERO;
+                    let (mut worst, mut ok, mut failed) = (Duration::ZERO, 0u32, 0u32);
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let t = Instant::now();
-                        if ask_within(port, Duration::from_secs(60)).is_some() {
-                            worst = worst.max(t.elapsed());
+                        match ask_within(port, Duration::from_secs(60)) {
+                            Some(l) if l.starts_with("ok ") => ok += 1,
+                            _ => failed += 1,
                         }
+                        worst = worst.max(t.elapsed());
                         std::thread::sleep(Duration::from_millis(10));
                     }
-                    worst
+                    (worst, ok, failed)
                 })
             };
             let sb = Standby::start_at(b, dir, &format!("{tag}-b"), 1000, insecure, addr);
@@ -624,7 +626,7 @@ fn resync_rows(
             // A few more answers after protection resumed, then stop the client.
             std::thread::sleep(Duration::from_millis(300));
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let worst = pinger.join().unwrap_or_default();
+            let (worst, answers, failed) = pinger.join().unwrap_or_default();
             let log = fs::read_to_string(dir.join(format!("{tag}-p.log"))).unwrap_or_default();
             let field = |line: &str, key: &str| -> Option<u64> {
                 line.split(&format!("{key}="))
@@ -652,7 +654,7 @@ fn resync_rows(
                 Some(base) => format!("{:.4}", pause_us as f64 / base as f64),
             };
             say(format!(
-                "| {mb} MiB | {mode} | {resync_s:.2} | {:.1} | {pages} | {:.0} | {ratio} |",
+                "| {mb} MiB | {mode} | {resync_s:.2} | {:.1} | {pages} | {:.0} | {answers} / {failed} | {ratio} |",
                 pause_us as f64 / 1000.0,
                 worst.as_secs_f64() * 1000.0
             ));
@@ -668,7 +670,8 @@ fn ask_within(port: u16, timeout: Duration) -> Option<String> {
     let mut s =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
-    let _ = s.write_all(b"?\n");
+    // Nothing is sent: mem_server never reads, and a close with unread bytes resets the
+    // connection (the answer lost).
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     Some(buf.trim().to_string())

@@ -298,6 +298,7 @@ fn follow(
             };
             b.status.epoch = p.epoch;
             b.status.committed_epoch = p.committed_epoch;
+            b.status.image_stream = p.image_stream;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
