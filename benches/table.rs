@@ -476,9 +476,10 @@ fn main() {
             let sb = Standby::start(b, &dir, &tag, 500, insecure);
             let mut cmd = Command::new(&server);
             cmd.args([mb.to_string(), port.to_string()]);
-            let (p, ctl) = protect(b, &mut cmd, &sb, &dir, &tag, 25, primary_base);
             // The fill runs protected; "ready" is released once an epoch after it commits.
+            // (Timed from the start: protection itself starts after the first image.)
             let t_start = Instant::now();
+            let (p, ctl) = protect(b, &mut cmd, &sb, &dir, &tag, 25, primary_base);
             assert!(
                 p.wait_line("ready", Duration::from_secs(300)),
                 "{tag}: no ready line"

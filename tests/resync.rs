@@ -30,6 +30,13 @@ fn restarted_standby_resynchronises_mprotect_tracker() {
     scenario(&[("REMUS_TRACKER", "mprotect")]);
 }
 
+/// The baseline (and remusd's fallback when it may not read the program's memory): the full
+/// image in one pause.
+#[test]
+fn restarted_standby_resynchronises_full_image_in_one_pause() {
+    scenario(&[("REMUS_FULL_IMAGE", "pause")]);
+}
+
 fn primary_log(app: &Protected) -> String {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
@@ -93,9 +100,18 @@ fn scenario(env: &[(&str, &str)]) {
         },
     );
     assert_eq!(s(&v, "link"), "up", "{v}");
-    // The full image was streamed while the program ran: memcheck's 16 MiB block (4096
-    // pages) came through the stream, not through a pause.
-    let (read, max_pause) = assert_streamed(&v, 4096);
+    let in_pause = env.contains(&("REMUS_FULL_IMAGE", "pause"));
+    let (read, max_pause) = if in_pause {
+        assert!(
+            v.get("image_stream").is_none_or(Value::is_null),
+            "nothing streams with REMUS_FULL_IMAGE=pause: {v}"
+        );
+        (0, 0)
+    } else {
+        // The full image was streamed while the program ran: memcheck's 16 MiB block (4096
+        // pages) came through the stream, not through a pause.
+        assert_streamed(&v, 4096)
+    };
     let bv = b.wait_status("B committed epochs", LONG, |v| {
         s(v, "state") == "receiving" && committed_epoch(v).is_some_and(|c| c > c1)
     });
@@ -105,7 +121,7 @@ fn scenario(env: &[(&str, &str)]) {
         !log.contains("TAKING OVER"),
         "B must not take over while the primary lives:\n{log}"
     );
-    // The shim honoured the full-resend request, and B committed that epoch.
+    // The shim honoured the full-resend request, and B committed the image.
     let plog = primary_log(&app);
     assert!(
         plog.contains("the full image for the reconnected standby is on its way")
@@ -113,6 +129,30 @@ fn scenario(env: &[(&str, &str)]) {
         "the primary's log does not show the full image:\n{}",
         both()
     );
+    // In one pause, the resend epoch itself copied the 16 MiB block.
+    let resend_pages = plog
+        .lines()
+        .rfind(|l| l.contains("full image for the reconnected standby taken"))
+        .and_then(|l| {
+            l.split("pages=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no resend epoch in the primary's log:\n{plog}"));
+    if in_pause {
+        assert!(
+            resend_pages >= 4096,
+            "the resend epoch copied {resend_pages} pages"
+        );
+    } else {
+        assert!(
+            resend_pages < 4096,
+            "the streamed resend epoch copied {resend_pages} pages in its pause"
+        );
+    }
 
     // Ordering, as in failover_scenario: lines read now were printed before epoch
     // `taken + 1` started, so B holds them once `taken + 2` is committed.
