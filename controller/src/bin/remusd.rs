@@ -65,6 +65,10 @@ enum Role {
         /// by REMUS_FULL_IMAGE=pause.
         #[arg(long)]
         full_image_in_pause: bool,
+        /// Pages read from the running program per epoch while a full image streams.
+        /// Default: $REMUS_STREAM_BATCH_PAGES, else 2048 (8 MiB).
+        #[arg(long)]
+        stream_batch_pages: Option<usize>,
     },
     /// Receive epochs from a primary and take over when it fails.
     Standby {
@@ -172,6 +176,7 @@ fn main() {
             key_file,
             insecure,
             full_image_in_pause,
+            stream_batch_pages,
             ..
         } => primary::run(
             primary::PrimaryArgs {
@@ -185,6 +190,10 @@ fn main() {
                 insecure,
                 stream_images: !full_image_in_pause
                     && std::env::var("REMUS_FULL_IMAGE").as_deref() != Ok("pause"),
+                stream_batch_pages: stream_batch_pages
+                    .or_else(|| env_u64("REMUS_STREAM_BATCH_PAGES").map(|v| v as usize))
+                    .unwrap_or(primary::stream::BATCH_PAGES)
+                    .max(1),
                 pipeline: primary::link::PipelineOpts {
                     delta_budget: delta_budget_mb
                         .or_else(|| env_u64("REMUS_DELTA_BUDGET_MB"))

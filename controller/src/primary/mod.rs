@@ -42,6 +42,8 @@ pub struct PrimaryArgs {
     pub insecure: bool,
     /// Full images stream while the program runs (`stream`); false: in one pause.
     pub stream_images: bool,
+    /// Pages read per epoch while a full image streams.
+    pub stream_batch_pages: usize,
     /// Delta compression and wire measurement.
     pub pipeline: link::PipelineOpts,
 }
@@ -733,7 +735,10 @@ impl Primary {
         }
         self.release_from.store(u64::MAX, Ordering::Release);
         self.complete_at = None;
-        self.stream = Some(stream::Stream::new(self.args.app_pid));
+        self.stream = Some(stream::Stream::new(
+            self.args.app_pid,
+            self.args.stream_batch_pages,
+        ));
         self.staging.set_stream(true);
     }
 
@@ -755,24 +760,25 @@ impl Primary {
     }
 
     /// Before an epoch signal: reads the next batch of the streamed image (the pages belong to
-    /// the epoch about to be taken). When nothing is left to read after it, that epoch is an
-    /// ordinary one (new regions ship in its pause) and completes the image. When the
-    /// program's memory cannot be read, the image is taken in that epoch's pause instead.
+    /// the epoch about to be taken). When nothing is left to read after it, that epoch
+    /// completes the image. When the program's memory cannot be read, the image is taken in
+    /// that epoch's pause instead.
     fn stream_batch(&mut self) {
         let Some(st) = &mut self.stream else { return };
         let epoch = self.last_epoch.map_or(1, |e| e + 1);
+        // Only the epoch that starts the stream leaves its regions' pages to remusd: regions
+        // new in later epochs ship in their pause, as at any time, so what is left to read only
+        // shrinks and the stream ends whatever the program maps meanwhile.
+        self.staging.set_stream(st.first_epoch.is_none());
         let last_batch = match st.read_batch(epoch) {
-            Ok(more) => {
-                self.staging.set_stream(more);
-                !more
-            }
+            Ok(more) => !more,
             Err(e) => {
                 tracing::warn!(
                     "cannot stream the full image ({e}); taking it in one pause instead (the \
                      program stops for as long as the copy takes)"
                 );
                 let unheld = st.unheld;
-                *st = stream::Stream::new(self.args.app_pid);
+                *st = stream::Stream::new(self.args.app_pid, self.args.stream_batch_pages);
                 st.unheld = unheld;
                 self.staging.set_stream(false);
                 self.staging.request_resend();

@@ -12,6 +12,10 @@
 //!                     its regions (the memory changed); the rest go out with e+1
 //! ```
 //!
+//! Only epoch e streams: a region new in a later epoch ships whole in its pause, as it would
+//! at any time. So `pending` only shrinks (by at least one batch an epoch, or by what the
+//! program unmaps), and the stream ends however fast the program maps and unmaps memory.
+//!
 //! Why a batch page belongs to epoch e+1: it was read after the pause of epoch e re-armed the
 //! tracker and before the pause of e+1. If the program wrote the page in between (before or
 //! after the read), the tracker reports it at e+1 and the shim's copy replaces the batch's;
@@ -31,11 +35,12 @@ use crate::wire::messages::PageBytes;
 
 const PAGE: u64 = remus_abi::PAGE_SIZE as u64;
 
-/// Pages read per epoch interval (8 MiB): the encoder compresses them on its own thread
-/// while the program runs; the epoch loop spends a few milliseconds reading them.
+/// Pages read per epoch interval by default (8 MiB): the encoder compresses them on its own
+/// thread while the program runs; the epoch loop spends a few milliseconds reading them.
 pub const BATCH_PAGES: usize = 2048;
-/// Pagemap entries looked at per batch (sparse regions: most pages are not present).
-const SCAN_PAGES: u64 = 64 * BATCH_PAGES as u64;
+/// Pagemap entries looked at per batch, per page of the batch (sparse regions: most pages
+/// are not present).
+const SCAN_PER_PAGE: u64 = 64;
 /// A page that could not be read this many batches in a row, while its region stayed
 /// mapped, ends streaming (the image is then taken in one pause).
 const MAX_FAILURES: u32 = 3;
@@ -66,6 +71,8 @@ struct Batch {
 /// One streamed full image.
 pub struct Stream {
     pid: i32,
+    /// Pages read per batch at most.
+    batch_pages: usize,
     pagemap: Option<File>,
     /// Page ranges not read yet: sorted, disjoint, page-aligned.
     pending: Vec<(u64, u64)>,
@@ -90,9 +97,10 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(pid: i32) -> Stream {
+    pub fn new(pid: i32, batch_pages: usize) -> Stream {
         Stream {
             pid,
+            batch_pages: batch_pages.max(1),
             pagemap: None,
             pending: Vec::new(),
             batch: None,
@@ -146,19 +154,20 @@ impl Stream {
         }
         let pm = self.pagemap.as_ref().expect("opened above");
         // Which pages to read: present (or swapped) ones, from the front of `pending`.
-        let mut want: Vec<u64> = Vec::with_capacity(BATCH_PAGES);
+        let (max, scan_max) = (self.batch_pages, SCAN_PER_PAGE * self.batch_pages as u64);
+        let mut want: Vec<u64> = Vec::with_capacity(max);
         let mut scanned = 0u64;
         let mut entries = vec![0u8; 512 * 8];
-        while want.len() < BATCH_PAGES && scanned < SCAN_PAGES {
+        while want.len() < max && scanned < scan_max {
             let Some(&(s, e)) = self.pending.first() else {
                 break;
             };
-            let n = ((e - s) / PAGE).min(512).min(SCAN_PAGES - scanned);
+            let n = ((e - s) / PAGE).min(512).min(scan_max - scanned);
             let buf = &mut entries[..n as usize * 8];
             let ok = pm.read_exact_at(buf, s / PAGE * 8).is_ok();
             let mut taken = 0u64;
             for (i, w) in buf.chunks_exact(8).enumerate() {
-                if want.len() == BATCH_PAGES {
+                if want.len() == max {
                     break;
                 }
                 let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
@@ -437,7 +446,7 @@ mod tests {
         }
         let end = base + n as u64 * PAGE;
         let maps = format!("{base:x}-{end:x} rw-p 00000000 00:00 0\n");
-        let mut st = Stream::new(std::process::id() as i32);
+        let mut st = Stream::new(std::process::id() as i32, BATCH_PAGES);
         // Epoch 1: the region is new and streamed.
         let mut m1 = meta(&maps, vec![(base, end)]);
         assert!(st.commit(1, &mut m1, true, 0).is_empty());
@@ -480,7 +489,7 @@ mod tests {
         let base = buf.as_ptr() as u64 + off as u64;
         let end = base + 4 * PAGE;
         let maps = format!("{base:x}-{end:x} rw-p 00000000 00:00 0\n");
-        let mut st = Stream::new(std::process::id() as i32);
+        let mut st = Stream::new(std::process::id() as i32, BATCH_PAGES);
         st.commit(1, &mut meta(&maps, vec![(base, end)]), true, 0);
         st.read_batch(2).expect("read");
         // Epoch 2: the first page was mapped again (reset), the last is unmapped.

@@ -128,6 +128,7 @@ fn rig(name: &str) -> Rig {
         key_file: None,
         insecure: true,
         stream_images: true,
+        stream_batch_pages: super::stream::BATCH_PAGES,
         pipeline: Default::default(),
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
@@ -301,6 +302,7 @@ fn no_standby_refuses_with_advice() {
         key_file: None,
         insecure: true,
         stream_images: true,
+        stream_batch_pages: super::stream::BATCH_PAGES,
         pipeline: Default::default(),
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
