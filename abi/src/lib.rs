@@ -235,9 +235,9 @@ pub struct StagingHeader {
 /// The epoch saw state the shim cannot replicate (the controller should have been told with
 /// an [`MsgKind::Unsupported`] message; this is belt and braces).
 pub const HDR_FLAG_UNSUPPORTED: u32 = 1;
-/// The epoch was taken with [`STREAM_OFF`] set: the regions new in it (its resets) carry only
-/// the pages of regions the tracker cannot follow; the rest of their contents is the
-/// controller's to read while the program runs.
+/// The epoch was taken with [`STREAM_OFF`] set: of the ranges it resets, it carries only the
+/// pages of regions the tracker cannot follow; the rest of their contents is the controller's
+/// to read while the program runs.
 pub const HDR_FLAG_STREAMED: u32 = 2;
 
 /// Kinds of [`Msg`].
@@ -398,13 +398,15 @@ pub const RESEND_REQ_OFF: usize = COMMITTED_OFF + 16;
 pub const RESEND_DONE_OFF: usize = COMMITTED_OFF + 24;
 pub const RESEND_EPOCH_OFF: usize = COMMITTED_OFF + 32;
 
-/// Streamed full images (additive, like [`COMMITTED_OFF`]). While the `u64` at [`STREAM_OFF`]
-/// is non-zero (the controller writes it before it sends an epoch signal), the epoch handler
-/// starts following each region new to it (its reset goes out as usual) without copying its
-/// pages in the pause, and flags the epoch [`HDR_FLAG_STREAMED`]. The controller then reads
-/// those pages from the running program between epochs, a bounded batch at a time: a page the
-/// program writes after the region was registered shows up in a later epoch's dirty pages,
-/// which win over the controller's copy. The shim only reads this word.
+/// Streamed full images (additive, like [`COMMITTED_OFF`]). When the `u64` at [`STREAM_OFF`]
+/// is non-zero at an epoch (the controller sets it for the epoch that starts a full image,
+/// before its signal), the epoch handler starts following each region new to it without
+/// copying its pages in the pause (its reset goes out as usual); in a full resend
+/// ([`RESEND_REQ_OFF`]) it also resets every region it already follows, re-arming the
+/// tracker without copying what was written. It flags the epoch [`HDR_FLAG_STREAMED`]. The
+/// controller then reads those ranges from the running program between epochs, a bounded
+/// batch at a time: a page the program writes after the pause shows up in a later epoch's
+/// dirty pages, which win over the controller's copy. The shim only reads this word.
 pub const STREAM_OFF: usize = COMMITTED_OFF + 40;
 
 const _: () = assert!(STREAM_OFF + 8 <= HEADER_SIZE);
