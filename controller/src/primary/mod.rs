@@ -820,6 +820,7 @@ impl Primary {
                 batches = st.batches,
                 pages_read = st.pages_shipped,
                 pages_dropped = st.pages_dropped,
+                pages_zero = st.pages_zero,
                 max_pause_pages = st.max_pause_pages,
                 max_pause_us = st.max_pause_ns / 1000,
                 "the streamed full image is complete with this epoch"

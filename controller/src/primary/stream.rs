@@ -83,6 +83,8 @@ pub struct Stream {
     pub pages_shipped: u64,
     /// Pages read and dropped (written again, or their memory changed).
     pub pages_dropped: u64,
+    /// Pages read as zeros (not sent: see `read_batch`).
+    pub pages_zero: u64,
     /// Batches read.
     pub batches: u64,
     /// The epoch whose pause started the stream (its resets are the first pending ranges).
@@ -107,6 +109,7 @@ impl Stream {
             failing: None,
             pages_shipped: 0,
             pages_dropped: 0,
+            pages_zero: 0,
             batches: 0,
             first_epoch: None,
             max_pause_pages: 0,
@@ -171,8 +174,10 @@ impl Stream {
                     break;
                 }
                 let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
-                // Bit 63: present; bit 62: swapped. A page that cannot be listed is read
-                // anyway (a failed read comes back to `pending`).
+                // Bit 63: present; bit 62: swapped, which includes the tracker's write-protect
+                // markers on pages never populated (they read as zeros, dropped below). A page
+                // that cannot be listed is read anyway (a failed read comes back to
+                // `pending`).
                 if !ok || v & (3 << 62) != 0 {
                     want.push(s + i as u64 * PAGE);
                 }
@@ -196,6 +201,15 @@ impl Stream {
                 Ok(got) => {
                     let whole = got / PAGE as usize;
                     for (i, page) in buf.chunks_exact(PAGE as usize).take(whole).enumerate() {
+                        // A page of zeros need not go: the standby forgot the range (reset)
+                        // and holds either nothing there (zeros at restore) or the copy of
+                        // the last epoch that found the page written, which is its content
+                        // now unless the program wrote it again, and then this epoch's own
+                        // copy replaces the batch's anyway.
+                        if page.iter().all(|&b| b == 0) {
+                            self.pages_zero += 1;
+                            continue;
+                        }
                         pages.insert(start + i as u64 * PAGE, page.to_vec());
                     }
                     if (whole as u64) < n {
@@ -441,9 +455,15 @@ mod tests {
         let mut buf = vec![0u8; n * PAGE as usize + PAGE as usize];
         let off = (PAGE as usize - (buf.as_ptr() as usize % PAGE as usize)) % PAGE as usize;
         let base = buf.as_ptr() as u64 + off as u64;
+        // Every 7th page is written with zeros: present, but not worth sending.
+        let value = |i: usize| if i % 7 == 3 { 0 } else { (i % 251) as u8 + 1 };
         for i in 0..n {
-            buf[off + i * PAGE as usize] = (i % 251) as u8 + 1;
+            // SAFETY: in bounds; a volatile write so that the zero store faults the page in.
+            unsafe {
+                std::ptr::write_volatile(buf.as_mut_ptr().add(off + i * PAGE as usize), value(i))
+            };
         }
+        let zeros = (0..n).filter(|&i| value(i) == 0).count();
         let end = base + n as u64 * PAGE;
         let maps = format!("{base:x}-{end:x} rw-p 00000000 00:00 0\n");
         let mut st = Stream::new(std::process::id() as i32, BATCH_PAGES);
@@ -472,10 +492,15 @@ mod tests {
             assert!(epoch < 10, "the stream never ended");
         }
         assert!(st.is_done());
-        assert_eq!(got.len(), n - 1, "every page but the one the shim shipped");
+        assert_eq!(
+            got.len(),
+            n - 1 - zeros,
+            "every page but the one the shim shipped and the zero ones"
+        );
+        assert_eq!(st.pages_zero, zeros as u64);
         for (a, p) in &got {
             let i = ((a - base) / PAGE) as usize;
-            assert_eq!(p[0], (i % 251) as u8 + 1, "page {i}");
+            assert_eq!(p[0], value(i), "page {i}");
         }
     }
 

@@ -226,21 +226,26 @@ pub fn new_region(
     push: &mut Push,
     streamed: bool,
 ) -> Result<How, Fail> {
-    // The app is stopped: registering before or after the copy is the same.
-    let how = if register_wp(uffd, r.start, r.end).is_ok()
-        && write_protect(uffd, r.start, r.end).is_ok()
-    {
-        How::Scan
-    } else {
-        How::CopyAll
-    };
-    if streamed && how == How::Scan {
-        return Ok(how); // followed from here on; the controller reads the pages
+    // Copy before registering: write-protecting puts a marker in every unpopulated page's
+    // entry (WP_UNPOPULATED), and PAGEMAP_SCAN counts markers as swapped, i.e. populated.
+    if !streamed {
+        populated(pm, r, vec, push)?;
     }
+    if register_wp(uffd, r.start, r.end).is_ok() && write_protect(uffd, r.start, r.end).is_ok() {
+        return Ok(How::Scan); // streamed: the controller reads the pages
+    }
+    if streamed {
+        populated(pm, r, vec, push)?; // not followed: every epoch ships it whole, this one too
+    }
+    Ok(How::CopyAll)
+}
+
+/// Ships the populated pages of `r`.
+fn populated(pm: i32, r: &Region, vec: &mut [PageRegion], push: &mut Push) -> Result<(), Fail> {
     match pagemap::scan(pm, r.start, r.end, Query::Populated, vec, |a, b| {
         push(a, b).map_err(|_| -1)
     }) {
-        Ok(()) => Ok(how),
+        Ok(()) => Ok(()),
         Err(-1) => Err(Fail::Push),
         Err(_) => Err(Fail::Kernel(b"PAGEMAP_SCAN failed on a mapping")),
     }
