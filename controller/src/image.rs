@@ -355,4 +355,26 @@ mod tests {
         assert_eq!(img.pages[&0x2000][0], 7);
         assert_eq!(img.committed_epoch(), Some(2));
     }
+
+    /// Epochs of a streaming full image are committed (deltas build on them) but cannot be
+    /// restored; the first complete one can, and a later partial one (a new stream on a new
+    /// connection starts from an empty image, so this is the receiver's view) hides it again.
+    #[test]
+    fn partial_epochs_are_not_restorable() {
+        let mut img = Image::default();
+        let maps = "1000-3000 rw-p 00000000 00:00 0\n".to_string();
+        let meta = |epoch, partial| EpochMeta {
+            epoch,
+            maps: maps.clone(),
+            partial,
+            ..Default::default()
+        };
+        img.apply(meta(1, true), vec![]).unwrap();
+        assert_eq!(img.committed_epoch(), Some(1));
+        assert_eq!(img.restorable_epoch(), None);
+        img.apply(meta(2, false), vec![]).unwrap();
+        assert_eq!(img.restorable_epoch(), Some(2));
+        img.apply(meta(3, true), vec![]).unwrap();
+        assert_eq!(img.restorable_epoch(), None);
+    }
 }
