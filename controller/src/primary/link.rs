@@ -99,11 +99,16 @@ pub enum Outbound {
     },
 }
 
-/// Why the link is down (first reason wins).
+/// Why the link is down (first reason wins), and what the acks prove.
 #[derive(Default)]
 struct Health {
     down: Mutex<Option<String>>,
     last_rx: Mutex<Option<Instant>>,
+    /// (epoch, when its commit frame started out), oldest first, not yet acked.
+    commits_sent: Mutex<std::collections::VecDeque<(u64, Instant)>>,
+    /// When the newest acked commit frame started out: the standby has heard from this
+    /// primary at that moment or later.
+    heard_at: Mutex<Option<Instant>>,
 }
 
 impl Health {
@@ -116,6 +121,23 @@ impl Health {
     fn rx(&self) {
         *self.last_rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
+    fn commit_sent(&self, epoch: u64, at: Instant) {
+        let mut q = self.commits_sent.lock().unwrap_or_else(|p| p.into_inner());
+        q.push_back((epoch, at));
+        if q.len() > 256 {
+            q.pop_front(); // acks stopped coming: the link is about to be declared lost
+        }
+    }
+    fn acked(&self, epoch: u64) {
+        let mut q = self.commits_sent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut at = None;
+        while q.front().is_some_and(|&(e, _)| e <= epoch) {
+            at = q.pop_front().map(|(_, t)| t);
+        }
+        if at.is_some() {
+            *self.heard_at.lock().unwrap_or_else(|p| p.into_inner()) = at;
+        }
+    }
 }
 
 pub struct Link {
@@ -127,6 +149,41 @@ pub struct Link {
     threads: Vec<JoinHandle<()>>,
     /// Disconnected when the reader thread ends (the standby closed its side).
     reader_gone: Receiver<()>,
+    /// The standby's failure timeout, as its hello said.
+    standby_timeout: Option<Duration>,
+}
+
+/// What a lost link proves about the standby's failure detector: it last heard from this
+/// primary no earlier than `heard_at` (the newest acked commit frame started out then), and it
+/// takes over only after `timeout` of silence.
+#[derive(Clone, Copy, Debug)]
+pub struct LastContact {
+    pub heard_at: Option<Instant>,
+    pub timeout: Option<Duration>,
+}
+
+impl LastContact {
+    /// Whether the standby cannot have taken over by now: it heard from us less than its
+    /// failure timeout ago (with a tenth of it to spare). Unknown counts as "it may have".
+    pub fn too_recent_for_takeover(&self) -> bool {
+        match (self.heard_at, self.timeout) {
+            (Some(h), Some(t)) => h.elapsed() < t - t / 10,
+            _ => false,
+        }
+    }
+
+    /// How long ago the standby last heard from us, for messages.
+    pub fn describe(&self) -> String {
+        match (self.heard_at, self.timeout) {
+            (Some(h), Some(t)) => format!(
+                "it last heard from this primary {} ms ago and takes over after {} ms of silence",
+                h.elapsed().as_millis(),
+                t.as_millis()
+            ),
+            (None, _) => "it never acknowledged an epoch on this connection".into(),
+            (_, None) => "its failure timeout is unknown".into(),
+        }
+    }
 }
 
 /// The standby is declared lost after this much silence: 4 heartbeats, at least 1 s.
@@ -185,11 +242,13 @@ impl Link {
             },
             keys.recv,
         );
+        let standby_timeout;
         match reader.read_msg() {
             Ok(Some(WireMsg::HelloAck(ack))) => {
                 if let Some(why) = ack.refused {
                     return Err(ConnectError::Refused(addr.into(), why));
                 }
+                standby_timeout = ack.timeout_ms.map(Duration::from_millis);
                 tracing::info!(
                     standby = addr,
                     standby_pid = ack.standby_pid,
@@ -254,7 +313,20 @@ impl Link {
             lost_after: lost,
             threads,
             reader_gone,
+            standby_timeout,
         })
+    }
+
+    /// What the acks of this connection prove about the standby's failure detector.
+    pub fn last_contact(&self) -> LastContact {
+        LastContact {
+            heard_at: *self
+                .health
+                .heard_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+            timeout: self.standby_timeout,
+        }
     }
 
     /// `Some(reason)` once the standby is lost: the connection failed, or it has been silent
@@ -386,7 +458,11 @@ fn send_loop(
                 snap_only,
             } => {
                 let raw = match &msg {
-                    WireMsg::EpochCommit(c) => meta_raw_bytes(&c.meta),
+                    WireMsg::EpochCommit(c) => {
+                        // Before the write: the standby reads it no earlier than this.
+                        health.commit_sent(c.epoch, Instant::now());
+                        meta_raw_bytes(&c.meta)
+                    }
                     _ => pages * remus_abi::PAGE_SIZE as u64,
                 };
                 let r = w.send(&msg);
@@ -435,6 +511,7 @@ fn recv_loop(mut r: FrameReader<Counting>, health: Arc<Health>, addr: String, on
         match r.read_msg() {
             Ok(Some(WireMsg::Ack { epoch })) => {
                 health.rx();
+                health.acked(epoch);
                 on_ack(epoch);
                 tracing::trace!(epoch, "standby acked");
             }

@@ -113,6 +113,9 @@ struct Resync {
     /// still held, and stays so until a reconnection proves it did not (then the full image's
     /// commit releases it) or shows it did (superseded: released never).
     held: bool,
+    /// What the lost connection proved about the standby's failure detector: a later
+    /// "nothing answers there" releases what is held only if it could not have taken over.
+    contact: link::LastContact,
 }
 
 /// What asking a lost standby "did you take over?" found.
@@ -120,7 +123,9 @@ enum Probe {
     /// It took over this primary's app: stop, release nothing.
     Superseded(String),
     /// It answered and had not taken over (it was told to discard its image), or nothing
-    /// listens at its address (its daemon is gone, so it is not running the app).
+    /// listens at its address (its daemon is gone) and it had no time to take over before it
+    /// died (`link::LastContact`). (A standby that took over and then lost its daemon leaves
+    /// the restored app running: "gone" alone proves nothing.)
     NotTakenOver,
     /// No answer either way (timeout, unreachable network, broken handshake): it may have
     /// taken over on the far side of a partition.
@@ -131,8 +136,9 @@ enum Probe {
 const PEER_GONE: &str = "nothing answers there: ";
 
 /// The standby's host answered, but no daemon does (refused, or reset/closed while its
-/// process dies): that daemon is gone, so it runs no restored app. A silent address (timeout,
-/// unreachable network) proves nothing: across a partition the standby may have taken over.
+/// process dies): that daemon is gone (whether it took over first is for `LastContact` to
+/// say). A silent address (timeout, unreachable network) proves nothing: across a partition
+/// the standby may have taken over.
 fn peer_gone(e: &link::ConnectError) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionRefused, ConnectionReset};
     match e {
@@ -647,11 +653,12 @@ impl Primary {
             // Fencing: before anything held is released, make sure the standby has not taken
             // over meanwhile (this primary may have been frozen or cut off for longer than its
             // failure timeout). A standby that did answers any new connection "superseded".
+            let contact = link.last_contact();
             if let Some(link) = self.link.take() {
                 link.close();
             }
             self.stop_stream();
-            match self.probe_superseded(&addr) {
+            match self.probe_superseded(&addr, contact) {
                 Probe::Superseded(text) => {
                     self.superseded(&addr, &why, &text);
                 }
@@ -660,7 +667,7 @@ impl Primary {
                         "standby {addr} lost: {why}; the app keeps running unprotected while remusd reconnects (every {} ms) to resynchronise",
                         RESYNC_RETRY.as_millis()
                     );
-                    self.lose_standby(addr, why, false);
+                    self.lose_standby(addr, why, false, contact);
                 }
                 Probe::Unknown(err) => {
                     tracing::error!(
@@ -670,7 +677,12 @@ impl Primary {
                          at {addr}",
                         RESYNC_RETRY.as_millis()
                     );
-                    self.lose_standby(addr, format!("{why}; unreachable since: {err}"), true);
+                    self.lose_standby(
+                        addr,
+                        format!("{why}; unreachable since: {err}"),
+                        true,
+                        contact,
+                    );
                 }
             }
         }
@@ -679,7 +691,7 @@ impl Primary {
     /// The standby is lost and has not taken over (the fencing check said so, or it is
     /// unreachable): nothing is held for it any more, as when protection stops; but remusd
     /// keeps asking it (or its successor at the same address) again, to resynchronise.
-    fn lose_standby(&mut self, addr: String, why: String, held: bool) {
+    fn lose_standby(&mut self, addr: String, why: String, held: bool, contact: link::LastContact) {
         let reason = if held {
             // Fencing across a partition: the standby may be running the app from its last
             // committed epoch. Nothing this primary holds may leave until it is known not to.
@@ -716,6 +728,7 @@ impl Primary {
             full_epoch: None,
             attempt: None,
             held,
+            contact,
         });
     }
 
@@ -936,8 +949,9 @@ impl Primary {
             Err(e) => {
                 let Some(r) = &mut self.resync else { return };
                 r.next_try = Instant::now() + RESYNC_RETRY;
-                if r.held && e.starts_with(PEER_GONE) {
-                    // The standby's daemon is gone, so it is not running the app: what was
+                if r.held && e.starts_with(PEER_GONE) && r.contact.too_recent_for_takeover() {
+                    // The standby's daemon is gone, and it had not heard from this primary
+                    // for long enough to take over: it is not running the app, so what was
                     // held for it may go now, as when a standby dies in plain sight.
                     r.held = false;
                     tracing::warn!(standby = %addr, "{e}: the standby is gone; releasing the output held for it and running unprotected");
@@ -1056,7 +1070,7 @@ impl Primary {
     /// still be ending the session this primary just lost, and take over at its end: it is
     /// asked again (holding everything) for up to [`BUSY_PROBE_WAIT`] until it answers
     /// either way.
-    fn probe_superseded(&mut self, addr: &str) -> Probe {
+    fn probe_superseded(&mut self, addr: &str, contact: link::LastContact) -> Probe {
         let sec = match self.security(addr) {
             Ok(sec) => sec,
             Err(e) => return Probe::Unknown(e.to_string()),
@@ -1094,8 +1108,17 @@ impl Primary {
                     return Probe::Superseded(text.to_string());
                 }
                 tracing::info!("asked the standby again after the link broke: {e}");
-                if peer_gone(&e) {
+                if peer_gone(&e) && contact.too_recent_for_takeover() {
+                    tracing::info!(
+                        "standby {addr}: its daemon is gone and {}: it cannot have taken over",
+                        contact.describe()
+                    );
                     Probe::NotTakenOver
+                } else if peer_gone(&e) {
+                    Probe::Unknown(format!(
+                        "{e}; its daemon is gone, but {}: it may have taken over before it died",
+                        contact.describe()
+                    ))
                 } else {
                     Probe::Unknown(e.to_string())
                 }

@@ -276,6 +276,7 @@ fn refuse(s: TcpStream, keys: SessionKeys, why: &str) {
             version: PROTOCOL_VERSION,
             standby_pid: std::process::id(),
             refused: Some(why.into()),
+            timeout_ms: None,
         };
         let _ = FrameWriter::new(&s, keys.send).send(&WireMsg::HelloAck(ack));
     }
@@ -465,6 +466,7 @@ fn session_inner(
                         version: PROTOCOL_VERSION,
                         standby_pid: std::process::id(),
                         refused: None,
+                        timeout_ms: Some(ctx.timeout.as_millis() as u64),
                     };
                     writer
                         .lock()

@@ -462,6 +462,7 @@ mod tests {
                 version: 1,
                 standby_pid: 9,
                 refused: None,
+                timeout_ms: Some(500),
             }),
             part(),
             WireMsg::EpochCommit(Box::new(EpochCommit {

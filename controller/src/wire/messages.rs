@@ -80,6 +80,11 @@ pub struct HelloAck {
     pub version: u16,
     pub standby_pid: u32,
     pub refused: Option<String>,
+    /// The standby's failure timeout (`--timeout-ms`): it takes over only after hearing
+    /// nothing from the primary for this long. The primary uses it to tell "its daemon is
+    /// gone" from "it may have taken over, then died" (`primary::link::Link::lost_for`).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Some of the pages of one epoch. Parts of an epoch are numbered from 0, in order.
