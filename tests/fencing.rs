@@ -12,10 +12,12 @@ use remus::{
 
 const LONG: Duration = Duration::from_secs(60);
 
-#[test]
-fn frozen_primary_is_superseded_and_releases_nothing() {
-    let mut sb = Standby::start(500);
-    let mut p = Protected::start(
+/// memcheck protected by a standby with a 500 ms timeout, 10 epochs committed, then the whole
+/// primary side frozen (as a stalled host would be) until the standby takes over. Returns the
+/// standby, the program, its pid and its remusd's, and the restored program's pid.
+fn freeze_until_takeover() -> (Standby, Protected, i32, i32, i32) {
+    let sb = Standby::start(500);
+    let p = Protected::start(
         &progs().memcheck,
         &["100000000", "--sleep-us", "2000"],
         &ProtectedOpts {
@@ -28,13 +30,10 @@ fn frozen_primary_is_superseded_and_releases_nothing() {
     let app = n(&v, "app_pid").expect("app_pid") as i32;
     let ctl = n(&v, "controller_pid").expect("controller_pid") as i32;
     assert_eq!(app, p.pid());
-
-    // Freeze the whole primary side (as a stalled host would be) past the failure timeout.
     signal(ctl, libc::SIGSTOP);
     signal(app, libc::SIGSTOP);
-    let released_at_freeze = iters(&p.stdout_lines()).into_iter().max().unwrap_or(0);
     let st = sb.wait_status("the standby to take over", LONG, |v| {
-        s(v, "state") == "took_over"
+        s(v, "state") == "took_over" && n(v, "restored_pid").is_some()
     });
     let restored = n(&st, "restored_pid").expect("restored_pid") as i32;
     assert!(
@@ -42,6 +41,13 @@ fn frozen_primary_is_superseded_and_releases_nothing() {
         "the restored program runs\n{}",
         sb.report()
     );
+    (sb, p, app, ctl, restored)
+}
+
+#[test]
+fn frozen_primary_is_superseded_and_releases_nothing() {
+    let (mut sb, mut p, app, ctl, restored) = freeze_until_takeover();
+    let released_at_freeze = iters(&p.stdout_lines()).into_iter().max().unwrap_or(0);
 
     // Wake it: the app first (it runs on, its output held), then remusd primary.
     signal(app, libc::SIGCONT);
@@ -111,26 +117,8 @@ fn frozen_primary_is_superseded_and_releases_nothing() {
 /// the primary must hold everything and release none of it.
 #[test]
 fn frozen_primary_whose_standby_took_over_then_died_releases_nothing() {
-    let mut sb = Standby::start(500);
-    let mut p = Protected::start(
-        &progs().memcheck,
-        &["100000000", "--sleep-us", "2000"],
-        &ProtectedOpts {
-            standby: Some(sb.addr.clone()),
-            ..Default::default()
-        },
-    );
-    p.wait_committed(10, LONG);
-    let v = p.status().expect("primary status");
-    let app = n(&v, "app_pid").expect("app_pid") as i32;
-    let ctl = n(&v, "controller_pid").expect("controller_pid") as i32;
-
-    signal(ctl, libc::SIGSTOP);
-    signal(app, libc::SIGSTOP);
-    let st = sb.wait_status("the standby to take over", LONG, |v| {
-        s(v, "state") == "took_over" && n(v, "restored_pid").is_some()
-    });
-    let restored = n(&st, "restored_pid").expect("restored_pid") as i32;
+    let (mut sb, mut p, app, ctl, restored) = freeze_until_takeover();
+    let st = sb.status().expect("the standby's status");
     let daemon = n(&st, "controller_pid").expect("the standby's controller_pid") as i32;
     // The standby's daemon dies; the restored program runs on without it.
     signal(daemon, libc::SIGKILL);

@@ -44,12 +44,15 @@ fn primary_log(app: &Protected) -> String {
         .unwrap_or_default()
 }
 
-fn scenario(env: &[(&str, &str)]) {
-    let mut a = Standby::start(500);
+/// Standby A (500 ms timeout) and memcheck protected by it, running until A's `stop` file
+/// exists, with `env` added to its environment. Returns A, its address, the stop file and the
+/// program.
+fn start_on_a(env: &[(&str, &str)]) -> (Standby, String, std::path::PathBuf, Protected) {
+    let a = Standby::start(500);
     let addr = a.addr.clone();
     let stop = a.dir().join("stop");
     let stop_s = stop.to_str().expect("utf-8").to_string();
-    let mut app = Protected::start(
+    let app = Protected::start(
         &progs().memcheck,
         &["0", "--stop-file", &stop_s],
         &ProtectedOpts {
@@ -61,6 +64,11 @@ fn scenario(env: &[(&str, &str)]) {
             ..Default::default()
         },
     );
+    (a, addr, stop, app)
+}
+
+fn scenario(env: &[(&str, &str)]) {
+    let (mut a, addr, stop, mut app) = start_on_a(env);
     let v = app.wait_committed(5, LONG);
     assert_eq!(v.get("protected"), Some(&Value::Bool(true)), "{v}");
     let c1 = committed_epoch(&v).unwrap_or(0);
@@ -232,21 +240,8 @@ fn scenario(env: &[(&str, &str)]) {
 /// streaming for seconds.
 #[test]
 fn primary_lost_while_the_image_streams_no_takeover() {
-    let a = Standby::start(500);
-    let addr = a.addr.clone();
-    let stop = a.dir().join("stop");
-    let stop_s = stop.to_str().expect("utf-8").to_string();
-    let mut app = Protected::start(
-        &progs().memcheck,
-        &["0", "--stop-file", &stop_s],
-        &ProtectedOpts {
-            standby: Some(addr.clone()),
-            env: vec![("REMUS_STREAM_BATCH_PAGES".into(), "16".into())],
-            ..Default::default()
-        },
-    );
+    let (mut a, addr, _stop, mut app) = start_on_a(&[("REMUS_STREAM_BATCH_PAGES", "16")]);
     app.wait_committed(3, LONG);
-    let mut a = a;
     a.kill();
     app.wait_status("state resyncing", LONG, |v| s(v, "state") == "resyncing");
     let b = Standby::start_on(&addr, 500);
