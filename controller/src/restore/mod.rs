@@ -272,7 +272,7 @@ fn build(
 
 /// Rejects images restore cannot work with before anything is forked.
 fn check_image(image: &Image) -> Result<(), RestoreError> {
-    let mut prev_end = 0;
+    let mut prev: Option<&crate::image::Region> = None;
     for r in &image.regions {
         if r.start % PAGE_SIZE != 0 || r.end % PAGE_SIZE != 0 || r.end <= r.start {
             return Err(RestoreError::Unsupported(format!(
@@ -280,13 +280,20 @@ fn check_image(image: &Image) -> Result<(), RestoreError> {
                 r.start, r.end, r.path
             )));
         }
-        if r.start < prev_end {
+        if let Some(p) = prev.filter(|p| r.start < p.end) {
             return Err(RestoreError::Unsupported(format!(
-                "regions overlap or are unsorted at {:#x} {:?}",
-                r.start, r.path
+                "regions overlap or are unsorted: {:#x}-{:#x} prot {} {:?} then {:#x}-{:#x} prot {} {:?}",
+                p.start,
+                p.end,
+                p.prot(),
+                p.path,
+                r.start,
+                r.end,
+                r.prot(),
+                r.path
             )));
         }
-        prev_end = r.end;
+        prev = Some(r);
     }
     if image.regions.is_empty() {
         return Err(RestoreError::Unsupported(

@@ -7,14 +7,14 @@
 //!
 //! Covered: `read`, `pread`/`pread64`, `readv`, `preadv`/`preadv64`, `recv`, `recvfrom`,
 //! `recvmsg` (iovecs, name, control), the stdio reads (`fread`, `fgets`, `fgetc`, `getc`,
-//! `getline`, `getdelim`: the `FILE`'s buffer, allocated first if need be, is touched and
-//! lent), `readdir`/`readdir64` (the `DIR`'s buffer), `sigaltstack` (the program's new
+//! `getline`, `getdelim`, and `__uflow`/`__underflow`, the refill the `getc_unlocked` macro
+//! calls: the `FILE`'s buffer, allocated first if need be, is touched and lent), `readdir`/`readdir64` (the `DIR`'s buffer), `sigaltstack` (the program's new
 //! alternate stack, which the kernel writes signal frames into), and `madvise` (zeroing
 //! advice counts as a write).
 //!
 //! Not covered, and what happens (honestly): anything glibc does internally without an
-//! interposable call and without one of the entry points above: `scanf`-family reads, the
-//! `getc_unlocked` macro's refill (`__uflow`), `fstat`/`stat`/`wait4`/`poll`/`epoll_wait`/
+//! interposable call and without one of the entry points above: `scanf`-family reads,
+//! `fstat`/`stat`/`wait4`/`poll`/`epoll_wait`/
 //! `accept` out-parameters, `clock_nanosleep`'s remainder, `ioctl` out-structs. Those fail
 //! with `EFAULT` when their out-buffer lies in a page that is protected at that moment. Most
 //! such buffers live on the stack, which this tracker never protects, so in practice this is
@@ -198,6 +198,22 @@ unsafe fn file(fp: *mut libc::FILE) -> (Option<Lent>, Option<Lent>) {
         return (f, None);
     }
     (f, buffer(lo, hi as usize - lo as usize))
+}
+
+// The refill behind the `getc_unlocked` macro: a program that reads through
+// it (CPython's tokenizer reads its script so) calls these, not `fgetc`.
+hook! {
+    unsafe fn __uflow(fp: *mut libc::FILE) -> c_int => remus_uflow {
+        let _f = file(fp);
+        real!(__uflow)(fp)
+    }
+}
+
+hook! {
+    unsafe fn __underflow(fp: *mut libc::FILE) -> c_int => remus_underflow {
+        let _f = file(fp);
+        real!(__underflow)(fp)
+    }
 }
 
 hook! {
