@@ -244,19 +244,7 @@ fn scratch_pipe() -> Option<(i32, i32)> {
 fn tee_pipe(src: i32, size: usize, out: &mut [u8]) -> (usize, bool) {
     let mut avail: i32 = 0;
     // SAFETY: FIONREAD writes one int.
-    if unsafe {
-        sys::raw6(
-            libc::SYS_ioctl,
-            src as usize,
-            libc::FIONREAD as usize,
-            &mut avail as *mut i32 as usize,
-            0,
-            0,
-            0,
-        )
-    }
-    .is_err()
-    {
+    if unsafe { sys::ioctl(src, libc::FIONREAD, &mut avail) }.is_err() {
         return (0, false);
     }
     let avail = avail.max(0) as usize;

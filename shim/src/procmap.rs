@@ -55,17 +55,7 @@ pub fn list(maps_fd: i32, out: &mut [Vma]) -> Result<usize, i32> {
         };
         // SAFETY: PROCMAP_QUERY reads and writes one ProcmapQuery; no name or build-id buffer
         // is passed (sizes 0).
-        match unsafe {
-            sys::raw6(
-                libc::SYS_ioctl,
-                maps_fd as usize,
-                PROCMAP_QUERY as usize,
-                &mut q as *mut _ as usize,
-                0,
-                0,
-                0,
-            )
-        } {
+        match unsafe { sys::ioctl(maps_fd, PROCMAP_QUERY, &mut q) } {
             Ok(_) => {}
             Err(libc::ENOENT) => return Ok(n),
             Err(e) => return Err(e),

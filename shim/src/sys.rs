@@ -41,6 +41,23 @@ pub unsafe fn raw6(
     check(libc::syscall(nr, a, b, c, d, e, f))
 }
 
+/// `ioctl(fd, req, arg)` as a raw system call (no errno, no lock).
+///
+/// # Safety
+/// `req` reads and writes at most the `T` at `arg` (and whatever buffers it points at, which
+/// the caller keeps valid).
+pub unsafe fn ioctl<T>(fd: i32, req: u64, arg: &mut T) -> SysResult {
+    raw6(
+        libc::SYS_ioctl,
+        fd as usize,
+        req as usize,
+        arg as *mut T as usize,
+        0,
+        0,
+        0,
+    )
+}
+
 pub fn write_all(fd: i32, buf: &[u8]) -> Result<(), i32> {
     let mut off = 0;
     while off < buf.len() {

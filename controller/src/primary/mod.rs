@@ -107,7 +107,8 @@ struct Resync {
     request: Option<u64>,
     /// The reconnection attempt under way (in a thread of its own).
     attempt: Option<crossbeam::channel::Receiver<Result<Link, String>>>,
-    /// The epoch carrying the full image: protection resumes when the standby commits it.
+    /// The epoch that honoured the full-resend request (its pause is logged). Protection
+    /// resumes at `Primary::complete_at`: this epoch in one-pause mode, later when streamed.
     full_epoch: Option<u64>,
     /// The standby could not be asked whether it took over (unreachable): everything held is
     /// still held, and stays so until a reconnection proves it did not (then the full image's
@@ -732,9 +733,6 @@ impl Primary {
         });
     }
 
-    /// Resynchronisation: reconnects when due (never while an epoch is in flight: its chunks
-    /// would reach the new standby without the full image), then watches for the commit of
-    /// the full image.
     /// Starts streaming a full image (a new connection): the next epoch registers every
     /// region it does not follow yet without copying it, and acks release nothing until the
     /// image is complete.
@@ -858,17 +856,17 @@ impl Primary {
             return;
         }
         self.complete_at = None;
+        // (The status turned `protected` in the ack callback, with the committed epoch.)
         if let Some(r) = self.resync.take() {
             tracing::info!(standby = %r.addr, epoch = e, "the standby committed the full image; protection resumes");
         } else {
             tracing::info!(epoch = e, "the standby committed the full image; protected");
         }
-        let mut b = self.status.lock();
-        b.status.state = "protected".into();
-        b.status.protected = true;
-        b.status.reason = None;
     }
 
+    /// Resynchronisation: reconnects when due (never while an epoch is in flight: its chunks
+    /// would reach the new standby without the full image); once connected, `step_sync` sees
+    /// the full image committed.
     fn step_resync(&mut self) {
         if self.given_up {
             self.resync = None;

@@ -105,17 +105,7 @@ pub fn scan(
             return_mask: ret,
         };
         // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most vec_len PageRegions into `vec`.
-        let n = unsafe {
-            sys::raw6(
-                libc::SYS_ioctl,
-                pagemap as usize,
-                PAGEMAP_SCAN as usize,
-                &mut arg as *mut _ as usize,
-                0,
-                0,
-                0,
-            )
-        }? as usize;
+        let n = unsafe { sys::ioctl(pagemap, PAGEMAP_SCAN, &mut arg) }? as usize;
         for r in &vec[..n.min(vec.len())] {
             f(r.start, r.end)?;
         }

@@ -70,17 +70,7 @@ pub fn open() -> Result<i32, OpenError> {
         ioctls: 0,
     };
     // SAFETY: UFFDIO_API reads and writes one UffdioApi.
-    if let Err(e) = unsafe {
-        sys::raw6(
-            libc::SYS_ioctl,
-            fd as usize,
-            UFFDIO_API as usize,
-            &mut api as *mut _ as usize,
-            0,
-            0,
-            0,
-        )
-    } {
+    if let Err(e) = unsafe { sys::ioctl(fd, UFFDIO_API, &mut api) } {
         sys::close(fd);
         // Ask what the kernel does support, for the error message.
         return Err(OpenError::Features {
@@ -112,17 +102,7 @@ fn supported_features() -> u64 {
         ioctls: 0,
     };
     // SAFETY: UFFDIO_API reads and writes one UffdioApi.
-    let r = unsafe {
-        sys::raw6(
-            libc::SYS_ioctl,
-            fd as usize,
-            UFFDIO_API as usize,
-            &mut api as *mut _ as usize,
-            0,
-            0,
-            0,
-        )
-    };
+    let r = unsafe { sys::ioctl(fd as i32, UFFDIO_API, &mut api) };
     sys::close(fd as i32);
     if r.is_ok() {
         api.features
@@ -147,18 +127,7 @@ pub fn register_wp(uffd: i32, start: u64, end: u64) -> Result<(), i32> {
         ioctls: 0,
     };
     // SAFETY: UFFDIO_REGISTER reads and writes one UffdioRegister.
-    unsafe {
-        sys::raw6(
-            libc::SYS_ioctl,
-            uffd as usize,
-            UFFDIO_REGISTER as usize,
-            &mut reg as *mut _ as usize,
-            0,
-            0,
-            0,
-        )
-    }
-    .map(|_| ())
+    unsafe { sys::ioctl(uffd, UFFDIO_REGISTER, &mut reg) }.map(|_| ())
 }
 
 /// Write-protects `[start, end)` (including unpopulated pages, thanks to WP_UNPOPULATED), so
@@ -172,18 +141,7 @@ pub fn write_protect(uffd: i32, start: u64, end: u64) -> Result<(), i32> {
         mode: UFFDIO_WRITEPROTECT_MODE_WP,
     };
     // SAFETY: UFFDIO_WRITEPROTECT reads one UffdioWriteprotect.
-    unsafe {
-        sys::raw6(
-            libc::SYS_ioctl,
-            uffd as usize,
-            UFFDIO_WRITEPROTECT as usize,
-            &mut wp as *mut _ as usize,
-            0,
-            0,
-            0,
-        )
-    }
-    .map(|_| ())
+    unsafe { sys::ioctl(uffd, UFFDIO_WRITEPROTECT, &mut wp) }.map(|_| ())
 }
 
 use super::pagemap::{self, PageRegion, Query};
