@@ -183,25 +183,6 @@ pub struct Note {
     trunc: bool,
 }
 
-fn fstat(fd: i32) -> Option<libc::stat> {
-    // SAFETY: an all-zero stat is a valid out-parameter.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: fstat writes one struct stat.
-    unsafe {
-        sys::raw6(
-            libc::SYS_fstat,
-            fd as usize,
-            &mut st as *mut _ as usize,
-            0,
-            0,
-            0,
-            0,
-        )
-    }
-    .ok()?;
-    Some(st)
-}
-
 fn following() -> bool {
     ACTIVE.load(Ordering::Relaxed) && state::mode() == state::MODE_PROTECTED
 }
@@ -211,7 +192,7 @@ fn regular(fd: i32) -> Option<libc::stat> {
     if !following() || fd < 0 {
         return None;
     }
-    fstat(fd).filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+    sys::fstat(fd).filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
 }
 
 /// Before `write`/`writev` of `n` bytes on `fd` at its offset (or at the end with O_APPEND).
@@ -595,7 +576,7 @@ fn open_ro(path: &[u8], nofollow: bool) -> Option<i32> {
 
 /// Ships one followed file (open read-only as `rfd`) into the section.
 fn one(out: &mut Out, rfd: i32, path: &[u8], known: &mut [Known]) -> Result<(), Fail> {
-    let Some(st) = fstat(rfd) else {
+    let Some(st) = sys::fstat(rfd) else {
         return Ok(());
     };
     let (dev, ino, size) = (st.st_dev, st.st_ino, st.st_size.max(0) as u64);
@@ -730,7 +711,7 @@ pub fn capture(base: *mut u8, fds: &[FdRecord], epoch: u64) -> Result<(), Fail> 
             let k = known[i];
             let path = &k.path[..k.path_len];
             if let Some(rfd) = open_ro(path, true) {
-                if fstat(rfd).is_some_and(|st| st.st_dev == k.dev && st.st_ino == k.ino) {
+                if sys::fstat(rfd).is_some_and(|st| st.st_dev == k.dev && st.st_ino == k.ino) {
                     let res = one(&mut out, rfd, path, known);
                     sys::close(rfd);
                     res?;

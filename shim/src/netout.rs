@@ -347,25 +347,6 @@ fn ask_epoch(log: &Log, wait: bool) {
 // Classification
 // ---------------------------------------------------------------------------------------
 
-fn fstat(fd: i32) -> Option<libc::stat> {
-    // SAFETY: an all-zero stat is a valid out-parameter.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: fstat writes one struct stat.
-    unsafe {
-        sys::raw6(
-            libc::SYS_fstat,
-            fd as usize,
-            &mut st as *mut _ as usize,
-            0,
-            0,
-            0,
-            0,
-        )
-    }
-    .ok()
-    .map(|_| st)
-}
-
 fn sockopt(fd: i32, opt: i32) -> Option<i32> {
     let mut v: c_int = 0;
     let mut len = core::mem::size_of::<c_int>() as libc::socklen_t;
@@ -479,7 +460,7 @@ fn retire(log: &Log, s: &Slot) {
 /// [`state::HookDepth`], with the log present and protection on.
 fn classify(log: &Log, fd: i32) -> Option<Held> {
     let s = slot(fd)?;
-    let st = fstat(fd)?;
+    let st = sys::fstat(fd)?;
     let ino = st.st_ino;
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         if s.ino.load(Ordering::Relaxed) != 0 {

@@ -51,13 +51,6 @@ pub struct Plan {
     pub streams: [Option<Stream>; MAX_OUTPUT_STREAMS],
 }
 
-fn fstat(fd: i32) -> Option<libc::stat> {
-    // SAFETY: an all-zero stat is a valid out-parameter; fstat writes one struct stat.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: as above.
-    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st)
-}
-
 /// Whether two descriptors of this process share one open file description.
 fn same_description(a: i32, b: i32) -> bool {
     let pid = sys::getpid();
@@ -79,7 +72,7 @@ fn same_description(a: i32, b: i32) -> bool {
 
 /// Whether output on `fd` must wait for its epoch to commit.
 fn held(fd: i32) -> Option<bool> {
-    let st = fstat(fd)?;
+    let st = sys::fstat(fd)?;
     let is_tty = match st.st_mode & libc::S_IFMT {
         libc::S_IFIFO => false,
         libc::S_IFCHR => {

@@ -58,6 +58,26 @@ pub unsafe fn ioctl<T>(fd: i32, req: u64, arg: &mut T) -> SysResult {
     )
 }
 
+/// `fstat(fd)` as a raw system call (glibc's wrapper may be a hooked path); None on error.
+pub fn fstat(fd: i32) -> Option<libc::stat> {
+    // SAFETY: an all-zero stat is a valid out-parameter.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: fstat writes one struct stat.
+    unsafe {
+        raw6(
+            libc::SYS_fstat,
+            fd as usize,
+            &mut st as *mut _ as usize,
+            0,
+            0,
+            0,
+            0,
+        )
+    }
+    .ok()
+    .map(|_| st)
+}
+
 pub fn write_all(fd: i32, buf: &[u8]) -> Result<(), i32> {
     let mut off = 0;
     while off < buf.len() {
