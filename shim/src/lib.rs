@@ -7,31 +7,32 @@
 //! Nothing here writes to the program's stdout/stderr except a one-line fatal error (or the
 //! loud "running unprotected" warning the user asked for with `REMUS_ALLOW_UNPROTECTED=1`).
 
-mod capture;
-mod context;
-mod fatal;
-mod fds;
-mod files;
+//! # Layers
+//!
+//! Each layer imports only the layers below it (`tests/layers.rs` checks it):
+//!
+//! 0. [`kernel`]: raw system calls, userfaultfd, `PAGEMAP_SCAN`, `PROCMAP_QUERY`, the resume
+//!    point, the procfs text parser, the line buffer.
+//! 1. [`base`]: the mode and hook depth, the hook bracket, the app's signal dispositions, the
+//!    controller socket, the fatal error, what start-up reads once.
+//! 2. [`track`]: the trackers and the bookkeeping the hooks keep (dirty pages, the sockets'
+//!    output log, files' dirty ranges, listen backlogs).
+//! 3. [`epoch`]: everything that runs in the epoch signal handler.
+//! 4. [`hooks`]: the interposed functions, by what they interpose.
+//! 5. [`life`]: start-up, the held stdio streams, protecting a restored process again.
+
+mod base;
+mod epoch;
 mod hooks;
-mod init;
-mod kobj;
-mod link;
-mod maps;
-mod netout;
-mod output;
-mod probe;
-mod procmap;
-mod rejoin;
-mod restored;
-mod signals;
-mod state;
-mod sys;
-mod tracker;
+mod kernel;
+mod life;
+mod track;
 
 extern "C" fn remus_init() {
     // A panic must not unwind into the dynamic loader.
-    if std::panic::catch_unwind(init::run).is_err() {
-        fatal::refuse(b"internal error while starting protection");
+    base::fatal::install_panic_hook();
+    if std::panic::catch_unwind(life::init::run).is_err() {
+        base::fatal::refuse(b"internal error while starting protection");
     }
 }
 

@@ -1,0 +1,126 @@
+//! The shim's process-wide state. Everything the signal handler reads is an atomic or is
+//! written only before the handler is installed.
+
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
+};
+
+/// Not initialised, or a process we do not protect (a child, the restored process): hooks
+/// pass through, the epoch handler returns at once.
+pub const MODE_PASSIVE: u8 = 0;
+/// Replicating: the epoch handler takes checkpoints.
+pub const MODE_PROTECTED: u8 = 1;
+/// Running without protection (a second thread, unsupported state, or allowed by the user);
+/// the controller knows why.
+pub const MODE_UNPROTECTED: u8 = 2;
+
+pub static MODE: AtomicU8 = AtomicU8::new(MODE_PASSIVE);
+pub static SOCK: AtomicI32 = AtomicI32::new(-1);
+pub static UFFD: AtomicI32 = AtomicI32::new(-1);
+pub static PAGEMAP: AtomicI32 = AtomicI32::new(-1);
+/// `/proc/self/maps` and `/proc/self/task`, kept open by the epoch handler.
+pub static MAPS_FD: AtomicI32 = AtomicI32::new(-1);
+pub static TASK_FD: AtomicI32 = AtomicI32::new(-1);
+/// `/proc/self/fd`, kept open by the epoch handler.
+pub static FDDIR_FD: AtomicI32 = AtomicI32::new(-1);
+pub static STAGING: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+/// Last epoch number shipped.
+pub static EPOCH: AtomicU64 = AtomicU64::new(0);
+/// Depth of shim hooks the thread is inside; the epoch handler and the app's own signal
+/// handlers defer while it is non-zero (see `base::interpose`).
+pub static HOOK_DEPTH: AtomicU32 = AtomicU32::new(0);
+/// An epoch signal arrived inside a hook; the hook raises it again on its way out.
+pub static PENDING: AtomicBool = AtomicBool::new(false);
+/// Bumped by the mmap/munmap/mremap/brk hooks: a hint that the map changed. The handler reads
+/// the kernel's map every epoch regardless (glibc maps memory without calling `mmap`).
+pub static MAP_HINTS: AtomicU64 = AtomicU64::new(0);
+/// The app's pid when protection started (the restored process has another).
+pub static APP_PID: AtomicI32 = AtomicI32::new(0);
+/// Offset of glibc's cached thread id inside the thread control block, or 0 if unknown.
+pub static TID_OFFSET: AtomicU64 = AtomicU64::new(0);
+/// glibc's `__rseq_offset` / `__rseq_size` (0 size: rseq not used).
+pub static RSEQ_OFFSET: AtomicU64 = AtomicU64::new(0);
+pub static RSEQ_SIZE: AtomicU32 = AtomicU32::new(0);
+
+pub fn mode() -> u8 {
+    MODE.load(Ordering::Acquire)
+}
+
+pub fn set_mode(m: u8) {
+    MODE.store(m, Ordering::Release)
+}
+
+/// The app's signals the shim's wrapper held while a hook's bookkeeping ran (bit `sig - 1`):
+/// queued again in the kernel and blocked in the interrupted context; [`lower_depth`] unblocks
+/// them when the depth returns to 0 (see `base::sigview::on_app_signal`).
+pub static DEFERRED: AtomicU64 = AtomicU64::new(0);
+/// This is a restored process (set by `epoch::restored`; `life::rejoin` may protect it again).
+pub static RESTORED: AtomicBool = AtomicBool::new(false);
+/// A restored process was asked to be protected again (`life::rejoin`): set by the epoch
+/// handler, taken at the next safe point ([`safe_point`]).
+pub static REJOIN_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// What a safe point runs when a rejoin was requested (`life::rejoin::run`, registered at
+/// start-up): upper layers register, lower layers call.
+static SAFE_POINT: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+pub fn hook_depth() -> u32 {
+    HOOK_DEPTH.load(Ordering::Acquire)
+}
+
+/// The shim's bookkeeping begins (see `base::interpose::bracket`).
+#[inline]
+pub fn raise_depth() {
+    HOOK_DEPTH.fetch_add(1, Ordering::AcqRel);
+}
+
+/// The shim's bookkeeping ends: at depth 0, takes a checkpoint that came meanwhile and lets the
+/// app's held signals in.
+#[inline]
+pub fn lower_depth() {
+    if HOOK_DEPTH.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if PENDING.load(Ordering::Relaxed) && PENDING.swap(false, Ordering::AcqRel) {
+            crate::kernel::sys::raise_here(remus_abi::EPOCH_SIGNAL);
+        }
+        if DEFERRED.load(Ordering::Relaxed) != 0 {
+            let bits = DEFERRED.swap(0, Ordering::AcqRel);
+            crate::kernel::sys::sigmask(libc::SIG_UNBLOCK, bits);
+        }
+    }
+}
+
+/// Registers what [`safe_point`] runs when a rejoin was requested.
+pub fn set_safe_point(f: fn()) {
+    SAFE_POINT.store(f as *mut (), Ordering::Release);
+}
+
+/// A safe point (a hook entry where the program waits: sleeps, epoll, poll, select): outside
+/// signal context, allocation and fork allowed, inside that hook's own bracket and no other
+/// bookkeeping (depth 1). Runs the registered work if a rejoin was asked.
+pub fn safe_point() {
+    if !REJOIN_REQUESTED.load(Ordering::Acquire) || hook_depth() > 1 {
+        return;
+    }
+    let f = SAFE_POINT.load(Ordering::Acquire);
+    if !f.is_null() {
+        // SAFETY: only `set_safe_point` stores here, and it stores a `fn()`.
+        let f: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(f) };
+        f();
+    }
+}
+
+/// A bracket by hand, for shim code that must keep checkpoints and the app's signals out while
+/// it runs and may be reached outside a hook (nesting is fine: the depth counts).
+pub struct HookDepth;
+
+impl HookDepth {
+    pub fn enter() -> HookDepth {
+        raise_depth();
+        HookDepth
+    }
+}
+
+impl Drop for HookDepth {
+    fn drop(&mut self) {
+        lower_depth();
+    }
+}
