@@ -133,6 +133,32 @@ pub fn bins_for(release: bool) -> &'static Bins {
     })
 }
 
+/// What `.ci/run --setup-only` installs, for the messages of [`require_program`].
+pub const SETUP: &str = ".ci/run --setup-only";
+
+/// The program `name` (an absolute path, or a name looked up in `PATH`), which the Debian
+/// package `package` provides. Panics, saying what to install, when it is not there: a test
+/// that needs it must fail, not pass without having run.
+pub fn require_program(name: &str, package: &str) -> PathBuf {
+    let found = if name.contains('/') {
+        let p = PathBuf::from(name);
+        p.is_file().then_some(p)
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+    };
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} is not installed, and this test needs it: install it with \
+             `apt-get install {package}` (or run `{SETUP}`, which installs everything the \
+             tests need; CI does)"
+        )
+    })
+}
+
 /// The test programs, compiled once per process into `target/remus-test-progs/`.
 #[derive(Debug, Clone)]
 pub struct Progs {
@@ -150,6 +176,7 @@ pub struct Progs {
 }
 
 fn cc(args: &[&str], what: &str) {
+    require_program("cc", "gcc libc6-dev");
     let out = Command::new("cc")
         .args(args)
         .output()
