@@ -139,6 +139,7 @@ pub const SETUP: &str = ".ci/run --setup-only";
 /// The program `name` (an absolute path, or a name looked up in `PATH`), which the Debian
 /// package `package` provides. Panics, saying what to install, when it is not there: a test
 /// that needs it must fail, not pass without having run.
+#[track_caller]
 pub fn require_program(name: &str, package: &str) -> PathBuf {
     let found = if name.contains('/') {
         let p = PathBuf::from(name);
@@ -150,13 +151,14 @@ pub fn require_program(name: &str, package: &str) -> PathBuf {
                 .find(|p| p.is_file())
         })
     };
-    found.unwrap_or_else(|| {
-        panic!(
+    match found {
+        Some(p) => p,
+        None => panic!(
             "{name} is not installed, and this test needs it: install it with \
              `apt-get install {package}` (or run `{SETUP}`, which installs everything the \
              tests need; CI does)"
-        )
-    })
+        ),
+    }
 }
 
 /// The test programs, compiled once per process into `target/remus-test-progs/`.

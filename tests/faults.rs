@@ -941,6 +941,8 @@ fn standby_state_dir_out_of_space() {
     let mut rng = Rng::new(seed() ^ 4);
     let o = fault_enospc(&mut rng);
     assert_clean("out of space", &o);
+    // The clear error: the standby's log says the disk is full.
+    assert!(o.note.contains("standby log: "), "out of space: {}", o.note);
 }
 
 /// The link (a veth pair into the standby's network namespace) set down past the timeouts,
