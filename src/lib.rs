@@ -637,6 +637,33 @@ pub fn assert_streamed(v: &Value, min_pages: u64) -> (u64, u64) {
 }
 
 // ---------------------------------------------------------------------------------------
+// What a user is told
+// ---------------------------------------------------------------------------------------
+
+/// The one prefix of every line remus writes on the program's stderr.
+pub const REMUS_PREFIX: &str = "remus: ";
+
+/// The lines of `stderr` (a protected program's) that remus wrote: those that begin with
+/// [`REMUS_PREFIX`]. Panics, with `report()`, if any line carries the prefix twice
+/// (`remus: remus: `): the user must see it once.
+#[track_caller]
+pub fn remus_lines(stderr: &str, report: &dyn Fn() -> String) -> Vec<String> {
+    let doubled = format!("{REMUS_PREFIX}{REMUS_PREFIX}");
+    if let Some(l) = stderr.lines().find(|l| l.contains(doubled.trim_end())) {
+        panic!(
+            "a line on stderr carries the `{}` prefix twice: {l:?}\n{}",
+            REMUS_PREFIX.trim_end(),
+            report()
+        );
+    }
+    stderr
+        .lines()
+        .filter(|l| l.starts_with(REMUS_PREFIX))
+        .map(str::to_string)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
 // Output of the test programs
 // ---------------------------------------------------------------------------------------
 
@@ -1409,6 +1436,20 @@ mod tests {
             "done 9",
         ];
         assert_eq!(iters(&lines), vec![4, 5]);
+    }
+
+    #[test]
+    fn remus_lines_keeps_ours_and_refuses_a_doubled_prefix() {
+        let err = "app: hello\nremus: no standby\n  remus: indented\n";
+        assert_eq!(remus_lines(err, &String::new), vec!["remus: no standby"]);
+        assert!(remus_lines("", &String::new).is_empty());
+        for bad in [
+            "remus: remus: no standby",
+            "x\nremus: WARNING: remus: remus: why",
+        ] {
+            let r = std::panic::catch_unwind(|| remus_lines(bad, &String::new));
+            assert!(r.is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]
