@@ -175,6 +175,9 @@ pub struct Progs {
     pub python_state: PathBuf,
     /// `pause_app PAGES DURATION_MS [THRESHOLD_NS]` (the pause benchmark's program).
     pub pause_app: PathBuf,
+    /// `sigwrite HOST:PORT [SECONDS]`: a SIGALRM handler and the main loop both write lines
+    /// to one socket and to stdout (see `tests/progs/sigwrite.c`).
+    pub sigwrite: PathBuf,
 }
 
 fn cc(args: &[&str], what: &str) {
@@ -244,12 +247,14 @@ pub fn progs() -> &'static Progs {
             &repo_root().join("benches/pause_app.c"),
             &[],
         );
+        let sigwrite = compile(&dir, "sigwrite", &["-O1"], &src.join("sigwrite.c"), &[]);
         Progs {
             dir,
             memcheck,
             threads,
             python_state: src.join("python_state.py"),
             pause_app,
+            sigwrite,
         }
     })
 }
