@@ -960,7 +960,7 @@ fn link_cut_and_restored() {
 
 /// Many of each, and the table: `cargo test --test faults -- --ignored --nocapture long_mode`.
 #[test]
-#[ignore = "long mode (hours: 500 kills and 20 of each other fault by default): run it with \
+#[ignore = "long mode (500 kills and 20 of each other fault by default): run it with \
             `cargo test --test faults -- --ignored --nocapture long_mode`"]
 fn long_mode() {
     let count = |var: &str, dflt: u64| {
