@@ -133,6 +133,34 @@ pub fn bins_for(release: bool) -> &'static Bins {
     })
 }
 
+/// What `.ci/run --setup-only` installs, for the messages of [`require_program`].
+pub const SETUP: &str = ".ci/run --setup-only";
+
+/// The program `name` (an absolute path, or a name looked up in `PATH`), which the Debian
+/// package `package` provides. Panics, saying what to install, when it is not there: a test
+/// that needs it must fail, not pass without having run.
+#[track_caller]
+pub fn require_program(name: &str, package: &str) -> PathBuf {
+    let found = if name.contains('/') {
+        let p = PathBuf::from(name);
+        p.is_file().then_some(p)
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+    };
+    match found {
+        Some(p) => p,
+        None => panic!(
+            "{name} is not installed, and this test needs it: install it with \
+             `apt-get install {package}` (or run `{SETUP}`, which installs everything the \
+             tests need; CI does)"
+        ),
+    }
+}
+
 /// The test programs, compiled once per process into `target/remus-test-progs/`.
 #[derive(Debug, Clone)]
 pub struct Progs {
@@ -147,9 +175,13 @@ pub struct Progs {
     pub python_state: PathBuf,
     /// `pause_app PAGES DURATION_MS [THRESHOLD_NS]` (the pause benchmark's program).
     pub pause_app: PathBuf,
+    /// `sigwrite HOST:PORT [SECONDS]`: a SIGALRM handler and the main loop both write lines
+    /// to one socket and to stdout (see `tests/progs/sigwrite.c`).
+    pub sigwrite: PathBuf,
 }
 
 fn cc(args: &[&str], what: &str) {
+    require_program("cc", "gcc libc6-dev");
     let out = Command::new("cc")
         .args(args)
         .output()
@@ -215,12 +247,14 @@ pub fn progs() -> &'static Progs {
             &repo_root().join("benches/pause_app.c"),
             &[],
         );
+        let sigwrite = compile(&dir, "sigwrite", &["-O1"], &src.join("sigwrite.c"), &[]);
         Progs {
             dir,
             memcheck,
             threads,
             python_state: src.join("python_state.py"),
             pause_app,
+            sigwrite,
         }
     })
 }
@@ -605,6 +639,33 @@ pub fn assert_streamed(v: &Value, min_pages: u64) -> (u64, u64) {
         "only {read} pages were read while the program ran (expected at least {min_pages}): {st}"
     );
     (read, get("max_pause_pages").unwrap_or(0))
+}
+
+// ---------------------------------------------------------------------------------------
+// What a user is told
+// ---------------------------------------------------------------------------------------
+
+/// The one prefix of every line remus writes on the program's stderr.
+pub const REMUS_PREFIX: &str = "remus: ";
+
+/// The lines of `stderr` (a protected program's) that remus wrote: those that begin with
+/// [`REMUS_PREFIX`]. Panics, with `report()`, if any line carries the prefix twice
+/// (`remus: remus: `): the user must see it once.
+#[track_caller]
+pub fn remus_lines(stderr: &str, report: &dyn Fn() -> String) -> Vec<String> {
+    let doubled = format!("{REMUS_PREFIX}{REMUS_PREFIX}");
+    if let Some(l) = stderr.lines().find(|l| l.contains(doubled.trim_end())) {
+        panic!(
+            "a line on stderr carries the `{}` prefix twice: {l:?}\n{}",
+            REMUS_PREFIX.trim_end(),
+            report()
+        );
+    }
+    stderr
+        .lines()
+        .filter(|l| l.starts_with(REMUS_PREFIX))
+        .map(str::to_string)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1380,6 +1441,20 @@ mod tests {
             "done 9",
         ];
         assert_eq!(iters(&lines), vec![4, 5]);
+    }
+
+    #[test]
+    fn remus_lines_keeps_ours_and_refuses_a_doubled_prefix() {
+        let err = "app: hello\nremus: no standby\n  remus: indented\n";
+        assert_eq!(remus_lines(err, &String::new), vec!["remus: no standby"]);
+        assert!(remus_lines("", &String::new).is_empty());
+        for bad in [
+            "remus: remus: no standby",
+            "x\nremus: WARNING: remus: remus: why",
+        ] {
+            let r = std::panic::catch_unwind(|| remus_lines(bad, &String::new));
+            assert!(r.is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub fn netserve() -> PathBuf {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let dst = dir.join("netserve");
         let tmp = dir.join(format!(".netserve.{}", std::process::id()));
+        crate::require_program("cc", "gcc libc6-dev");
         let out = std::process::Command::new("cc")
             .args(["-g", "-O1", "-Wall", "-Wextra", "-Werror", "-o"])
             .arg(&tmp)

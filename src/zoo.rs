@@ -28,6 +28,7 @@ pub fn zoo_prog(name: &str) -> PathBuf {
     let src = repo_root().join("tests/zoo").join(format!("{name}.c"));
     let dst = dir.join(name);
     let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    crate::require_program("cc", "gcc libc6-dev");
     let out = Command::new("cc")
         .args(["-g", "-O1", "-Wall", "-Wextra", "-Werror", "-o"])
         .arg(&tmp)

@@ -13,17 +13,9 @@ use remus::{
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// The `remus: ...` lines the shim printed on stderr.
-fn remus_lines(p: &Protected) -> Vec<String> {
-    p.stderr_text()
-        .lines()
-        .filter(|l| l.starts_with("remus: "))
-        .map(String::from)
-        .collect()
-}
-
-/// The program is refused before it starts, with one `remus:` line naming every `names`.
-fn assert_refused(p: &mut Protected, names: &[&str]) -> String {
+/// The program is refused before it starts, with exactly the line `expect` from remus on
+/// stderr (one `remus: ` prefix; none of its lines carries it twice).
+fn assert_refused(p: &mut Protected, expect: &str) {
     let st = p.wait_exit(LONG);
     assert_eq!(st.code(), Some(1), "expected exit 1\n{}", p.report());
     assert!(
@@ -31,17 +23,24 @@ fn assert_refused(p: &mut Protected, names: &[&str]) -> String {
         "the program ran although it was refused\n{}",
         p.report()
     );
-    let lines = remus_lines(p);
-    assert_eq!(lines.len(), 1, "one `remus:` line expected\n{}", p.report());
-    for n in names {
-        assert!(
-            lines[0].contains(n),
-            "the refusal does not say {n:?}: {}\n{}",
-            lines[0],
-            p.report()
-        );
-    }
-    lines[0].clone()
+    let lines = remus::remus_lines(&p.stderr_text(), &|| p.report());
+    assert_eq!(
+        lines,
+        [expect],
+        "expected exactly this one `remus: ` line on stderr\n{}",
+        p.report()
+    );
+}
+
+/// What the shim prints when the standby at `addr` does not hold the primary's key.
+fn wrong_key_line(addr: &str) -> String {
+    format!(
+        "remus: cannot reach the standby: authenticating the link to the standby at {addr} \
+         failed: wrong key: the standby could not prove it holds this daemon's key file; the two \
+         key files differ (copy the same key file to both hosts). Start `remusd standby --listen \
+         {addr} --state-dir DIR` on the standby host, or set REMUS_ALLOW_UNPROTECTED=1 to run \
+         without protection."
+    )
 }
 
 /// `remusd standby ARGS...` must refuse to start (exit 2) saying every `names`.
@@ -98,7 +97,7 @@ fn wrong_key_refused_on_both_sides_and_the_image_is_untouched() {
             ..Default::default()
         },
     );
-    assert_refused(&mut bad, &["wrong key"]);
+    assert_refused(&mut bad, &wrong_key_line(&sb.addr));
     // The standby said so too, and went on with the legitimate primary.
     let log = std::fs::read_to_string(&sb.log).unwrap_or_default();
     assert!(
@@ -128,7 +127,7 @@ fn wrong_key_refused_on_both_sides_and_the_image_is_untouched() {
             ..Default::default()
         },
     );
-    assert_refused(&mut bad2, &["wrong key"]);
+    assert_refused(&mut bad2, &wrong_key_line(&sb2.addr));
     let v = sb2.status().expect("status");
     assert_eq!(s(&v, "state"), "waiting", "{v}");
     assert!(v["committed_epoch"].is_null(), "{v}");
@@ -156,7 +155,15 @@ fn missing_key_refused() {
             ..Default::default()
         },
     );
-    assert_refused(&mut p, &["no key", "--key-file"]);
+    assert_refused(
+        &mut p,
+        "remus: refusing to start: no key for the replication link: the standby runs whatever it \
+         receives, so the link must be authenticated. Create a key once with `remusd keygen --out \
+         FILE`, copy it to both hosts (mode 0600) and pass --key-file FILE to `remusd standby` and \
+         `scripts/remus-run` (REMUS_KEY_FILE for the shim); or, only when both daemons run on \
+         this host, pass --insecure (REMUS_INSECURE=1) with a loopback standby (REMUS_STANDBY / \
+         --standby) address",
+    );
     // A key file that is not there.
     let mut p = Protected::start(
         &progs().memcheck,
@@ -167,7 +174,11 @@ fn missing_key_refused() {
             ..Default::default()
         },
     );
-    assert_refused(&mut p, &["/nonexistent/remus.key", "does not exist"]);
+    assert_refused(
+        &mut p,
+        "remus: refusing to start: key file /nonexistent/remus.key does not exist: create one with \
+         `remusd keygen --out /nonexistent/remus.key` and copy it to both hosts",
+    );
 }
 
 #[test]
@@ -186,7 +197,14 @@ fn insecure_only_on_loopback() {
             ..Default::default()
         },
     );
-    assert_refused(&mut p, &["--insecure", "not a loopback"]);
+    assert_refused(
+        &mut p,
+        "remus: refusing to start: --insecure is refused for standby (REMUS_STANDBY / --standby) \
+         address 192.0.2.1:7000 (192.0.2.1, not a loopback address): an unauthenticated \
+         replication link reachable from other hosts would let anyone run code on the standby. \
+         Use --key-file FILE on both daemons (create one with `remusd keygen --out FILE`), or a \
+         127.0.0.1/[::1] address",
+    );
     // On loopback, both sides without a key: protected.
     let sb = Standby::start_keyed(500, None);
     let p = Protected::start(

@@ -1,4 +1,5 @@
-//! One test per error a user can meet: what they are told, and what happens to the program.
+//! One test per error a user can meet: what they are told (the exact line, with one `remus: `
+//! prefix), and what happens to the program.
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -21,18 +22,24 @@ fn protected_to(standby: &Standby) -> ProtectedOpts {
     }
 }
 
-/// The `remus: ...` lines the shim printed.
+/// The `remus: ...` lines the shim printed (none with the prefix twice).
 fn remus_lines(p: &Protected) -> Vec<String> {
-    p.stderr_text()
-        .lines()
-        .filter(|l| l.starts_with("remus:"))
-        .map(str::to_string)
-        .collect()
+    remus::remus_lines(&p.stderr_text(), &|| p.report())
 }
 
-/// Asserts that the program was refused: exit 1, never started, one `remus:` line on
-/// stderr that contains every word of `names` (case-insensitive).
-fn assert_refused(p: &mut Protected, names: &[&str]) {
+/// What the shim prints when the standby at `addr` cannot be reached (nobody listens there)
+/// and running unprotected is not allowed.
+fn unreachable_line(addr: &str) -> String {
+    format!(
+        "remus: cannot reach the standby: cannot connect to {addr}: Connection refused (os error \
+         111). Start `remusd standby --listen {addr} --state-dir DIR` on the standby host, or set \
+         REMUS_ALLOW_UNPROTECTED=1 to run without protection."
+    )
+}
+
+/// Asserts that the program was refused: exit 1, never started, exactly the line `expect`
+/// (one `remus: ` prefix) on stderr from remus.
+fn assert_refused(p: &mut Protected, expect: &str) {
     let st = p.wait_exit(LONG);
     assert_eq!(
         st.code(),
@@ -49,20 +56,11 @@ fn assert_refused(p: &mut Protected, names: &[&str]) {
     );
     let lines = remus_lines(p);
     assert_eq!(
-        lines.len(),
-        1,
-        "expected exactly one `remus: ...` line on stderr\n{}",
+        lines,
+        [expect],
+        "expected exactly this one `remus: ...` line on stderr\n{}",
         p.report()
     );
-    let l = lines[0].to_lowercase();
-    for name in names {
-        assert!(
-            l.contains(&name.to_lowercase()),
-            "the error line does not name {name:?}: {}\n{}",
-            lines[0],
-            p.report()
-        );
-    }
 }
 
 /// Polls the standby a few timeouts long and asserts that it never takes over: it is either
@@ -105,7 +103,12 @@ fn assert_no_takeover(standby: &mut Standby, expect_state: &str) {
 #[test]
 fn no_standby_configured_refuses_to_start() {
     let mut p = memcheck(&["100"], &ProtectedOpts::default());
-    assert_refused(&mut p, &["REMUS_STANDBY"]);
+    assert_refused(
+        &mut p,
+        "remus: REMUS_STANDBY is not set, so there is no standby to protect this program; set it \
+         to the host:port a `remusd standby --listen` is listening on (or use scripts/remus-run \
+         --standby ADDR), or set REMUS_ALLOW_UNPROTECTED=1 to run without protection",
+    );
 }
 
 #[test]
@@ -119,7 +122,7 @@ fn unreachable_standby_refuses_to_start() {
             ..Default::default()
         },
     );
-    assert_refused(&mut p, &[&addr]);
+    assert_refused(&mut p, &unreachable_line(&addr));
 }
 
 /// A kernel without async write-protect (simulated: this one has it): with the uffd tracker
@@ -134,7 +137,15 @@ fn kernel_without_async_wp_refuses_the_uffd_tracker() {
         ("REMUS_FAULT_PROBE".into(), "no-wp-async".into()),
     ];
     let mut p = memcheck(&["100"], &opts);
-    assert_refused(&mut p, &[release.trim(), "UFFD_FEATURE_WP_ASYNC", "6.7"]);
+    assert_refused(
+        &mut p,
+        &format!(
+            "remus: this kernel ({}) lacks userfaultfd UFFD_FEATURE_WP_ASYNC (Invalid argument (os \
+             error 22)); remus needs Linux 6.7 or newer for asynchronous write-protect dirty \
+             tracking",
+            release.trim()
+        ),
+    );
 }
 
 /// The same kernel with the default tracker: the program is protected by the mprotect
@@ -191,10 +202,28 @@ fn allow_unprotected_runs_and_says_why() {
         s(&v, "reason").contains(&addr) || s(&v, "reason").to_lowercase().contains("standby"),
         "the reason should say the standby could not be reached: {v}"
     );
-    // The warning on stderr names the problem too.
+    // The warning on stderr names the problem too: one line, one `remus: ` prefix, saying
+    // that it runs unprotected and why.
+    let lines = remus_lines(&p);
+    assert_eq!(
+        lines.len(),
+        1,
+        "running unprotected should print one `remus: ` warning\n{}",
+        p.report()
+    );
+    let why = format!(
+        "cannot reach the standby: cannot connect to {addr}: Connection refused (os error 111)"
+    );
+    let l = &lines[0];
     assert!(
-        !remus_lines(&p).is_empty(),
-        "running unprotected should print a `remus:` warning\n{}",
+        l.starts_with("remus: WARNING: running UNPROTECTED") && l.ends_with(&why),
+        "expected `remus: WARNING: running UNPROTECTED...: {why}`, got {l:?}\n{}",
+        p.report()
+    );
+    assert_eq!(
+        l.matches("remus:").count(),
+        1,
+        "one `remus:` in the warning: {l:?}\n{}",
         p.report()
     );
     let st = p.wait_exit(LONG);

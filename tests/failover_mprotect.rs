@@ -127,10 +127,12 @@ fn unknown_tracker_is_refused() {
         },
     );
     let st = app.wait_exit(Duration::from_secs(30));
-    assert_eq!(st.code(), Some(1));
-    assert!(
-        app.stderr_text().contains("REMUS_TRACKER=softdirty"),
-        "stderr: {}",
-        app.stderr_text()
+    assert_eq!(st.code(), Some(1), "{}", app.report());
+    assert_eq!(
+        remus::remus_lines(&app.stderr_text(), &|| app.report()),
+        ["remus: REMUS_TRACKER=softdirty is not a dirty-page tracker: use uffd (the default) or \
+          mprotect"],
+        "{}",
+        app.report()
     );
 }

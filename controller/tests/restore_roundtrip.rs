@@ -23,16 +23,30 @@ fn tempdir(name: &str) -> PathBuf {
     d
 }
 
+/// The failure message for a program this test needs that is not installed.
+fn not_installed(what: &str, package: &str, e: impl std::fmt::Display) -> String {
+    format!(
+        "{what} is not installed ({e}), and this test needs it: install it with \
+         `apt-get install {package}` (or run `.ci/run --setup-only`, which installs everything \
+         the tests need; CI does)"
+    )
+}
+
 fn build_prog(dir: &Path, name: &str) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/{name}.c"));
     let out = dir.join(name);
-    let st = Command::new("cc")
+    let res = Command::new("cc")
         .args(["-O2", "-g", "-o"])
         .arg(&out)
         .arg(&src)
-        .status()
-        .expect("run cc");
-    assert!(st.success(), "cc failed");
+        .output()
+        .unwrap_or_else(|e| panic!("{}", not_installed("cc", "gcc libc6-dev", e)));
+    assert!(
+        res.status.success(),
+        "cc {} failed:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&res.stderr)
+    );
     out
 }
 
@@ -458,19 +472,23 @@ fn restore_resumes_in_signal_handler() {
 }
 
 /// A real interpreter, dumped while it sleeps in `clock_nanosleep` (the restart path), with
-/// many libraries, locale data and a shared read-only mapping. Skipped without python3.
+/// many libraries, locale data and a shared read-only mapping. Fails without python3,
+/// saying what to install.
 #[test]
 fn restore_python_sleeping() {
-    let Some(py) = Command::new("python3")
+    // The interpreter itself (`python3` on PATH may be a wrapper script, e.g. pyenv's).
+    let o = Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])
         .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-    else {
-        eprintln!("python3 not found; skipping");
-        return;
-    };
+        .unwrap_or_else(|e| panic!("{}", not_installed("python3", "python3", e)));
+    assert!(
+        o.status.success(),
+        "python3 -c 'import sys; print(sys.executable)' failed ({}): {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let py = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    assert!(py.is_file(), "python3 names no interpreter: {py:?}");
     let _ = tracing_subscriber::fmt()
         .with_env_filter("debug")
         .with_test_writer()
