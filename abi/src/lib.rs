@@ -20,7 +20,12 @@
 //! +------------------+ KOBJ_OFF
 //! | kernel objects   |   sockets, pipes, epoll, eventfd, timerfd, signalfd ([`kobj`])
 //! +------------------+ STAGING_SIZE
+//! | sockets' log     |   ([`netlog`])
+//! | files' log       |   ([`filelog`])
+//! +------------------+
 //! ```
+//!
+//! The whole table, and the check that ties it to [`ABI_VERSION`], is [`layout`].
 //!
 //! One epoch is one or more chunks. The handler fills the staging area, sends
 //! [`MsgKind::EpochChunk`]; if that chunk is not the last, it waits for
@@ -32,6 +37,7 @@
 
 pub mod filelog;
 pub mod kobj;
+pub mod layout;
 pub mod netlog;
 
 pub const PAGE_SIZE: usize = 4096;
@@ -74,7 +80,10 @@ pub const ENV_PROTECTED_PID: &str = "REMUS_PROTECTED_PID";
 pub const ENV_PRIMARY_ARGS: &str = "REMUS_PRIMARY_ARGS";
 
 pub const STAGING_MAGIC: u64 = u64::from_le_bytes(*b"REMUSSTG");
-pub const ABI_VERSION: u32 = 1;
+/// The staging layout's version: the shim's hello carries it and remusd refuses another. Bump it
+/// with every change to [`layout::LAYOUT`] (the build fails until you do; see [`layout`]).
+/// 2: the sockets' and files' logs and the controller's words in the header (1 had neither).
+pub const ABI_VERSION: u32 = 2;
 
 pub const MAX_RESETS: usize = 8192;
 pub const MAX_FDS: usize = 1024;
