@@ -27,9 +27,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use remus_abi::netlog::{
-    error_word, place, NetEntry, NetLogHeader, MAX_NET_FDS, NETLOG_CAPACITY, NETLOG_DATA_OFF,
-    NETLOG_END, NETLOG_ERRORS_OFF, NETLOG_MAGIC, NETLOG_OFF, NET_ENTRY_HDR, NE_CLOSE, NE_DATA,
-    NE_PAD, NE_SHUTDOWN,
+    error_word, place, record_ok, NetEntry, NetLogHeader, MAX_NET_FDS, NETLOG_CAPACITY,
+    NETLOG_DATA_OFF, NETLOG_END, NETLOG_ERRORS_OFF, NETLOG_MAGIC, NETLOG_OFF, NET_ENTRY_HDR,
+    NE_CLOSE, NE_DATA, NE_PAD, NE_SHUTDOWN,
 };
 
 use crate::control::status::SharedStatus;
@@ -323,12 +323,7 @@ fn release_loop(sh: Arc<Shared>) {
             // SAFETY: hdr is NET_ENTRY_HDR bytes; NetEntry is plain integers.
             let e: NetEntry = unsafe { std::ptr::read_unaligned(hdr.as_ptr() as *const NetEntry) };
             let size = e.size as usize;
-            let body = e.addr_len as usize + e.data_len as usize;
-            if size < NET_ENTRY_HDR
-                || !size.is_multiple_of(8)
-                || size > NETLOG_CAPACITY - off
-                || (e.kind != NE_PAD && NetEntry::record_size(0, body) != size)
-            {
+            if !record_ok(NETLOG_CAPACITY, off, &e) {
                 tracing::error!(
                     pos = tail,
                     size,

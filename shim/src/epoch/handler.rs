@@ -91,6 +91,7 @@ extern "C" fn on_epoch(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_
             let ctx = unsafe { &mut *CTX.0.get() };
             if context::checkpoint(ctx, capture::capture_epoch) {
                 super::restored::after_restore();
+                install(crate::base::sigview::real_sigaction());
             }
         }
     } else if state::mode() == state::MODE_PASSIVE {

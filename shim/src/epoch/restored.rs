@@ -8,7 +8,7 @@
 
 use core::sync::atomic::Ordering;
 
-use super::{handler, kobj};
+use super::kobj;
 use crate::base::{sigview, state};
 use crate::kernel::sys;
 use crate::track::pages;
@@ -54,7 +54,6 @@ pub fn after_restore() {
             )
         };
     }
-    let real = sigview::real_sigaction();
-    sigview::reinstall_app_view(real);
-    handler::install(real);
+    sigview::reinstall_app_view(sigview::real_sigaction());
+    // The epoch handler puts itself back once this returns (epoch::handler).
 }

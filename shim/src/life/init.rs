@@ -12,7 +12,7 @@ use remus_abi::{
     ENV_PROTECTED_PID, ENV_REMUSD, ENV_STANDBY, MAX_AUXV_WORDS, STAGING_SIZE,
 };
 
-use super::{output, probe, rejoin};
+use super::{output, probe};
 use crate::base::sigview::{self as signals, SigactionFn};
 use crate::base::{fatal, link, state, statics};
 use crate::epoch::handler;
@@ -29,7 +29,6 @@ fn flag(name: &str) -> bool {
 
 /// The library constructor's body.
 pub fn run() {
-    state::set_safe_point(rejoin::poll);
     let pid = sys::getpid();
     if let Some(owner) = env(ENV_PROTECTED_PID) {
         if owner != pid.to_string() {

@@ -37,9 +37,9 @@ use core::ffi::{c_int, c_void};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use remus_abi::netlog::{
-    place, NetEntry, NetLogHeader, MAX_NET_FDS, NETLOG_CAPACITY, NETLOG_DATA_OFF,
-    NETLOG_ERRORS_OFF, NETLOG_MAGIC, NETLOG_OFF, NET_ENTRY_HDR, NET_ENTRY_MAX_DATA, NE_CLOSE,
-    NE_DATA, NE_PAD, NE_SHUTDOWN,
+    self, NetEntry, NetLogHeader, Reservation, MAX_NET_FDS, NETLOG_DATA_OFF, NETLOG_ERRORS_OFF,
+    NETLOG_MAGIC, NETLOG_OFF, NET_ENTRY_HDR, NET_ENTRY_MAX_DATA, NE_CLOSE, NE_DATA, NE_PAD,
+    NE_SHUTDOWN,
 };
 use remus_abi::{Msg, MsgKind, COMMITTED_OFF, COMMITTED_UNPROTECTED};
 
@@ -178,43 +178,11 @@ impl Log {
     }
 }
 
-/// Room for one record, between [`reserve`] and [`publish`].
-struct Reserved {
-    /// Byte position of the record.
-    pos: u64,
-    /// Its offset in the ring.
-    off: usize,
-    /// A pad record to write first: (offset, size).
-    pad: Option<(usize, usize)>,
-}
-
-fn reserve(log: &Log, addr_len: usize, data_len: usize) -> Option<Reserved> {
+/// Room for one record in the log (the ring's arithmetic is `remus_abi::netlog::reserve`).
+fn reserve(log: &Log, addr_len: usize, data_len: usize) -> Option<Reservation> {
     let head = log.head().load(Ordering::Relaxed);
     let tail = log.tail().load(Ordering::Acquire);
-    let need = NetEntry::record_size(addr_len, data_len);
-    let (off, pos) = place(head);
-    let (r, end) = if NETLOG_CAPACITY - off < need {
-        let skip = NETLOG_CAPACITY - off;
-        let at = pos + skip as u64;
-        (
-            Reserved {
-                pos: at,
-                off: 0,
-                pad: Some((off, skip)),
-            },
-            at + need as u64,
-        )
-    } else {
-        (
-            Reserved {
-                pos,
-                off,
-                pad: None,
-            },
-            pos + need as u64,
-        )
-    };
-    (end.wrapping_sub(tail) <= NETLOG_CAPACITY as u64).then_some(r)
+    netlog::reserve(head, tail, NetEntry::record_size(addr_len, data_len))
 }
 
 fn write_entry(log: &Log, off: usize, e: &NetEntry) {
@@ -227,7 +195,7 @@ fn write_entry(log: &Log, off: usize, e: &NetEntry) {
 #[allow(clippy::too_many_arguments)]
 fn publish(
     log: &Log,
-    r: &Reserved,
+    r: &Reservation,
     kind: u16,
     flags: u16,
     conn: u32,
@@ -269,7 +237,7 @@ fn publish(
         },
     );
     log.appended().fetch_add(data_len as u64, Ordering::Relaxed);
-    log.head().store(r.pos + size as u64, Ordering::Release);
+    log.head().store(r.next_head, Ordering::Release);
     LAST_TAG.store(tag, Ordering::Relaxed);
 }
 
