@@ -301,7 +301,7 @@ mod tests {
             let (mut sent, mut got) = (Vec::new(), Vec::new());
             for _ in 0..20_000 {
                 let r = rng(&mut seed);
-                if r % 3 == 0 {
+                if r.is_multiple_of(3) {
                     got.extend(m.consume((r >> 8) as usize % 4 + 1));
                 } else {
                     let len = (r >> 16) as usize % (cap / 2);
