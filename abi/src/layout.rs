@@ -101,7 +101,8 @@ pub const FINGERPRINT: u64 = {
     h
 };
 
-/// The fingerprint of the layout [`crate::ABI_VERSION`] (2) names. Change both together.
+/// The fingerprint of the layout [`crate::ABI_VERSION`] (2 and 3: 3 only added messages)
+/// names. Change both together.
 pub const FINGERPRINT_OF_THIS_VERSION: u64 = 0xe12c_ff6e_7619_9ad3;
 
 const _: () = assert!(

@@ -78,12 +78,18 @@ pub const ENV_REMUSD: &str = "REMUS_REMUSD";
 pub const ENV_PROTECTED_PID: &str = "REMUS_PROTECTED_PID";
 /// Extra arguments for `remusd primary` (whitespace separated), e.g. `--heartbeat-ms 50`.
 pub const ENV_PRIMARY_ARGS: &str = "REMUS_PRIMARY_ARGS";
+/// Set by the shim in the environment of the image a protected program `execve`s into:
+/// `SOCK,STAGING,NEXT_CONN` (the kept shim socket and staging memfd, and the next socket
+/// connection number). The new image's shim carries on with them instead of starting a new
+/// `remusd primary`, and removes the variable.
+pub const ENV_EXEC_LINK: &str = "REMUS_EXEC_LINK";
 
 pub const STAGING_MAGIC: u64 = u64::from_le_bytes(*b"REMUSSTG");
 /// The staging layout's version: the shim's hello carries it and remusd refuses another. Bump it
 /// with every change to [`layout::LAYOUT`] (the build fails until you do; see [`layout`]).
 /// 2: the sockets' and files' logs and the controller's words in the header (1 had neither).
-pub const ABI_VERSION: u32 = 2;
+/// 3: [`MsgKind::Exec`], [`MsgKind::ExecFailed`], [`MsgKind::HelloAfterExec`].
+pub const ABI_VERSION: u32 = 3;
 
 pub const MAX_RESETS: usize = 8192;
 pub const MAX_FDS: usize = 1024;
@@ -260,8 +266,7 @@ pub enum MsgKind {
     EpochChunk = 2,
     /// The app created a second thread (text says how); replication must stop.
     ThreadCreated = 3,
-    /// The app is exiting on its own: a = code or signal, b = 0 exit / 1 killed by signal
-    /// a / 2 execve (the new image is protected afresh).
+    /// The app is exiting on its own: a = code or signal, b = 0 exit / 1 killed by signal a.
     Exiting = 4,
     /// The app has state the shim cannot replicate (text names it); replication must stop.
     Unsupported = 5,
@@ -274,6 +279,19 @@ pub enum MsgKind {
     /// The app is about to wait for input (epoll/poll/select) while output of epoch a waits
     /// for its checkpoint: take that epoch now rather than at the end of the interval.
     Idle = 8,
+    /// The program is about to `execve` (text: the path). Same pid; the shim socket and the
+    /// staging memfd are kept open across the exec. Until [`MsgKind::HelloAfterExec`] (or
+    /// [`MsgKind::ExecFailed`]) the controller sends no epoch signal (the shim has blocked it:
+    /// one that is pending is taken by the new image). Every held socket's close is already in
+    /// the output log: the new image registers the sockets it still has afresh.
+    Exec = 9,
+    /// The `execve` announced by [`MsgKind::Exec`] failed: a = errno. The old image goes on,
+    /// protected as before.
+    ExecFailed = 10,
+    /// The first message of the new image after an [`MsgKind::Exec`]: a = pid, b = ABI_VERSION.
+    /// Its first epoch ships everything (every region new, every file whole), as at start-up;
+    /// its epoch numbers continue from the staging header's.
+    HelloAfterExec = 11,
 
     // controller -> shim
     /// The standby is connected; protection starts.

@@ -24,6 +24,9 @@ pub static TASK_FD: AtomicI32 = AtomicI32::new(-1);
 /// `/proc/self/fd`, kept open by the epoch handler.
 pub static FDDIR_FD: AtomicI32 = AtomicI32::new(-1);
 pub static STAGING: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+/// The staging memfd, kept open (close-on-exec, above `SHIM_FD_BASE`) so that an `execve`'s
+/// new image can map it again.
+pub static STAGING_FD: AtomicI32 = AtomicI32::new(-1);
 /// Last epoch number shipped.
 pub static EPOCH: AtomicU64 = AtomicU64::new(0);
 /// Depth of shim hooks the thread is inside; the epoch handler and the app's own signal

@@ -1,7 +1,9 @@
 //! Hooks on the process's life: `__libc_start_main` (so that a `main` that returns is reported),
 //! `exit` and `_exit` (the program ending on its own is not a host failure: the standby must
-//! not resurrect it), and `pthread_create` (a second thread stops protection: no checkpoint of
-//! a half-frozen process is ever taken).
+//! not resurrect it), `pthread_create` (a second thread stops protection: no checkpoint of
+//! a half-frozen process is ever taken), and the `exec` family (protection follows the program
+//! into its new image: same pid, same `remusd primary`, same standby; `life::init` carries on
+//! in the new image).
 
 use core::ffi::{c_char, c_int, c_void};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -94,5 +96,209 @@ hook! {
         APP_MAIN.store(main as usize, Ordering::Release);
         // SAFETY: the loader's arguments, passed on with our main in place of the program's.
         unsafe { real!(__libc_start_main)(remus_main, argc, argv, init, fini, rtld_fini, stack_end) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// execve: protection follows the program into its new image
+// ---------------------------------------------------------------------------------------
+
+extern "C" {
+    static environ: *const *const c_char;
+}
+
+/// The environment the new image gets: the program's, with the shim's own variables as this
+/// process has them (`LD_PRELOAD` naming this library, every `REMUS_*`), and
+/// [`remus_abi::ENV_EXEC_LINK`] naming the kept descriptors.
+struct ExecEnv {
+    /// NUL-terminated `NAME=value` strings (kept alive for `ptrs`).
+    _vars: Vec<std::ffi::CString>,
+    /// Pointers into `vars`, then null.
+    ptrs: Vec<*const c_char>,
+}
+
+/// The path of this library, for `LD_PRELOAD`.
+fn own_path() -> Option<std::ffi::CString> {
+    // SAFETY: an all-zero Dl_info is a valid out-parameter; dladdr reads our own address.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: as above; dli_fname is a NUL-terminated string owned by the loader.
+    unsafe {
+        if libc::dladdr(own_path as *const c_void, &mut info) == 0 || info.dli_fname.is_null() {
+            return None;
+        }
+        Some(std::ffi::CStr::from_ptr(info.dli_fname).to_owned())
+    }
+}
+
+fn exec_env(envp: *const *const c_char, link: &str) -> ExecEnv {
+    use std::ffi::{CStr, CString};
+    use std::os::unix::ffi::OsStrExt;
+    let ours: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+        .filter(|(k, _)| k.as_bytes().starts_with(b"REMUS_"))
+        .filter(|(k, _)| k.as_bytes() != remus_abi::ENV_EXEC_LINK.as_bytes())
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+    let lib = own_path();
+    let mut vars = Vec::new();
+    let mut preload_seen = false;
+    let mut i = 0;
+    while !envp.is_null() {
+        // SAFETY: envp is a null-terminated array of C strings (as for execve(2)).
+        let p = unsafe { *envp.add(i) };
+        if p.is_null() {
+            break;
+        }
+        i += 1;
+        // SAFETY: as above.
+        let kv = unsafe { CStr::from_ptr(p) }.to_bytes();
+        let name = kv.split(|&b| b == b'=').next().unwrap_or(kv);
+        if name.starts_with(b"REMUS_") {
+            continue; // ours, put back below as this process has them
+        }
+        if name == b"LD_PRELOAD" {
+            preload_seen = true;
+            if let Some(l) = lib.as_ref() {
+                let l = l.as_bytes();
+                let val = &kv[name.len() + 1..];
+                if !val.split(|&b| b == b':' || b == b' ').any(|x| x == l) {
+                    let mut v = b"LD_PRELOAD=".to_vec();
+                    v.extend_from_slice(l);
+                    if !val.is_empty() {
+                        v.push(b':');
+                        v.extend_from_slice(val);
+                    }
+                    vars.extend(CString::new(v));
+                    continue;
+                }
+            }
+        }
+        // kv came from a C string: it has no NUL inside.
+        vars.extend(CString::new(kv));
+    }
+    if !preload_seen {
+        if let Some(l) = lib {
+            let mut v = b"LD_PRELOAD=".to_vec();
+            v.extend_from_slice(l.as_bytes());
+            vars.extend(CString::new(v));
+        }
+    }
+    for (k, v) in ours {
+        let mut kv = k;
+        kv.push(b'=');
+        kv.extend_from_slice(&v);
+        vars.extend(CString::new(kv));
+    }
+    vars.extend(CString::new(format!("{}={link}", remus_abi::ENV_EXEC_LINK)));
+    let mut ptrs: Vec<*const c_char> = vars.iter().map(|v| v.as_ptr()).collect();
+    ptrs.push(core::ptr::null());
+    ExecEnv { _vars: vars, ptrs }
+}
+
+/// What [`prepare_exec`] changed, undone by [`exec_failed`].
+struct Prepared {
+    env: ExecEnv,
+}
+
+/// The program (the protected process itself, not a child) is about to exec: the controller
+/// is told, the shim socket and the staging memfd are kept open for the new image, the epoch
+/// signal is blocked (a signal the new image gets before its handler is installed would kill
+/// it; one that is pending waits for the new image), every held socket's close goes into the
+/// log, and the new image's environment names what it carries on with. `None`: not ours to
+/// follow (a child, a passive or unprotected process): the exec goes ahead untouched.
+fn prepare_exec(what: *const c_char, envp: *const *const c_char) -> Option<Prepared> {
+    if state::mode() != state::MODE_PROTECTED
+        || state::APP_PID.load(Ordering::Relaxed) != sys::getpid()
+    {
+        return None;
+    }
+    let sock = state::SOCK.load(Ordering::Relaxed);
+    let staging = state::STAGING_FD.load(Ordering::Relaxed);
+    if sock < 0 || staging < 0 {
+        return None;
+    }
+    crate::track::sockets::before_exec();
+    sys::sigmask(libc::SIG_BLOCK, 1u64 << (remus_abi::EPOCH_SIGNAL - 1));
+    for fd in [sock, staging] {
+        let _ = sys::set_cloexec(fd, false);
+    }
+    let link = format!("{sock},{staging},{}", crate::track::sockets::next_conn());
+    let path: &[u8] = if what.is_null() {
+        b"(a descriptor)"
+    } else {
+        // SAFETY: what is the program's path argument, a C string.
+        unsafe { std::ffi::CStr::from_ptr(what) }.to_bytes()
+    };
+    link::send_text(MsgKind::Exec, 0, 0, path);
+    Some(Prepared {
+        env: exec_env(envp, &link),
+    })
+}
+
+/// The exec returned: it failed. The old image goes on, protected as before.
+fn exec_failed(p: Prepared) {
+    drop(p);
+    let e = sys::errno();
+    for fd in [&state::SOCK, &state::STAGING_FD] {
+        let _ = sys::set_cloexec(fd.load(Ordering::Relaxed), true);
+    }
+    let _ = link::send(&remus_abi::Msg::new(MsgKind::ExecFailed, e as u64, 0));
+    sys::sigmask(libc::SIG_UNBLOCK, 1u64 << (remus_abi::EPOCH_SIGNAL - 1));
+    sys::set_errno(e);
+}
+
+/// Runs `exec` with the environment the new image needs when the program is followed, else
+/// with `envp` as given.
+fn follow_exec(
+    what: *const c_char,
+    envp: *const *const c_char,
+    exec: impl FnOnce(*const *const c_char) -> c_int,
+) -> c_int {
+    match prepare_exec(what, envp) {
+        None => exec(envp),
+        Some(p) => {
+            let r = exec(p.env.ptrs.as_ptr());
+            exec_failed(p);
+            r
+        }
+    }
+}
+
+fn env_now() -> *const *const c_char {
+    // SAFETY: glibc's environ, read once for this call.
+    unsafe { environ }
+}
+
+hook! {
+    unsafe fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int => remus_execve {
+        // SAFETY: the app's arguments, the environment possibly replaced by ours (valid for the call).
+        follow_exec(path, envp, |env| unsafe { real!(execve)(path, argv, env) })
+    }
+}
+
+hook! {
+    unsafe fn execv(path: *const c_char, argv: *const *const c_char) -> c_int => remus_execv {
+        // SAFETY: as for execve; execv is execve with the current environment.
+        follow_exec(path, env_now(), |env| unsafe { real!(execve)(path, argv, env) })
+    }
+}
+
+hook! {
+    unsafe fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int => remus_execvpe {
+        // SAFETY: the app's arguments, the environment possibly replaced by ours.
+        follow_exec(file, envp, |env| unsafe { real!(execvpe)(file, argv, env) })
+    }
+}
+
+hook! {
+    unsafe fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int => remus_execvp {
+        // SAFETY: as for execvpe with the current environment.
+        follow_exec(file, env_now(), |env| unsafe { real!(execvpe)(file, argv, env) })
+    }
+}
+
+hook! {
+    unsafe fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int => remus_fexecve {
+        // SAFETY: the app's arguments, the environment possibly replaced by ours.
+        follow_exec(core::ptr::null(), envp, |env| unsafe { real!(fexecve)(fd, argv, env) })
     }
 }

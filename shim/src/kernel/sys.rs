@@ -420,3 +420,26 @@ pub unsafe fn requeue_here(sig: i32, info: *const libc::siginfo_t) -> SysResult 
         )
     }
 }
+
+/// Sets or clears `FD_CLOEXEC` on `fd`.
+pub fn set_cloexec(fd: i32, on: bool) -> Result<(), i32> {
+    let fl = fcntl_get(fd, libc::F_GETFD)?;
+    let fl = if on {
+        fl | libc::FD_CLOEXEC
+    } else {
+        fl & !libc::FD_CLOEXEC
+    };
+    // SAFETY: F_SETFD takes an integer.
+    unsafe {
+        raw6(
+            libc::SYS_fcntl,
+            fd as usize,
+            libc::F_SETFD as usize,
+            fl as usize,
+            0,
+            0,
+            0,
+        )
+    }
+    .map(|_| ())
+}

@@ -36,6 +36,24 @@ pub fn run() {
         }
     }
     let allow = flag(ENV_ALLOW_UNPROTECTED);
+    if let Some(link) = env(remus_abi::ENV_EXEC_LINK) {
+        // The program exec'd: this image carries on with the old one's remusd and standby.
+        std::env::remove_var(remus_abi::ENV_EXEC_LINK);
+        if env(ENV_PROTECTED_PID).is_some() {
+            if let Err(why) = carry_on_after_exec(pid, &link) {
+                let why =
+                    format!("the program exec'd, and its new image cannot be protected: {why}");
+                link::send_text(MsgKind::Unsupported, 0, 0, why.as_bytes());
+                if allow {
+                    fatal::say(format!("WARNING: running UNPROTECTED: {why}").as_bytes());
+                    state::set_mode(state::MODE_UNPROTECTED);
+                    return;
+                }
+                fatal::refuse(why.as_bytes());
+            }
+            return;
+        }
+    }
     let standby = env(ENV_STANDBY);
     if standby.is_none() && !allow {
         fatal::refuse(
@@ -208,7 +226,7 @@ pub(crate) fn connect(
     let outputs = output::prepare();
     let spawned = spawn_controller(l, theirs, staging_fd, &outputs);
     sys::close(theirs);
-    sys::close(staging_fd);
+    state::STAGING_FD.store(staging_fd, Ordering::Relaxed);
     output::forget_controller_ends(&outputs);
     if let Err(e) = spawned {
         output::abandon(&outputs);
@@ -263,10 +281,130 @@ extern "C" fn after_fork_in_child() {
     // A forked child is not the protected process: it must not take checkpoints nor talk to
     // the controller as if it were the app (its copies of our descriptors are closed).
     state::set_mode(state::MODE_PASSIVE);
-    for fd in [&state::SOCK, &state::UFFD, &state::PAGEMAP] {
+    for fd in [
+        &state::SOCK,
+        &state::UFFD,
+        &state::PAGEMAP,
+        &state::STAGING_FD,
+    ] {
         let v = fd.swap(-1, Ordering::Relaxed);
         if v >= 0 {
             sys::close(v);
+        }
+    }
+}
+
+/// Start-up of the image a protected program `execve`d into (`link`: the kept shim socket,
+/// staging memfd and next connection number, see `remus_abi::ENV_EXEC_LINK`): the same pid, the
+/// same `remusd primary` and standby, the staging area mapped again with its sockets' log
+/// (whose records are still to be released) and its epoch numbers; held stdio is already in
+/// place (fds 1/2 are remusd's pipes). Everything else starts afresh: the first epoch ships
+/// every region and file whole.
+fn carry_on_after_exec(pid: i32, link: &str) -> Result<(), String> {
+    let parts: Vec<&str> = link.split(',').collect();
+    let num = |i: usize| parts.get(i).and_then(|v| v.parse::<i64>().ok());
+    let (Some(sock), Some(staging_fd), Some(next_conn)) = (num(0), num(1), num(2)) else {
+        return Err(format!(
+            "{}={link:?} is not SOCK,STAGING,NEXT_CONN",
+            remus_abi::ENV_EXEC_LINK
+        ));
+    };
+    let (sock, staging_fd) = (sock as i32, staging_fd as i32);
+    let is =
+        |fd: i32, kind: u32| sys::fstat(fd).is_some_and(|st| st.st_mode & libc::S_IFMT == kind);
+    if !is(sock, libc::S_IFSOCK) || !is(staging_fd, libc::S_IFREG) {
+        return Err(format!("descriptors {sock} and {staging_fd} are not the shim's socket and staging memfd any more"));
+    }
+    state::SOCK.store(sock, Ordering::Relaxed);
+    for fd in [sock, staging_fd] {
+        let _ = sys::set_cloexec(fd, true);
+    }
+    let (kernel, kind, notice) = choose_tracker()?;
+    use_kernel(&kernel);
+    state::APP_PID.store(pid, Ordering::Relaxed);
+    read_statics();
+    find_tid_offset();
+    find_rseq();
+    // SAFETY: a shared mapping of the staging memfd (MAPPED_SIZE bytes, as remusd maps it) at
+    // a kernel-chosen address.
+    let staging = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            MAPPED_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            staging_fd,
+            0,
+        )
+    };
+    if staging == libc::MAP_FAILED {
+        return Err(format!(
+            "cannot map the staging area again: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let staging = staging as *mut u8;
+    state::STAGING.store(staging, Ordering::Relaxed);
+    state::STAGING_FD.store(staging_fd, Ordering::Relaxed);
+    sockets::continue_after_exec(next_conn as u32);
+    files::init(staging);
+    // SAFETY: the header is at the start of the mapping; the old image wrote its last epoch.
+    let last = unsafe { (*(staging as *const remus_abi::StagingHeader)).epoch };
+    state::EPOCH.store(last, Ordering::Relaxed);
+
+    // SAFETY: registering a fork handler with no parent/prepare hooks.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    let real = signals::real_sigaction();
+    signals::install(real);
+    // The epoch signal the old image blocked is pending, or comes soon: it must find the
+    // handler, which keeps it until protection is on.
+    handler::STARTING.store(true, Ordering::Release);
+    handler::install(real);
+    if kind == tracker::MPROTECT {
+        tracker::mprotect::start(real)?;
+    }
+    tracker::set_kind(kind);
+    if let Some(n) = notice {
+        link::send_text(MsgKind::Log, 0, 0, n.as_bytes());
+    }
+    let _ = link::send(&Msg::new(
+        MsgKind::HelloAfterExec,
+        pid as u64,
+        ABI_VERSION as u64,
+    ));
+    match link::recv() {
+        Ok(m) if m.kind == MsgKind::Ready as u32 => {
+            handler::start_protection();
+            signals::install_reporters(real);
+            Ok(())
+        }
+        Ok(m) if m.kind == MsgKind::RunUnprotected as u32 => {
+            handler::no_protection();
+            fatal::say(&[b"WARNING: running UNPROTECTED: ".as_slice(), m.text()].concat());
+            state::set_mode(state::MODE_UNPROTECTED);
+            Ok(())
+        }
+        Ok(m) if m.kind == MsgKind::Refuse as u32 => {
+            handler::no_protection();
+            Err(String::from_utf8_lossy(m.text()).into_owned())
+        }
+        Ok(m) => {
+            handler::no_protection();
+            Err(format!(
+                "remusd primary answered with an unexpected message (kind {})",
+                m.kind
+            ))
+        }
+        Err(e) => {
+            handler::no_protection();
+            Err(format!(
+                "remusd primary went away ({})",
+                if e == 0 {
+                    "end of file".to_string()
+                } else {
+                    std::io::Error::from_raw_os_error(e).to_string()
+                }
+            ))
         }
     }
 }

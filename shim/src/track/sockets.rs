@@ -102,6 +102,35 @@ pub fn init(staging: *mut u8) {
     }
 }
 
+/// The program is about to `execve`: every held socket's close goes into the log (after its
+/// data), and the table forgets them. Whether the exec succeeds or not, the sockets the
+/// program still has are registered afresh at their next use, under new connection numbers
+/// (remusd closes its old duplicates once their data is out: a socket the exec closed
+/// (`O_CLOEXEC`) then sends its FIN after its committed data, one the program keeps stays
+/// open through the new duplicate). Inside a hook's bracket.
+pub fn before_exec() {
+    let Some(log) = Log::get() else { return };
+    if state::mode() != state::MODE_PROTECTED || log.committed() == COMMITTED_UNPROTECTED {
+        return;
+    }
+    // The program's epoll registrations stay as they are: they are its own, and an exec that
+    // fails leaves the program with the same sets.
+    for s in SLOTS.iter() {
+        retire(&log, s);
+    }
+}
+
+/// The next connection number (the new image of an `execve` carries on from it).
+pub fn next_conn() -> u32 {
+    NEXT_CONN.load(Ordering::Relaxed)
+}
+
+/// The new image of an `execve`: the log in the kept staging area is the old image's (its
+/// records are still to be released), and connection numbers carry on from `next`.
+pub fn continue_after_exec(next: u32) {
+    NEXT_CONN.store(next.max(1), Ordering::Relaxed);
+}
+
 /// Forgets every socket held for the previous `remusd primary` (a restored process being
 /// protected again: the new remusd has none of them; each is passed again at its next use).
 /// Called at the rejoin's safe point while passive (every hook passes through).
