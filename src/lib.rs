@@ -178,6 +178,9 @@ pub struct Progs {
     /// `sigwrite HOST:PORT [SECONDS]`: a SIGALRM handler and the main loop both write lines
     /// to one socket and to stdout (see `tests/progs/sigwrite.c`).
     pub sigwrite: PathBuf,
+    /// `selfexec ITERATIONS --stop-file PATH [--exec-at N]`: execs itself with new arguments
+    /// at iteration N, state checked every iteration (see `tests/progs/selfexec.c`).
+    pub selfexec: PathBuf,
 }
 
 fn cc(args: &[&str], what: &str) {
@@ -248,6 +251,7 @@ pub fn progs() -> &'static Progs {
             &[],
         );
         let sigwrite = compile(&dir, "sigwrite", &["-O1"], &src.join("sigwrite.c"), &[]);
+        let selfexec = compile(&dir, "selfexec", &["-O1"], &src.join("selfexec.c"), &[]);
         Progs {
             dir,
             memcheck,
@@ -255,6 +259,7 @@ pub fn progs() -> &'static Progs {
             python_state: src.join("python_state.py"),
             pause_app,
             sigwrite,
+            selfexec,
         }
     })
 }
