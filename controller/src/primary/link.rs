@@ -14,13 +14,12 @@ use crate::control::status::SharedStatus;
 use crate::image::EpochMeta;
 use crate::wire::auth::{self, AuthError, LinkSecurity};
 use crate::wire::frame::SendFrameError;
-use crate::wire::messages::{GoodbyeReason, Hello, PageBytes, Refusal, WireMsg};
+use crate::wire::messages::{GoodbyeReason, Hello, Refusal, WireMsg};
 
 use super::pipeline::{encode_loop, ToSender};
+pub use super::pipeline::{Outbound, PART_PAGES};
 use crate::wire::{DecodeFrameError, FrameReader, FrameWriter};
 
-/// Pages per `EpochPart` frame: 4096 pages = 16 MiB.
-pub const PART_PAGES: usize = 4096;
 /// Epoch items the encoder may have queued before the epoch loop waits (the encoder takes
 /// them at once, merging while the link is behind).
 pub const QUEUE: usize = 8;
@@ -102,22 +101,6 @@ impl ConnectError {
 
 /// Called (from the link's reader thread) with each epoch the standby acknowledges.
 pub type OnAck = Arc<dyn Fn(u64) + Send + Sync>;
-
-/// What the epoch loop hands to the sender.
-pub enum Outbound {
-    /// Pages of `epoch` (split into parts of at most [`PART_PAGES`]).
-    Pages {
-        epoch: u64,
-        pages: Vec<(u64, PageBytes)>,
-    },
-    /// The end of `epoch`.
-    Commit { epoch: u64, meta: Box<EpochMeta> },
-    /// Say goodbye, then signal `done` and stop.
-    Goodbye {
-        reason: GoodbyeReason,
-        done: Sender<()>,
-    },
-}
 
 /// Why the link is down (first reason wins), and what the acks prove.
 #[derive(Default)]

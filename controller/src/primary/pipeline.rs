@@ -31,7 +31,24 @@ use crate::image::{forget_resets, prune_to_layout, EpochMeta, Layout};
 use crate::wire::delta::{self, Encoding};
 use crate::wire::messages::{EpochCommit, EpochPart, GoodbyeReason, PageBytes, WireMsg};
 
-use super::link::{Outbound, PART_PAGES};
+/// Pages per `EpochPart` frame: 4096 pages = 16 MiB.
+pub const PART_PAGES: usize = 4096;
+
+/// What the epoch loop hands to the sender.
+pub enum Outbound {
+    /// Pages of `epoch` (split into parts of at most [`PART_PAGES`]).
+    Pages {
+        epoch: u64,
+        pages: Vec<(u64, PageBytes)>,
+    },
+    /// The end of `epoch`.
+    Commit { epoch: u64, meta: Box<EpochMeta> },
+    /// Say goodbye, then signal `done` and stop.
+    Goodbye {
+        reason: GoodbyeReason,
+        done: Sender<()>,
+    },
+}
 
 /// Frames handed to the sender and not yet written: one being written, one ready.
 pub const IN_FLIGHT: usize = 2;
