@@ -106,7 +106,7 @@ pub fn run_full(
     outputs: Vec<OutputStream>,
     net: Option<netout::NetLog>,
 ) -> Result<i32> {
-    let mut st = Status::new("primary", "starting");
+    let mut st = Status::new("primary", protection::Protection::Starting.label());
     st.app_pid = Some(args.app_pid);
     st.epoch_ms = Some(args.epoch_ms);
     st.heartbeat_ms = Some(args.heartbeat_ms);
