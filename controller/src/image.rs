@@ -242,6 +242,97 @@ pub struct FileWrite {
     pub size: u64,
 }
 
+/// The ranges an epoch's maps cover, sorted: the pages an image keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layout(Vec<(u64, u64)>);
+
+impl Layout {
+    pub fn of(regions: &[Region]) -> Layout {
+        let mut v: Vec<(u64, u64)> = regions.iter().map(|r| (r.start, r.end)).collect();
+        v.sort_unstable();
+        Layout(v)
+    }
+
+    /// The layout of `maps`; unparseable maps cover nothing (the standby refuses such an
+    /// epoch, so a mirror of its image keeps nothing, to be safe).
+    pub fn of_maps(maps: &str) -> Layout {
+        parse_maps(maps).map(|r| Layout::of(&r)).unwrap_or_default()
+    }
+
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.0
+    }
+
+    pub fn contains(&self, a: u64) -> bool {
+        let i = self.0.partition_point(|&(s, _)| s <= a);
+        i > 0 && a < self.0[i - 1].1
+    }
+}
+
+// What an epoch does to the pages of an image, written once for the standby's [`Image`] and
+// for the primary's mirrors of it (`primary::pipeline`: the delta shadow and merged epochs),
+// which must agree with it page for page:
+// 1. [`forget_resets`]: its resets forget the pages in their ranges written before it;
+// 2. its pages are stored;
+// 3. [`prune_to_layout`]: pages no region of its maps covers go.
+
+/// Step 1: removes the pages in `resets` for which `older` holds (those written before the
+/// epoch), calling `dropped` with each.
+pub fn forget_resets<V>(
+    pages: &mut BTreeMap<u64, V>,
+    resets: &[(u64, u64)],
+    older: impl Fn(&V) -> bool,
+    mut dropped: impl FnMut(u64, V),
+) {
+    for &(s, e) in resets {
+        let doomed: Vec<u64> = pages
+            .range(s..e.max(s))
+            .filter(|(_, v)| older(v))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in doomed {
+            if let Some(v) = pages.remove(&a) {
+                dropped(a, v);
+            }
+        }
+    }
+}
+
+/// Step 3: removes the pages `layout` does not cover, calling `dropped` with each; `only`:
+/// look at these addresses alone (the layout is unchanged, so only the epoch's own pages can
+/// be outside it).
+pub fn prune_to_layout<V>(
+    pages: &mut BTreeMap<u64, V>,
+    layout: &Layout,
+    only: Option<&[u64]>,
+    mut dropped: impl FnMut(u64, V),
+) {
+    if let Some(only) = only {
+        for &a in only {
+            if !layout.contains(a) {
+                if let Some(v) = pages.remove(&a) {
+                    dropped(a, v);
+                }
+            }
+        }
+        return;
+    }
+    let mut keep = BTreeMap::new();
+    for &(s, e) in layout.ranges() {
+        let mut inside = pages.split_off(&s);
+        let mut after = inside.split_off(&e.max(s));
+        keep.append(&mut inside);
+        // What is left in `pages` is below this range and above the previous one: outside.
+        std::mem::swap(pages, &mut after);
+        for (a, v) in after {
+            dropped(a, v);
+        }
+    }
+    for (a, v) in std::mem::replace(pages, keep) {
+        dropped(a, v);
+    }
+}
+
 /// The committed image on the standby.
 #[derive(Default)]
 pub struct Image {
@@ -254,8 +345,8 @@ pub struct Image {
 }
 
 impl Image {
-    /// Applies one complete, verified epoch: forget the reset ranges, store the pages, take
-    /// the metadata. `pages` are (address, 4096 bytes).
+    /// Applies one complete, verified epoch: forget the reset ranges, store the pages, prune
+    /// to the regions (the rule above), take the metadata. `pages` are (address, 4096 bytes).
     pub fn apply(&mut self, meta: EpochMeta, pages: Vec<(u64, Box<[u8]>)>) -> Result<(), String> {
         // Check everything before touching the image: a bad epoch leaves it as it was.
         let regions = parse_maps(&meta.maps)?;
@@ -264,37 +355,15 @@ impl Image {
         }) {
             return Err(format!("bad page at {addr:#x} ({} bytes)", data.len()));
         }
-        for &(s, e) in &meta.resets {
-            let doomed: Vec<u64> = self.pages.range(s..e).map(|(a, _)| *a).collect();
-            for a in doomed {
-                self.pages.remove(&a);
-            }
-        }
+        forget_resets(&mut self.pages, &meta.resets, |_| true, |_, _| {});
         let fresh: Vec<u64> = pages.iter().map(|(a, _)| *a).collect();
         for (addr, data) in pages {
             self.pages.insert(addr, data);
         }
-        // Forget pages no region covers any more: they belong to unmapped memory. When the
-        // layout is unchanged only this epoch's pages can be outside (a full pass over a
-        // large image every epoch would make the standby fall behind).
-        if regions != self.regions {
-            let mut keep = BTreeMap::new();
-            for r in &regions {
-                let mut inside = self.pages.split_off(&r.start);
-                let mut after = inside.split_off(&r.end);
-                keep.append(&mut inside);
-                std::mem::swap(&mut self.pages, &mut after);
-                self.pages.append(&mut after);
-            }
-            self.pages = keep;
-        } else {
-            for a in fresh {
-                let i = regions.partition_point(|r| r.start <= a);
-                if i == 0 || a >= regions[i - 1].end {
-                    self.pages.remove(&a);
-                }
-            }
-        }
+        // When the layout is unchanged only this epoch's pages can be outside it (a full pass
+        // over a large image every epoch would make the standby fall behind).
+        let only = (regions == self.regions).then_some(&fresh[..]);
+        prune_to_layout(&mut self.pages, &Layout::of(&regions), only, |_, _| {});
         self.regions = regions;
         self.meta = Some(meta);
         Ok(())
@@ -326,6 +395,35 @@ mod tests {
         assert!(r[1].is_file() && !r[1].write);
         assert!(r[2].is_special() && r[2].exec);
         assert!(parse_maps("garbage").is_err());
+    }
+
+    #[test]
+    fn prune_by_range_or_by_address_agree() {
+        let layout = Layout(vec![(0x2000, 0x4000), (0x8000, 0x9000)]);
+        let all: BTreeMap<u64, u64> = (0..12u64).map(|i| (i * 0x1000, i)).collect();
+        let mut by_range = all.clone();
+        let mut gone = Vec::new();
+        prune_to_layout(&mut by_range, &layout, None, |a, _| gone.push(a));
+        let keys: Vec<u64> = all.keys().copied().collect();
+        let mut by_addr = all.clone();
+        prune_to_layout(&mut by_addr, &layout, Some(&keys), |_, _| {});
+        assert_eq!(by_range, by_addr);
+        assert_eq!(
+            by_range.keys().copied().collect::<Vec<_>>(),
+            [0x2000, 0x3000, 0x8000]
+        );
+        assert_eq!(gone.len(), all.len() - 3);
+        // A reset forgets only what `older` says was written before it; an empty or
+        // backwards range forgets nothing (and does not panic).
+        let mut pages = all.clone();
+        forget_resets(
+            &mut pages,
+            &[(0x1000, 0x5000), (0x9000, 0x3000)],
+            |v| *v % 2 == 1,
+            |_, _| {},
+        );
+        assert_eq!(pages.len(), all.len() - 2);
+        assert!(!pages.contains_key(&0x1000) && !pages.contains_key(&0x3000));
     }
 
     #[test]

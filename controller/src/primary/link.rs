@@ -14,13 +14,12 @@ use crate::control::status::SharedStatus;
 use crate::image::EpochMeta;
 use crate::wire::auth::{self, AuthError, LinkSecurity};
 use crate::wire::frame::SendFrameError;
-use crate::wire::messages::{GoodbyeReason, Hello, PageBytes, WireMsg};
+use crate::wire::messages::{GoodbyeReason, Hello, Refusal, WireMsg};
 
 use super::pipeline::{encode_loop, ToSender};
+pub use super::pipeline::{Outbound, PART_PAGES};
 use crate::wire::{DecodeFrameError, FrameReader, FrameWriter};
 
-/// Pages per `EpochPart` frame: 4096 pages = 16 MiB.
-pub const PART_PAGES: usize = 4096;
 /// Epoch items the encoder may have queued before the epoch loop waits (the encoder takes
 /// them at once, merging while the link is behind).
 pub const QUEUE: usize = 8;
@@ -60,7 +59,7 @@ pub enum ConnectError {
     #[error("{0} answered the hello with a {1}, expected HelloAck")]
     Unexpected(String, &'static str),
     #[error("the standby at {0} refused: {1}")]
-    Refused(String, String),
+    Refused(String, Refusal),
     #[error("authenticating the link to the standby at {0} failed: {1}")]
     Auth(String, AuthError),
 }
@@ -68,36 +67,40 @@ pub enum ConnectError {
 impl ConnectError {
     /// The standby refused because it has taken over this primary's app: this primary is
     /// superseded and must stop.
-    pub fn superseded(&self) -> Option<&str> {
+    pub fn superseded(&self) -> Option<&Refusal> {
         match self {
-            ConnectError::Refused(_, why) if why.starts_with(SUPERSEDED) => Some(why),
+            ConnectError::Refused(_, r @ Refusal::Superseded { .. }) => Some(r),
             _ => None,
+        }
+    }
+
+    /// The standby is busy with another session (perhaps the one this primary just lost).
+    pub fn busy(&self) -> bool {
+        matches!(self, ConnectError::Refused(_, Refusal::Busy))
+    }
+
+    /// The standby's host answered, but no daemon does (refused, or reset/closed while its
+    /// process dies): that daemon is gone (whether it took over first is for [`LastContact`]
+    /// to say). A silent address (timeout, unreachable network) proves nothing: across a
+    /// partition the standby may have taken over.
+    pub fn peer_gone(&self) -> bool {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionRefused, ConnectionReset};
+        match self {
+            ConnectError::Connect(_, io) => {
+                matches!(io.kind(), ConnectionRefused | ConnectionReset)
+            }
+            ConnectError::Auth(_, AuthError::Io(io)) => {
+                matches!(io.kind(), ConnectionRefused | ConnectionReset | BrokenPipe)
+            }
+            ConnectError::Auth(_, AuthError::Closed(_)) => true,
+            ConnectError::Closed(_) => true,
+            _ => false,
         }
     }
 }
 
-/// How a standby's refusal starts when it has taken over (fencing: the old primary learns
-/// from it that it must stop).
-pub const SUPERSEDED: &str = "superseded:";
-
 /// Called (from the link's reader thread) with each epoch the standby acknowledges.
 pub type OnAck = Arc<dyn Fn(u64) + Send + Sync>;
-
-/// What the epoch loop hands to the sender.
-pub enum Outbound {
-    /// Pages of `epoch` (split into parts of at most [`PART_PAGES`]).
-    Pages {
-        epoch: u64,
-        pages: Vec<(u64, PageBytes)>,
-    },
-    /// The end of `epoch`.
-    Commit { epoch: u64, meta: Box<EpochMeta> },
-    /// Say goodbye, then signal `done` and stop.
-    Goodbye {
-        reason: GoodbyeReason,
-        done: Sender<()>,
-    },
-}
 
 /// Why the link is down (first reason wins), and what the acks prove.
 #[derive(Default)]

@@ -27,11 +27,28 @@ use std::time::Instant;
 use crossbeam::channel::{Receiver, Sender};
 
 use crate::control::status::SharedStatus;
-use crate::image::{parse_maps, EpochMeta};
+use crate::image::{forget_resets, prune_to_layout, EpochMeta, Layout};
 use crate::wire::delta::{self, Encoding};
 use crate::wire::messages::{EpochCommit, EpochPart, GoodbyeReason, PageBytes, WireMsg};
 
-use super::link::{Outbound, PART_PAGES};
+/// Pages per `EpochPart` frame: 4096 pages = 16 MiB.
+pub const PART_PAGES: usize = 4096;
+
+/// What the epoch loop hands to the sender.
+pub enum Outbound {
+    /// Pages of `epoch` (split into parts of at most [`PART_PAGES`]).
+    Pages {
+        epoch: u64,
+        pages: Vec<(u64, PageBytes)>,
+    },
+    /// The end of `epoch`.
+    Commit { epoch: u64, meta: Box<EpochMeta> },
+    /// Say goodbye, then signal `done` and stop.
+    Goodbye {
+        reason: GoodbyeReason,
+        done: Sender<()>,
+    },
+}
 
 /// Frames handed to the sender and not yet written: one being written, one ready.
 pub const IN_FLIGHT: usize = 2;
@@ -57,8 +74,8 @@ pub struct Shadow {
     pages: BTreeMap<u64, (u64, Box<[u8]>)>,
     /// (tick it was last dirtied, address): the eviction order.
     lru: BTreeSet<(u64, u64)>,
-    /// Regions of the last epoch's maps (sorted), and its text.
-    regions: Vec<(u64, u64)>,
+    /// The last epoch's layout, and its maps' text.
+    layout: Layout,
     maps: String,
     /// Pages inserted since the last commit (checked against the commit's regions).
     fresh: Vec<u64>,
@@ -71,7 +88,7 @@ impl Shadow {
             budget_pages: (budget_bytes / delta::PAGE as u64) as usize,
             pages: BTreeMap::new(),
             lru: BTreeSet::new(),
-            regions: Vec::new(),
+            layout: Layout::default(),
             maps: String::new(),
             fresh: Vec::new(),
             evictions: 0,
@@ -113,56 +130,24 @@ impl Shadow {
         }
     }
 
-    fn remove(&mut self, addr: u64) {
-        if let Some((t, _)) = self.pages.remove(&addr) {
-            self.lru.remove(&(t, addr));
-        }
-    }
-
-    /// The end of shipped epoch `tick`: what `Image::apply` does on the standby. Its resets
-    /// drop older pages (not the ones shipped in `tick`), then pages outside the regions go.
+    /// The end of shipped epoch `tick`: what `Image::apply` does on the standby (the same
+    /// rule, `image::forget_resets` and `image::prune_to_layout`). Its resets drop older
+    /// pages (not the ones shipped in `tick`), then pages outside the regions go.
     pub fn commit(&mut self, tick: u64, resets: &[(u64, u64)], maps: &str) {
-        for &(s, e) in resets {
-            let doomed: Vec<u64> = self
-                .pages
-                .range(s..e.max(s))
-                .filter(|(_, (t, _))| *t < tick)
-                .map(|(a, _)| *a)
-                .collect();
-            for a in doomed {
-                self.remove(a);
-            }
-        }
+        let lru = &mut self.lru;
+        let mut dropped = |a: u64, (t, _): (u64, Box<[u8]>)| {
+            lru.remove(&(t, a));
+        };
+        forget_resets(&mut self.pages, resets, |(t, _)| *t < tick, &mut dropped);
         let fresh = std::mem::take(&mut self.fresh);
-        if maps != self.maps {
+        let changed = maps != self.maps;
+        if changed {
             self.maps = maps.to_string();
-            // Unparseable maps: the standby refuses the epoch; keep nothing to be safe.
-            self.regions = parse_maps(maps)
-                .map(|r| r.iter().map(|r| (r.start, r.end)).collect())
-                .unwrap_or_default();
-            self.regions.sort_unstable();
-            let outside: Vec<u64> = self
-                .pages
-                .keys()
-                .copied()
-                .filter(|&a| !in_regions(&self.regions, a))
-                .collect();
-            for a in outside {
-                self.remove(a);
-            }
-        } else {
-            for a in fresh {
-                if !in_regions(&self.regions, a) {
-                    self.remove(a);
-                }
-            }
+            self.layout = Layout::of_maps(maps);
         }
+        let only = (!changed).then_some(&fresh[..]);
+        prune_to_layout(&mut self.pages, &self.layout, only, dropped);
     }
-}
-
-fn in_regions(regions: &[(u64, u64)], a: u64) -> bool {
-    let i = regions.partition_point(|&(s, _)| s <= a);
-    i > 0 && a < regions[i - 1].1
 }
 
 /// A page as it goes out: (address, 4096 bytes).
@@ -180,7 +165,7 @@ pub struct Merged {
     /// The metadata of `last`, once its commit arrived.
     pub meta: Option<Box<EpochMeta>>,
     maps: String,
-    regions: Vec<(u64, u64)>,
+    layout: Layout,
 }
 
 impl Merged {
@@ -213,17 +198,12 @@ impl Merged {
     /// appended, its metadata wins.
     pub fn add_commit(&mut self, epoch: u64, mut meta: Box<EpochMeta>) {
         self.last = self.last.max(epoch);
-        for &(s, e) in &meta.resets {
-            let doomed: Vec<u64> = self
-                .pages
-                .range(s..e.max(s))
-                .filter(|(_, (ep, _))| *ep < epoch)
-                .map(|(a, _)| *a)
-                .collect();
-            for a in doomed {
-                self.pages.remove(&a);
-            }
-        }
+        forget_resets(
+            &mut self.pages,
+            &meta.resets,
+            |(ep, _)| *ep < epoch,
+            |_, _| {},
+        );
         // The standby drops pages no region covers, this epoch's own included.
         if meta.maps != self.maps {
             if self.meta.is_some() {
@@ -231,7 +211,7 @@ impl Merged {
                 // layout pruned from the standby's image must go even if a later layout
                 // covers it again. Its holes become resets (applied before the pages).
                 let mut at = 0u64;
-                for &(s, e) in &self.regions {
+                for &(s, e) in self.layout.ranges() {
                     if s > at {
                         self.resets.push((at, s));
                     }
@@ -239,13 +219,9 @@ impl Merged {
                 }
                 self.resets.push((at, u64::MAX));
             }
-            self.regions = parse_maps(&meta.maps)
-                .map(|r| r.iter().map(|r| (r.start, r.end)).collect())
-                .unwrap_or_default();
-            self.regions.sort_unstable();
+            self.layout = Layout::of_maps(&meta.maps);
         }
-        let regions = &self.regions;
-        self.pages.retain(|a, _| in_regions(regions, *a));
+        prune_to_layout(&mut self.pages, &self.layout, None, |_, _| {});
         self.maps = meta.maps.clone();
         self.resets.extend_from_slice(&meta.resets);
         // File changes are not idempotent over pages: earlier epochs' go first, in order.

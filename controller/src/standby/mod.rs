@@ -23,7 +23,7 @@ use crate::control::server::ControlServer;
 use crate::control::status::{SharedStatus, Status};
 use crate::image::Image;
 use crate::wire::auth::{self, LinkSecurity, SessionKeys};
-use crate::wire::messages::{GoodbyeReason, HelloAck, WireMsg, PROTOCOL_VERSION};
+use crate::wire::messages::{GoodbyeReason, HelloAck, Refusal, WireMsg, PROTOCOL_VERSION};
 use crate::wire::{DecodeFrameError, FrameReader, FrameWriter};
 use detector::Liveness;
 use receiver::{Event, Receiver};
@@ -115,9 +115,7 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
     tracing::info!(listen = %local, state_dir = %args.state_dir.display(), "standby waiting for a primary");
 
     let busy = Arc::new(AtomicBool::new(false));
-    let refusal: Arc<Mutex<String>> = Arc::new(Mutex::new(
-        "this standby is already protecting another primary".into(),
-    ));
+    let refusal: Arc<Mutex<Refusal>> = Arc::new(Mutex::new(Refusal::Busy));
     let (conn_tx, conn_rx) = bounded::<(TcpStream, String, SessionKeys)>(1);
     {
         let (busy, refusal, sec) = (busy.clone(), refusal.clone(), args.security.clone());
@@ -151,9 +149,9 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
                             }
                         };
                         if busy.swap(true, Ordering::SeqCst) {
-                            let why = refusal.lock().map(|s| s.clone()).unwrap_or_default();
+                            let why = refusal.lock().map(|s| s.clone()).unwrap_or(Refusal::Busy);
                             tracing::warn!(%peer, "refusing a second primary: {why}");
-                            refuse(s, keys, &why);
+                            refuse(s, keys, why);
                         } else {
                             let _ = conn_tx.send((s, peer, keys));
                         }
@@ -216,11 +214,10 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
                 tracing::error!(%peer, epoch, "primary lost: {why}; TAKING OVER from epoch {epoch}");
                 // Fencing: the old primary, if it wakes up, asks again and learns from this
                 // answer that it must stop.
-                *refusal.lock().unwrap_or_else(|p| p.into_inner()) = format!(
-                    "{} this standby took over the app from primary {peer} at epoch {epoch} and \
-                     cannot protect a new primary",
-                    crate::primary::link::SUPERSEDED
-                );
+                *refusal.lock().unwrap_or_else(|p| p.into_inner()) = Refusal::Superseded {
+                    primary: peer.clone(),
+                    epoch,
+                };
                 return takeover(&rx.image, &peer, &why, &args, &status, &stop, &rejoin);
             }
             SessionEnd::Protocol(why) => {
@@ -267,7 +264,7 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
 }
 
 /// Answers the hello of an (authenticated) primary this standby cannot take.
-fn refuse(s: TcpStream, keys: SessionKeys, why: &str) {
+fn refuse(s: TcpStream, keys: SessionKeys, why: Refusal) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
     let Ok(clone) = s.try_clone() else { return };
@@ -275,7 +272,7 @@ fn refuse(s: TcpStream, keys: SessionKeys, why: &str) {
         let ack = HelloAck {
             version: PROTOCOL_VERSION,
             standby_pid: std::process::id(),
-            refused: Some(why.into()),
+            refused: Some(why),
             timeout_ms: None,
         };
         let _ = FrameWriter::new(&s, keys.send).send(&WireMsg::HelloAck(ack));
@@ -450,7 +447,26 @@ fn session_inner(
             };
             let ev = match rx.handle(msg) {
                 Ok(ev) => ev,
-                Err(e) if rx.hello.is_none() => return Ok(SessionEnd::Handshake(e.to_string())),
+                Err(e) if rx.hello.is_none() => {
+                    if let receiver::ReceiveError::Version { got } = e {
+                        // Say why, in a form the primary can act on (a frame header of another
+                        // version would not have been read this far).
+                        let ack = HelloAck {
+                            version: PROTOCOL_VERSION,
+                            standby_pid: std::process::id(),
+                            refused: Some(Refusal::Version {
+                                primary: got,
+                                standby: PROTOCOL_VERSION,
+                            }),
+                            timeout_ms: None,
+                        };
+                        let _ = writer
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .send(&WireMsg::HelloAck(ack));
+                    }
+                    return Ok(SessionEnd::Handshake(e.to_string()));
+                }
                 Err(e) => return Ok(SessionEnd::Protocol(e.to_string())),
             };
             match ev {

@@ -7,8 +7,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::image::EpochMeta;
 
-/// Protocol version carried in every frame header and in [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Protocol version carried in every frame header and in [`Hello`]. 3: the standby's refusal
+/// of a hello is a [`Refusal`] (it was free text).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// One message on the wire. The frame header's `kind` byte is [`WireMsg::kind`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,17 +75,35 @@ pub struct Hello {
 }
 
 /// The standby's answer to [`Hello`]. `refused` says why the standby will not take this
-/// primary (busy with another one, version mismatch); the primary then gives up.
+/// primary; the primary decides what to do from the variant, never from its text.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloAck {
     pub version: u16,
     pub standby_pid: u32,
-    pub refused: Option<String>,
+    pub refused: Option<Refusal>,
     /// The standby's failure timeout (`--timeout-ms`): it takes over only after hearing
     /// nothing from the primary for this long. The primary uses it to tell "its daemon is
     /// gone" from "it may have taken over, then died" (`primary::link::Link::lost_for`).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+}
+
+/// Why a standby refuses a primary's hello.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// It is protecting another primary (or still ending the session of one): ask again.
+    #[error("this standby is already protecting another primary")]
+    Busy,
+    /// It took over the app of `primary` from `epoch` (fencing: a primary that asks again
+    /// learns from this that it must stop, and release nothing it holds).
+    #[error(
+        "superseded: this standby took over the app from primary {primary} at epoch {epoch} \
+         and cannot protect a new primary"
+    )]
+    Superseded { primary: String, epoch: u64 },
+    /// The hello speaks another protocol version.
+    #[error("the primary speaks protocol {primary}, this standby speaks {standby}")]
+    Version { primary: u16, standby: u16 },
 }
 
 /// Some of the pages of one epoch. Parts of an epoch are numbered from 0, in order.

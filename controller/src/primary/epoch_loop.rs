@@ -1,0 +1,424 @@
+//! The epoch loop: waits on the shim's socket, the app's pidfd and the output pipes; signals
+//! epochs, takes the shim's chunks and ships them, and steps the fencing and resync state
+//! (every question to the standby runs off this loop).
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use remus_abi::{Msg, MsgKind};
+
+use crate::wire::messages::{AppExit, GoodbyeReason};
+
+use super::link::Outbound;
+use super::protection::Protection;
+use super::shim_link::{FromShim, ShimLink};
+use super::staging;
+use super::state::{End, InEpoch, Primary};
+
+impl Primary {
+    pub(super) fn main(&mut self, stop: &AtomicBool) -> Result<End> {
+        self.await_hello()?;
+        if let Some(end) = self.connect()? {
+            return Ok(end);
+        }
+        let pidfd = crate::sys::pidfd_open(self.args.app_pid)
+            .with_context(|| format!("pidfd_open({}) for the app", self.args.app_pid))?;
+        let epoch = Duration::from_millis(self.args.epoch_ms.max(1));
+        self.next_tick = Instant::now();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(self.operator_stop());
+            }
+            let now = Instant::now();
+            let timeout = if self.can_signal() && self.idle_wanted() {
+                Duration::ZERO
+            } else if self.can_signal() {
+                self.next_tick
+                    .saturating_duration_since(now)
+                    .min(Duration::from_millis(50))
+            } else if self.in_epoch.is_none() && !self.shipping_stopped() && self.link.is_some() {
+                // Only the sender's queue is in the way (it drains in a moment; nothing wakes
+                // this poll when it does): look again soon, or the epochs (and the output
+                // waiting for them) slip to this poll's 50 ms.
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(50)
+            };
+            let mut fds = vec![self.shim.raw_fd(), pidfd.as_raw_fd()];
+            fds.extend(self.output.poll_fds());
+            let ready = crate::sys::poll_readable(&fds, Some(timeout)).context("poll")?;
+            if ready[2..].iter().any(|&r| r) {
+                self.output.pump(self.output_tag());
+            }
+            if ready[0] {
+                while let Some(m) = self.shim.try_recv().context("receiving from the shim")? {
+                    if let Some(end) = self.on_shim(m)? {
+                        return Ok(end);
+                    }
+                }
+            }
+            if ready[1] {
+                // Anything the shim said before dying is already queued: read it first.
+                while let Some(m) = self.shim.try_recv().context("receiving from the shim")? {
+                    if let Some(end) = self.on_shim(m)? {
+                        return Ok(end);
+                    }
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(self.operator_stop());
+                }
+                return Ok(self.app_vanished("the app died without saying goodbye (killed?)"));
+            }
+            self.check_link();
+            self.step_resync();
+            self.step_sync();
+            if let Some(e) = &mut self.in_epoch {
+                if !e.warned && e.signalled_at.elapsed() > Duration::from_secs(10) {
+                    e.warned = true;
+                    tracing::warn!(
+                        "the app has not answered the epoch signal for 10 s (signal blocked, or stopped?)"
+                    );
+                }
+            }
+            if self.can_signal() && (Instant::now() >= self.next_tick || self.idle_wanted()) {
+                self.signal_epoch(epoch)?;
+            }
+        }
+    }
+
+    /// The shim asked for an epoch that has not been signalled yet.
+    fn idle_wanted(&self) -> bool {
+        self.in_epoch.is_none() && self.want_epoch > self.last_epoch.unwrap_or(0)
+    }
+
+    /// Output-triggered epochs: the app is going idle while output waits for epoch `want`.
+    fn on_idle(&mut self, want: u64) -> Result<()> {
+        self.want_epoch = self.want_epoch.max(want);
+        if self.can_signal() && self.idle_wanted() {
+            self.signal_epoch(Duration::from_millis(self.args.epoch_ms.max(1)))?;
+        }
+        // The shim waits briefly for this: the signal (if sent) is already on its way.
+        if let Some(n) = &self.net {
+            n.kick();
+        }
+        Ok(())
+    }
+
+    /// Nothing is shipped any more: protection was given up, or remusd is stopping.
+    fn shipping_stopped(&self) -> bool {
+        self.stopping || self.protection.given_up()
+    }
+
+    fn can_signal(&self) -> bool {
+        self.in_epoch.is_none()
+            && !self.shipping_stopped()
+            && self
+                .link
+                .as_ref()
+                .is_some_and(|l| l.backlog() < 2 && l.lost().is_none())
+    }
+
+    fn signal_epoch(&mut self, epoch: Duration) -> Result<()> {
+        let now = Instant::now();
+        // The shim installs its epoch handler before it says hello, and keeps a signal that
+        // comes before Ready pending (shim/src/signals.rs): no need to look before signalling.
+        // Everything written so far precedes this epoch's checkpoint: tag it with this epoch
+        // (output_tag() is this epoch's number while no signal is outstanding).
+        self.output.pump(self.output_tag());
+        self.stream_batch();
+        if let Err(e) = crate::sys::kill(self.args.app_pid, remus_abi::EPOCH_SIGNAL) {
+            tracing::warn!("sending the epoch signal to {}: {e}", self.args.app_pid);
+            // The pidfd tells us if the app is gone; try again next tick.
+            self.next_tick = now + epoch;
+            return Ok(());
+        }
+        self.in_epoch = Some(InEpoch::new(now));
+        // The next epoch is due one period after this one started (or at once if late).
+        self.next_tick = now + epoch;
+        Ok(())
+    }
+
+    fn on_shim(&mut self, m: FromShim) -> Result<Option<End>> {
+        let m: Msg = match m {
+            FromShim::Msg(m) => *m,
+            FromShim::Eof => {
+                // Not exiting right now (checked first: an exec'd image that fails at once,
+                // e.g. refused by the busy standby, is gone within the grace period, and its
+                // error message is in the output this remusd holds).
+                if !crate::sys::exiting_or_gone(self.args.app_pid)
+                    || crate::sys::still_running(self.args.app_pid, Duration::from_millis(300))
+                {
+                    // The socket is close-on-exec: a live app that closed it has replaced
+                    // itself with execve (the new image, if preloaded, is protected afresh by
+                    // its own remusd). This image's checkpoints must never be resurrected.
+                    self.unprotect(
+                        "the app replaced itself (execve) or closed remus's socket; this remusd's image is obsolete".into(),
+                        true,
+                    );
+                    // The new image still writes to the pipes this remusd reads: pass its
+                    // output through until it closes them.
+                    self.release_at_end = true;
+                    return Ok(Some(End::Exit(0)));
+                }
+                return Ok(Some(
+                    self.app_vanished("the shim's socket closed without an exit message"),
+                ));
+            }
+        };
+        let text = String::from_utf8_lossy(m.text()).into_owned();
+        match MsgKind::from_u32(m.kind) {
+            Some(MsgKind::EpochChunk) => self.on_chunk(m.a, m.b)?,
+            Some(MsgKind::ThreadCreated) => {
+                // The shim's text says it all; anything terser gets the context added once.
+                let reason = if text.contains("second thread") || text.contains("threads") {
+                    text
+                } else {
+                    format!("the app created a second thread ({text}); remus protects single-threaded processes only")
+                };
+                self.unprotect(reason, true)
+            }
+            Some(MsgKind::Unsupported) => self.unprotect(
+                format!("the app uses state remus cannot replicate: {text}"),
+                true,
+            ),
+            Some(MsgKind::Exiting) => {
+                let exit = AppExit::from_shim(m.a, m.b);
+                tracing::info!("the app {exit}");
+                self.set_protection(Protection::Unprotected, |b| {
+                    b.status.exit_code = exit.exit_code();
+                    b.unprotect(format!("the app {exit}"));
+                });
+                if let Some(link) = self.link.take() {
+                    if !link.goodbye(GoodbyeReason::AppExited(exit), Duration::from_secs(3)) {
+                        tracing::warn!("could not deliver the goodbye to the standby");
+                    }
+                    link.close();
+                }
+                // The standby will not take over: the app's last words may leave.
+                self.release_at_end = true;
+                return Ok(Some(End::Exit(0)));
+            }
+            Some(MsgKind::Log) => tracing::info!(target: "shim", "{text}"),
+            Some(MsgKind::NetFd) => match (&self.net, self.shim.take_fd()) {
+                (Some(n), Some(fd)) => n.register(m.a as u32, fd, m.b as i32),
+                _ => tracing::warn!(
+                    conn = m.a,
+                    app_fd = m.b,
+                    "the shim passed a socket without a descriptor or an output log"
+                ),
+            },
+            Some(MsgKind::Idle) => self.on_idle(m.a)?,
+            Some(MsgKind::Hello) => tracing::warn!("the shim said hello twice; ignored"),
+            _ => tracing::warn!(kind = m.kind, "unexpected message from the shim; ignored"),
+        }
+        Ok(None)
+    }
+
+    fn on_chunk(&mut self, epoch: u64, chunk: u64) -> Result<()> {
+        let staging = self.staging.clone();
+        let bytes = staging.bytes();
+        let hdr = staging::read_header(bytes, (epoch, chunk));
+        let last = hdr.as_ref().map(|h| h.last != 0).unwrap_or(false);
+        let drain = |shim: &ShimLink| -> Result<()> {
+            if !last {
+                shim.send(MsgKind::Drained, epoch, chunk, "")
+                    .context("telling the shim the chunk is drained")?;
+            }
+            Ok(())
+        };
+        if self.shipping_stopped() || self.link.is_none() {
+            drain(&self.shim)?;
+            if last {
+                self.in_epoch = None;
+                // Dropped (the standby was lost mid-epoch): the next epoch follows this one.
+                self.last_epoch = Some(epoch);
+            }
+            return Ok(());
+        }
+        let h = match hdr {
+            Ok(h) => h,
+            Err(e) => {
+                drain(&self.shim)?;
+                self.in_epoch = None;
+                self.unprotect(
+                    format!("bad epoch {epoch} chunk {chunk} from the shim: {e}"),
+                    true,
+                );
+                return Ok(());
+            }
+        };
+        // Chunks arrive in order, epochs are consecutive.
+        let expect = match self.in_epoch.as_ref().and_then(|e| e.progress) {
+            Some((e, c)) => Some((e, c as u64)),
+            None => self.last_epoch.map(|e| (e + 1, 0)),
+        };
+        if let Some(want) = expect {
+            if (epoch, chunk) != want {
+                drain(&self.shim)?;
+                self.in_epoch = None;
+                self.unprotect(
+                    format!(
+                        "the shim sent epoch {epoch} chunk {chunk}, expected epoch {} chunk {}",
+                        want.0, want.1
+                    ),
+                    true,
+                );
+                return Ok(());
+            }
+        } else if chunk != 0 {
+            drain(&self.shim)?;
+            self.unprotect(
+                format!("the shim's first chunk is epoch {epoch} chunk {chunk}, expected chunk 0"),
+                true,
+            );
+            return Ok(());
+        }
+        if chunk == 0 {
+            if let Err(reason) = self.check_full_resend(epoch) {
+                drain(&self.shim)?;
+                self.in_epoch = None;
+                self.unprotect(reason, true);
+                return Ok(());
+            }
+        }
+        let pages = staging::read_pages(bytes, &h);
+        let meta = if last {
+            let total = self.in_epoch.as_ref().map_or(0, |e| e.pages) + h.n_pages as u64;
+            Some(staging::read_meta(bytes, &h, total).and_then(|mut m| {
+                if let Some(fb) = self.staging.file_log() {
+                    (m.files, m.replicated) = staging::read_files(fb, epoch)?;
+                }
+                Ok(m)
+            }))
+        } else {
+            None
+        };
+        // The staging area is copied out: let the shim go on.
+        drain(&self.shim)?;
+        let (pages, meta) = match (pages, meta.transpose()) {
+            (Ok(p), Ok(m)) => (p, m),
+            (Err(e), _) | (_, Err(e)) => {
+                self.in_epoch = None;
+                self.unprotect(
+                    format!("bad epoch {epoch} chunk {chunk} from the shim: {e}"),
+                    true,
+                );
+                return Ok(());
+            }
+        };
+        let ie = self
+            .in_epoch
+            .get_or_insert_with(|| InEpoch::new(Instant::now()));
+        ie.progress = Some((epoch, chunk as u32 + 1));
+        ie.pages += pages.len() as u64;
+        let shim_pages = ie.pages;
+        if let Some(st) = &mut self.stream {
+            st.shipped_by_shim(epoch, pages.iter().map(|(a, _)| a));
+        }
+        let link = self.link.as_ref().expect("checked above");
+        let mut ok = pages.is_empty() || link.ship(Outbound::Pages { epoch, pages });
+        if let Some(mut meta) = meta {
+            if meta.pages != h.epoch_pages {
+                tracing::warn!(
+                    epoch,
+                    shipped = meta.pages,
+                    header = h.epoch_pages,
+                    "page count differs from the shim's"
+                );
+            }
+            if h.flags & remus_abi::HDR_FLAG_UNSUPPORTED != 0 {
+                self.in_epoch = None;
+                self.unprotect(
+                    format!("epoch {epoch} is flagged unsupported by the shim"),
+                    true,
+                );
+                return Ok(());
+            }
+            let (n, pause) = (meta.pages, meta.pause_ns);
+            let unrestorable = crate::restore::unrestorable_fds(&meta);
+            let streamed = h.flags & remus_abi::HDR_FLAG_STREAMED != 0;
+            let read = self.stream_commit(epoch, &mut meta, streamed, shim_pages);
+            let link = self.link.as_ref().expect("checked above");
+            ok = ok && (read.is_empty() || link.ship(Outbound::Pages { epoch, pages: read }));
+            ok = ok
+                && link.ship(Outbound::Commit {
+                    epoch,
+                    meta: Box::new(meta),
+                });
+            self.in_epoch = None;
+            self.last_epoch = Some(epoch);
+            let mut b = self.status.lock();
+            b.status.epoch = Some(epoch);
+            b.status.last_dirty_pages = Some(n);
+            b.status.epochs_total += 1;
+            b.record_pause(pause);
+            if unrestorable != b.status.unrestorable_fds {
+                // Named when the app creates it (seen at the next checkpoint), not at failover.
+                for d in unrestorable
+                    .iter()
+                    .filter(|d| !b.status.unrestorable_fds.contains(d))
+                {
+                    tracing::warn!(
+                        epoch,
+                        "this descriptor cannot come back on the standby: {d}"
+                    );
+                }
+                b.status.unrestorable_fds = unrestorable;
+            }
+            tracing::debug!(epoch, pages = n, pause_us = pause / 1000, "epoch taken");
+            if self.protection.resync().and_then(|r| r.full_epoch) == Some(epoch) {
+                tracing::info!(
+                    epoch,
+                    pages = n,
+                    pause_us = pause / 1000,
+                    "full image for the reconnected standby taken"
+                );
+            }
+        }
+        if !ok {
+            self.check_link();
+        }
+        Ok(())
+    }
+
+    /// The app died without an exit message (killed), or the shim's socket closed: drop the
+    /// connection without a goodbye, as a dying host would.
+    fn app_vanished(&mut self, why: &str) -> End {
+        tracing::warn!("{why}; dropping the standby connection without a goodbye");
+        if let Some(link) = self.link.take() {
+            link.close();
+        }
+        End::Exit(0)
+    }
+
+    fn operator_stop(&mut self) -> End {
+        tracing::info!("stopped by a signal; telling the standby not to take over");
+        // The app may be dying from the same Ctrl-C: give its exit message a moment.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < deadline {
+            match self.shim.recv_timeout(Duration::from_millis(50)) {
+                Ok(Some(FromShim::Msg(m))) if m.kind == MsgKind::Exiting as u32 => {
+                    if let Ok(Some(end)) = self.on_shim(FromShim::Msg(m)) {
+                        return end;
+                    }
+                }
+                Ok(Some(FromShim::Msg(m))) if m.kind == MsgKind::EpochChunk as u32 => {
+                    // Never leave the shim blocked on a chunk; nothing is shipped any more.
+                    self.stopping = true;
+                    let _ = self.on_chunk(m.a, m.b);
+                }
+                Ok(Some(FromShim::Eof)) | Err(_) => break,
+                _ => {}
+            }
+        }
+        if let Some(link) = self.link.take() {
+            link.goodbye(GoodbyeReason::OperatorStop, Duration::from_secs(2));
+            link.close();
+        }
+        // The app may run on: its output passes through until it closes its streams.
+        self.release_at_end = true;
+        End::Exit(0)
+    }
+}
