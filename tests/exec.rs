@@ -21,7 +21,10 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 fn checked(what: &str, f: Failover) {
-    eprintln!("{what}: {f:?}; output ahead of commit: {}", f.output_ahead());
+    eprintln!(
+        "{what}: {f:?}; output ahead of commit: {}",
+        f.output_ahead()
+    );
     assert!(f.first_restored > f.known_committed, "{what}: {f:?}");
     assert!(
         f.last_restored >= f.first_restored + RUN_AFTER - 1,
@@ -103,12 +106,7 @@ fn python_through_a_pyenv_style_shim() {
 fn a_program_that_execs_itself_with_new_arguments() {
     // selfexec execs itself at iteration 5; the failover comes 20 committed epochs later, so
     // the committed state is the new image's (its iteration count is past the exec).
-    let f = failover_scenario(
-        &progs().selfexec,
-        &["0", "--exec-at", "5"],
-        20,
-        RUN_AFTER,
-    );
+    let f = failover_scenario(&progs().selfexec, &["0", "--exec-at", "5"], 20, RUN_AFTER);
     assert!(
         f.known_committed > 5,
         "the committed state is from after the exec: {f:?}"

@@ -105,12 +105,8 @@ impl Primary {
             let reason = why.clone();
             self.set_protection(Protection::Unprotected, |b| b.unprotect(reason));
             self.shim
-                .send(
-                    MsgKind::RunUnprotected,
-                    0,
-                    0,
-                    &format!("running unprotected: {why}"),
-                )
+                // The shim prints it after "WARNING: running UNPROTECTED: ".
+                .send(MsgKind::RunUnprotected, 0, 0, &why)
                 .context("telling the shim to run unprotected")?;
             Ok(None)
         } else {
