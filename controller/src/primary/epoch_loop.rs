@@ -15,7 +15,7 @@ use super::link::Outbound;
 use super::protection::Protection;
 use super::shim_link::{FromShim, ShimLink};
 use super::staging;
-use super::state::{End, InEpoch, Primary};
+use super::state::{End, ExecPending, InEpoch, Primary, EXEC_HELLO_TIMEOUT};
 
 impl Primary {
     pub(super) fn main(&mut self, stop: &AtomicBool) -> Result<End> {
@@ -72,6 +72,7 @@ impl Primary {
                 return Ok(self.app_vanished("the app died without saying goodbye (killed?)"));
             }
             self.check_link();
+            self.check_exec();
             self.step_resync();
             self.step_sync();
             if let Some(e) = &mut self.in_epoch {
@@ -106,6 +107,77 @@ impl Primary {
         Ok(())
     }
 
+    /// The program is about to exec: its old image takes no more epochs (one signalled and not
+    /// yet taken never will be: the shim blocked the signal, and the new image discards it).
+    fn on_exec(&mut self, path: String) {
+        tracing::info!(
+            "the program execs {path}: protection follows it into the new image (same pid, same standby)"
+        );
+        self.in_epoch = None;
+        self.exec = Some(ExecPending {
+            since: Instant::now(),
+            path,
+        });
+    }
+
+    /// The new image of an exec said hello: it is protected from its start, with a new full
+    /// image (streamed, as at start-up; the standby keeps the old image's last committed state
+    /// until the new one is complete).
+    fn on_hello_after_exec(&mut self, m: &Msg) -> Result<Option<End>> {
+        let path = match self.exec.take() {
+            Some(x) => x.path,
+            None => {
+                tracing::warn!("a new image said hello without an exec announced before it");
+                "(unannounced)".into()
+            }
+        };
+        if m.b != remus_abi::ABI_VERSION as u64 {
+            let text = format!(
+                "the new image ({path}) loaded a libremus.so that speaks ABI {} and remusd speaks ABI {}: install matching libremus.so and remusd",
+                m.b,
+                remus_abi::ABI_VERSION
+            );
+            let _ = self.shim.send(MsgKind::Refuse, 0, 0, &text);
+            self.unprotect(text, true);
+            return Ok(None);
+        }
+        if self.shipping_stopped() || self.link.is_none() {
+            // Unprotected (given up) or fenced: the new image runs as the old one did.
+            let why = self.status.lock().status.reason.clone().unwrap_or_default();
+            self.shim
+                .send(MsgKind::RunUnprotected, 0, 0, &why)
+                .context("telling the new image to run unprotected")?;
+            return Ok(None);
+        }
+        tracing::info!("the new image of {path} said hello; streaming its full image");
+        self.stop_stream();
+        self.start_stream();
+        self.set_protection(Protection::Syncing, |b| {
+            b.status.reason = Some(format!(
+                "the program exec'd {path}: sending the new image to the standby while it runs;                  protected once the standby has all of it"
+            ));
+        });
+        self.shim
+            .send(MsgKind::Ready, 0, 0, "")
+            .context("telling the new image we are ready")?;
+        Ok(None)
+    }
+
+    /// An exec whose new image has not said hello in time: it does not load the shim.
+    fn check_exec(&mut self) {
+        let Some(x) = &self.exec else { return };
+        if x.since.elapsed() < EXEC_HELLO_TIMEOUT {
+            return;
+        }
+        let reason = format!(
+            "the program exec'd {} and its new image did not say hello within {} s: it does not              load libremus.so (a static or setuid program?); it runs unprotected",
+            x.path,
+            EXEC_HELLO_TIMEOUT.as_secs()
+        );
+        self.exec = None;
+        self.unprotect(reason, true);
+    }
+
     /// Nothing is shipped any more: protection was given up, or remusd is stopping.
     fn shipping_stopped(&self) -> bool {
         self.stopping || self.protection.given_up()
@@ -113,6 +185,7 @@ impl Primary {
 
     fn can_signal(&self) -> bool {
         self.in_epoch.is_none()
+            && self.exec.is_none()
             && !self.shipping_stopped()
             && self
                 .link
@@ -150,9 +223,9 @@ impl Primary {
                 if !crate::sys::exiting_or_gone(self.args.app_pid)
                     || crate::sys::still_running(self.args.app_pid, Duration::from_millis(300))
                 {
-                    // The socket is close-on-exec: a live app that closed it has replaced
-                    // itself with execve (the new image, if preloaded, is protected afresh by
-                    // its own remusd). This image's checkpoints must never be resurrected.
+                    // A live app closed remus's socket: a daemon closing every descriptor, or
+                    // an exec the shim did not see (the shim keeps the socket across the execs
+                    // it follows). This image's checkpoints must never be resurrected.
                     self.unprotect(
                         "the app replaced itself (execve) or closed remus's socket; this remusd's image is obsolete".into(),
                         true,
@@ -211,6 +284,18 @@ impl Primary {
             },
             Some(MsgKind::Idle) => self.on_idle(m.a)?,
             Some(MsgKind::Hello) => tracing::warn!("the shim said hello twice; ignored"),
+            Some(MsgKind::Exec) => self.on_exec(text),
+            Some(MsgKind::ExecFailed) => {
+                let e = std::io::Error::from_raw_os_error(m.a as i32);
+                match self.exec.take() {
+                    Some(x) => tracing::warn!(
+                        "the program's exec of {} failed ({e}); its old image goes on, protected",
+                        x.path
+                    ),
+                    None => tracing::warn!("the shim reported a failed exec that it had not announced"),
+                }
+            }
+            Some(MsgKind::HelloAfterExec) => return self.on_hello_after_exec(&m),
             _ => tracing::warn!(kind = m.kind, "unexpected message from the shim; ignored"),
         }
         Ok(None)

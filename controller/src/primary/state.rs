@@ -91,7 +91,21 @@ pub struct Primary {
     /// The epoch whose commit completes the streamed image: protection (re)starts when the
     /// standby acks it.
     pub complete_at: Option<u64>,
+    /// The program announced an `execve` ([`remus_abi::MsgKind::Exec`]): no epoch is signalled
+    /// until its new image says hello (or the exec fails).
+    pub exec: Option<ExecPending>,
 }
+
+/// An `execve` the program announced, waiting for its new image's hello.
+pub struct ExecPending {
+    pub since: Instant,
+    /// What it execs (as the program named it).
+    pub path: String,
+}
+
+/// How long a new image may take to say hello after an exec (loading it, the dynamic loader,
+/// the shim's start-up) before remusd decides it will not (it does not load libremus.so).
+pub const EXEC_HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Primary {
     pub fn new(
@@ -116,6 +130,7 @@ impl Primary {
             stopping: false,
             output,
             release_at_end: false,
+            exec: None,
             net,
             want_epoch: 0,
             stream: None,

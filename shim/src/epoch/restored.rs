@@ -23,6 +23,8 @@ pub fn after_restore() {
     state::UFFD.store(-1, Ordering::Relaxed);
     state::PAGEMAP.store(-1, Ordering::Relaxed);
     state::STAGING.store(core::ptr::null_mut(), Ordering::Relaxed);
+    // Numbers the restored table does not have (a new staging memfd may get one of them).
+    state::STAGING_FD.store(-1, Ordering::Relaxed);
     kobj::forget();
     pages::after_restore();
 

@@ -359,6 +359,14 @@ fn carry_on_after_exec(pid: i32, link: &str) -> Result<(), String> {
     // The epoch signal the old image blocked is pending, or comes soon: it must find the
     // handler, which keeps it until protection is on.
     handler::STARTING.store(true, Ordering::Release);
+    // An epoch signal the old image had blocked is void (remusd forgot it when it heard of the
+    // exec): ignoring it while it is pending discards it.
+    // SAFETY: an all-zero sigaction is SIG_DFL with an empty mask; SIG_IGN set on it.
+    unsafe {
+        let mut ign: libc::sigaction = core::mem::zeroed();
+        ign.sa_sigaction = libc::SIG_IGN;
+        real(remus_abi::EPOCH_SIGNAL, &ign, core::ptr::null_mut());
+    }
     handler::install(real);
     if kind == tracker::MPROTECT {
         tracker::mprotect::start(real)?;

@@ -207,7 +207,7 @@ fn protect(pid: i32, req: &Request) -> Result<(), String> {
 fn undo() {
     state::set_mode(state::MODE_PASSIVE);
     tracker::set_kind(0);
-    for fd in [&state::SOCK, &state::UFFD, &state::PAGEMAP] {
+    for fd in [&state::SOCK, &state::UFFD, &state::PAGEMAP, &state::STAGING_FD] {
         let v = fd.swap(-1, Ordering::Relaxed);
         if v >= 0 {
             sys::close(v);
