@@ -292,7 +292,9 @@ impl Primary {
                         "the program's exec of {} failed ({e}); its old image goes on, protected",
                         x.path
                     ),
-                    None => tracing::warn!("the shim reported a failed exec that it had not announced"),
+                    None => {
+                        tracing::warn!("the shim reported a failed exec that it had not announced")
+                    }
                 }
             }
             Some(MsgKind::HelloAfterExec) => return self.on_hello_after_exec(&m),

@@ -4,6 +4,7 @@
 //! socket (`link`), the one-line fatal error (`fatal`), and what start-up reads once for every
 //! epoch (`statics`). Imports only `kernel`.
 
+pub mod environ;
 pub mod fatal;
 pub mod interpose;
 pub mod link;

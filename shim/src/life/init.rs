@@ -14,13 +14,13 @@ use remus_abi::{
 
 use super::{output, probe};
 use crate::base::sigview::{self as signals, SigactionFn};
-use crate::base::{fatal, link, state, statics};
+use crate::base::{environ, fatal, link, state, statics};
 use crate::epoch::handler;
 use crate::kernel::sys;
 use crate::track::{files, pages as tracker, sockets};
 
 pub(crate) fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
+    environ::get(name).filter(|v| !v.is_empty())
 }
 
 fn flag(name: &str) -> bool {
@@ -38,7 +38,7 @@ pub fn run() {
     let allow = flag(ENV_ALLOW_UNPROTECTED);
     if let Some(link) = env(remus_abi::ENV_EXEC_LINK) {
         // The program exec'd: this image carries on with the old one's remusd and standby.
-        std::env::remove_var(remus_abi::ENV_EXEC_LINK);
+        environ::set(remus_abi::ENV_EXEC_LINK, None);
         if env(ENV_PROTECTED_PID).is_some() {
             if let Err(why) = carry_on_after_exec(pid, &link) {
                 let why =
@@ -79,7 +79,7 @@ pub fn run() {
     read_statics();
     find_tid_offset();
     find_rseq();
-    std::env::set_var(ENV_PROTECTED_PID, pid.to_string());
+    environ::set(ENV_PROTECTED_PID, Some(&pid.to_string()));
 
     let log_file = env("REMUS_LOG_FILE").unwrap_or_else(|| {
         // SAFETY: getuid has no preconditions.
@@ -292,6 +292,15 @@ extern "C" fn after_fork_in_child() {
             sys::close(v);
         }
     }
+    // The shim's own variables are the protected program's: a child keeps only the one that
+    // tells it (and whatever it execs under the same LD_PRELOAD) that it is not the program.
+    let ours: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("REMUS_") && k != ENV_PROTECTED_PID)
+        .collect();
+    for k in ours {
+        environ::set(&k, None);
+    }
 }
 
 /// Start-up of the image a protected program `execve`d into (`link`: the kept shim socket,
@@ -472,7 +481,7 @@ fn find_remusd() -> Result<std::path::PathBuf, String> {
             }
         }
     }
-    if let Some(path) = std::env::var_os("PATH") {
+    if let Some(path) = environ::get("PATH") {
         for dir in std::env::split_paths(&path) {
             let cand = dir.join("remusd");
             if cand.is_file() {

@@ -17,7 +17,8 @@ pub fn probe() -> Result<Kernel, String> {
     // Fault injection for the tests of the refusal and of the fallback (this kernel has the
     // features): `REMUS_FAULT_PROBE=no-wp-async` answers as a kernel without async
     // write-protect would.
-    let opened = if std::env::var("REMUS_FAULT_PROBE").as_deref() == Ok("no-wp-async") {
+    let opened = if crate::base::environ::get("REMUS_FAULT_PROBE").as_deref() == Some("no-wp-async")
+    {
         Err(uffd::OpenError::Features {
             errno: libc::EINVAL,
             missing: uffd::UFFD_FEATURE_WP_ASYNC,

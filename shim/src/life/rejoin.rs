@@ -171,7 +171,7 @@ fn protect(pid: i32, req: &Request) -> Result<(), String> {
     state::EPOCH.store(0, Ordering::Relaxed);
     state::PENDING.store(false, Ordering::Release);
     state::APP_PID.store(pid, Ordering::Relaxed);
-    std::env::set_var(remus_abi::ENV_PROTECTED_PID, pid.to_string());
+    crate::base::environ::set(remus_abi::ENV_PROTECTED_PID, Some(&pid.to_string()));
 
     let log_file = req.log.clone().unwrap_or_else(|| {
         dir()
@@ -207,7 +207,12 @@ fn protect(pid: i32, req: &Request) -> Result<(), String> {
 fn undo() {
     state::set_mode(state::MODE_PASSIVE);
     tracker::set_kind(0);
-    for fd in [&state::SOCK, &state::UFFD, &state::PAGEMAP, &state::STAGING_FD] {
+    for fd in [
+        &state::SOCK,
+        &state::UFFD,
+        &state::PAGEMAP,
+        &state::STAGING_FD,
+    ] {
         let v = fd.swap(-1, Ordering::Relaxed);
         if v >= 0 {
             sys::close(v);

@@ -77,9 +77,9 @@ pub fn init(staging: *mut u8) -> Vec<String> {
     // SAFETY: staging maps at least FILELOG_END bytes (init::make_staging); nobody reads the
     // header yet.
     unsafe { (*(staging.add(FILELOG_OFF) as *mut FileLogHeader)).magic = 0 };
-    let spec = match std::env::var(ENV_REPLICATE_DIRS) {
-        Ok(v) => v,
-        Err(_) => std::env::current_dir()
+    let spec = match crate::base::environ::get(ENV_REPLICATE_DIRS) {
+        Some(v) => v,
+        None => std::env::current_dir()
             .map(|d| d.to_string_lossy().into_owned())
             .unwrap_or_default(),
     };

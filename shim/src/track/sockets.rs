@@ -89,7 +89,7 @@ static IDLE_EPOCHS: AtomicBool = AtomicBool::new(true);
 
 /// Called once at start-up (single-threaded) on the freshly mapped staging area.
 pub fn init(staging: *mut u8) {
-    if std::env::var_os("REMUS_IDLE_EPOCHS").is_some_and(|v| v == "0") {
+    if crate::base::environ::get("REMUS_IDLE_EPOCHS").is_some_and(|v| v == "0") {
         IDLE_EPOCHS.store(false, Ordering::Relaxed);
     }
     // SAFETY: staging maps at least NETLOG_END bytes (init::make_staging); the header is
