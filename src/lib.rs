@@ -181,6 +181,9 @@ pub struct Progs {
     /// `selfexec ITERATIONS --stop-file PATH [--exec-at N]`: execs itself with new arguments
     /// at iteration N, state checked every iteration (see `tests/progs/selfexec.c`).
     pub selfexec: PathBuf,
+    /// `daemonize [--once]`: fork, parent exits, setsid, fork again, then checked work (see
+    /// `tests/progs/daemonize.c`).
+    pub daemonize: PathBuf,
 }
 
 fn cc(args: &[&str], what: &str) {
@@ -252,6 +255,7 @@ pub fn progs() -> &'static Progs {
         );
         let sigwrite = compile(&dir, "sigwrite", &["-O1"], &src.join("sigwrite.c"), &[]);
         let selfexec = compile(&dir, "selfexec", &["-O1"], &src.join("selfexec.c"), &[]);
+        let daemonize = compile(&dir, "daemonize", &["-O1"], &src.join("daemonize.c"), &[]);
         Progs {
             dir,
             memcheck,
@@ -260,6 +264,7 @@ pub fn progs() -> &'static Progs {
             pause_app,
             sigwrite,
             selfexec,
+            daemonize,
         }
     })
 }

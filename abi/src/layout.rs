@@ -44,6 +44,8 @@ pub const LAYOUT: &[(&str, usize)] = &[
     ("RESEND_DONE_OFF", crate::RESEND_DONE_OFF),
     ("RESEND_EPOCH_OFF", crate::RESEND_EPOCH_OFF),
     ("STREAM_OFF", crate::STREAM_OFF),
+    ("HANDOVER_OFF", crate::HANDOVER_OFF),
+    ("HANDOVER_CONN_OFF", crate::HANDOVER_CONN_OFF),
     ("RESETS_OFF", crate::RESETS_OFF),
     ("ResetRange", size_of::<crate::ResetRange>()),
     ("FDS_OFF", crate::FDS_OFF),
@@ -101,9 +103,8 @@ pub const FINGERPRINT: u64 = {
     h
 };
 
-/// The fingerprint of the layout [`crate::ABI_VERSION`] (2 and 3: 3 only added messages)
-/// names. Change both together.
-pub const FINGERPRINT_OF_THIS_VERSION: u64 = 0xe12c_ff6e_7619_9ad3;
+/// The fingerprint of the layout [`crate::ABI_VERSION`] (4) names. Change both together.
+pub const FINGERPRINT_OF_THIS_VERSION: u64 = 0xa8a9_57a8_9cdd_45cc;
 
 const _: () = assert!(
     FINGERPRINT == FINGERPRINT_OF_THIS_VERSION,

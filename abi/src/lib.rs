@@ -89,7 +89,8 @@ pub const STAGING_MAGIC: u64 = u64::from_le_bytes(*b"REMUSSTG");
 /// with every change to [`layout::LAYOUT`] (the build fails until you do; see [`layout`]).
 /// 2: the sockets' and files' logs and the controller's words in the header (1 had neither).
 /// 3: [`MsgKind::Exec`], [`MsgKind::ExecFailed`], [`MsgKind::HelloAfterExec`].
-pub const ABI_VERSION: u32 = 3;
+/// 4: [`MsgKind::Forked`], [`MsgKind::Handover`], [`HANDOVER_OFF`], [`HANDOVER_CONN_OFF`].
+pub const ABI_VERSION: u32 = 4;
 
 pub const MAX_RESETS: usize = 8192;
 pub const MAX_FDS: usize = 1024;
@@ -292,6 +293,14 @@ pub enum MsgKind {
     /// Its first epoch ships everything (every region new, every file whole), as at start-up;
     /// its epoch numbers continue from the staging header's.
     HelloAfterExec = 11,
+    /// The program forked: a = the child's pid (a child that keeps running the same program
+    /// beside it is the multi-process case, which remusd refuses).
+    Forked = 12,
+    /// The program exits, leaving its child a running the same program (the classic
+    /// daemonize): protection moves to the child, which says [`MsgKind::HelloAfterExec`] with
+    /// its own pid once it has taken over. The shim has written a to [`HANDOVER_OFF`] and the
+    /// next connection number to [`HANDOVER_CONN_OFF`]; every held socket's close is in the log.
+    Handover = 13,
 
     // controller -> shim
     /// The standby is connected; protection starts.
@@ -319,6 +328,8 @@ impl MsgKind {
             9 => MsgKind::Exec,
             10 => MsgKind::ExecFailed,
             11 => MsgKind::HelloAfterExec,
+            12 => MsgKind::Forked,
+            13 => MsgKind::Handover,
             100 => MsgKind::Ready,
             101 => MsgKind::Refuse,
             102 => MsgKind::RunUnprotected,
@@ -439,6 +450,14 @@ pub const RESEND_EPOCH_OFF: usize = COMMITTED_OFF + 32;
 /// dirty pages, which win over the controller's copy. The shim only reads this word.
 pub const STREAM_OFF: usize = COMMITTED_OFF + 40;
 
+/// Daemonizing programs (see [`MsgKind::Handover`]): the pid of the child the program hands
+/// protection to (0: none), written by the exiting program's shim and read by its children's
+/// shims (the staging mapping is shared with them), then the next socket connection number.
+/// The controller only reads them.
+pub const HANDOVER_OFF: usize = COMMITTED_OFF + 48;
+pub const HANDOVER_CONN_OFF: usize = COMMITTED_OFF + 56;
+
 const _: () = assert!(STREAM_OFF + 8 <= HEADER_SIZE);
+const _: () = assert!(HANDOVER_CONN_OFF + 8 <= HEADER_SIZE);
 const _: () = assert!(RESEND_EPOCH_OFF + 8 <= HEADER_SIZE);
 const _: () = assert!(RESEND_REQ_OFF.is_multiple_of(8));

@@ -31,7 +31,7 @@ mod track;
 extern "C" fn remus_init() {
     // A panic must not unwind into the dynamic loader.
     base::fatal::install_panic_hook();
-    base::state::set_safe_point(life::rejoin::poll);
+    base::state::set_safe_point(life::safe_point);
     if std::panic::catch_unwind(life::init::run).is_err() {
         base::fatal::refuse(b"internal error while starting protection");
     }

@@ -15,7 +15,7 @@ use super::link::Outbound;
 use super::protection::Protection;
 use super::shim_link::{FromShim, ShimLink};
 use super::staging;
-use super::state::{End, ExecPending, InEpoch, Primary, EXEC_HELLO_TIMEOUT};
+use super::state::{End, ExecPending, InEpoch, Primary, EXEC_HELLO_TIMEOUT, FORK_GRACE};
 
 impl Primary {
     pub(super) fn main(&mut self, stop: &AtomicBool) -> Result<End> {
@@ -23,8 +23,9 @@ impl Primary {
         if let Some(end) = self.connect()? {
             return Ok(end);
         }
-        let pidfd = crate::sys::pidfd_open(self.args.app_pid)
-            .with_context(|| format!("pidfd_open({}) for the app", self.args.app_pid))?;
+        let mut pidfd_pid = self.args.app_pid;
+        let mut pidfd = crate::sys::pidfd_open(pidfd_pid)
+            .with_context(|| format!("pidfd_open({pidfd_pid}) for the app"))?;
         let epoch = Duration::from_millis(self.args.epoch_ms.max(1));
         self.next_tick = Instant::now();
         loop {
@@ -66,6 +67,21 @@ impl Primary {
                         return Ok(end);
                     }
                 }
+                if self.args.app_pid != pidfd_pid {
+                    // The program handed protection to its child and exited (a daemon).
+                    pidfd_pid = self.args.app_pid;
+                    match crate::sys::pidfd_open(pidfd_pid) {
+                        Ok(fd) => {
+                            pidfd = fd;
+                            continue;
+                        }
+                        Err(_) => {
+                            return Ok(self.app_vanished(
+                                "the program's child it handed protection to is gone",
+                            ))
+                        }
+                    }
+                }
                 if stop.load(Ordering::Relaxed) {
                     return Ok(self.operator_stop());
                 }
@@ -73,6 +89,7 @@ impl Primary {
             }
             self.check_link();
             self.check_exec();
+            self.check_forks();
             self.step_resync();
             self.step_sync();
             if let Some(e) = &mut self.in_epoch {
@@ -116,7 +133,7 @@ impl Primary {
         self.in_epoch = None;
         self.exec = Some(ExecPending {
             since: Instant::now(),
-            path,
+            what: format!("exec'd {path}"),
         });
     }
 
@@ -124,16 +141,23 @@ impl Primary {
     /// image (streamed, as at start-up; the standby keeps the old image's last committed state
     /// until the new one is complete).
     fn on_hello_after_exec(&mut self, m: &Msg) -> Result<Option<End>> {
-        let path = match self.exec.take() {
-            Some(x) => x.path,
+        let what = match self.exec.take() {
+            Some(x) => x.what,
             None => {
                 tracing::warn!("a new image said hello without an exec announced before it");
-                "(unannounced)".into()
+                "exec'd (unannounced)".into()
             }
         };
+        if m.a as i32 != self.args.app_pid {
+            tracing::warn!(
+                hello_pid = m.a,
+                app_pid = self.args.app_pid,
+                "the new image's hello names another pid"
+            );
+        }
         if m.b != remus_abi::ABI_VERSION as u64 {
             let text = format!(
-                "the new image ({path}) loaded a libremus.so that speaks ABI {} and remusd speaks ABI {}: install matching libremus.so and remusd",
+                "the program {what}; the new image loaded a libremus.so that speaks ABI {} and remusd speaks ABI {}: install matching libremus.so and remusd",
                 m.b,
                 remus_abi::ABI_VERSION
             );
@@ -149,18 +173,72 @@ impl Primary {
                 .context("telling the new image to run unprotected")?;
             return Ok(None);
         }
-        tracing::info!("the new image of {path} said hello; streaming its full image");
+        tracing::info!("the program {what}; the new image said hello; streaming its full image");
         self.stop_stream();
         self.start_stream();
         self.set_protection(Protection::Syncing, |b| {
             b.status.reason = Some(format!(
-                "the program exec'd {path}: sending the new image to the standby while it runs;                  protected once the standby has all of it"
+                "the program {what}: sending the new image to the standby while it runs; \
+                 protected once the standby has all of it"
             ));
         });
         self.shim
             .send(MsgKind::Ready, 0, 0, "")
             .context("telling the new image we are ready")?;
         Ok(None)
+    }
+
+    /// The program exits and hands protection to its child (a daemon): the child is the
+    /// program from here (epoch signals, status, the pid remusd watches) once it says hello.
+    fn on_handover(&mut self, child: i32) {
+        tracing::info!(
+            old = self.args.app_pid,
+            new = child,
+            "the program exits leaving its child running the same program (it daemonized): protection moves to the child"
+        );
+        self.in_epoch = None;
+        self.exec = Some(ExecPending {
+            since: Instant::now(),
+            what: format!("daemonized: its child {child} carries on as the program"),
+        });
+        self.forks.clear();
+        self.args.app_pid = child;
+        self.status.lock().status.app_pid = Some(child);
+    }
+
+    /// A child the program forked still runs the same program beside it after
+    /// [`FORK_GRACE`]: the multi-process case, which remus does not protect.
+    fn check_forks(&mut self) {
+        if self.forks.is_empty() || self.shipping_stopped() {
+            return;
+        }
+        let app = self.args.app_pid;
+        let exe = |pid: i32| {
+            std::fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            })
+        };
+        let app_exe = exe(app);
+        self.forks
+            .retain(|&(pid, _)| crate::sys::still_running(pid, Duration::ZERO));
+        let Some(&(pid, _)) = self.forks.iter().find(|(pid, at)| {
+            at.elapsed() >= FORK_GRACE && exe(*pid).is_some() && exe(*pid) == app_exe
+        }) else {
+            // Children that ran another program (exec) are separate programs, not replicated.
+            self.forks
+                .retain(|(pid, at)| at.elapsed() < FORK_GRACE || exe(*pid) == app_exe);
+            return;
+        };
+        self.forks.clear();
+        self.unprotect(
+            format!(
+                "the program forked pid {pid}, which keeps running the same program beside it: \
+                 remus protects one process (multi-process programs are not supported yet); \
+                 replication stopped"
+            ),
+            true,
+        );
     }
 
     /// An exec whose new image has not said hello in time: it does not load the shim.
@@ -170,8 +248,9 @@ impl Primary {
             return;
         }
         let reason = format!(
-            "the program exec'd {} and its new image did not say hello within {} s: it does not              load libremus.so (a static or setuid program?); it runs unprotected",
-            x.path,
+            "the program {} and its new image did not say hello within {} s: it does not load \
+             libremus.so (a static or setuid program?) or could not take over; it runs unprotected",
+            x.what,
             EXEC_HELLO_TIMEOUT.as_secs()
         );
         self.exec = None;
@@ -289,8 +368,8 @@ impl Primary {
                 let e = std::io::Error::from_raw_os_error(m.a as i32);
                 match self.exec.take() {
                     Some(x) => tracing::warn!(
-                        "the program's exec of {} failed ({e}); its old image goes on, protected",
-                        x.path
+                        "the program {} but the exec failed ({e}); its old image goes on, protected",
+                        x.what
                     ),
                     None => {
                         tracing::warn!("the shim reported a failed exec that it had not announced")
@@ -298,6 +377,8 @@ impl Primary {
                 }
             }
             Some(MsgKind::HelloAfterExec) => return self.on_hello_after_exec(&m),
+            Some(MsgKind::Forked) => self.forks.push((m.a as i32, Instant::now())),
+            Some(MsgKind::Handover) => self.on_handover(m.a as i32),
             _ => tracing::warn!(kind = m.kind, "unexpected message from the shim; ignored"),
         }
         Ok(None)

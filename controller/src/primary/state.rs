@@ -94,14 +94,22 @@ pub struct Primary {
     /// The program announced an `execve` ([`remus_abi::MsgKind::Exec`]): no epoch is signalled
     /// until its new image says hello (or the exec fails).
     pub exec: Option<ExecPending>,
+    /// Children the program forked that may still run beside it (pid, when).
+    pub forks: Vec<(i32, Instant)>,
 }
 
-/// An `execve` the program announced, waiting for its new image's hello.
+/// An `execve` the program announced, or a handover to its child, waiting for the new
+/// image's (or the child's) hello.
 pub struct ExecPending {
     pub since: Instant,
-    /// What it execs (as the program named it).
-    pub path: String,
+    /// What the program did, for the log and status: "exec'd PATH", "daemonized: ...".
+    pub what: String,
 }
+
+/// How long a child the program forked may keep running the same program beside it before
+/// remusd calls the program multi-process (a shell's subshells and a daemon's parent end
+/// sooner).
+pub const FORK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a new image may take to say hello after an exec (loading it, the dynamic loader,
 /// the shim's start-up) before remusd decides it will not (it does not load libremus.so).
@@ -131,6 +139,7 @@ impl Primary {
             output,
             release_at_end: false,
             exec: None,
+            forks: Vec::new(),
             net,
             want_epoch: 0,
             stream: None,

@@ -59,6 +59,12 @@ pub fn set_mode(m: u8) {
 pub static DEFERRED: AtomicU64 = AtomicU64::new(0);
 /// This is a restored process (set by `epoch::restored`; `life::rejoin` may protect it again).
 pub static RESTORED: AtomicBool = AtomicBool::new(false);
+/// A fork child of the protected program, which may be handed protection when the program
+/// exits (the classic daemonize; `life::daemon`). It keeps the shim socket and the staging
+/// memfd open, and looks at the staging's `HANDOVER_OFF` word at its safe points.
+pub static CANDIDATE: AtomicBool = AtomicBool::new(false);
+/// The last child the protected program forked (0: none), for a handover at its exit.
+pub static LAST_CHILD: AtomicI32 = AtomicI32::new(0);
 /// A restored process was asked to be protected again (`life::rejoin`): set by the epoch
 /// handler, taken at the next safe point ([`safe_point`]).
 pub static REJOIN_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -91,6 +97,16 @@ pub fn lower_depth() {
     }
 }
 
+/// A point where a daemonizing program's child looks whether protection was handed to it
+/// (the output hooks: a daemon prints or logs long before it waits). One relaxed load for
+/// every other process.
+#[inline]
+pub fn candidate_point() {
+    if CANDIDATE.load(Ordering::Relaxed) {
+        safe_point();
+    }
+}
+
 /// Registers what [`safe_point`] runs when a rejoin was requested.
 pub fn set_safe_point(f: fn()) {
     SAFE_POINT.store(f as *mut (), Ordering::Release);
@@ -98,9 +114,11 @@ pub fn set_safe_point(f: fn()) {
 
 /// A safe point (a hook entry where the program waits: sleeps, epoll, poll, select): outside
 /// signal context, allocation and fork allowed, inside that hook's own bracket and no other
-/// bookkeeping (depth 1). Runs the registered work if a rejoin was asked.
+/// bookkeeping (depth 1). Runs the registered work if a rejoin was asked or this process may be
+/// handed protection (a fork child of the program).
 pub fn safe_point() {
-    if !REJOIN_REQUESTED.load(Ordering::Acquire) || hook_depth() > 1 {
+    let wanted = REJOIN_REQUESTED.load(Ordering::Acquire) || CANDIDATE.load(Ordering::Relaxed);
+    if !wanted || hook_depth() > 1 {
         return;
     }
     let f = SAFE_POINT.load(Ordering::Acquire);

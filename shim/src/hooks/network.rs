@@ -8,6 +8,7 @@
 use core::ffi::{c_int, c_void};
 
 use crate::base::interpose::{hook, real};
+use crate::base::state;
 use crate::track::backlog;
 use crate::track::sockets::{
     addr_bytes, after_epoll_ctl, before_accept, before_close, before_replace, iov_total, iovs,
@@ -16,6 +17,7 @@ use crate::track::sockets::{
 
 hook! {
     unsafe fn send(fd: c_int, buf: *const c_void, n: usize, flags: c_int) -> isize => remus_send {
+        state::candidate_point();
         let v = [libc::iovec { iov_base: buf as *mut c_void, iov_len: n }];
         // SAFETY: the app's arguments, passed on unchanged.
         send_call(fd, Src::Iov(&v), n, &[], flags, true, || unsafe { real!(send)(fd, buf, n, flags) })

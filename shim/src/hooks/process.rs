@@ -36,17 +36,56 @@ hook! {
     }
 }
 
-fn report_exit(code: c_int) {
-    if state::mode() != state::MODE_PASSIVE
-        && state::APP_PID.load(Ordering::Relaxed) == sys::getpid()
-    {
-        link::send_text(
-            MsgKind::Exiting,
-            code as u32 as u64,
-            0,
-            b"the program exited",
-        );
+/// Whether this process is the program remus protects (not a child, not passive).
+fn the_program() -> bool {
+    state::mode() != state::MODE_PASSIVE && state::APP_PID.load(Ordering::Relaxed) == sys::getpid()
+}
+
+/// The child the program can hand protection to as it exits: its last child, alive and
+/// running the same executable (the classic daemonize; a child that exec'd something else is a
+/// separate program).
+fn heir() -> Option<i32> {
+    let child = state::LAST_CHILD.load(Ordering::Relaxed);
+    if child <= 0 {
+        return None;
     }
+    let exe = |p: &str| {
+        std::fs::metadata(p).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        })
+    };
+    let alive = sys::kill0(child);
+    (alive
+        && exe("/proc/self/exe").is_some()
+        && exe(&format!("/proc/{child}/exe")) == exe("/proc/self/exe"))
+    .then_some(child)
+}
+
+fn report_exit(code: c_int) {
+    // A child that was handed protection takes it now, to hand it on (a double fork).
+    state::safe_point();
+    if !the_program() {
+        return;
+    }
+    if state::mode() == state::MODE_PROTECTED {
+        if let Some(child) = heir() {
+            crate::track::handover::hand_over(child);
+            link::send_text(
+                MsgKind::Handover,
+                child as u64,
+                0,
+                b"the program exits, leaving its child running the same program",
+            );
+            return;
+        }
+    }
+    link::send_text(
+        MsgKind::Exiting,
+        code as u32 as u64,
+        0,
+        b"the program exited",
+    );
 }
 
 hook! {
@@ -96,6 +135,70 @@ hook! {
         APP_MAIN.store(main as usize, Ordering::Release);
         // SAFETY: the loader's arguments, passed on with our main in place of the program's.
         unsafe { real!(__libc_start_main)(remus_main, argc, argv, init, fini, rtld_fini, stack_end) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// fork, setsid, daemon: a daemonizing program's child carries on as the program
+// ---------------------------------------------------------------------------------------
+
+hook! {
+    unsafe fn fork() -> libc::pid_t => remus_fork {
+        // A child handed protection takes it before it forks again (a double fork).
+        state::safe_point();
+        let program = the_program() && state::mode() == state::MODE_PROTECTED;
+        // SAFETY: no arguments; the child handler (life::init) runs in the child.
+        let r = unsafe { real!(fork)() };
+        if r > 0 && program {
+            state::LAST_CHILD.store(r, Ordering::Relaxed);
+            let _ = link::send(&remus_abi::Msg::new(MsgKind::Forked, r as u64, 0));
+        }
+        r
+    }
+}
+
+hook! {
+    unsafe fn setsid() -> libc::pid_t => remus_setsid {
+        state::safe_point();
+        // SAFETY: no arguments.
+        unsafe { real!(setsid)() }
+    }
+}
+
+hook! {
+    unsafe fn daemon(nochdir: c_int, noclose: c_int) -> c_int => remus_daemon {
+        // glibc's daemon() forks and exits through its internal calls, which no hook sees: the
+        // same steps through the hooks, so that protection moves to the child.
+        // SAFETY: our own fork hook (the exported symbol), no arguments.
+        match unsafe { fork() } {
+            -1 => return -1,
+            0 => {}
+            // SAFETY: our own _exit hook (reports the handover first).
+            _ => unsafe { _exit(0) },
+        }
+        // SAFETY: our own setsid hook.
+        if unsafe { setsid() } == -1 {
+            return -1;
+        }
+        if nochdir == 0 {
+            // SAFETY: a static NUL-terminated path.
+            let _ = unsafe { libc::chdir(c"/".as_ptr()) };
+        }
+        if noclose == 0 {
+            // SAFETY: open with a static path; dup2/close take integers.
+            unsafe {
+                let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if fd >= 0 {
+                    for to in 0..3 {
+                        libc::dup2(fd, to);
+                    }
+                    if fd > 2 {
+                        libc::close(fd);
+                    }
+                }
+            }
+        }
+        0
     }
 }
 

@@ -1,8 +1,9 @@
 //! Hooks on the calls where the program waits: `epoll_wait`/`epoll_pwait`, `poll`/`ppoll`,
 //! `select`/`pselect` (output waiting for the next checkpoint asks for it now, starved
-//! descriptors are re-armed: `track::sockets::before_wait`), and `nanosleep`/`clock_nanosleep`.
-//! Each is also a safe point where a restored program picks up a rejoin request
-//! (`base::state::safe_point`).
+//! descriptors are re-armed: `track::sockets::before_wait`), and the sleeps (`nanosleep`,
+//! `clock_nanosleep`, `usleep`, `sleep`: glibc's own reach the kernel through internal calls).
+//! Each is also a safe point where a restored program picks up a rejoin request, and a
+//! daemonizing program's child the protection handed to it (`base::state::safe_point`).
 
 use core::ffi::c_int;
 
@@ -97,6 +98,22 @@ hook! {
         state::safe_point();
         // SAFETY: the app's arguments, passed on unchanged.
         unsafe { real!(nanosleep)(req, rem) }
+    }
+}
+
+hook! {
+    unsafe fn usleep(us: libc::useconds_t) -> c_int => remus_usleep {
+        state::safe_point();
+        // SAFETY: an integer argument.
+        unsafe { real!(usleep)(us) }
+    }
+}
+
+hook! {
+    unsafe fn sleep(s: libc::c_uint) -> libc::c_uint => remus_sleep {
+        state::safe_point();
+        // SAFETY: an integer argument.
+        unsafe { real!(sleep)(s) }
     }
 }
 

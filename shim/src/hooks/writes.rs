@@ -6,11 +6,13 @@
 use core::ffi::{c_int, c_void};
 
 use crate::base::interpose::{hook, real};
+use crate::base::state;
 use crate::track::files::{after, before_pwrite, before_truncate, before_write};
 use crate::track::sockets::{iov_total, iovs, send_call, Src};
 
 hook! {
     unsafe fn write(fd: c_int, buf: *const c_void, n: usize) -> isize => remus_write {
+        state::candidate_point();
         let v = [libc::iovec { iov_base: buf as *mut c_void, iov_len: n }];
         let f = before_write(fd, n);
         // SAFETY: the app's arguments, passed on unchanged.
@@ -22,6 +24,7 @@ hook! {
 
 hook! {
     unsafe fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> isize => remus_writev {
+        state::candidate_point();
         let v = iovs(iov, cnt);
         let f = before_write(fd, iov_total(v));
         // SAFETY: the app's arguments, passed on unchanged.

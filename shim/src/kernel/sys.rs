@@ -443,3 +443,9 @@ pub fn set_cloexec(fd: i32, on: bool) -> Result<(), i32> {
     }
     .map(|_| ())
 }
+
+/// Whether process `pid` exists (`kill(pid, 0)`).
+pub fn kill0(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for the process.
+    unsafe { raw6(libc::SYS_kill, pid as usize, 0, 0, 0, 0, 0) }.is_ok()
+}

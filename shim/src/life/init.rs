@@ -76,9 +76,7 @@ pub fn run() {
     };
     use_kernel(&kernel);
     state::APP_PID.store(pid, Ordering::Relaxed);
-    read_statics();
-    find_tid_offset();
-    find_rseq();
+    read_process_facts();
     environ::set(ENV_PROTECTED_PID, Some(&pid.to_string()));
 
     let log_file = env("REMUS_LOG_FILE").unwrap_or_else(|| {
@@ -280,12 +278,27 @@ pub(crate) fn connect(
 extern "C" fn after_fork_in_child() {
     // A forked child is not the protected process: it must not take checkpoints nor talk to
     // the controller as if it were the app (its copies of our descriptors are closed).
+    // A child of the protected program itself may be handed protection when the program
+    // exits (life::daemon): it keeps the shim socket and the staging memfd for that.
+    let candidate = state::mode() == state::MODE_PROTECTED;
+    state::CANDIDATE.store(candidate, Ordering::Relaxed);
+    state::LAST_CHILD.store(0, Ordering::Relaxed);
     state::set_mode(state::MODE_PASSIVE);
+    if !candidate {
+        for fd in [&state::SOCK, &state::STAGING_FD] {
+            let v = fd.swap(-1, Ordering::Relaxed);
+            if v >= 0 {
+                sys::close(v);
+            }
+        }
+    }
+    // Descriptors of the parent's own /proc and tracker are of no use here.
     for fd in [
-        &state::SOCK,
         &state::UFFD,
         &state::PAGEMAP,
-        &state::STAGING_FD,
+        &state::MAPS_FD,
+        &state::TASK_FD,
+        &state::FDDIR_FD,
     ] {
         let v = fd.swap(-1, Ordering::Relaxed);
         if v >= 0 {
@@ -331,9 +344,7 @@ fn carry_on_after_exec(pid: i32, link: &str) -> Result<(), String> {
     let (kernel, kind, notice) = choose_tracker()?;
     use_kernel(&kernel);
     state::APP_PID.store(pid, Ordering::Relaxed);
-    read_statics();
-    find_tid_offset();
-    find_rseq();
+    read_process_facts();
     // SAFETY: a shared mapping of the staging memfd (MAPPED_SIZE bytes, as remusd maps it) at
     // a kernel-chosen address.
     let staging = unsafe {
@@ -594,6 +605,14 @@ fn spawn_controller(
     // SAFETY: reaping the intermediate child we just forked.
     unsafe { libc::waitpid(child, &mut status, 0) };
     Ok(())
+}
+
+/// What the capture needs of this process that only start-up reads: the mm fields and auxv,
+/// glibc's cached thread id offset, its rseq area.
+pub(crate) fn read_process_facts() {
+    read_statics();
+    find_tid_offset();
+    find_rseq();
 }
 
 fn read_statics() {

@@ -36,7 +36,10 @@ use crate::track::{pages as tracker, sockets};
 /// a hook entry the program makes while idle (`nanosleep`, `clock_nanosleep`, the wait hooks),
 /// inside that hook's bracket and no other shim bookkeeping.
 pub fn poll() {
-    if state::mode() != state::MODE_PASSIVE || !state::RESTORED.load(Ordering::Relaxed) {
+    if state::mode() != state::MODE_PASSIVE
+        || !state::RESTORED.load(Ordering::Relaxed)
+        || !state::REJOIN_REQUESTED.load(Ordering::Acquire)
+    {
         return;
     }
     state::REJOIN_REQUESTED.store(false, Ordering::Release);

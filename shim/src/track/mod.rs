@@ -5,5 +5,6 @@
 
 pub mod backlog;
 pub mod files;
+pub mod handover;
 pub mod pages;
 pub mod sockets;

@@ -1,0 +1,72 @@
+/* daemonize: the classic daemon start, then work whose state is checked every iteration.
+ *
+ *   daemonize [--once] [--sleep-us U]
+ *
+ * fork; the parent exits 0; the child calls setsid(), forks again (unless --once) and exits;
+ * the (grand)child prints "daemon pid P" and loops: iteration i checks that a 4 MiB heap block
+ * and a .bss counter hold the pattern of i-1, writes the pattern of i and prints "iter i ok"
+ * (or "MISMATCH heap at iter i" and exits 1), forever (the test kills it).
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define HEAP_BYTES (4u << 20)
+#define PAGE 4096
+
+static uint64_t counter;
+static uint64_t *heap;
+
+static uint64_t pattern(uint64_t iter, size_t page) { return iter * 0x9e3779b97f4a7c15ull ^ page; }
+
+static void fill(uint64_t iter) {
+    for (size_t p = 0; p < HEAP_BYTES / PAGE; p++) heap[p * (PAGE / 8)] = pattern(iter, p);
+    counter = iter;
+}
+
+static int check(uint64_t iter) {
+    if (counter != iter) return 0;
+    for (size_t p = 0; p < HEAP_BYTES / PAGE; p++)
+        if (heap[p * (PAGE / 8)] != pattern(iter, p)) return 0;
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    int once = 0;
+    long sleep_us = 2000;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--once")) once = 1;
+        else if (!strcmp(argv[i], "--sleep-us") && i + 1 < argc) sleep_us = atol(argv[++i]);
+    }
+    pid_t p = fork();
+    if (p < 0) return 2;
+    if (p > 0) exit(0);
+    if (setsid() < 0) return 3;
+    if (!once) {
+        p = fork();
+        if (p < 0) return 4;
+        if (p > 0) exit(0);
+    }
+    heap = malloc(HEAP_BYTES);
+    if (!heap) return 5;
+    memset(heap, 0, HEAP_BYTES);
+    printf("daemon pid %d\n", getpid());
+    fflush(stdout);
+    uint64_t i = 0;
+    fill(0);
+    for (;;) {
+        if (!check(i)) {
+            printf("MISMATCH heap at iter %llu\n", (unsigned long long)(i + 1));
+            fflush(stdout);
+            return 1;
+        }
+        i++;
+        fill(i);
+        printf("iter %llu ok\n", (unsigned long long)i);
+        fflush(stdout);
+        usleep(sleep_us);
+    }
+}
