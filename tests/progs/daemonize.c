@@ -14,25 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define HEAP_BYTES (4u << 20)
-#define PAGE 4096
-
-static uint64_t counter;
-static uint64_t *heap;
-
-static uint64_t pattern(uint64_t iter, size_t page) { return iter * 0x9e3779b97f4a7c15ull ^ page; }
-
-static void fill(uint64_t iter) {
-    for (size_t p = 0; p < HEAP_BYTES / PAGE; p++) heap[p * (PAGE / 8)] = pattern(iter, p);
-    counter = iter;
-}
-
-static int check(uint64_t iter) {
-    if (counter != iter) return 0;
-    for (size_t p = 0; p < HEAP_BYTES / PAGE; p++)
-        if (heap[p * (PAGE / 8)] != pattern(iter, p)) return 0;
-    return 1;
-}
+#include "heapcheck.h"
 
 int main(int argc, char **argv) {
     int once = 0;
@@ -50,9 +32,7 @@ int main(int argc, char **argv) {
         if (p < 0) return 4;
         if (p > 0) exit(0);
     }
-    heap = malloc(HEAP_BYTES);
-    if (!heap) return 5;
-    memset(heap, 0, HEAP_BYTES);
+    if (!heap_init()) return 5;
     printf("daemon pid %d\n", getpid());
     fflush(stdout);
     uint64_t i = 0;

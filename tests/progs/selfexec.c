@@ -18,26 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define HEAP_BYTES (4u << 20)
-#define PAGE 4096
-
-static uint64_t counter;
-static uint64_t *heap;
-
-static uint64_t pattern(uint64_t iter, size_t page) { return iter * 0x9e3779b97f4a7c15ull ^ page; }
-
-static void fill(uint64_t iter) {
-    for (size_t p = 0; p < HEAP_BYTES / PAGE; p++)
-        heap[p * (PAGE / 8)] = pattern(iter, p);
-    counter = iter;
-}
-
-static int check(uint64_t iter) {
-    if (counter != iter) return 0;
-    for (size_t p = 0; p < HEAP_BYTES / PAGE; p++)
-        if (heap[p * (PAGE / 8)] != pattern(iter, p)) return 0;
-    return 1;
-}
+#include "heapcheck.h"
 
 int main(int argc, char **argv) {
     uint64_t iterations = argc > 1 ? strtoull(argv[1], 0, 10) : 0;
@@ -49,9 +30,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--resumed-at")) resumed_at = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--sleep-us")) sleep_us = atol(argv[i + 1]);
     }
-    heap = malloc(HEAP_BYTES);
-    if (!heap) return 2;
-    memset(heap, 0, HEAP_BYTES);
+    if (!heap_init()) return 2;
     uint64_t i = 0;
     if (resumed_at >= 0) {
         i = (uint64_t)resumed_at;

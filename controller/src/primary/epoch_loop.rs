@@ -148,21 +148,9 @@ impl Primary {
                 "exec'd (unannounced)".into()
             }
         };
-        if m.a as i32 != self.args.app_pid {
-            tracing::warn!(
-                hello_pid = m.a,
-                app_pid = self.args.app_pid,
-                "the new image's hello names another pid"
-            );
-        }
-        if m.b != remus_abi::ABI_VERSION as u64 {
-            let text = format!(
-                "the program {what}; the new image loaded a libremus.so that speaks ABI {} and remusd speaks ABI {}: install matching libremus.so and remusd",
-                m.b,
-                remus_abi::ABI_VERSION
-            );
-            let _ = self.shim.send(MsgKind::Refuse, 0, 0, &text);
-            self.unprotect(text, true);
+        if let Err(e) = self.check_hello(m) {
+            let _ = self.shim.send(MsgKind::Refuse, 0, 0, &e);
+            self.unprotect(format!("the program {what}, and its new image: {e}"), true);
             return Ok(None);
         }
         if self.shipping_stopped() || self.link.is_none() {

@@ -27,21 +27,9 @@ impl Primary {
                 .context("waiting for the shim's hello")?
             {
                 Some(FromShim::Msg(m)) if m.kind == MsgKind::Hello as u32 => {
-                    if m.b != remus_abi::ABI_VERSION as u64 {
-                        let text = format!(
-                            "the shim speaks ABI {} and remusd speaks ABI {}: install matching libremus.so and remusd",
-                            m.b,
-                            remus_abi::ABI_VERSION
-                        );
+                    if let Err(text) = self.check_hello(&m) {
                         let _ = self.shim.send(MsgKind::Refuse, 0, 0, &text);
                         bail!("{text}");
-                    }
-                    if m.a as i32 != self.args.app_pid {
-                        tracing::warn!(
-                            hello_pid = m.a,
-                            app_pid = self.args.app_pid,
-                            "the shim's hello names another pid"
-                        );
                     }
                     tracing::info!(app_pid = self.args.app_pid, "shim said hello");
                     return Ok(());
@@ -57,6 +45,26 @@ impl Primary {
                 None => {}
             }
         }
+    }
+
+    /// A hello (the first one, or a new image's after an exec or a handover): the ABI the shim
+    /// speaks must be this remusd's; a pid other than the program's is logged.
+    pub(super) fn check_hello(&self, m: &remus_abi::Msg) -> Result<(), String> {
+        if m.a as i32 != self.args.app_pid {
+            tracing::warn!(
+                hello_pid = m.a,
+                app_pid = self.args.app_pid,
+                "the shim's hello names another pid"
+            );
+        }
+        if m.b != remus_abi::ABI_VERSION as u64 {
+            return Err(format!(
+                "the shim speaks ABI {} and remusd speaks ABI {}: install matching libremus.so and remusd",
+                m.b,
+                remus_abi::ABI_VERSION
+            ));
+        }
+        Ok(())
     }
 
     /// Connects to the standby and tells the shim. `Some(end)` if remusd must stop here.
