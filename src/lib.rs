@@ -184,6 +184,9 @@ pub struct Progs {
     /// `daemonize [--once]`: fork, parent exits, setsid, fork again, then checked work (see
     /// `tests/progs/daemonize.c`).
     pub daemonize: PathBuf,
+    /// `maskwait ppoll|pselect|epoll_pwait|sigsuspend`: waits for good with every signal
+    /// blocked in the wait's mask (see `tests/progs/maskwait.c`).
+    pub maskwait: PathBuf,
 }
 
 fn cc(args: &[&str], what: &str) {
@@ -256,6 +259,7 @@ pub fn progs() -> &'static Progs {
         let sigwrite = compile(&dir, "sigwrite", &["-O1"], &src.join("sigwrite.c"), &[]);
         let selfexec = compile(&dir, "selfexec", &["-O1"], &src.join("selfexec.c"), &[]);
         let daemonize = compile(&dir, "daemonize", &["-O1"], &src.join("daemonize.c"), &[]);
+        let maskwait = compile(&dir, "maskwait", &["-O1"], &src.join("maskwait.c"), &[]);
         Progs {
             dir,
             memcheck,
@@ -265,6 +269,7 @@ pub fn progs() -> &'static Progs {
             sigwrite,
             selfexec,
             daemonize,
+            maskwait,
         }
     })
 }

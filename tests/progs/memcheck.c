@@ -32,6 +32,7 @@
 #include <malloc.h>
 #include <string.h>
 #include <time.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 uint64_t *zoo_data_array(void);
@@ -267,6 +268,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "memcheck: malloc(%u) failed\n", BIG_BYTES);
         return 2;
     }
+    /* glibc registers the thread's robust futex list at start; a restored thread must have the
+     * same registration (a robust mutex's waiters rely on it when its owner dies). */
+    void *robust0 = NULL;
+    size_t robust_len = 0;
+    syscall(SYS_get_robust_list, 0, &robust0, &robust_len);
     printf("start pid %d iterations %llu\n", (int)getpid(), (unsigned long long)target);
     fflush(stdout);
     write_all(0, stack_a, stack_b, 1);
@@ -278,6 +284,14 @@ int main(int argc, char **argv) {
             else break;
         }
         uint64_t s = COUNTER, i = s + 1;
+        void *robust = NULL;
+        syscall(SYS_get_robust_list, 0, &robust, &robust_len);
+        if (robust != robust0) {
+            printf("MISMATCH robust-list at iter %llu (registered %p, glibc's %p)\n",
+                   (unsigned long long)i, robust, robust0);
+            fflush(stdout);
+            return 1;
+        }
         check_all(s, i, stack_a, stack_b);
         if (abort_at && i == abort_at) {
             printf("aborting at iter %llu\n", (unsigned long long)i);

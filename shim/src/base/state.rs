@@ -41,6 +41,10 @@ pub static MAP_HINTS: AtomicU64 = AtomicU64::new(0);
 pub static APP_PID: AtomicI32 = AtomicI32::new(0);
 /// Offset of glibc's cached thread id inside the thread control block, or 0 if unknown.
 pub static TID_OFFSET: AtomicU64 = AtomicU64::new(0);
+/// The thread's robust futex list head as glibc registered it (`get_robust_list`), and its
+/// length: the restored thread registers it again.
+pub static ROBUST_HEAD: AtomicU64 = AtomicU64::new(0);
+pub static ROBUST_LEN: AtomicU64 = AtomicU64::new(0);
 /// glibc's `__rseq_offset` / `__rseq_size` (0 size: rseq not used).
 pub static RSEQ_OFFSET: AtomicU64 = AtomicU64::new(0);
 pub static RSEQ_SIZE: AtomicU32 = AtomicU32::new(0);

@@ -39,6 +39,22 @@ pub fn after_restore() {
         // SAFETY: tells the kernel to clear that field at thread exit, as glibc did at start.
         let _ = unsafe { sys::raw6(libc::SYS_set_tid_address, slot as usize, 0, 0, 0, 0, 0) };
     }
+    let head = state::ROBUST_HEAD.load(Ordering::Relaxed);
+    if head != 0 {
+        // SAFETY: glibc's robust list head of this thread, in the restored TLS at the address
+        // glibc registered at start-up in the original process.
+        let _ = unsafe {
+            sys::raw6(
+                libc::SYS_set_robust_list,
+                head as usize,
+                state::ROBUST_LEN.load(Ordering::Relaxed) as usize,
+                0,
+                0,
+                0,
+                0,
+            )
+        };
+    }
     let rseq_size = state::RSEQ_SIZE.load(Ordering::Relaxed);
     if rseq_size != 0 && tp != 0 {
         let area = tp.wrapping_add(state::RSEQ_OFFSET.load(Ordering::Relaxed));

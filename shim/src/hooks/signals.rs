@@ -1,7 +1,8 @@
 //! Hooks on the app's signal calls: `sigaction` and `signal` (the app's view of its
 //! dispositions and the wrapper in front of its handlers are `base::sigview`), `sigprocmask`
 //! and `pthread_sigmask` (the epoch signal is never blocked; signals the shim holds back for a
-//! moment are not shown as the app's), `sigaltstack` (the kernel writes signal frames there:
+//! moment are not shown as the app's), `sigsuspend` (the epoch signal is taken out of its
+//! mask), `sigaltstack` (the kernel writes signal frames there:
 //! the mprotect tracker must never protect it).
 
 use core::ffi::{c_int, c_void};
@@ -90,6 +91,22 @@ hook! {
     unsafe fn pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int => remus_pthread_sigmask {
         // SAFETY: as for sigprocmask.
         masked(how, set, old, |s, o| unsafe { real!(pthread_sigmask)(how, s, o) })
+    }
+}
+
+hook! {
+    unsafe fn sigsuspend(mask: *const libc::sigset_t) -> c_int => remus_sigsuspend {
+        state::safe_point();
+        if mask.is_null() {
+            // SAFETY: the app's argument (the kernel answers EFAULT).
+            return unsafe { real!(sigsuspend)(mask) };
+        }
+        // SAFETY: mask is a valid sigset (as for sigsuspend(2)).
+        let mut m = unsafe { *mask };
+        // The epoch signal must reach the program while it waits.
+        sigview::scrub_mask(&mut m);
+        // SAFETY: the app's mask less the shim's signals.
+        unsafe { real!(sigsuspend)(&m) }
     }
 }
 

@@ -8,8 +8,22 @@
 use core::ffi::c_int;
 
 use crate::base::interpose::{hook, real};
-use crate::base::state;
+use crate::base::{sigview, state};
 use crate::track::sockets::{before_wait, ts_nonzero};
+
+/// The app's wait mask without the signals the shim owns (the epoch signal must reach the
+/// program while it waits, or no checkpoint is taken until the wait ends). `None`: no mask.
+fn scrubbed(mask: *const libc::sigset_t) -> Option<libc::sigset_t> {
+    // SAFETY: mask is null or a valid sigset (as for ppoll(2), pselect(2), epoll_pwait(2)).
+    let mut m = unsafe { mask.as_ref() }.copied()?;
+    sigview::scrub_mask(&mut m);
+    Some(m)
+}
+
+fn mask_ptr(m: &Option<libc::sigset_t>) -> *const libc::sigset_t {
+    m.as_ref()
+        .map_or(core::ptr::null(), |m| m as *const libc::sigset_t)
+}
 
 hook! {
     unsafe fn epoll_wait(ep: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int => remus_epoll_wait {
@@ -28,8 +42,9 @@ hook! {
         mask: *const libc::sigset_t
     ) -> c_int => remus_epoll_pwait {
         before_wait(timeout != 0, ep);
-        // SAFETY: the app's arguments, passed on unchanged.
-        unsafe { real!(epoll_pwait)(ep, ev, max, timeout, mask) }
+        let m = scrubbed(mask);
+        // SAFETY: the app's arguments, its mask less the shim's signals.
+        unsafe { real!(epoll_pwait)(ep, ev, max, timeout, mask_ptr(&m)) }
     }
 }
 
@@ -57,8 +72,9 @@ hook! {
         mask: *const libc::sigset_t
     ) -> c_int => remus_ppoll {
         before_wait(ts_nonzero(ts), -1);
-        // SAFETY: the app's arguments, passed on unchanged.
-        unsafe { real!(ppoll)(fds, n, ts, mask) }
+        let m = scrubbed(mask);
+        // SAFETY: the app's arguments, its mask less the shim's signals.
+        unsafe { real!(ppoll)(fds, n, ts, mask_ptr(&m)) }
     }
 }
 
@@ -88,8 +104,9 @@ hook! {
         mask: *const libc::sigset_t
     ) -> c_int => remus_pselect {
         before_wait(ts_nonzero(ts), -1);
-        // SAFETY: the app's arguments, passed on unchanged.
-        unsafe { real!(pselect)(n, r, w, e, ts, mask) }
+        let m = scrubbed(mask);
+        // SAFETY: the app's arguments, its mask less the shim's signals.
+        unsafe { real!(pselect)(n, r, w, e, ts, mask_ptr(&m)) }
     }
 }
 

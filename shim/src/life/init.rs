@@ -613,6 +613,27 @@ pub(crate) fn read_process_facts() {
     read_statics();
     find_tid_offset();
     find_rseq();
+    find_robust_list();
+}
+
+fn find_robust_list() {
+    let (mut head, mut len) = (0u64, 0u64);
+    // SAFETY: get_robust_list(0, ...) writes this thread's head pointer and length.
+    let r = unsafe {
+        sys::raw6(
+            libc::SYS_get_robust_list,
+            0,
+            &mut head as *mut u64 as usize,
+            &mut len as *mut u64 as usize,
+            0,
+            0,
+            0,
+        )
+    };
+    if r.is_ok() {
+        state::ROBUST_HEAD.store(head, Ordering::Relaxed);
+        state::ROBUST_LEN.store(len, Ordering::Relaxed);
+    }
 }
 
 fn read_statics() {
