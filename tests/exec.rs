@@ -69,6 +69,26 @@ fn bash_wrapper_that_forks_helpers_before_its_exec() {
 }
 
 #[test]
+fn a_wrapper_whose_subshell_outlives_the_fork_grace_stays_protected() {
+    // `$(sleep 7; echo ok)` keeps a bash subshell (the same program as the wrapper) alive
+    // beside it for longer than remusd's multi-process grace, while the wrapper waits for it:
+    // a helper, not a second process of the program.
+    let dir = TempDir::new("exec-slow");
+    let memcheck = progs().memcheck.display().to_string();
+    let w = script(
+        dir.path(),
+        "start.bash",
+        &format!(
+            "#!/bin/bash\nset -e\nx=$(sleep 7; echo ok)\n[ \"$x\" = ok ] || exit 9\nexec {memcheck} \"$@\"\n"
+        ),
+    );
+    checked(
+        "slow subshell",
+        failover_scenario(&w, &["0"], 10, RUN_AFTER),
+    );
+}
+
+#[test]
 fn python_through_a_pyenv_style_shim() {
     // pyenv's shim: a bash script that exports a few variables and execs `pyenv exec`, itself a
     // bash script that runs helpers (its version lookup) and execs the real interpreter.

@@ -103,7 +103,7 @@ pub const FINGERPRINT: u64 = {
     h
 };
 
-/// The fingerprint of the layout [`crate::ABI_VERSION`] (4) names. Change both together.
+/// The fingerprint of the layout [`crate::ABI_VERSION`] (4, and 5: only a message added) names. Change both together.
 pub const FINGERPRINT_OF_THIS_VERSION: u64 = 0xa8a9_57a8_9cdd_45cc;
 
 const _: () = assert!(

@@ -90,7 +90,8 @@ pub const STAGING_MAGIC: u64 = u64::from_le_bytes(*b"REMUSSTG");
 /// 2: the sockets' and files' logs and the controller's words in the header (1 had neither).
 /// 3: [`MsgKind::Exec`], [`MsgKind::ExecFailed`], [`MsgKind::HelloAfterExec`].
 /// 4: [`MsgKind::Forked`], [`MsgKind::Handover`], [`HANDOVER_OFF`], [`HANDOVER_CONN_OFF`].
-pub const ABI_VERSION: u32 = 4;
+/// 5: [`MsgKind::ChildServes`].
+pub const ABI_VERSION: u32 = 5;
 
 pub const MAX_RESETS: usize = 8192;
 pub const MAX_FDS: usize = 1024;
@@ -301,6 +302,11 @@ pub enum MsgKind {
     /// its own pid once it has taken over. The shim has written a to [`HANDOVER_OFF`] and the
     /// next connection number to [`HANDOVER_CONN_OFF`]; every held socket's close is in the log.
     Handover = 13,
+    /// From a child of the program that still runs the same program (it did not exec): it
+    /// waits for input on descriptors (epoll, poll, select, a blocking accept) as a server's
+    /// worker does: a = its pid. Beside a parent that keeps running, that is the
+    /// multi-process case. (A shell's subshell only waits for its own children.)
+    ChildServes = 14,
 
     // controller -> shim
     /// The standby is connected; protection starts.
@@ -330,6 +336,7 @@ impl MsgKind {
             11 => MsgKind::HelloAfterExec,
             12 => MsgKind::Forked,
             13 => MsgKind::Handover,
+            14 => MsgKind::ChildServes,
             100 => MsgKind::Ready,
             101 => MsgKind::Refuse,
             102 => MsgKind::RunUnprotected,

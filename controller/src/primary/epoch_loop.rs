@@ -194,8 +194,9 @@ impl Primary {
         self.status.lock().status.app_pid = Some(child);
     }
 
-    /// A child the program forked still runs the same program beside it after
-    /// [`FORK_GRACE`]: the multi-process case, which remus does not protect.
+    /// A child of the program that serves (waits for input as a worker does) still runs the
+    /// same program beside it after [`FORK_GRACE`]: the multi-process case, which remus does
+    /// not protect.
     fn check_forks(&mut self) {
         if self.forks.is_empty() || self.shipping_stopped() {
             return;
@@ -365,7 +366,8 @@ impl Primary {
                 }
             }
             Some(MsgKind::HelloAfterExec) => return self.on_hello_after_exec(&m),
-            Some(MsgKind::Forked) => self.forks.push((m.a as i32, Instant::now())),
+            Some(MsgKind::Forked) => tracing::debug!(child = m.a, "the program forked"),
+            Some(MsgKind::ChildServes) => self.forks.push((m.a as i32, Instant::now())),
             Some(MsgKind::Handover) => self.on_handover(m.a as i32),
             _ => tracing::warn!(kind = m.kind, "unexpected message from the shim; ignored"),
         }

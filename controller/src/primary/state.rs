@@ -94,7 +94,7 @@ pub struct Primary {
     /// The program announced an `execve` ([`remus_abi::MsgKind::Exec`]): no epoch is signalled
     /// until its new image says hello (or the exec fails).
     pub exec: Option<ExecPending>,
-    /// Children the program forked that may still run beside it (pid, when).
+    /// Children of the program that said they serve (`ChildServes`): pid, when.
     pub forks: Vec<(i32, Instant)>,
 }
 
@@ -106,10 +106,9 @@ pub struct ExecPending {
     pub what: String,
 }
 
-/// How long a child the program forked may keep running the same program beside it before
-/// remusd calls the program multi-process (a shell's subshells and a daemon's parent end
-/// sooner).
-pub const FORK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a child of the program that serves may run beside its parent before remusd calls
+/// the program multi-process (a daemonizing program's parent exits sooner).
+pub const FORK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a new image may take to say hello after an exec (loading it, the dynamic loader,
 /// the shim's start-up) before remusd decides it will not (it does not load libremus.so).

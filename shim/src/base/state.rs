@@ -67,6 +67,8 @@ pub static RESTORED: AtomicBool = AtomicBool::new(false);
 /// exits (the classic daemonize; `life::daemon`). It keeps the shim socket and the staging
 /// memfd open, and looks at the staging's `HANDOVER_OFF` word at its safe points.
 pub static CANDIDATE: AtomicBool = AtomicBool::new(false);
+/// This candidate told remusd it serves (`remus_abi::MsgKind::ChildServes`).
+pub static SERVES_REPORTED: AtomicBool = AtomicBool::new(false);
 /// The last child the protected program forked (0: none), for a handover at its exit.
 pub static LAST_CHILD: AtomicI32 = AtomicI32::new(0);
 /// A restored process was asked to be protected again (`life::rejoin`): set by the epoch

@@ -876,6 +876,14 @@ pub fn before_replace(newfd: i32) {
 /// descriptors of `epfd` once the log has room, and asks for the pending epoch now.
 pub fn before_wait(blocking: bool, epfd: i32) {
     state::safe_point();
+    if blocking && state::CANDIDATE.load(Ordering::Relaxed) {
+        // A child of the program that waits for input as a server's worker does: remusd
+        // decides whether that is a second process of the program (it is, beside a parent
+        // that keeps running).
+        if !state::SERVES_REPORTED.swap(true, Ordering::Relaxed) {
+            let _ = link::send(&Msg::new(MsgKind::ChildServes, sys::getpid() as u64, 0));
+        }
+    }
     if !blocking || state::mode() != state::MODE_PROTECTED {
         return;
     }
@@ -952,10 +960,9 @@ pub fn ts_nonzero(ts: *const libc::timespec) -> bool {
 
 /// A blocking `accept` is a wait for input too (cheap test first: is output waiting?).
 pub fn before_accept(fd: i32) {
-    if state::mode() == state::MODE_PROTECTED
-        && LAST_TAG.load(Ordering::Relaxed) == state::EPOCH.load(Ordering::Relaxed) + 1
-        && !nonblocking(fd)
-    {
+    let output_waits = state::mode() == state::MODE_PROTECTED
+        && LAST_TAG.load(Ordering::Relaxed) == state::EPOCH.load(Ordering::Relaxed) + 1;
+    if (output_waits || state::CANDIDATE.load(Ordering::Relaxed)) && !nonblocking(fd) {
         before_wait(true, -1);
     }
 }
