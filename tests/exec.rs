@@ -123,6 +123,24 @@ fn python_through_a_pyenv_style_shim() {
 }
 
 #[test]
+fn the_execl_family_is_followed_too() {
+    // Variadic: the shim's entry points collect the list from registers and the stack.
+    for via in ["execl", "execlp", "execle"] {
+        let f = failover_scenario(
+            &progs().selfexec,
+            &["0", "--exec-at", "5", "--via", via],
+            20,
+            RUN_AFTER,
+        );
+        assert!(
+            f.known_committed > 5,
+            "{via}: the committed state is from after the exec: {f:?}"
+        );
+        checked(via, f);
+    }
+}
+
+#[test]
 fn a_program_that_execs_itself_with_new_arguments() {
     // selfexec execs itself at iteration 5; the failover comes 20 committed epochs later, so
     // the committed state is the new image's (its iteration count is past the exec).

@@ -405,3 +405,95 @@ hook! {
         follow_exec(core::ptr::null(), envp, |env| unsafe { real!(fexecve)(fd, argv, env) })
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// execl, execlp, execle: variadic in C, so the entry points are assembly that hands the
+// argument registers and the caller's stack arguments to `remus_execl_args`, which collects
+// the list (up to its NULL, and execle's environment after it) and runs the hooks above.
+// ---------------------------------------------------------------------------------------
+
+macro_rules! execl_entry {
+    ($name:ident, $kind:literal) => {
+        /// # Safety
+        /// As for the libc function of the same name (a variadic list ending with NULL).
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C" fn $name() -> c_int {
+            core::arch::naked_asm!(
+                "push rbp",
+                "mov rbp, rsp",
+                // The five argument registers after the path, in order, then the stack
+                // arguments at [rbp + 16]: one list.
+                "sub rsp, 48",
+                "mov [rsp], rsi",
+                "mov [rsp + 8], rdx",
+                "mov [rsp + 16], rcx",
+                "mov [rsp + 24], r8",
+                "mov [rsp + 32], r9",
+                "mov rsi, rsp",
+                "lea rdx, [rbp + 16]",
+                concat!("mov ecx, ", $kind),
+                "call {impl_}",
+                "leave",
+                "ret",
+                impl_ = sym remus_execl_args,
+            )
+        }
+    };
+}
+
+execl_entry!(execl, 0);
+execl_entry!(execlp, 1);
+execl_entry!(execle, 2);
+
+/// The most arguments an `execl*` call may pass (the kernel's own limit is far larger, but a
+/// list this long in a variadic call is not a real program's).
+const EXECL_MAX_ARGS: usize = 4096;
+
+/// `execl` (kind 0), `execlp` (1) or `execle` (2) with `path` and the variadic list: the first
+/// five words in `regs`, the rest at `stack`.
+///
+/// # Safety
+/// Called only from the entry points above, with the caller's registers and stack as the C
+/// calling convention left them for a variadic call.
+unsafe extern "C" fn remus_execl_args(
+    path: *const c_char,
+    regs: *const *const c_char,
+    stack: *const *const c_char,
+    kind: c_int,
+) -> c_int {
+    let word = |i: usize| -> *const c_char {
+        // SAFETY: words 0..5 are the saved registers, the rest the caller's stack arguments,
+        // read only up to the list's NULL (and execle's envp after it), as the callee of a
+        // variadic call may.
+        unsafe {
+            if i < 5 {
+                *regs.add(i)
+            } else {
+                *stack.add(i - 5)
+            }
+        }
+    };
+    let mut argv: Vec<*const c_char> = Vec::new();
+    let mut i = 0;
+    loop {
+        let a = word(i);
+        argv.push(a);
+        i += 1;
+        if a.is_null() {
+            break;
+        }
+        if i == EXECL_MAX_ARGS {
+            sys::set_errno(libc::E2BIG);
+            return -1;
+        }
+    }
+    // SAFETY: our own exported hooks, with a NULL-terminated argv that outlives the call.
+    unsafe {
+        match kind {
+            0 => execv(path, argv.as_ptr()),
+            1 => execvp(path, argv.as_ptr()),
+            _ => execve(path, argv.as_ptr(), word(i) as *const *const c_char),
+        }
+    }
+}
