@@ -459,7 +459,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
         }
         s.maps_out_len
     } else {
-        let maps_len = match tracker::reread(maps_fd, &mut s.maps) {
+        let maps_len = match tracker::read_maps(maps_fd, &mut s.maps) {
             Ok(n) if n < s.maps.len() => n,
             Ok(_) => {
                 return Err(Abort::Unsupported(

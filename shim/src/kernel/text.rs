@@ -68,6 +68,19 @@ impl<'a> Iterator for Lines<'a> {
     }
 }
 
+/// Whether the lines of a maps text are in address order without overlaps (a text read in
+/// pieces while the map changed is not).
+pub fn consistent(text: &[u8]) -> bool {
+    let mut end = 0u64;
+    for (m, _, _) in lines(text) {
+        if m.start < end || m.end <= m.start {
+            return false;
+        }
+        end = m.end;
+    }
+    true
+}
+
 fn hex(s: &[u8]) -> Option<u64> {
     let mut v: u64 = 0;
     if s.is_empty() {

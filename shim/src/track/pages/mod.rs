@@ -335,6 +335,23 @@ pub fn reread(fd: i32, buf: &mut [u8]) -> Result<usize, i32> {
     Ok(len)
 }
 
+/// Reads the kept-open `/proc/self/maps` into `buf` ([`reread`]), again when the text came out
+/// inconsistent: under the mprotect tracker, making the next piece of `buf` writable changes
+/// the map (the shim's own `.bss` is tracked) between two `read` calls of one text, and the
+/// kernel goes on from an address of the old map. The first pass made those pages writable,
+/// so the next one reads a still map. (Seen before this: a takeover refused "regions overlap"
+/// with two anonymous lines of the shim's `.bss`, once in a full test run under load.)
+pub fn read_maps(fd: i32, buf: &mut [u8]) -> Result<usize, i32> {
+    let mut n = reread(fd, buf)?;
+    for _ in 0..3 {
+        if maps::consistent(&buf[..n]) {
+            break;
+        }
+        n = reread(fd, buf)?;
+    }
+    Ok(n)
+}
+
 /// Reads `/proc/self/fdinfo/<fd>` into `buf`; returns its length (a full buffer means "too
 /// large").
 pub fn read_fdinfo(fd: i32, buf: &mut [u8]) -> Option<usize> {
