@@ -47,6 +47,8 @@ pub struct StandbyArgs {
     /// `--reprotect-with ADDR`: right after a takeover, protect the restored program again
     /// with the standby at ADDR (as `remusctl protect --standby ADDR` would).
     pub reprotect_with: Option<String>,
+    /// `--metrics ADDR`, bound: served once the status exists.
+    pub metrics: Option<crate::control::metrics::MetricsListener>,
 }
 
 /// How a session with one primary ended.
@@ -80,7 +82,7 @@ pub struct SessionCtx {
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `remusd standby`; returns the process exit code.
-pub fn run(args: StandbyArgs) -> Result<i32> {
+pub fn run(mut args: StandbyArgs) -> Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGTERM,
@@ -101,6 +103,9 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
     st.listen = Some(local.clone());
     st.reason = Some("no primary connected".into());
     let status = SharedStatus::new(st);
+    if let Some(m) = args.metrics.take() {
+        m.serve(status.clone())?;
+    }
     let rejoin: reprotect::Slot = Arc::new(Mutex::new(None));
     let commands: crate::control::server::CommandFn = {
         let (slot, status) = (rejoin.clone(), status.clone());
@@ -666,6 +671,7 @@ fn takeover(
     {
         let mut b = status.lock();
         b.status.state = "took_over".into();
+        b.status.takeovers += 1;
         b.status.link = "down".into();
         b.status.app_pid = Some(pid);
         b.status.restored_pid = Some(pid);
