@@ -22,6 +22,7 @@ use crossbeam::channel::{bounded, RecvTimeoutError};
 use crate::control::server::ControlServer;
 use crate::control::status::{SharedStatus, Status};
 use crate::image::Image;
+use crate::persist;
 use crate::wire::auth::{self, LinkSecurity, SessionKeys};
 use crate::wire::messages::{GoodbyeReason, HelloAck, Refusal, WireMsg, PROTOCOL_VERSION};
 use crate::wire::{DecodeFrameError, FrameReader, FrameWriter};
@@ -387,6 +388,8 @@ fn session_inner(
     let hb_stop = Arc::new(AtomicBool::new(false));
     let mut hb_thread = None;
     let mut write_err: Option<String> = None;
+    // When the image file was last written (`persist`).
+    let mut last_persist: Option<Instant> = None;
     let end = (|| -> Result<SessionEnd> {
         // Handshake: the hello must come within a few seconds.
         let hello_deadline = Instant::now() + Duration::from_secs(5);
@@ -570,6 +573,12 @@ fn session_inner(
                         if let Err(e) = write_committed(dir, &rx.image, peer) {
                             tracing::warn!("writing committed.json: {e:#}");
                         }
+                        if last_persist.is_none_or(|t| t.elapsed() >= persist::PERSIST_INTERVAL) {
+                            last_persist = Some(Instant::now());
+                            if let Err(e) = persist::save(&persist::path_in(dir), &rx.image) {
+                                tracing::warn!(epoch, "saving the image: {e}");
+                            }
+                        }
                     }
                     tracing::debug!(epoch, pages, "epoch committed");
                 }
@@ -610,6 +619,7 @@ fn write_committed(dir: &Path, image: &Image, peer: &str) -> Result<()> {
 
 fn remove_committed(dir: &Path) {
     let _ = std::fs::remove_file(dir.join("committed.json"));
+    let _ = std::fs::remove_file(persist::path_in(dir));
 }
 
 /// Restores the image, waits for the restored process and returns its exit code.
