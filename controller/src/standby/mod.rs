@@ -119,6 +119,7 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
         Some(commands),
     )?;
     tracing::info!(listen = %local, state_dir = %args.state_dir.display(), "standby waiting for a primary");
+    crate::sys::notify_ready(&format!("waiting for a primary on {local}"));
 
     let busy = Arc::new(AtomicBool::new(false));
     let refusal: Arc<Mutex<Refusal>> = Arc::new(Mutex::new(Refusal::Busy));
