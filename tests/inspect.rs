@@ -59,9 +59,9 @@ fn inspect_shows_what_the_standby_committed() {
         "regions: {regions:?}"
     );
     assert!(
-        regions.iter().any(|r| r["path"]
-            .as_str()
-            .is_some_and(|p| p.ends_with("memcheck"))),
+        regions
+            .iter()
+            .any(|r| r["path"].as_str().is_some_and(|p| p.ends_with("memcheck"))),
         "regions: {regions:?}"
     );
     let held: u64 = regions

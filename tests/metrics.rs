@@ -62,7 +62,11 @@ fn both_roles_serve_metrics_that_move() {
     let t = scrape(&sb_metrics).unwrap_or_else(|e| panic!("{e}\n{}", standby.report()));
     assert_parses(&t);
     assert_eq!(value(&t, "remus_role{role=\"standby\"}"), Some(1.0), "{t}");
-    assert_eq!(value(&t, "remus_state{state=\"waiting\"}"), Some(1.0), "{t}");
+    assert_eq!(
+        value(&t, "remus_state{state=\"waiting\"}"),
+        Some(1.0),
+        "{t}"
+    );
 
     let pr_metrics = format!("127.0.0.1:{}", free_port());
     let stop = standby.dir().join("stop");
@@ -103,7 +107,11 @@ fn both_roles_serve_metrics_that_move() {
     let sb = wait_scrape(&sb_metrics, "epochs on the standby", |t| {
         value(t, "remus_epochs_total").is_some_and(|v| v >= 3.0)
     });
-    assert_eq!(value(&sb, "remus_state{state=\"receiving\"}"), Some(1.0), "{sb}");
+    assert_eq!(
+        value(&sb, "remus_state{state=\"receiving\"}"),
+        Some(1.0),
+        "{sb}"
+    );
     assert_eq!(value(&sb, "remus_state{state=\"waiting\"}"), Some(0.0));
     assert_eq!(value(&sb, "remus_link_up"), Some(1.0));
     assert_eq!(value(&sb, "remus_takeovers_total"), Some(0.0));
@@ -124,7 +132,10 @@ fn a_bad_metrics_address_is_a_clear_error() {
             "127.0.0.1:0",
             "--insecure",
             "--state-dir",
-            std::env::temp_dir().join("remus-metrics-bad").to_str().unwrap(),
+            std::env::temp_dir()
+                .join("remus-metrics-bad")
+                .to_str()
+                .unwrap(),
             "--metrics",
             "nowhere:notaport",
         ])

@@ -11,7 +11,8 @@ use remus::{bins, repo_root, require_program, TempDir};
 
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("{} -> {}: {e}", from.display(), to.display()));
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("{} -> {}: {e}", from.display(), to.display()));
 }
 
 #[test]
@@ -97,5 +98,8 @@ fn the_standby_tells_systemd_it_is_ready() {
     let n = got.expect("no READY=1 from remusd standby within 30 s");
     let msg = String::from_utf8_lossy(&buf[..n]);
     assert!(msg.starts_with("READY=1\n"), "{msg:?}");
-    assert!(msg.contains("STATUS=waiting for a primary on 127.0.0.1:"), "{msg:?}");
+    assert!(
+        msg.contains("STATUS=waiting for a primary on 127.0.0.1:"),
+        "{msg:?}"
+    );
 }

@@ -18,9 +18,9 @@
 //!
 //! The file is exactly that long; it is written to `image.remus.tmp` and renamed, so a reader
 //! sees a whole image or the previous one. The standby writes it after it acknowledged a
-//! restorable epoch, at most once per [`PERSIST_INTERVAL`] (a large image written every
-//! epoch would make the standby fall behind), so it may be up to that much older than the
-//! image in memory, which is what a takeover restores.
+//! restorable epoch, at most once per [`PERSIST_INTERVAL`] and at most a tenth of the time
+//! (a large image written every epoch would make the standby fall behind), so it may be that
+//! much older than the image in memory, which is what a takeover restores.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -60,7 +60,9 @@ pub enum SaveImageError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadImageError {
-    #[error("cannot read {path}: {source} (is it a standby's state directory that committed an epoch?)")]
+    #[error(
+        "cannot read {path}: {source} (is it a standby's state directory that committed an epoch?)"
+    )]
     Io {
         path: PathBuf,
         #[source]
@@ -72,7 +74,9 @@ pub enum LoadImageError {
     Version { path: PathBuf, found: u32 },
     #[error("{path}: page size {found}, want {PAGE_SIZE}")]
     PageSize { path: PathBuf, found: u32 },
-    #[error("{path}: header says {what} = {found}, above the limit {limit}: the header is corrupt")]
+    #[error(
+        "{path}: header says {what} = {found}, above the limit {limit}: the header is corrupt"
+    )]
     Limit {
         path: PathBuf,
         what: &'static str,
@@ -196,7 +200,10 @@ pub fn load(path: &Path, with_pages: bool) -> Result<LoadedImage, LoadImageError
         });
     }
     let (meta_len, pages, stored) = (u64_at(16), u64_at(24), u32_at(32));
-    for (what, found, limit) in [("meta_len", meta_len, MAX_META), ("pages", pages, MAX_PAGES)] {
+    for (what, found, limit) in [
+        ("meta_len", meta_len, MAX_META),
+        ("pages", pages, MAX_PAGES),
+    ] {
         if found > limit {
             return Err(LoadImageError::Limit {
                 path: p(),
@@ -256,12 +263,13 @@ pub fn load(path: &Path, with_pages: bool) -> Result<LoadedImage, LoadImageError
         });
     }
     if let Some(a) = addrs.iter().find(|a| !a.is_multiple_of(PAGE_SIZE)) {
-        return Err(LoadImageError::PageIndex { path: p(), addr: *a });
+        return Err(LoadImageError::PageIndex {
+            path: p(),
+            addr: *a,
+        });
     }
-    let meta = rmp_serde::from_slice(&meta_bytes).map_err(|source| LoadImageError::Meta {
-        path: p(),
-        source,
-    })?;
+    let meta = rmp_serde::from_slice(&meta_bytes)
+        .map_err(|source| LoadImageError::Meta { path: p(), source })?;
     Ok(LoadedImage {
         meta,
         addrs,
@@ -454,15 +462,24 @@ mod tests {
         let mut bad = b.clone();
         bad[0] = b'X';
         std::fs::write(&path, &bad).unwrap();
-        assert!(matches!(load(&path, false), Err(LoadImageError::Magic { .. })));
+        assert!(matches!(
+            load(&path, false),
+            Err(LoadImageError::Magic { .. })
+        ));
         let mut big = b.clone();
         big[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
         std::fs::write(&path, &big).unwrap();
-        assert!(matches!(load(&path, false), Err(LoadImageError::Limit { .. })));
+        assert!(matches!(
+            load(&path, false),
+            Err(LoadImageError::Limit { .. })
+        ));
         let mut v2 = b.clone();
         v2[8] = 2;
         std::fs::write(&path, &v2).unwrap();
-        assert!(matches!(load(&path, false), Err(LoadImageError::Version { .. })));
+        assert!(matches!(
+            load(&path, false),
+            Err(LoadImageError::Version { .. })
+        ));
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(load(&path, false), Err(LoadImageError::Io { .. })));
     }

@@ -244,9 +244,6 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-#[cfg(test)]
-mod tests {}
-
 /// Tells systemd the daemon is ready (`sd_notify(0, "READY=1")` for `Type=notify` units):
 /// one datagram to `$NOTIFY_SOCKET`, a path or an abstract name (`@…`). Without the variable
 /// (not under systemd) it does nothing; a failure is logged, never fatal.
@@ -271,3 +268,6 @@ pub fn notify_ready(status: &str) {
         tracing::warn!("telling systemd we are ready (NOTIFY_SOCKET={sock:?}): {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {}

@@ -79,7 +79,7 @@ enum Role {
         /// ADDR:PORT to listen on.
         #[arg(long)]
         listen: String,
-        /// Directory for committed.json and takeover.json.
+        /// Directory for committed.json, image.remus (see `remusctl inspect`) and takeover.json.
         #[arg(long)]
         state_dir: PathBuf,
         /// Declare the primary dead after this many milliseconds of silence.
@@ -172,7 +172,11 @@ fn main() {
         Role::Primary { metrics, .. } | Role::Standby { metrics, .. } => metrics.clone(),
         Role::Keygen { .. } => None,
     };
-    let metrics = match metrics_addr.as_deref().map(MetricsListener::bind).transpose() {
+    let metrics = match metrics_addr
+        .as_deref()
+        .map(MetricsListener::bind)
+        .transpose()
+    {
         Ok(m) => m,
         Err(e) => {
             tracing::error!("refusing to start: {e}");

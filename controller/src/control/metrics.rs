@@ -96,10 +96,7 @@ impl MetricsListener {
 
     /// Serves `status` on a thread for the rest of the process's life.
     pub fn serve(self, status: SharedStatus) -> Result<(), ServeMetricsError> {
-        let addr = self
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
         std::thread::Builder::new()
             .name("remus-metrics".into())

@@ -389,8 +389,10 @@ fn session_inner(
     let hb_stop = Arc::new(AtomicBool::new(false));
     let mut hb_thread = None;
     let mut write_err: Option<String> = None;
-    // When the image file was last written (`persist`).
-    let mut last_persist: Option<Instant> = None;
+    // When the image file was last written (`persist`), and how long that took: the next
+    // write waits at least ten times as long, so saving a large image costs the session at
+    // most a tenth of its time (acks of the epochs behind it wait while it writes).
+    let mut last_persist: Option<(Instant, Duration)> = None;
     let end = (|| -> Result<SessionEnd> {
         // Handshake: the hello must come within a few seconds.
         let hello_deadline = Instant::now() + Duration::from_secs(5);
@@ -574,11 +576,14 @@ fn session_inner(
                         if let Err(e) = write_committed(dir, &rx.image, peer) {
                             tracing::warn!("writing committed.json: {e:#}");
                         }
-                        if last_persist.is_none_or(|t| t.elapsed() >= persist::PERSIST_INTERVAL) {
-                            last_persist = Some(Instant::now());
+                        if last_persist.is_none_or(|(t, took)| {
+                            t.elapsed() >= persist::PERSIST_INTERVAL.max(took * 10)
+                        }) {
+                            let t = Instant::now();
                             if let Err(e) = persist::save(&persist::path_in(dir), &rx.image) {
                                 tracing::warn!(epoch, "saving the image: {e}");
                             }
+                            last_persist = Some((t, t.elapsed()));
                         }
                     }
                     tracing::debug!(epoch, pages, "epoch committed");
