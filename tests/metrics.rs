@@ -1,5 +1,6 @@
 //! `remusd --metrics ADDR`: both roles serve `GET /metrics` in the Prometheus text format,
-//! and the values follow the daemon (epochs go up, the role and state labels are right).
+//! and the values follow the daemon (epochs go up, the role and state labels are right, a
+//! takeover is counted).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -70,7 +71,7 @@ fn both_roles_serve_metrics_that_move() {
 
     let pr_metrics = format!("127.0.0.1:{}", free_port());
     let stop = standby.dir().join("stop");
-    let app = Protected::start(
+    let mut app = Protected::start(
         &progs().memcheck,
         &["0", "--stop-file", stop.to_str().expect("utf-8")],
         &ProtectedOpts {
@@ -119,8 +120,20 @@ fn both_roles_serve_metrics_that_move() {
     wait_scrape(&sb_metrics, "the standby's committed epoch to move", |t| {
         value(t, "remus_committed_epoch").is_some_and(|v| v > c1)
     });
+
+    // A takeover shows on the standby.
+    app.kill_primary_side();
+    let t = wait_scrape(&sb_metrics, "the takeover", |t| {
+        value(t, "remus_takeovers_total") == Some(1.0)
+    });
+    assert_eq!(
+        value(&t, "remus_state{state=\"took_over\"}"),
+        Some(1.0),
+        "{t}"
+    );
+    assert_eq!(value(&t, "remus_protected"), Some(0.0));
+    assert_eq!(value(&t, "remus_link_up"), Some(0.0));
     std::fs::write(&stop, b"stop\n").expect("stop file");
-    drop(app);
 }
 
 #[test]
