@@ -244,5 +244,30 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Tells systemd the daemon is ready (`sd_notify(0, "READY=1")` for `Type=notify` units):
+/// one datagram to `$NOTIFY_SOCKET`, a path or an abstract name (`@…`). Without the variable
+/// (not under systemd) it does nothing; a failure is logged, never fatal.
+pub fn notify_ready(status: &str) {
+    let Some(sock) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let msg = format!("READY=1\nSTATUS={status}\n");
+    let sent = (|| -> std::io::Result<()> {
+        let s = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(sock.as_os_str());
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            s.send_to_addr(msg.as_bytes(), &addr)?;
+        } else {
+            s.send_to(msg.as_bytes(), &sock)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!("telling systemd we are ready (NOTIFY_SOCKET={sock:?}): {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {}

@@ -40,6 +40,14 @@ enum Cmd {
         #[arg(long)]
         insecure: bool,
     },
+    /// Print the image a standby saved in its state directory (STATE_DIR/image.remus, or
+    /// that file itself) as JSON: epoch, regions, threads, descriptors, kernel objects,
+    /// files. The file is checked (magic, version, length, checksum) first.
+    Inspect {
+        /// The standby's --state-dir, or an image file.
+        #[arg(value_name = "STATE_DIR")]
+        path: PathBuf,
+    },
 }
 
 fn main() {
@@ -52,6 +60,7 @@ fn main() {
             key_file,
             insecure,
         } => protect(control, &standby, key_file, insecure),
+        Cmd::Inspect { path } => inspect(&path),
     };
     let result = match &control {
         Some(p) => client::query_status(p).map(|s| (p.clone(), s)),
@@ -100,6 +109,31 @@ fn protect(
         }
         Err(e) => {
             eprintln!("remusctl: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn inspect(path: &std::path::Path) -> ! {
+    use remus_controller::persist;
+    let file = if path.is_dir() {
+        persist::path_in(path)
+    } else {
+        path.to_path_buf()
+    };
+    match persist::load(&file, false) {
+        Ok(img) => {
+            match serde_json::to_string_pretty(&persist::to_json(&img)) {
+                Ok(s) => println!("{s}"),
+                Err(e) => {
+                    eprintln!("remusctl inspect: {e}");
+                    std::process::exit(1);
+                }
+            }
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("remusctl inspect: {e}");
             std::process::exit(1);
         }
     }

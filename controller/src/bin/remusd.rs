@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use remus_controller::control::metrics::MetricsListener;
 use remus_controller::{logging, primary, standby};
 
 #[derive(Parser)]
@@ -69,13 +70,16 @@ enum Role {
         /// Default: $REMUS_STREAM_BATCH_PAGES, else 2048 (8 MiB).
         #[arg(long)]
         stream_batch_pages: Option<usize>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics: Option<String>,
     },
     /// Receive epochs from a primary and take over when it fails.
     Standby {
         /// ADDR:PORT to listen on.
         #[arg(long)]
         listen: String,
-        /// Directory for committed.json and takeover.json.
+        /// Directory for committed.json, image.remus (see `remusctl inspect`) and takeover.json.
         #[arg(long)]
         state_dir: PathBuf,
         /// Declare the primary dead after this many milliseconds of silence.
@@ -120,6 +124,9 @@ enum Role {
         /// HOST:PORT right away (same as `remusctl protect --standby HOST:PORT` then).
         #[arg(long, value_name = "HOST:PORT")]
         reprotect_with: Option<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics: Option<String>,
     },
     /// Create a key file for the replication link (32 random bytes as hex, mode 0600); copy
     /// it to both hosts and pass it as --key-file to both daemons.
@@ -161,6 +168,24 @@ fn main() {
         eprintln!("remusd: {e:#}");
         std::process::exit(1);
     }
+    let metrics_addr = match &cli.role {
+        Role::Primary { metrics, .. } | Role::Standby { metrics, .. } => metrics.clone(),
+        Role::Keygen { .. } => None,
+    };
+    let metrics = match metrics_addr
+        .as_deref()
+        .map(MetricsListener::bind)
+        .transpose()
+    {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("refusing to start: {e}");
+            if log_file.is_some() {
+                eprintln!("remusd: refusing to start: {e}");
+            }
+            std::process::exit(2);
+        }
+    };
     let result = match cli.role {
         Role::Keygen { .. } => unreachable!("handled above"),
         Role::Primary {
@@ -201,6 +226,7 @@ fn main() {
                         << 20,
                     wire_stats: wire_stats || env_u64("REMUS_WIRE_STATS").is_some_and(|v| v != 0),
                 },
+                metrics,
             },
             outputs,
         ),
@@ -248,6 +274,7 @@ fn main() {
                 security,
                 key_file,
                 reprotect_with,
+                metrics,
             })
         }
     };

@@ -8,6 +8,7 @@
 //! symlink), and `remusctl` refuses a socket or directory that belongs to someone else.
 
 pub mod client;
+pub mod metrics;
 pub mod server;
 pub mod status;
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::{Deserialize, Serialize};
 
 /// Pauses kept for the percentiles.
@@ -81,6 +82,9 @@ pub struct Status {
     /// restored process).
     pub exit_code: Option<i32>,
     pub epochs_total: u64,
+    /// standby: takeovers this daemon has done (restored the program).
+    #[serde(default)]
+    pub takeovers: u64,
     /// primary: the app's descriptors that cannot come back on the standby (`fd N: what
     /// (path)`), as of the last epoch.
     #[serde(default)]
@@ -165,6 +169,7 @@ impl Status {
             restored_pid: None,
             exit_code: None,
             epochs_total: 0,
+            takeovers: 0,
             unrestorable_fds: Vec::new(),
             output_held_bytes: 0,
             output_released_bytes: 0,
@@ -327,6 +332,10 @@ pub struct Board {
     /// counters of the snapshot.
     pub net_held: u64,
     pub net_released: u64,
+    /// The same pauses and commit latencies as the percentiles, as Prometheus histograms
+    /// (seconds; `control::metrics`).
+    pub pause_hist: Histogram,
+    pub commit_latency_hist: Histogram,
 }
 
 impl Board {
@@ -335,6 +344,7 @@ impl Board {
             self.pauses_ns.pop_front();
         }
         self.pauses_ns.push_back(ns);
+        self.pause_hist.observe(ns as f64 / 1e9);
     }
 
     pub fn record_commit_latency(&mut self, ns: u64) {
@@ -342,6 +352,7 @@ impl Board {
             self.commit_latency_ns.pop_front();
         }
         self.commit_latency_ns.push_back(ns);
+        self.commit_latency_hist.observe(ns as f64 / 1e9);
     }
 
     pub fn peer_frame(&mut self) {
@@ -387,6 +398,11 @@ fn percentiles_us(ns: &VecDeque<u64>) -> PauseUs {
     }
 }
 
+/// Buckets from 50 µs to about 1.6 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(50e-6, 2.0, 16))
+}
+
 /// Shared handle to a [`Board`].
 #[derive(Clone)]
 pub struct SharedStatus(Arc<Mutex<Board>>);
@@ -400,6 +416,8 @@ impl SharedStatus {
             commit_latency_ns: VecDeque::new(),
             net_held: 0,
             net_released: 0,
+            pause_hist: latency_histogram(),
+            commit_latency_hist: latency_histogram(),
         })))
     }
 
@@ -477,6 +495,8 @@ mod tests {
             commit_latency_ns: VecDeque::new(),
             net_held: 0,
             net_released: 0,
+            pause_hist: latency_histogram(),
+            commit_latency_hist: latency_histogram(),
         };
         assert!(b.snapshot().reason.is_some());
         assert!(b.snapshot().human().contains("protected"));

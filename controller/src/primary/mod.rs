@@ -99,7 +99,7 @@ pub fn run_with_output(
 
 /// [`run_with_output`] with the socket output log (`net`) as well.
 pub fn run_full(
-    args: PrimaryArgs,
+    mut args: PrimaryArgs,
     shim: ShimLink,
     staging: Staging,
     stop: Arc<AtomicBool>,
@@ -117,6 +117,9 @@ pub fn run_full(
     st.reason = Some("starting".into());
     let status = SharedStatus::new(st);
     let _control = ControlServer::start(args.control.clone(), "primary", status.clone())?;
+    if let Some(m) = args.metrics.take() {
+        m.serve(status.clone())?;
+    }
     let output = Output::new(outputs, status.clone());
     let net = match net.map(|log| netout::NetOut::start(log, status.clone())) {
         Some(Ok(n)) => Some(n),

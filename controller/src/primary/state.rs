@@ -35,6 +35,8 @@ pub struct PrimaryArgs {
     pub stream_batch_pages: usize,
     /// Delta compression and wire measurement.
     pub pipeline: link::PipelineOpts,
+    /// `--metrics ADDR`, bound: served once the status exists.
+    pub metrics: Option<crate::control::metrics::MetricsListener>,
 }
 
 /// An epoch whose chunks are arriving.

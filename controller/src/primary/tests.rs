@@ -130,6 +130,7 @@ fn rig(name: &str) -> Rig {
         stream_images: true,
         stream_batch_pages: super::stream::BATCH_PAGES,
         pipeline: Default::default(),
+        metrics: None,
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
     let primary =
@@ -304,6 +305,7 @@ fn no_standby_refuses_with_advice() {
         stream_images: true,
         stream_batch_pages: super::stream::BATCH_PAGES,
         pipeline: Default::default(),
+        metrics: None,
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
     let primary =

@@ -22,6 +22,7 @@ use crossbeam::channel::{bounded, RecvTimeoutError};
 use crate::control::server::ControlServer;
 use crate::control::status::{SharedStatus, Status};
 use crate::image::Image;
+use crate::persist;
 use crate::wire::auth::{self, LinkSecurity, SessionKeys};
 use crate::wire::messages::{GoodbyeReason, HelloAck, Refusal, WireMsg, PROTOCOL_VERSION};
 use crate::wire::{DecodeFrameError, FrameReader, FrameWriter};
@@ -47,6 +48,8 @@ pub struct StandbyArgs {
     /// `--reprotect-with ADDR`: right after a takeover, protect the restored program again
     /// with the standby at ADDR (as `remusctl protect --standby ADDR` would).
     pub reprotect_with: Option<String>,
+    /// `--metrics ADDR`, bound: served once the status exists.
+    pub metrics: Option<crate::control::metrics::MetricsListener>,
 }
 
 /// How a session with one primary ended.
@@ -80,7 +83,7 @@ pub struct SessionCtx {
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `remusd standby`; returns the process exit code.
-pub fn run(args: StandbyArgs) -> Result<i32> {
+pub fn run(mut args: StandbyArgs) -> Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGTERM,
@@ -101,6 +104,9 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
     st.listen = Some(local.clone());
     st.reason = Some("no primary connected".into());
     let status = SharedStatus::new(st);
+    if let Some(m) = args.metrics.take() {
+        m.serve(status.clone())?;
+    }
     let rejoin: reprotect::Slot = Arc::new(Mutex::new(None));
     let commands: crate::control::server::CommandFn = {
         let (slot, status) = (rejoin.clone(), status.clone());
@@ -113,6 +119,7 @@ pub fn run(args: StandbyArgs) -> Result<i32> {
         Some(commands),
     )?;
     tracing::info!(listen = %local, state_dir = %args.state_dir.display(), "standby waiting for a primary");
+    crate::sys::notify_ready(&format!("waiting for a primary on {local}"));
 
     let busy = Arc::new(AtomicBool::new(false));
     let refusal: Arc<Mutex<Refusal>> = Arc::new(Mutex::new(Refusal::Busy));
@@ -382,6 +389,10 @@ fn session_inner(
     let hb_stop = Arc::new(AtomicBool::new(false));
     let mut hb_thread = None;
     let mut write_err: Option<String> = None;
+    // When the image file was last written (`persist`), and how long that took: the next
+    // write waits at least ten times as long, so saving a large image costs the session at
+    // most a tenth of its time (acks of the epochs behind it wait while it writes).
+    let mut last_persist: Option<(Instant, Duration)> = None;
     let end = (|| -> Result<SessionEnd> {
         // Handshake: the hello must come within a few seconds.
         let hello_deadline = Instant::now() + Duration::from_secs(5);
@@ -565,6 +576,15 @@ fn session_inner(
                         if let Err(e) = write_committed(dir, &rx.image, peer) {
                             tracing::warn!("writing committed.json: {e:#}");
                         }
+                        if last_persist.is_none_or(|(t, took)| {
+                            t.elapsed() >= persist::PERSIST_INTERVAL.max(took * 10)
+                        }) {
+                            let t = Instant::now();
+                            if let Err(e) = persist::save(&persist::path_in(dir), &rx.image) {
+                                tracing::warn!(epoch, "saving the image: {e}");
+                            }
+                            last_persist = Some((t, t.elapsed()));
+                        }
                     }
                     tracing::debug!(epoch, pages, "epoch committed");
                 }
@@ -605,6 +625,7 @@ fn write_committed(dir: &Path, image: &Image, peer: &str) -> Result<()> {
 
 fn remove_committed(dir: &Path) {
     let _ = std::fs::remove_file(dir.join("committed.json"));
+    let _ = std::fs::remove_file(persist::path_in(dir));
 }
 
 /// Restores the image, waits for the restored process and returns its exit code.
@@ -666,6 +687,7 @@ fn takeover(
     {
         let mut b = status.lock();
         b.status.state = "took_over".into();
+        b.status.takeovers += 1;
         b.status.link = "down".into();
         b.status.app_pid = Some(pid);
         b.status.restored_pid = Some(pid);
