@@ -45,6 +45,15 @@ fn zoo_file_at_offset() {
     zoo_failover("file", &[f.to_str().unwrap()], |_| {});
 }
 
+/// Memory and a descriptor made by raw system calls (no hook sees them) between two epochs of
+/// the steady state, where the handler takes its quick checks: found at the next epoch.
+#[test]
+fn zoo_raw_syscalls_behind_the_hooks() {
+    let dir = TempDir::new("zr");
+    let f = dir.path().join("data");
+    zoo_failover("raw", &[f.to_str().unwrap()], |_| {});
+}
+
 /// Sends a line, returns the answer line; retries the connection until `timeout`.
 fn ask<S: std::io::Read + Write>(
     what: &str,

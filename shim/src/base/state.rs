@@ -23,6 +23,8 @@ pub static MAPS_FD: AtomicI32 = AtomicI32::new(-1);
 pub static TASK_FD: AtomicI32 = AtomicI32::new(-1);
 /// `/proc/self/fd`, kept open by the epoch handler.
 pub static FDDIR_FD: AtomicI32 = AtomicI32::new(-1);
+/// `/proc/self/statm`, kept open by the epoch handler.
+pub static STATM_FD: AtomicI32 = AtomicI32::new(-1);
 pub static STAGING: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 /// The staging memfd, kept open (close-on-exec, above `SHIM_FD_BASE`) so that an `execve`'s
 /// new image can map it again.
@@ -34,8 +36,9 @@ pub static EPOCH: AtomicU64 = AtomicU64::new(0);
 pub static HOOK_DEPTH: AtomicU32 = AtomicU32::new(0);
 /// An epoch signal arrived inside a hook; the hook raises it again on its way out.
 pub static PENDING: AtomicBool = AtomicBool::new(false);
-/// Bumped by the mmap/munmap/mremap/brk hooks: a hint that the map changed. The handler reads
-/// the kernel's map every epoch regardless (glibc maps memory without calling `mmap`).
+/// Bumped by the mmap/munmap/mremap/mprotect/brk hooks: the map changed. The epoch handler
+/// lists the kernel's map when this moved, or when the kernel's sizes (`/proc/self/statm`)
+/// did (glibc maps memory without calling `mmap`; a raw system call bypasses every hook).
 pub static MAP_HINTS: AtomicU64 = AtomicU64::new(0);
 /// The app's pid when protection started (the restored process has another).
 pub static APP_PID: AtomicI32 = AtomicI32::new(0);

@@ -13,6 +13,7 @@ use remus_abi::{
     STAGING_MAGIC, STREAM_OFF,
 };
 
+use super::profile::{self, Phase};
 use super::{fds, files, kobj};
 use crate::base::{link, state, statics};
 use crate::kernel::line::Line;
@@ -71,6 +72,12 @@ struct Scratch {
     n_vmas_prev: usize,
     /// Length of the maps text left in staging by the last epoch that wrote it (0: none).
     maps_out_len: usize,
+    /// What the quick "map unchanged?" check saw at the last epoch: `state::MAP_HINTS` and
+    /// the kernel's sizes (`statm`'s size and data, in pages).
+    hints_prev: u64,
+    statm_prev: Option<(u64, u64)>,
+    /// Epochs in a row decided by the quick check (every [`FULL_CHECK_EVERY`]th lists anyway).
+    quick_run: u32,
 }
 
 struct ScratchCell(UnsafeCell<Scratch>);
@@ -92,7 +99,15 @@ static SCRATCH: ScratchCell = ScratchCell(UnsafeCell::new(Scratch {
     vmas_prev: [NO_VMA; MAX_VMAS],
     n_vmas_prev: 0,
     maps_out_len: 0,
+    hints_prev: 0,
+    statm_prev: None,
+    quick_run: 0,
 }));
+
+/// Even when neither the hooks nor the kernel's sizes say the map changed, one epoch in this
+/// many compares the whole VMA list (`PROCMAP_QUERY`): it bounds how long a change that keeps
+/// both sizes (a raw `munmap` then `mmap` of the same length elsewhere) goes unseen.
+const FULL_CHECK_EVERY: u32 = 16;
 
 const MAX_VMAS: usize = 16384;
 const NO_VMA: Vma = Vma {
@@ -113,6 +128,7 @@ pub fn reset() {
     s.n_next = 0;
     s.n_vmas_prev = 0;
     s.maps_out_len = 0;
+    s.statm_prev = None;
 }
 
 /// One of the controller's words in the staging header area (`remus_abi::COMMITTED_OFF` and
@@ -334,8 +350,41 @@ fn thread_count() -> u64 {
     n.max(1)
 }
 
+/// The address space's size and its private writable part (`/proc/self/statm` fields 1 and
+/// 6, in pages); `None` if it cannot be read.
+fn statm() -> Option<(u64, u64)> {
+    let fd = sys::kept_open(&state::STATM_FD, c"/proc/self/statm", 0).ok()?;
+    let mut buf = [0u8; 128];
+    // SAFETY: pread writes at most buf.len() bytes into buf.
+    let n = unsafe {
+        sys::raw6(
+            libc::SYS_pread64,
+            fd as usize,
+            buf.as_mut_ptr() as usize,
+            buf.len(),
+            0,
+            0,
+            0,
+        )
+    }
+    .ok()?;
+    let mut fields = buf[..(n as usize).min(buf.len())]
+        .split(|&c| c == b' ' || c == b'\n')
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            f.iter().try_fold(0u64, |v, &c| {
+                c.is_ascii_digit().then(|| v * 10 + (c - b'0') as u64)
+            })
+        });
+    let size = fields.next()??;
+    let data = fields.nth(4)??;
+    Some((size, data))
+}
+
 fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
+    let mut t = t0;
     let threads = thread_count();
+    profile::mark(Phase::Threads, &mut t);
     if threads > 1 {
         return Err(Abort::Thread(threads));
     }
@@ -363,6 +412,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
             s.n_vmas_prev = 0;
         }
         s.maps_out_len = 0;
+        s.statm_prev = None;
         files::forget_known();
         header_word(base, RESEND_EPOCH_OFF).store(epoch, Ordering::Relaxed);
         header_word(base, RESEND_DONE_OFF).store(resend, Ordering::Release);
@@ -385,13 +435,37 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
         reset_known,
     };
 
-    // Has the map changed since the last epoch? Asking the kernel VMA by VMA is much cheaper
-    // than having it format the maps text; the text is read only when something changed.
-    let listed = procmap::list(maps_fd, &mut s.vmas_now);
+    // Has the map changed since the last epoch? First the quick check: no memory hook ran
+    // (`MAP_HINTS`) and the kernel's own sizes of the address space (total and writable
+    // private, `/proc/self/statm`: one short read) are the same, so no mapping was made,
+    // removed, grown or made writable behind the hooks' back either (glibc's malloc, a raw
+    // system call). A fresh mapping in place of a tracked one (same range, same size) is
+    // caught below by the scan for unregistered memory. Otherwise ask the kernel VMA by VMA
+    // (`PROCMAP_QUERY`), much cheaper than having it format the maps text, which is read
+    // only when something did change.
+    // (Only the uffd tracker takes these shortcuts: the mprotect tracker splits VMAs itself.)
+    let hints = state::MAP_HINTS.load(Ordering::Relaxed);
+    let sizes = statm();
+    let quick = tracker::vma_shortcut()
+        && s.maps_out_len > 0
+        && s.quick_run < FULL_CHECK_EVERY
+        && hints == s.hints_prev
+        && sizes.is_some()
+        && sizes == s.statm_prev;
+    s.hints_prev = hints;
+    s.statm_prev = sizes;
+    let listed = if quick {
+        s.quick_run += 1;
+        Ok(s.n_vmas_prev)
+    } else {
+        s.quick_run = 0;
+        procmap::list(maps_fd, &mut s.vmas_now)
+    };
     tracker::begin_epoch();
-    // (Only the uffd tracker takes the shortcut: the mprotect tracker splits VMAs itself.)
-    let unchanged = tracker::vma_shortcut()
-        && matches!(listed, Ok(n) if s.maps_out_len > 0 && n == s.n_vmas_prev && s.vmas_now[..n] == s.vmas_prev[..n]);
+    let unchanged = quick
+        || (tracker::vma_shortcut()
+            && matches!(listed, Ok(n) if s.maps_out_len > 0 && n == s.n_vmas_prev && s.vmas_now[..n] == s.vmas_prev[..n]));
+    profile::mark(Phase::MapCheck, &mut t);
 
     let out_len = if unchanged {
         // Same regions as last epoch, async write-protect: two scans cover them all, instead
@@ -434,6 +508,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
             }
             run = run_end;
         }
+        profile::mark(Phase::Unregistered, &mut t);
         // Those, and the regions the kernel would not register, are shipped as new.
         for i in 0..s.n_tracked {
             let t = s.tracked[i];
@@ -443,6 +518,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
                 s.tracked[i].how = ship.region(&mut w, &mut s.vec, &r, None)?;
             }
         }
+        profile::mark(Phase::Renewed, &mut t);
         // Then every written page of every registered region, re-protected, in one pass.
         // (Regions just shipped as new are protected already and report nothing.)
         match pagemap::scan(
@@ -552,13 +628,17 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     };
     tracker::end_epoch();
     let n_resets = ship.n_resets;
+    profile::mark(Phase::Pages, &mut t);
 
     // SAFETY: FDS_OFF .. FDS_OFF + MAX_FDS records lie inside staging.
     let fd_out =
         unsafe { core::slice::from_raw_parts_mut(base.add(FDS_OFF) as *mut FdRecord, MAX_FDS) };
     let n_fds = fds::capture(fd_out);
+    profile::mark(Phase::Fds, &mut t);
     kobj::capture(base, &fd_out[..n_fds], epoch);
+    profile::mark(Phase::Kobj, &mut t);
     files::capture(base, &fd_out[..n_fds], epoch).map_err(Abort::Files)?;
+    profile::mark(Phase::Files, &mut t);
 
     // SAFETY: the header is at offset 0 of staging.
     let h = unsafe { &mut *(base as *mut StagingHeader) };
@@ -592,8 +672,12 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
         Err(_) => 0,
     };
     h.flags = if ship.streamed { HDR_FLAG_STREAMED } else { 0 };
+    profile::mark(Phase::Header, &mut t);
+    profile::full(!quick, !unchanged, true);
     h.pause_ns = sys::monotonic_ns().saturating_sub(t0);
     w.flush(true)?;
+    profile::mark(Phase::Notify, &mut t);
+    profile::epoch_done();
     state::EPOCH.store(epoch, Ordering::Relaxed);
     Ok(())
 }

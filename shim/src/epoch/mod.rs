@@ -7,4 +7,5 @@ pub mod fds;
 pub mod files;
 pub mod handler;
 pub mod kobj;
+pub mod profile;
 pub mod restored;

@@ -1,13 +1,15 @@
 //! Hooks on the calls that change the address space: `mmap`/`mmap64`, `munmap`, `mremap`,
-//! `brk`/`sbrk`, `madvise`.
+//! `brk`/`sbrk`, `mprotect`, `madvise`.
 //!
 //! `mmap`, `munmap` and `mremap` make the system call themselves instead of calling libc's:
 //! `dlsym` may call `calloc`, which may call `mmap`, so an `mmap` hook that needed `dlsym` to
 //! finish first would recurse. `brk`/`sbrk` do go through glibc's own functions, because glibc
 //! caches the break (`__curbrk`) and a raw `brk` would leave that cache stale.
 //!
-//! The memory hooks are hints only: the epoch handler reads the kernel's map every epoch,
-//! because glibc's malloc maps memory through internal calls no hook sees.
+//! The memory hooks are hints: each bumps `state::MAP_HINTS`, and the epoch handler lists the
+//! kernel's map only when that count or the kernel's own sizes (`/proc/self/statm`) moved,
+//! because glibc's malloc maps memory through internal calls no hook sees (and a program may
+//! make the system call itself).
 
 use core::ffi::{c_int, c_void};
 use core::sync::atomic::Ordering;
@@ -15,7 +17,7 @@ use core::sync::atomic::Ordering;
 use crate::base::interpose::{bracket, hook, real};
 use crate::base::state;
 use crate::kernel::sys;
-use crate::track::pages::{self, mprotect};
+use crate::track::pages::{self, mprotect as mprotect_tracker};
 
 fn hint() {
     state::MAP_HINTS.fetch_add(1, Ordering::Relaxed);
@@ -116,7 +118,9 @@ pub unsafe extern "C" fn mremap(
             // A region the mprotect tracker follows is several VMAs, which mremap refuses
             // (EFAULT); give the old range its protection back first... the split it keeps
             // (see track/pages/mprotect.rs) still makes mremap fail: do the move by hand.
-            if let Some(p) = mprotect::move_by_hand(old as u64, old_len as u64, new_len as u64) {
+            if let Some(p) =
+                mprotect_tracker::move_by_hand(old as u64, old_len as u64, new_len as u64)
+            {
                 return p as *mut c_void;
             }
         }
@@ -149,6 +153,16 @@ hook! {
 }
 
 hook! {
+    unsafe fn mprotect(addr: *mut c_void, len: usize, prot: c_int) -> c_int => remus_mprotect {
+        // A protection change is a change of the map (the epoch's quick check, `statm`,
+        // does not see one that keeps the writable size, e.g. RW to RWX).
+        hint();
+        // SAFETY: the app's arguments, passed on unchanged.
+        unsafe { real!(mprotect)(addr, len, prot) }
+    }
+}
+
+hook! {
     unsafe fn sbrk(incr: libc::intptr_t) -> *mut c_void => remus_sbrk {
         hint();
         // SAFETY: the app's argument, passed on unchanged.
@@ -171,7 +185,7 @@ hook! {
                 libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE | 24 /* MADV_DONTNEED_LOCKED */
             )
         {
-            mprotect::zapped(addr as u64, len as u64);
+            mprotect_tracker::zapped(addr as u64, len as u64);
         }
         r
     }

@@ -7,16 +7,19 @@ use core::ffi::{c_int, c_void};
 
 use crate::base::interpose::{hook, real};
 use crate::base::state;
+use crate::kernel::sys::FdStat;
 use crate::track::files::{after, before_pwrite, before_truncate, before_write};
-use crate::track::sockets::{iov_total, iovs, send_call, Src};
+use crate::track::sockets::{iov_total, iovs, send_call, send_call_with, Src};
 
 hook! {
     unsafe fn write(fd: c_int, buf: *const c_void, n: usize) -> isize => remus_write {
         state::candidate_point();
         let v = [libc::iovec { iov_base: buf as *mut c_void, iov_len: n }];
-        let f = before_write(fd, n);
+        // One fstat for both checks: regular file (file log), socket (output commit).
+        let mut st = FdStat::new(fd);
+        let f = before_write(fd, n, &mut st);
         // SAFETY: the app's arguments, passed on unchanged.
-        let r = send_call(fd, Src::Iov(&v), n, &[], 0, true, || unsafe { real!(write)(fd, buf, n) });
+        let r = send_call_with(fd, &mut st, Src::Iov(&v), n, &[], 0, true, || unsafe { real!(write)(fd, buf, n) });
         after(f);
         r
     }
@@ -26,9 +29,10 @@ hook! {
     unsafe fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> isize => remus_writev {
         state::candidate_point();
         let v = iovs(iov, cnt);
-        let f = before_write(fd, iov_total(v));
+        let mut st = FdStat::new(fd);
+        let f = before_write(fd, iov_total(v), &mut st);
         // SAFETY: the app's arguments, passed on unchanged.
-        let r = send_call(fd, Src::Iov(v), iov_total(v), &[], 0, true, || unsafe { real!(writev)(fd, iov, cnt) });
+        let r = send_call_with(fd, &mut st, Src::Iov(v), iov_total(v), &[], 0, true, || unsafe { real!(writev)(fd, iov, cnt) });
         after(f);
         r
     }
@@ -78,7 +82,7 @@ hook! {
     unsafe fn pwritev2(fd: c_int, iov: *const libc::iovec, cnt: c_int, off: libc::off_t, flags: c_int) -> isize => remus_pwritev2 {
         // off == -1: at the file offset, like writev.
         let n = iov_total(iovs(iov, cnt));
-        let w = if off == -1 { before_write(fd, n) } else { before_pwrite(fd, off, n) };
+        let w = if off == -1 { before_write(fd, n, &mut FdStat::new(fd)) } else { before_pwrite(fd, off, n) };
         // SAFETY: the app's arguments, passed on unchanged.
         let r = unsafe { real!(pwritev2)(fd, iov, cnt, off, flags) };
         after(w);

@@ -62,6 +62,25 @@ pub unsafe fn ioctl<T>(fd: i32, req: u64, arg: &mut T) -> SysResult {
     }
 }
 
+/// `fstat(fd)` asked at most once for the checks one hooked call makes before its real call
+/// (a `write` asks "regular file?" for the file log and "socket?" for output commit).
+pub struct FdStat {
+    fd: i32,
+    st: Option<Option<libc::stat>>,
+}
+
+impl FdStat {
+    pub fn new(fd: i32) -> FdStat {
+        FdStat { fd, st: None }
+    }
+
+    /// The descriptor's `fstat` (the kernel is asked the first time only); None on error.
+    pub fn get(&mut self) -> Option<&libc::stat> {
+        let fd = self.fd;
+        self.st.get_or_insert_with(|| fstat(fd)).as_ref()
+    }
+}
+
 /// `fstat(fd)` as a raw system call (glibc's wrapper may be a hooked path); None on error.
 pub fn fstat(fd: i32) -> Option<libc::stat> {
     // SAFETY: an all-zero stat is a valid out-parameter.

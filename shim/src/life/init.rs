@@ -61,6 +61,9 @@ pub fn run() {
                 .as_bytes(),
         );
     }
+    if let Some(every) = env("REMUS_PAUSE_PROFILE").and_then(|v| v.parse::<u64>().ok()) {
+        crate::epoch::profile::enable(every);
+    }
     let (kernel, kind, notice) = match choose_tracker() {
         Ok(k) => k,
         Err(why) => {
@@ -299,6 +302,7 @@ extern "C" fn after_fork_in_child() {
         &state::MAPS_FD,
         &state::TASK_FD,
         &state::FDDIR_FD,
+        &state::STATM_FD,
     ] {
         let v = fd.swap(-1, Ordering::Relaxed);
         if v >= 0 {

@@ -164,7 +164,12 @@ fn protect(pid: i32, req: &Request) -> Result<(), String> {
     // What the image remembers of the old primary side is gone or stale: descriptors kept
     // open by the handler (the numbers are not in the restored table), regions, files and
     // sockets followed, epoch numbers. The new standby starts from nothing.
-    for fd in [&state::MAPS_FD, &state::TASK_FD, &state::FDDIR_FD] {
+    for fd in [
+        &state::MAPS_FD,
+        &state::TASK_FD,
+        &state::FDDIR_FD,
+        &state::STATM_FD,
+    ] {
         fd.store(-1, Ordering::Relaxed);
     }
     init::use_kernel(&kernel);

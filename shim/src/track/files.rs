@@ -183,18 +183,25 @@ fn following() -> bool {
 
 /// The identity of `fd` when it is a regular file and files are followed.
 fn regular(fd: i32) -> Option<libc::stat> {
+    regular_of(fd, &mut sys::FdStat::new(fd))
+}
+
+fn regular_of(fd: i32, st: &mut sys::FdStat) -> Option<libc::stat> {
     if !following() || fd < 0 {
         return None;
     }
-    sys::fstat(fd).filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+    st.get()
+        .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+        .copied()
 }
 
-/// Before `write`/`writev` of `n` bytes on `fd` at its offset (or at the end with O_APPEND).
-pub fn before_write(fd: i32, n: usize) -> Option<Note> {
+/// Before `write`/`writev` of `n` bytes on `fd` at its offset (or at the end with O_APPEND);
+/// `st` is the call's one `fstat` of `fd` (shared with `track::sockets`).
+pub fn before_write(fd: i32, n: usize, st: &mut sys::FdStat) -> Option<Note> {
     if n == 0 {
         return None;
     }
-    let st = regular(fd)?;
+    let st = regular_of(fd, st)?;
     let fl = sys::fcntl_get(fd, libc::F_GETFL).unwrap_or(0);
     let start = if fl & libc::O_APPEND != 0 {
         st.st_size as u64

@@ -437,9 +437,9 @@ fn retire(log: &Log, s: &Slot) {
 
 /// Whether output on `fd` is held; registers the socket with remusd the first time. Inside a
 /// [`state::HookDepth`], with the log present and protection on.
-fn classify(log: &Log, fd: i32) -> Option<Held> {
+fn classify(log: &Log, fd: i32, st: &mut sys::FdStat) -> Option<Held> {
     let s = slot(fd)?;
-    let st = sys::fstat(fd)?;
+    let st = *st.get()?;
     let ino = st.st_ino;
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         if s.ino.load(Ordering::Relaxed) != 0 {
@@ -499,7 +499,7 @@ enum Route {
 
 /// Decides, inside a [`state::HookDepth`], where a call on `fd` goes. When protection has stopped,
 /// waits (bounded) until the log drained, so that direct output comes after held output.
-fn route(fd: i32) -> Route {
+fn route(fd: i32, st: &mut sys::FdStat) -> Route {
     if state::mode() == state::MODE_PASSIVE || fd < 0 || fd as usize >= MAX_NET_FDS {
         return Route::Pass;
     }
@@ -510,7 +510,7 @@ fn route(fd: i32) -> Route {
         drain(&log);
         return Route::Pass;
     }
-    match classify(&log, fd) {
+    match classify(&log, fd, st) {
         Some(h) => Route::Hold(log, h),
         None => Route::Pass,
     }
@@ -727,7 +727,32 @@ pub fn send_call(
     signals: bool,
     pass: impl FnOnce() -> isize,
 ) -> isize {
-    let (log, h) = match route(fd) {
+    send_call_with(
+        fd,
+        &mut sys::FdStat::new(fd),
+        src,
+        total,
+        addr,
+        flags,
+        signals,
+        pass,
+    )
+}
+
+/// [`send_call`] with the call's one `fstat` of `fd`, shared with the other checks the hook
+/// makes before its real call (`track::files::before_write`).
+#[allow(clippy::too_many_arguments)]
+pub fn send_call_with(
+    fd: i32,
+    st: &mut sys::FdStat,
+    src: Src,
+    total: usize,
+    addr: &[u8],
+    flags: c_int,
+    signals: bool,
+    pass: impl FnOnce() -> isize,
+) -> isize {
+    let (log, h) = match route(fd, st) {
         Route::Pass => return pass(),
         Route::Hold(l, h) => (l, h),
     };
@@ -752,7 +777,7 @@ pub fn send_call(
 
 /// `shutdown(fd, how)` inside a hook's bracket; `real` is the real call.
 pub fn shutdown_call(fd: i32, how: c_int, real: impl Fn(c_int) -> c_int) -> c_int {
-    let (log, h) = match route(fd) {
+    let (log, h) = match route(fd, &mut sys::FdStat::new(fd)) {
         Route::Pass => return real(how),
         Route::Hold(l, h) => (l, h),
     };
@@ -776,7 +801,7 @@ pub fn shutdown_call(fd: i32, how: c_int, real: impl Fn(c_int) -> c_int) -> c_in
 /// The app closes `fd` (inside a hook's bracket, before the real close): a held socket's close
 /// goes into the log, after its data.
 pub fn before_close(fd: i32) {
-    if let Route::Hold(log, h) = route(fd) {
+    if let Route::Hold(log, h) = route(fd, &mut sys::FdStat::new(fd)) {
         if let Some(s) = slot(fd) {
             forget_epoll(fd, s);
             s.conn.store(0, Ordering::Relaxed);
