@@ -323,8 +323,37 @@ fn human_bytes(b: u64) -> String {
 }
 
 /// The live status of a daemon, shared between its threads.
+/// Where a standby stands: the one place its decisions read it from (`Status.state` is its
+/// label, for display).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StandbyState {
+    Waiting,
+    Receiving,
+    AppExited,
+    PrimaryUnprotected,
+    TookOver,
+    Reprotecting,
+    Reprotected,
+}
+
+impl StandbyState {
+    pub fn label(self) -> &'static str {
+        match self {
+            StandbyState::Waiting => "waiting",
+            StandbyState::Receiving => "receiving",
+            StandbyState::AppExited => "app_exited",
+            StandbyState::PrimaryUnprotected => "primary_unprotected",
+            StandbyState::TookOver => "took_over",
+            StandbyState::Reprotecting => "reprotecting",
+            StandbyState::Reprotected => "reprotected",
+        }
+    }
+}
+
 pub struct Board {
     pub status: Status,
+    /// A standby's state (None for a primary, whose state is its `Protection`).
+    pub standby_state: Option<StandbyState>,
     pauses_ns: VecDeque<u64>,
     last_peer_frame: Option<Instant>,
     commit_latency_ns: VecDeque<u64>,
@@ -339,6 +368,12 @@ pub struct Board {
 }
 
 impl Board {
+    /// A standby's state changes: the typed value and its label together.
+    pub fn set_standby_state(&mut self, s: StandbyState) {
+        self.standby_state = Some(s);
+        self.status.state = s.label().into();
+    }
+
     pub fn record_pause(&mut self, ns: u64) {
         if self.pauses_ns.len() == PAUSE_WINDOW {
             self.pauses_ns.pop_front();
@@ -411,6 +446,7 @@ impl SharedStatus {
     pub fn new(status: Status) -> Self {
         SharedStatus(Arc::new(Mutex::new(Board {
             status,
+            standby_state: None,
             pauses_ns: VecDeque::new(),
             last_peer_frame: None,
             commit_latency_ns: VecDeque::new(),
@@ -490,6 +526,7 @@ mod tests {
         s.protected = false;
         let b = Board {
             status: s,
+            standby_state: None,
             pauses_ns: VecDeque::new(),
             last_peer_frame: None,
             commit_latency_ns: VecDeque::new(),

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use crossbeam::channel::{bounded, RecvTimeoutError};
 
 use crate::control::server::ControlServer;
-use crate::control::status::{SharedStatus, Status};
+use crate::control::status::{SharedStatus, StandbyState, Status};
 use crate::image::Image;
 use crate::persist;
 use crate::wire::auth::{self, LinkSecurity, SessionKeys};
@@ -100,10 +100,11 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| args.listen.clone());
-    let mut st = Status::new("standby", "waiting");
+    let mut st = Status::new("standby", StandbyState::Waiting.label());
     st.listen = Some(local.clone());
     st.reason = Some("no primary connected".into());
     let status = SharedStatus::new(st);
+    status.lock().set_standby_state(StandbyState::Waiting);
     if let Some(m) = args.metrics.take() {
         m.serve(status.clone())?;
     }
@@ -191,10 +192,10 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
         let (end, rx) = session_authenticated(stream, peer.clone(), keys, &ctx);
         // A partial image (a full image still streaming) cannot be restored.
         let committed = rx.image.restorable_epoch();
-        let forget = |state: &str, reason: String, exit_code: Option<i32>| {
+        let forget = |state: StandbyState, reason: String, exit_code: Option<i32>| {
             remove_committed(&args.state_dir);
             let mut b = status.lock();
-            b.status.state = state.into();
+            b.set_standby_state(state);
             b.status.link = "down".into();
             b.status.committed_epoch = None;
             b.status.exit_code = exit_code;
@@ -211,7 +212,7 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
                     };
                     tracing::warn!(%peer, "primary lost ({why}) {what}; nothing to restore");
                     forget(
-                        "waiting",
+                        StandbyState::Waiting,
                         format!("primary {peer} lost {what} ({why})"),
                         None,
                     );
@@ -230,7 +231,7 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
             SessionEnd::Protocol(why) => {
                 tracing::error!(%peer, "dropped the primary after a protocol error: {why}");
                 let mut b = status.lock();
-                b.status.state = "waiting".into();
+                b.set_standby_state(StandbyState::Waiting);
                 b.status.link = "down".into();
                 b.unprotect(format!(
                     "dropped primary {peer} after a protocol error ({why}); committed image (epoch {}) left untouched; \
@@ -240,12 +241,16 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
             }
             SessionEnd::Goodbye(GoodbyeReason::AppExited(e)) => {
                 tracing::info!(%peer, "the app {e}; image discarded, not resurrecting it");
-                forget("app_exited", format!("the app {e}"), e.exit_code());
+                forget(
+                    StandbyState::AppExited,
+                    format!("the app {e}"),
+                    e.exit_code(),
+                );
             }
             SessionEnd::Goodbye(GoodbyeReason::Unprotected { reason }) => {
                 tracing::warn!(%peer, "the primary is unprotected ({reason}); image discarded, no takeover");
                 forget(
-                    "primary_unprotected",
+                    StandbyState::PrimaryUnprotected,
                     format!("the primary became unprotected: {reason}"),
                     None,
                 );
@@ -253,7 +258,7 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
             SessionEnd::Goodbye(GoodbyeReason::OperatorStop) => {
                 tracing::info!(%peer, "the primary was stopped by an operator; image discarded");
                 forget(
-                    "waiting",
+                    StandbyState::Waiting,
                     format!("primary {peer} was stopped by an operator"),
                     None,
                 );
@@ -261,7 +266,7 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
             SessionEnd::Handshake(why) => {
                 tracing::warn!(%peer, "handshake failed: {why}");
                 let mut b = status.lock();
-                b.status.state = "waiting".into();
+                b.set_standby_state(StandbyState::Waiting);
                 b.status.link = "down".into();
                 b.unprotect(format!("handshake with {peer} failed: {why}"));
             }
@@ -352,7 +357,7 @@ fn session_inner(
     live.alive();
     {
         let mut b = ctx.status.lock();
-        b.status.state = "receiving".into();
+        b.set_standby_state(StandbyState::Receiving);
         b.status.link = "up".into();
         b.status.peer = Some(peer.into());
         b.status.epoch = None;
@@ -656,7 +661,7 @@ fn takeover(
                 &serde_json::json!({ "epoch": epoch, "error": format!("--on-takeover failed: {e}"), "time_ms": crate::sys::unix_ms(), "primary": peer }),
             );
             let mut b = status.lock();
-            b.status.state = "waiting".into();
+            b.set_standby_state(StandbyState::Waiting);
             b.unprotect(format!(
                 "takeover from epoch {epoch} stopped: --on-takeover failed: {e}"
             ));
@@ -674,7 +679,7 @@ fn takeover(
                 &serde_json::json!({ "epoch": epoch, "error": e.to_string(), "time_ms": crate::sys::unix_ms(), "primary": peer }),
             );
             let mut b = status.lock();
-            b.status.state = "waiting".into();
+            b.set_standby_state(StandbyState::Waiting);
             b.unprotect(format!("takeover from epoch {epoch} failed: {e}"));
             return Err(anyhow::anyhow!("restoring epoch {epoch} failed: {e}"));
         }
@@ -686,7 +691,7 @@ fn takeover(
     );
     {
         let mut b = status.lock();
-        b.status.state = "took_over".into();
+        b.set_standby_state(StandbyState::TookOver);
         b.status.takeovers += 1;
         b.status.link = "down".into();
         b.status.app_pid = Some(pid);

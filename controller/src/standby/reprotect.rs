@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::control::status::SharedStatus;
+use crate::control::status::{SharedStatus, StandbyState};
 
 /// How long the program may take to reach a safe point and hear from its new standby.
 const PICKUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -92,19 +92,20 @@ pub fn start(t: &Target, standby: &str, status: &SharedStatus) -> Result<String,
     }
     {
         let b = status.lock();
-        match b.status.state.as_str() {
-            "took_over" => {}
-            "reprotecting" | "reprotected" => {
+        match b.standby_state {
+            Some(StandbyState::TookOver) => {}
+            Some(s @ (StandbyState::Reprotecting | StandbyState::Reprotected)) => {
                 return Err(format!(
                     "the restored program (pid {}) is already {} (standby {})",
                     t.pid,
-                    b.status.state,
+                    s.label(),
                     b.status.standby.as_deref().unwrap_or("?")
                 ))
             }
-            other => {
+            _ => {
                 return Err(format!(
-                    "nothing to protect: the restored program is not running (state {other})"
+                    "nothing to protect: the restored program is not running (state {})",
+                    b.status.state
                 ))
             }
         }
@@ -147,7 +148,7 @@ pub fn start(t: &Target, standby: &str, status: &SharedStatus) -> Result<String,
     }
     {
         let mut b = status.lock();
-        b.status.state = "reprotecting".into();
+        b.set_standby_state(StandbyState::Reprotecting);
         b.status.standby = Some(standby.into());
         b.status.primary_control = None;
         b.unprotect(format!(
@@ -218,7 +219,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 fn failed(status: &SharedStatus, pid: i32, standby: &str, why: &str) {
     tracing::error!(pid, %standby, "protecting the restored program again failed: {why}; it runs on UNPROTECTED");
     let mut b = status.lock();
-    b.status.state = "took_over".into();
+    b.set_standby_state(StandbyState::TookOver);
     b.status.primary_control = None;
     b.unprotect(format!(
         "protecting the restored program again with standby {standby} failed: {why}; it runs \
@@ -275,7 +276,7 @@ fn follow(
         "the restored program is protected again: its new primary's status is at {}", control.display());
     {
         let mut b = status.lock();
-        b.status.state = "reprotected".into();
+        b.set_standby_state(StandbyState::Reprotected);
         b.status.primary_control = Some(control.display().to_string());
         b.unprotect(format!(
             "the restored program is protected by standby {standby} through its new primary \
