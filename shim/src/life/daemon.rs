@@ -13,11 +13,11 @@
 
 use core::sync::atomic::Ordering;
 
-use remus_abi::{Msg, MsgKind, ABI_VERSION, ENV_PROTECTED_PID};
+use remus_abi::{MsgKind, ENV_PROTECTED_PID};
 
 use super::init;
 use crate::base::{environ, fatal, link, sigview, state};
-use crate::epoch::{capture, files, handler};
+use crate::epoch::{capture, files};
 use crate::kernel::sys;
 use crate::track::{handover, pages as tracker, sockets};
 
@@ -49,44 +49,14 @@ fn take_over(pid: i32) -> Result<(), String> {
     files::reset();
     sockets::reset();
     sockets::continue_after_exec(handover::next_conn());
-    let staging = state::STAGING.load(Ordering::Relaxed);
-    // SAFETY: the header is at the start of the staging mapping; the parent wrote its last
-    // epoch there.
-    let last = unsafe { (*(staging as *const remus_abi::StagingHeader)).epoch };
-    state::EPOCH.store(last, Ordering::Relaxed);
+    state::EPOCH.store(
+        init::last_epoch_in(state::STAGING.load(Ordering::Relaxed)),
+        Ordering::Relaxed,
+    );
     state::PENDING.store(false, Ordering::Release);
     state::APP_PID.store(pid, Ordering::Relaxed);
     environ::set(ENV_PROTECTED_PID, Some(&pid.to_string()));
     init::read_process_facts();
-    tracker::set_kind(kind);
-    handler::STARTING.store(true, Ordering::Release);
-    if let Some(n) = notice {
-        link::send_text(MsgKind::Log, 0, 0, n.as_bytes());
-    }
-    link::send(&Msg::new(
-        MsgKind::HelloAfterExec,
-        pid as u64,
-        ABI_VERSION as u64,
-    ))
-    .map_err(|e| {
-        format!(
-            "cannot reach remusd primary ({})",
-            std::io::Error::from_raw_os_error(e)
-        )
-    })?;
-    match link::recv() {
-        Ok(m) if m.kind == MsgKind::Ready as u32 => {
-            handler::start_protection();
-            sigview::install_reporters(sigview::real_sigaction());
-            Ok(())
-        }
-        Ok(m) => {
-            handler::no_protection();
-            Err(String::from_utf8_lossy(m.text()).into_owned())
-        }
-        Err(e) => {
-            handler::no_protection();
-            Err(format!("remusd primary went away ({e})"))
-        }
-    }
+    // The epoch handler and the dispositions are the parent's, inherited at the fork.
+    init::hello_again(pid, kind, notice, sigview::real_sigaction())
 }

@@ -372,9 +372,7 @@ fn carry_on_after_exec(pid: i32, link: &str) -> Result<(), String> {
     state::STAGING_FD.store(staging_fd, Ordering::Relaxed);
     sockets::continue_after_exec(next_conn as u32);
     files::init(staging);
-    // SAFETY: the header is at the start of the mapping; the old image wrote its last epoch.
-    let last = unsafe { (*(staging as *const remus_abi::StagingHeader)).epoch };
-    state::EPOCH.store(last, Ordering::Relaxed);
+    state::EPOCH.store(last_epoch_in(staging), Ordering::Relaxed);
 
     // SAFETY: registering a fork handler with no parent/prepare hooks.
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
@@ -395,15 +393,42 @@ fn carry_on_after_exec(pid: i32, link: &str) -> Result<(), String> {
     if kind == tracker::MPROTECT {
         tracker::mprotect::start(real)?;
     }
+    hello_again(pid, kind, notice, real)
+}
+
+/// The last epoch the staging area's previous owner (the image before an exec, or the parent
+/// that handed protection over) took: this process's epochs carry on from it.
+pub(crate) fn last_epoch_in(staging: *const u8) -> u64 {
+    // SAFETY: the staging mapping starts with its header, which the previous owner's capture
+    // wrote (plain integers).
+    unsafe { (*(staging as *const remus_abi::StagingHeader)).epoch }
+}
+
+/// The hello of a process that carries on with a kept shim socket and staging area (a new
+/// image after an exec, a daemon's child): the tracker `kind` switched on, the epoch handler
+/// told to keep an early signal, `HelloAfterExec`, and remusd's answer.
+pub(crate) fn hello_again(
+    pid: i32,
+    kind: u8,
+    notice: Option<String>,
+    real: SigactionFn,
+) -> Result<(), String> {
     tracker::set_kind(kind);
+    handler::STARTING.store(true, Ordering::Release);
     if let Some(n) = notice {
         link::send_text(MsgKind::Log, 0, 0, n.as_bytes());
     }
-    let _ = link::send(&Msg::new(
+    link::send(&Msg::new(
         MsgKind::HelloAfterExec,
         pid as u64,
         ABI_VERSION as u64,
-    ));
+    ))
+    .map_err(|e| {
+        format!(
+            "cannot reach remusd primary ({})",
+            std::io::Error::from_raw_os_error(e)
+        )
+    })?;
     match link::recv() {
         Ok(m) if m.kind == MsgKind::Ready as u32 => {
             handler::start_protection();
