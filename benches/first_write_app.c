@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "staging.h"
+
 #define PAGE 4096
 
 static inline uint64_t now_ns(void) {
@@ -28,19 +30,6 @@ static inline uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static const volatile unsigned char *find_staging(void) {
-    FILE *f = fopen("/proc/self/maps", "r");
-    if (!f) return NULL;
-    char line[512];
-    unsigned long start = 0;
-    while (fgets(line, sizeof line, f)) {
-        if (strstr(line, "/memfd:remus-staging") && sscanf(line, "%lx-", &start) == 1) break;
-        start = 0;
-    }
-    fclose(f);
-    if (!start || memcmp((const void *)start, "REMUSSTG", 8) != 0) return NULL;
-    return (const volatile unsigned char *)start;
-}
 
 static int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -60,25 +49,24 @@ int main(int argc, char **argv) {
     uint64_t *first = calloc(rounds, 8), *again = calloc(rounds, 8);
     /* The staging area appears once protection has started (before main, or never). */
     const volatile unsigned char *st = find_staging();
-    const volatile uint64_t *epoch = st ? (const volatile uint64_t *)(st + 16) : NULL;
     size_t kept = 0, tries = 0;
     while (kept < rounds && tries < rounds * 4) {
         tries++;
-        if (epoch) {
-            uint64_t e = *epoch;
+        if (st) {
+            uint64_t e = staging_epoch(st);
             uint64_t give_up = now_ns() + 2000000000ull;
-            while (*epoch == e && now_ns() < give_up) {
+            while (staging_epoch(st) == e && now_ns() < give_up) {
             }
         } else {
             usleep(25000);
         }
-        uint64_t e0 = epoch ? *epoch : 0;
+        uint64_t e0 = staging_epoch(st);
         uint64_t t0 = now_ns();
         for (size_t i = 0; i < pages; i++) p[i * PAGE] = (unsigned char)(tries + i);
         uint64_t t1 = now_ns();
         for (size_t i = 0; i < pages; i++) p[i * PAGE] = (unsigned char)(tries + i + 1);
         uint64_t t2 = now_ns();
-        if (epoch && *epoch != e0) continue; /* an epoch landed in the middle */
+        if (st && staging_epoch(st) != e0) continue; /* an epoch landed in the middle */
         first[kept] = (t1 - t0) / pages;
         again[kept] = (t2 - t1) / pages;
         kept++;
@@ -87,6 +75,6 @@ int main(int argc, char **argv) {
     qsort(again, kept, 8, cmp_u64);
     printf("RESULT pages=%zu rounds=%zu first_ns=%llu again_ns=%llu protected=%d\n", pages, kept,
            kept ? (unsigned long long)first[kept / 2] : 0ull,
-           kept ? (unsigned long long)again[kept / 2] : 0ull, epoch != NULL);
+           kept ? (unsigned long long)again[kept / 2] : 0ull, st != NULL);
     return kept ? 0 : 1;
 }

@@ -46,6 +46,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "staging.h"
+
 enum { K_CLOSE, K_WRITE, K_SEND, K_SIGMASK2, K_ATOMIC2, K_ATOMIC4, N_KINDS };
 static const char *const NAMES[N_KINDS] = {"close", "write", "send", "sigmask2", "atomic2", "atomic4"};
 
@@ -58,24 +60,8 @@ static inline uint64_t now_ns(void) {
 /* The shim's staging area (see pause_app.c), or NULL. */
 static const volatile unsigned char *staging;
 
-static const volatile unsigned char *find_staging(void) {
-    FILE *f = fopen("/proc/self/maps", "r");
-    if (!f) return NULL;
-    char line[512];
-    unsigned long start = 0;
-    while (fgets(line, sizeof line, f)) {
-        if (strstr(line, "/memfd:remus-staging") && sscanf(line, "%lx-", &start) == 1) break;
-        start = 0;
-    }
-    fclose(f);
-    if (!start || memcmp((const void *)start, "REMUSSTG", 8) != 0) return NULL;
-    return (const volatile unsigned char *)start;
-}
 
-static uint64_t read_epoch(void) {
-    if (!staging) return 0;
-    return *(const volatile uint64_t *)(staging + 16);
-}
+static uint64_t read_epoch(void) { return staging_epoch(staging); }
 
 /* Shaped like the shim's HOOK_DEPTH, PENDING and DEFERRED (base/state.rs). */
 static _Atomic uint32_t depth;

@@ -38,6 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "staging.h"
+
 #define PAGE 4096
 #define MAX_GAPS 200000
 
@@ -54,26 +56,9 @@ static size_t n_pauses;
 static const volatile unsigned char *staging;
 static uint64_t last_epoch;
 
-/* The shim's staging area, mapped in this process, or NULL. */
-static const volatile unsigned char *find_staging(void) {
-    FILE *f = fopen("/proc/self/maps", "r");
-    if (!f) return NULL;
-    char line[512];
-    unsigned long start = 0;
-    while (fgets(line, sizeof line, f)) {
-        if (strstr(line, "/memfd:remus-staging") && sscanf(line, "%lx-", &start) == 1) break;
-        start = 0;
-    }
-    fclose(f);
-    if (!start || memcmp((const void *)start, "REMUSSTG", 8) != 0) return NULL;
-    return (const volatile unsigned char *)start;
-}
 
 /* The epoch number in the staging header (0 if there is none). */
-static uint64_t read_epoch(void) {
-    if (!staging) return 0;
-    return *(const volatile uint64_t *)(staging + 16);
-}
+static uint64_t read_epoch(void) { return staging_epoch(staging); }
 
 /* Records a gap that ended at t; returns the time after the bookkeeping. */
 static uint64_t record_gap(uint64_t gap, uint64_t t, uint64_t counted_from) {
