@@ -78,6 +78,9 @@ pub const LAYOUT: &[(&str, usize)] = &[
     ("Msg", size_of::<crate::Msg>()),
     ("ResumeContext", size_of::<crate::ResumeContext>()),
     ("MmFields", size_of::<crate::MmFields>()),
+    ("THREADS_OFF", crate::THREADS_OFF),
+    ("MAX_THREADS", crate::MAX_THREADS),
+    ("ThreadRecord", size_of::<crate::ThreadRecord>()),
 ];
 
 /// FNV-1a over every name and value of [`LAYOUT`].
@@ -103,8 +106,8 @@ pub const FINGERPRINT: u64 = {
     h
 };
 
-/// The fingerprint of the layout [`crate::ABI_VERSION`] (4, and 5: only a message added) names. Change both together.
-pub const FINGERPRINT_OF_THIS_VERSION: u64 = 0xa8a9_57a8_9cdd_45cc;
+/// The fingerprint of the layout [`crate::ABI_VERSION`] (6) names. Change both together.
+pub const FINGERPRINT_OF_THIS_VERSION: u64 = 0x528f_e6c0_04bd_9e43;
 
 const _: () = assert!(
     FINGERPRINT == FINGERPRINT_OF_THIS_VERSION,

@@ -91,7 +91,9 @@ pub const STAGING_MAGIC: u64 = u64::from_le_bytes(*b"REMUSSTG");
 /// 3: [`MsgKind::Exec`], [`MsgKind::ExecFailed`], [`MsgKind::HelloAfterExec`].
 /// 4: [`MsgKind::Forked`], [`MsgKind::Handover`], [`HANDOVER_OFF`], [`HANDOVER_CONN_OFF`].
 /// 5: [`MsgKind::ChildServes`].
-pub const ABI_VERSION: u32 = 5;
+/// 6: threads: [`ThreadRecord`]s at [`THREADS_OFF`], `n_threads` and `rendezvous_ns` in the
+///    header, [`MsgKind::ThreadStuck`].
+pub const ABI_VERSION: u32 = 6;
 
 pub const MAX_RESETS: usize = 8192;
 pub const MAX_FDS: usize = 1024;
@@ -246,7 +248,58 @@ pub struct StagingHeader {
     pub cwd: [u8; CWD_MAX],
     /// Flags: [`HDR_FLAG_UNSUPPORTED`], [`HDR_FLAG_STREAMED`].
     pub flags: u32,
-    pub _pad1: u32,
+    /// Threads at the checkpoint: this many [`ThreadRecord`]s at [`THREADS_OFF`] (the leader's
+    /// is also `ctx`, `tid`, `app_sigmask` and the alternate stack above).
+    pub n_threads: u32,
+    /// Time the leader spent bringing every other thread into the handler (0: one thread).
+    pub rendezvous_ns: u64,
+}
+
+/// The per-thread records of the last chunk of an epoch, inside the header area.
+pub const THREADS_OFF: usize = 16 << 10;
+/// At most this many threads are protected; a program with more is refused.
+pub const MAX_THREADS: usize = 256;
+const _: () = assert!(core::mem::size_of::<StagingHeader>() <= THREADS_OFF);
+const _: () =
+    assert!(THREADS_OFF + MAX_THREADS * core::mem::size_of::<ThreadRecord>() <= COMMITTED_OFF);
+
+/// [`ThreadRecord::flags`]: this thread ran the capture (it has the resume point in `ctx` of
+/// the header too).
+pub const THREAD_LEADER: u32 = 1;
+/// [`ThreadRecord::flags`]: the thread group leader (its TID is the process id).
+pub const THREAD_MAIN: u32 = 2;
+
+/// One thread at the checkpoint, parked in the epoch handler. Restore brings it back with
+/// the same TID, the registers of `ctx` (`rax = 1`) and `ctx.fs_base`; the thread itself then
+/// re-registers the rest (its robust list, rseq area, `clear_child_tid`, name) from the shim's
+/// own table, and `rt_sigreturn` restores its signal mask, alternate stack and full register
+/// state from the signal frame on its stack. The other fields are for the image's reader
+/// (`remusctl inspect`, checks at restore).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ThreadRecord {
+    pub tid: i32,
+    /// [`THREAD_LEADER`], [`THREAD_MAIN`].
+    pub flags: u32,
+    pub ctx: ResumeContext,
+    /// The thread's signal mask when the epoch signal arrived (bit `sig - 1`).
+    pub sigmask: u64,
+    pub altstack_sp: u64,
+    pub altstack_size: u64,
+    pub altstack_flags: i32,
+    pub _pad: i32,
+    /// glibc's `clear_child_tid` slot (`set_tid_address`), 0 if unknown.
+    pub clear_child_tid: u64,
+    /// `get_robust_list`: head and length (0: none).
+    pub robust_head: u64,
+    pub robust_len: u64,
+    /// The rseq area registered for the thread (0: none) and its length.
+    pub rseq_area: u64,
+    pub rseq_len: u32,
+    pub _pad2: u32,
+    /// `PR_GET_NAME`, NUL-padded.
+    pub name: [u8; 16],
 }
 
 /// The epoch saw state the shim cannot replicate (the controller should have been told with
@@ -307,6 +360,10 @@ pub enum MsgKind {
     /// worker does: a = its pid. Beside a parent that keeps running, that is the
     /// multi-process case. (A shell's subshell only waits for its own children.)
     ChildServes = 14,
+    /// An epoch was abandoned because thread a did not come into the epoch handler within
+    /// the deadline (it blocks the epoch signal, or is stopped): a = TID, b = epoch tried.
+    /// Text: its name and what it was doing. The controller retries at the next tick.
+    ThreadStuck = 15,
 
     // controller -> shim
     /// The standby is connected; protection starts.
@@ -337,6 +394,7 @@ impl MsgKind {
             12 => MsgKind::Forked,
             13 => MsgKind::Handover,
             14 => MsgKind::ChildServes,
+            15 => MsgKind::ThreadStuck,
             100 => MsgKind::Ready,
             101 => MsgKind::Refuse,
             102 => MsgKind::RunUnprotected,
