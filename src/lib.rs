@@ -187,6 +187,9 @@ pub struct Progs {
     /// `maskwait ppoll|pselect|epoll_pwait|sigsuspend`: waits for good with every signal
     /// blocked in the wait's mask (see `tests/progs/maskwait.c`).
     pub maskwait: PathBuf,
+    /// `seqprint --stop-file PATH [--sleep-us N]`: `seq N` lines, a few thousand a second, until
+    /// PATH exists, then `done N` (see `tests/progs/seqprint.c`).
+    pub seqprint: PathBuf,
 }
 
 fn cc(args: &[&str], what: &str) {
@@ -260,6 +263,7 @@ pub fn progs() -> &'static Progs {
         let selfexec = compile(&dir, "selfexec", &["-O1"], &src.join("selfexec.c"), &[]);
         let daemonize = compile(&dir, "daemonize", &["-O1"], &src.join("daemonize.c"), &[]);
         let maskwait = compile(&dir, "maskwait", &["-O1"], &src.join("maskwait.c"), &[]);
+        let seqprint = compile(&dir, "seqprint", &["-O1"], &src.join("seqprint.c"), &[]);
         Progs {
             dir,
             memcheck,
@@ -270,6 +274,7 @@ pub fn progs() -> &'static Progs {
             selfexec,
             daemonize,
             maskwait,
+            seqprint,
         }
     })
 }
@@ -1108,6 +1113,10 @@ pub struct Protected {
     pub name: String,
     pub control: PathBuf,
     out: Arc<Mutex<Vec<String>>>,
+    /// Its stdout byte for byte (a last line without its newline stays so).
+    out_raw: Arc<Mutex<Vec<u8>>>,
+    /// The stdout reader stops reading while set (a slow reader: the pipe fills).
+    out_paused: Arc<AtomicBool>,
     err: Arc<Mutex<Vec<String>>>,
     out_eof: Arc<AtomicBool>,
     err_eof: Arc<AtomicBool>,
@@ -1116,16 +1125,33 @@ pub struct Protected {
     dir: TempDir,
 }
 
-fn line_reader(r: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>, eof: Arc<AtomicBool>) {
+/// How long a paused reader ([`Protected::pause_stdout`]) stays paused at most.
+const READER_PAUSE_MAX: Duration = Duration::from_secs(120);
+
+fn line_reader(
+    r: impl Read + Send + 'static,
+    into: Arc<Mutex<Vec<String>>>,
+    raw: Option<(Arc<Mutex<Vec<u8>>>, Arc<AtomicBool>)>,
+    eof: Arc<AtomicBool>,
+) {
     thread::spawn(move || {
         let mut r = BufReader::new(r);
         let mut buf = Vec::new();
         // Bounded by the stream: read_until returns 0 at end of file.
         loop {
+            if let Some((_, paused)) = &raw {
+                let since = Instant::now();
+                while paused.load(Ordering::SeqCst) && since.elapsed() < READER_PAUSE_MAX {
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
             buf.clear();
             match r.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
+                    if let Some((raw, _)) = &raw {
+                        raw.lock().expect("lock").extend_from_slice(&buf);
+                    }
                     let l = String::from_utf8_lossy(&buf)
                         .trim_end_matches('\n')
                         .to_string();
@@ -1191,14 +1217,18 @@ impl Protected {
         let err = Arc::new(Mutex::new(Vec::new()));
         let out_eof = Arc::new(AtomicBool::new(false));
         let err_eof = Arc::new(AtomicBool::new(false));
+        let out_raw = Arc::new(Mutex::new(Vec::new()));
+        let out_paused = Arc::new(AtomicBool::new(false));
         line_reader(
             child.stdout.take().expect("stdout"),
             out.clone(),
+            Some((out_raw.clone(), out_paused.clone())),
             out_eof.clone(),
         );
         line_reader(
             child.stderr.take().expect("stderr"),
             err.clone(),
+            None,
             err_eof.clone(),
         );
         let name = std::iter::once(prog.display().to_string())
@@ -1211,6 +1241,8 @@ impl Protected {
             name,
             control,
             out,
+            out_raw,
+            out_paused,
             err,
             out_eof,
             err_eof,
@@ -1226,6 +1258,18 @@ impl Protected {
     /// The lines printed to stdout so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.out.lock().expect("lock").clone()
+    }
+
+    /// What it printed to stdout so far, byte for byte.
+    pub fn stdout_bytes(&self) -> Vec<u8> {
+        self.out_raw.lock().expect("lock").clone()
+    }
+
+    /// Stops (true) or resumes (false) reading the program's stdout, as a slow reader would:
+    /// the pipe fills and what the primary may release waits in `remusd primary`. A paused
+    /// reader resumes by itself after two minutes.
+    pub fn pause_stdout(&self, paused: bool) {
+        self.out_paused.store(paused, Ordering::SeqCst);
     }
 
     /// What it printed to stderr so far.
