@@ -81,6 +81,7 @@ pub const LAYOUT: &[(&str, usize)] = &[
     ("THREADS_OFF", crate::THREADS_OFF),
     ("MAX_THREADS", crate::MAX_THREADS),
     ("ThreadRecord", size_of::<crate::ThreadRecord>()),
+    ("PipeProbe", size_of::<crate::PipeProbe>()),
 ];
 
 /// FNV-1a over every name and value of [`LAYOUT`].
@@ -106,8 +107,8 @@ pub const FINGERPRINT: u64 = {
     h
 };
 
-/// The fingerprint of the layout [`crate::ABI_VERSION`] (6) names. Change both together.
-pub const FINGERPRINT_OF_THIS_VERSION: u64 = 0x528f_e6c0_04bd_9e43;
+/// The fingerprint of the layout [`crate::ABI_VERSION`] (7) names. Change both together.
+pub const FINGERPRINT_OF_THIS_VERSION: u64 = 0xc319_5ce4_ef17_d1db;
 
 const _: () = assert!(
     FINGERPRINT == FINGERPRINT_OF_THIS_VERSION,

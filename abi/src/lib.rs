@@ -93,7 +93,9 @@ pub const STAGING_MAGIC: u64 = u64::from_le_bytes(*b"REMUSSTG");
 /// 5: [`MsgKind::ChildServes`].
 /// 6: threads: [`ThreadRecord`]s at [`THREADS_OFF`], `n_threads` and `rendezvous_ns` in the
 ///    header, [`MsgKind::ThreadStuck`].
-pub const ABI_VERSION: u32 = 6;
+/// 7: `stdio_pipes` in the header ([`PipeProbe`]: the held output pipes' unread bytes at the
+///    checkpoint).
+pub const ABI_VERSION: u32 = 7;
 
 pub const MAX_RESETS: usize = 8192;
 pub const MAX_FDS: usize = 1024;
@@ -253,6 +255,23 @@ pub struct StagingHeader {
     pub n_threads: u32,
     /// Time the leader spent bringing every other thread into the handler (0: one thread).
     pub rendezvous_ns: u64,
+    /// The app's fds 1 and 2 at the checkpoint (index 0: fd 1), where they are pipes: what
+    /// remusd needs to split a held output stream exactly at the checkpoint.
+    pub stdio_pipes: [PipeProbe; 2],
+}
+
+/// One of the app's fds 1 and 2 at a checkpoint. Where it is a pipe (the one the shim put in
+/// place of a held output stream, whose read end remusd holds), `ino` is the pipe's inode and
+/// `unread` the bytes written to it that nobody has read yet (`FIONREAD`): remusd, which does
+/// not read its held pipes while an epoch signal is outstanding, tags exactly that many of the
+/// bytes after those it has read with this epoch. `ino` 0: not a pipe, or not known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipeProbe {
+    pub ino: u64,
+    pub unread: u32,
+    /// 1 when `unread` was read (`FIONREAD` answered).
+    pub valid: u32,
 }
 
 /// The per-thread records of the last chunk of an epoch, inside the header area.

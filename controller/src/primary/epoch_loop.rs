@@ -48,7 +48,15 @@ impl Primary {
                 Duration::from_millis(50)
             };
             let mut fds = vec![self.shim.raw_fd(), pidfd.as_raw_fd()];
-            fds.extend(self.output.poll_fds());
+            // Not while an epoch signal is outstanding (for at most READ_PAUSE_MAX): its
+            // checkpoint says how much of what waits in the pipes precedes it.
+            let waiting_for_checkpoint = self
+                .in_epoch
+                .as_ref()
+                .is_some_and(|e| e.signalled_at.elapsed() < super::output::READ_PAUSE_MAX);
+            if !waiting_for_checkpoint {
+                fds.extend(self.output.poll_fds());
+            }
             let ready = crate::sys::poll_readable(&fds, Some(timeout)).context("poll")?;
             if ready[2..].iter().any(|&r| r) {
                 self.output.pump(self.output_tag());
@@ -131,6 +139,7 @@ impl Primary {
             "the program execs {path}: protection follows it into the new image (same pid, same standby)"
         );
         self.in_epoch = None;
+        self.output.epoch_abandoned();
         self.exec = Some(ExecPending {
             since: Instant::now(),
             what: format!("exec'd {path}"),
@@ -185,6 +194,7 @@ impl Primary {
             "the program exits leaving its child running the same program (it daemonized): protection moves to the child"
         );
         self.in_epoch = None;
+        self.output.epoch_abandoned();
         self.exec = Some(ExecPending {
             since: Instant::now(),
             what: format!("daemonized: its child {child} carries on as the program"),
@@ -269,7 +279,9 @@ impl Primary {
         // (output_tag() is this epoch's number while no signal is outstanding).
         self.output.pump(self.output_tag());
         self.stream_batch();
+        self.output.signal_sent();
         if let Err(e) = crate::sys::kill(self.args.app_pid, remus_abi::EPOCH_SIGNAL) {
+            self.output.epoch_abandoned();
             tracing::warn!("sending the epoch signal to {}: {e}", self.args.app_pid);
             // The pidfd tells us if the app is gone; try again next tick.
             self.next_tick = now + epoch;
@@ -389,6 +401,10 @@ impl Primary {
         if self.shipping_stopped() || self.link.is_none() {
             drain(&self.shim)?;
             if last {
+                if let Ok(h) = &hdr {
+                    self.output.checkpoint(epoch, &h.stdio_pipes);
+                }
+                self.output.epoch_abandoned();
                 self.in_epoch = None;
                 // Dropped (the standby was lost mid-epoch): the next epoch follows this one.
                 self.last_epoch = Some(epoch);
@@ -494,6 +510,9 @@ impl Primary {
                 );
                 return Ok(());
             }
+            // The output written before this checkpoint, exactly, goes with its commit.
+            self.output.checkpoint(epoch, &h.stdio_pipes);
+            let output = self.output.ship(epoch);
             let (n, pause) = (meta.pages, meta.pause_ns);
             let unrestorable = crate::restore::unrestorable_fds(&meta);
             let streamed = h.flags & remus_abi::HDR_FLAG_STREAMED != 0;
@@ -504,6 +523,7 @@ impl Primary {
                 && link.ship(Outbound::Commit {
                     epoch,
                     meta: Box::new(meta),
+                    output,
                 });
             self.in_epoch = None;
             self.last_epoch = Some(epoch);

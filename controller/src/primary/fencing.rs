@@ -265,6 +265,7 @@ impl Primary {
             }
         );
         self.link = Some(link);
+        self.output.new_link();
         self.want_epoch = self.want_epoch.max(last + 1);
         self.next_tick = Instant::now();
         self.start_stream();

@@ -14,7 +14,7 @@ use crate::control::status::SharedStatus;
 use crate::image::EpochMeta;
 use crate::wire::auth::{self, AuthError, LinkSecurity};
 use crate::wire::frame::SendFrameError;
-use crate::wire::messages::{GoodbyeReason, Hello, Refusal, WireMsg};
+use crate::wire::messages::{GoodbyeReason, Hello, Refusal, Released, WireMsg};
 
 use super::pipeline::{encode_loop, ToSender};
 pub use super::pipeline::{Outbound, PART_PAGES};
@@ -101,6 +101,10 @@ impl ConnectError {
 
 /// Called (from the link's reader thread) with each epoch the standby acknowledges.
 pub type OnAck = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Asked (by the link's sender thread) for the release watermark of the held output streams,
+/// which the heartbeats carry to the standby (DESIGN §10).
+pub type Watermark = Arc<dyn Fn() -> Released + Send + Sync>;
 
 /// Why the link is down (first reason wins), and what the acks prove.
 #[derive(Default)]
@@ -206,6 +210,7 @@ impl Link {
         timeout: Duration,
         status: SharedStatus,
         on_ack: OnAck,
+        watermark: Watermark,
         pipe: PipelineOpts,
     ) -> Result<Link, ConnectError> {
         let addrs: Vec<SocketAddr> = addr
@@ -294,7 +299,13 @@ impl Link {
         threads.push(
             std::thread::Builder::new()
                 .name("link-send".into())
-                .spawn(move || send_loop(writer, frame_rx, written_tx, heartbeat, h, st, a))
+                .spawn(move || {
+                    let beat = Beat {
+                        every: heartbeat,
+                        watermark,
+                    };
+                    send_loop(writer, frame_rx, written_tx, beat, h, st, a)
+                })
                 .map_err(conn)?,
         );
         let (h, a) = (health.clone(), addr.to_string());
@@ -429,26 +440,59 @@ impl Read for Counting {
     }
 }
 
+/// When the sender sends heartbeats, and what they carry.
+struct Beat {
+    every: Duration,
+    watermark: Watermark,
+}
+
 fn send_loop(
     mut w: FrameWriter<TcpStream>,
     rx: Receiver<ToSender>,
     written: Sender<()>,
-    heartbeat: Duration,
+    beat: Beat,
     health: Arc<Health>,
     status: SharedStatus,
     addr: String,
 ) {
+    let heartbeat = beat.every;
     let mut last_tx = Instant::now();
+    // The watermark the standby last heard, and when: a heartbeat goes out every interval
+    // while it moves, even when epochs keep the link busy (they are no heartbeats).
+    let mut reported = Released::default();
+    let mut last_report = Instant::now();
     loop {
-        let wait = heartbeat.saturating_sub(last_tx.elapsed());
+        let mark = (beat.watermark)();
+        let moved = mark != reported;
+        if moved && last_report.elapsed() >= heartbeat {
+            if let Err(e) = w.send(&WireMsg::Heartbeat {
+                released: mark.clone(),
+            }) {
+                health.fail(format!("sending a heartbeat: {e}"));
+                return;
+            }
+            (last_tx, last_report, reported) = (Instant::now(), Instant::now(), mark);
+            status.lock().status.bytes_wire = w.bytes();
+            continue;
+        }
+        let mut wait = heartbeat.saturating_sub(last_tx.elapsed());
+        if moved {
+            wait = wait.min(heartbeat.saturating_sub(last_report.elapsed()));
+        }
         let item = match rx.recv_timeout(wait) {
             Ok(i) => i,
             Err(RecvTimeoutError::Timeout) => {
-                if let Err(e) = w.send(&WireMsg::Heartbeat) {
+                if last_tx.elapsed() < heartbeat {
+                    continue; // the watermark's turn: sent at the top of the loop
+                }
+                let mark = (beat.watermark)();
+                if let Err(e) = w.send(&WireMsg::Heartbeat {
+                    released: mark.clone(),
+                }) {
                     health.fail(format!("sending a heartbeat: {e}"));
                     return;
                 }
-                last_tx = Instant::now();
+                (last_tx, last_report, reported) = (Instant::now(), Instant::now(), mark);
                 status.lock().status.bytes_wire = w.bytes();
                 continue;
             }
@@ -518,7 +562,7 @@ fn recv_loop(mut r: FrameReader<Counting>, health: Arc<Health>, addr: String, on
                 on_ack(epoch);
                 tracing::trace!(epoch, "standby acked");
             }
-            Ok(Some(WireMsg::Heartbeat)) => health.rx(),
+            Ok(Some(WireMsg::Heartbeat { .. })) => health.rx(),
             Ok(Some(WireMsg::Goodbye { reason })) => {
                 health.fail(format!("the standby said goodbye: {reason}"));
                 return;

@@ -11,17 +11,28 @@
 //!
 //! The split point. The main thread reads the pipes whenever they are readable and tags what
 //! it reads with the epoch whose checkpoint is certain to come after the read: the epoch of
-//! the next epoch signal when none is outstanding, the one after it while one is. It also
-//! reads everything available just before it sends each signal, so that in the common case the
-//! bytes written before checkpoint k are tagged k exactly. Bytes written between that last read
-//! and the handler are tagged k+1: later than necessary, never too early (the handler runs
-//! after the signal is sent, which is after the read). No message, no extra pause in the app.
+//! the next epoch signal. It reads everything available just before it sends each signal, and
+//! nothing while the signal is outstanding; in the pause the shim notes how many bytes are
+//! still unread in each pipe (`remus_abi::PipeProbe`), so when the epoch's last chunk arrives
+//! exactly those bytes are read and tagged k ([`Output::checkpoint`]): the bytes written before
+//! checkpoint k are tagged k, those after it k+1. (Without a usable probe, or when an epoch
+//! takes longer than [`READ_PAUSE_MAX`] and the pipes are read meanwhile, bytes read while the
+//! signal is outstanding are tagged k+1: later than necessary, never too early.)
+//!
+//! Committed output (DESIGN §10). Each piece goes to the standby with the commit of the first
+//! epoch whose number is at least its tag ([`Output::ship`], inside the epoch frame the
+//! standby acks), with its stream offset; the release thread counts, per stream, the bytes it
+//! has written out ([`Output::watermark`], carried by the link's heartbeats). At a takeover the
+//! standby writes what it holds past that watermark: output of committed epochs that this
+//! primary died before writing is not lost, and at most what was written after the last report
+//! is written twice.
 //!
 //! Release. A release thread writes, in the order read (across streams too), every queued piece
 //! whose tag is at most the committed epoch (set from the link's ack callback), so a slow
 //! reader of the app's output never stalls acks or heartbeats. Once protection stops (standby
 //! lost, second thread, the app exiting on its own), everything is released and the streams
-//! pass through. When the primary side dies, what is still held is simply gone.
+//! pass through. When the primary side dies, what is still held here is gone, but what was
+//! committed is with the standby (below).
 //!
 //! Backpressure. At most [`HELD_LIMIT`] bytes are held; beyond it remusd stops reading the
 //! pipes and the app blocks on a full pipe (or gets `EAGAIN` if its descriptor was
@@ -36,7 +47,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use remus_abi::PipeProbe;
+
 use crate::control::status::SharedStatus;
+use crate::wire::messages::{HeldOutput, OutStream, PageBytes, Released};
+
+use super::link::Watermark;
 
 /// The most output bytes held for the standby before the app is made to wait.
 pub const HELD_LIMIT: u64 = 64 << 20;
@@ -45,6 +63,9 @@ const ALL: u64 = u64::MAX;
 const READ_CHUNK: usize = 64 << 10;
 /// Pieces merged in the queue stay below this (fewer, larger writes at release).
 const MERGE_LIMIT: usize = 1 << 20;
+/// The pipes are not read while an epoch signal is outstanding, for at most this long (an app
+/// that does not answer the signal must not block on a full pipe for good).
+pub const READ_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// One held stream as inherited from the shim.
 pub struct OutputStream {
@@ -59,10 +80,14 @@ pub struct OutputStream {
 struct Piece {
     stream: usize,
     tag: u64,
+    /// Where `data` starts in its stream (bytes read from it before).
+    off: u64,
     data: Vec<u8>,
     /// End of the stream: close the destination once everything before it is written.
     eof: bool,
     read_at: Instant,
+    /// Sent to the standby (with an epoch's commit) on the current link.
+    shipped: bool,
 }
 
 struct Inner {
@@ -74,12 +99,22 @@ struct Inner {
     finish: bool,
     /// Writing to the stream's destination failed for good.
     broken: Vec<bool>,
+    /// Pieces taken off the queue's front so far: `queue[0]` is piece number `popped`.
+    popped: u64,
+    /// The first piece (by number) that may not be shipped on this link yet; every one before
+    /// it was shipped or released.
+    ship_from: u64,
 }
 
 struct Shared {
     m: Mutex<Inner>,
     cv: Condvar,
     status: SharedStatus,
+    /// Which stream each index is (for the standby).
+    ids: Vec<OutStream>,
+    /// Per stream: the bytes from its start that are written out (or dropped with a broken
+    /// destination): the release watermark.
+    written: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -107,6 +142,12 @@ pub struct Output {
     names: Vec<String>,
     /// Read ends, `None` once at end of file (or closed because the destination broke).
     srcs: Vec<Option<OwnedFd>>,
+    /// The inode of each stream's pipe (matched with the shim's [`PipeProbe`]s).
+    inos: Vec<u64>,
+    /// Bytes read from each stream so far.
+    read_off: Vec<u64>,
+    /// Bytes read from all streams when the last epoch signal went out.
+    read_at_signal: Option<u64>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     buf: Vec<u8>,
@@ -117,11 +158,18 @@ impl Output {
         let mut names = Vec::new();
         let mut srcs = Vec::new();
         let mut dests = Vec::new();
+        let mut ids = Vec::new();
+        let mut inos = Vec::new();
         for s in streams {
             if let Err(e) = crate::sys::set_nonblocking(s.src.as_raw_fd()) {
                 tracing::warn!(stream = %s.name, "cannot make the output pipe non-blocking: {e}");
             }
             tracing::info!(stream = %s.name, "output held until its epoch commits");
+            ids.push(OutStream::from_name(&s.name).unwrap_or_else(|| {
+                tracing::warn!(stream = %s.name, "unknown output stream name; counted as stdout");
+                OutStream::Stdout
+            }));
+            inos.push(pipe_ino(&s.src));
             names.push(s.name);
             srcs.push(Some(s.src));
             dests.push(Some(s.dest));
@@ -134,9 +182,13 @@ impl Output {
                 released: 0,
                 finish: false,
                 broken: vec![false; names.len()],
+                popped: 0,
+                ship_from: 0,
             }),
             cv: Condvar::new(),
             status,
+            written: ids.iter().map(|_| AtomicU64::new(0)).collect(),
+            ids,
         });
         let thread = if names.is_empty() {
             None
@@ -150,12 +202,105 @@ impl Output {
                 .ok()
         };
         Output {
+            read_off: vec![0; names.len()],
             names,
             srcs,
+            inos,
+            read_at_signal: None,
             shared,
             thread,
             buf: vec![0; READ_CHUNK],
         }
+    }
+
+    /// The release watermark: per stream, the bytes written out so far.
+    pub fn watermark(&self) -> Watermark {
+        let sh = self.shared.clone();
+        Arc::new(move || {
+            Released(
+                sh.ids
+                    .iter()
+                    .zip(&sh.written)
+                    .map(|(&id, w)| (id, w.load(Ordering::Acquire)))
+                    .collect(),
+            )
+        })
+    }
+
+    /// The held output that goes with the commit of `epoch`: every piece not shipped on this
+    /// link yet, up to the last one tagged `epoch` or earlier (a piece read before one that
+    /// precedes checkpoint `epoch` precedes it too), in the order read. They are retagged
+    /// `epoch` where they were tagged later: the standby that acks `epoch` holds them.
+    pub fn ship(&self, epoch: u64) -> Vec<HeldOutput> {
+        let mut g = self.shared.lock();
+        let start = g.ship_from.saturating_sub(g.popped) as usize;
+        let Some(last) = (start..g.queue.len())
+            .rev()
+            .find(|&i| g.queue[i].tag <= epoch)
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for p in g.queue.range_mut(start..=last) {
+            if p.shipped {
+                continue;
+            }
+            p.shipped = true;
+            p.tag = p.tag.min(epoch);
+            if !p.data.is_empty() {
+                out.push(HeldOutput {
+                    stream: self.shared.ids[p.stream],
+                    offset: p.off,
+                    data: PageBytes(p.data.clone()),
+                });
+            }
+        }
+        g.ship_from = g.popped + last as u64 + 1;
+        out
+    }
+
+    /// A new link to a standby (a new, empty one): everything still queued goes to it again,
+    /// with the next commit.
+    pub fn new_link(&self) {
+        let mut g = self.shared.lock();
+        g.ship_from = g.popped;
+        for p in g.queue.iter_mut() {
+            p.shipped = false;
+        }
+    }
+
+    /// The epoch signal is about to go out (everything available was just read): the pipes
+    /// are not read again until the epoch's checkpoint arrives.
+    pub fn signal_sent(&mut self) {
+        self.read_at_signal = Some(self.read_off.iter().sum());
+    }
+
+    /// The checkpoint of `epoch` arrived with the shim's view of the pipes: reads exactly the
+    /// bytes the app wrote before it and tags them `epoch`. Nothing is done when the pipes were
+    /// read while the signal was outstanding (what was read then is tagged later already).
+    pub fn checkpoint(&mut self, epoch: u64, probes: &[PipeProbe]) {
+        let Some(at_signal) = self.read_at_signal.take() else {
+            return;
+        };
+        if self.read_off.iter().sum::<u64>() != at_signal {
+            return;
+        }
+        for i in 0..self.srcs.len() {
+            let ino = self.inos[i];
+            let Some(p) = probes
+                .iter()
+                .find(|p| ino != 0 && p.ino == ino && p.valid != 0)
+            else {
+                continue;
+            };
+            self.read_stream(i, epoch, Some(p.unread as usize));
+        }
+    }
+
+    /// The epoch signal is no longer outstanding without a checkpoint (an exec, a handover,
+    /// a dropped epoch): the pipes are read again.
+    pub fn epoch_abandoned(&mut self) {
+        self.read_at_signal = None;
     }
 
     pub fn committer(&self) -> Committer {
@@ -197,41 +342,59 @@ impl Output {
     pub fn pump(&mut self, tag: u64) {
         self.close_broken();
         for i in 0..self.srcs.len() {
-            while let Some(fd) = self.srcs[i].as_ref() {
-                {
-                    let g = self.shared.lock();
-                    if g.held >= HELD_LIMIT && g.committed != ALL {
-                        return;
-                    }
-                }
-                match crate::sys::read_nonblocking(fd.as_raw_fd(), &mut self.buf) {
-                    Ok(Some(0)) | Err(_) => {
-                        // End of file (every writer closed it), or an error no read will fix.
-                        self.srcs[i] = None;
-                        self.push(i, tag, Vec::new(), true);
-                        tracing::debug!(stream = %self.names[i], "output stream closed by the app");
-                        break;
-                    }
-                    Ok(Some(n)) => {
-                        let data = self.buf[..n].to_vec();
-                        self.push(i, tag, data, false);
-                        if n < self.buf.len() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break, // nothing more for now
-                }
+            if !self.read_stream(i, tag, None) {
+                return;
             }
         }
     }
 
-    fn push(&self, stream: usize, tag: u64, data: Vec<u8>, eof: bool) {
+    /// Reads what is available on stream `i` (at most `limit` bytes), queued with `tag`.
+    /// False when the held bytes reached their limit.
+    fn read_stream(&mut self, i: usize, tag: u64, limit: Option<usize>) -> bool {
+        let mut left = limit.unwrap_or(usize::MAX);
+        while let Some(fd) = self.srcs[i].as_ref() {
+            if left == 0 {
+                break;
+            }
+            {
+                let g = self.shared.lock();
+                if g.held >= HELD_LIMIT && g.committed != ALL {
+                    return false;
+                }
+            }
+            let want = self.buf.len().min(left);
+            match crate::sys::read_nonblocking(fd.as_raw_fd(), &mut self.buf[..want]) {
+                Ok(Some(0)) | Err(_) => {
+                    // End of file (every writer closed it), or an error no read will fix.
+                    self.srcs[i] = None;
+                    self.push(i, tag, Vec::new(), true);
+                    tracing::debug!(stream = %self.names[i], "output stream closed by the app");
+                    break;
+                }
+                Ok(Some(n)) => {
+                    let data = self.buf[..n].to_vec();
+                    self.push(i, tag, data, false);
+                    left -= n;
+                    if n < want {
+                        break;
+                    }
+                }
+                Ok(None) => break, // nothing more for now
+            }
+        }
+        true
+    }
+
+    fn push(&mut self, stream: usize, tag: u64, data: Vec<u8>, eof: bool) {
+        let off = self.read_off[stream];
+        self.read_off[stream] += data.len() as u64;
         let mut g = self.shared.lock();
         g.held += data.len() as u64;
         let merged = match g.queue.back_mut() {
             Some(last)
                 if !eof
                     && !last.eof
+                    && !last.shipped
                     && last.stream == stream
                     && last.tag == tag
                     && last.data.len() + data.len() <= MERGE_LIMIT =>
@@ -245,9 +408,11 @@ impl Output {
             g.queue.push_back(Piece {
                 stream,
                 tag,
+                off,
                 data,
                 eof,
                 read_at: Instant::now(),
+                shipped: false,
             });
         }
         let (held, committed) = (g.held, g.committed);
@@ -308,6 +473,7 @@ fn release_loop(sh: Arc<Shared>, mut dests: Vec<Option<OwnedFd>>, names: Vec<Str
             let mut g = sh.lock();
             loop {
                 if g.queue.front().is_some_and(|p| p.tag <= g.committed) {
+                    g.popped += 1;
                     break g.queue.pop_front();
                 }
                 if g.finish && g.queue.is_empty() {
@@ -318,15 +484,18 @@ fn release_loop(sh: Arc<Shared>, mut dests: Vec<Option<OwnedFd>>, names: Vec<Str
         };
         let Some(p) = piece else { return };
         let len = p.data.len() as u64;
+        let written = &sh.written[p.stream];
         if let Some(dest) = dests[p.stream].as_ref() {
             if !p.data.is_empty() {
-                if let Err(e) = write_all(dest.as_raw_fd(), &p.data) {
+                if let Err(e) = write_all(dest.as_raw_fd(), &p.data, written) {
                     tracing::warn!(stream = %names[p.stream], "writing released output: {e}; dropping the rest of this stream");
                     dests[p.stream] = None;
                     sh.lock().broken[p.stream] = true;
                 }
             }
         }
+        // Written, or dropped for good: the standby need not write it either.
+        written.fetch_max(p.off + len, Ordering::AcqRel);
         if p.eof {
             dests[p.stream] = None; // the app closed it: close our copy, after its data
         }
@@ -346,12 +515,29 @@ fn release_loop(sh: Arc<Shared>, mut dests: Vec<Option<OwnedFd>>, names: Vec<Str
     }
 }
 
-/// Writes all of `data`, waiting for room when the destination is non-blocking.
-fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+/// The inode of a pipe's read end (0 if unknown).
+fn pipe_ino(fd: &OwnedFd) -> u64 {
+    // SAFETY: an all-zero stat is a valid out-parameter; fstat writes one struct stat.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd.as_raw_fd(), &mut st) == 0 {
+            st.st_ino
+        } else {
+            0
+        }
+    }
+}
+
+/// Writes all of `data`, waiting for room when the destination is non-blocking; `written`
+/// counts each write's bytes as it returns (the release watermark moves with partial writes).
+fn write_all(fd: RawFd, mut data: &[u8], written: &AtomicU64) -> io::Result<()> {
     while !data.is_empty() {
         match crate::sys::write(fd, data) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-            Ok(n) => data = &data[n..],
+            Ok(n) => {
+                written.fetch_add(n as u64, Ordering::AcqRel);
+                data = &data[n..];
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => crate::sys::wait_writable(fd)?,
             Err(e) => return Err(e),

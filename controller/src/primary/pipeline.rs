@@ -29,7 +29,9 @@ use crossbeam::channel::{Receiver, Sender};
 use crate::control::status::SharedStatus;
 use crate::image::{forget_resets, prune_to_layout, EpochMeta, Layout};
 use crate::wire::delta::{self, Encoding};
-use crate::wire::messages::{EpochCommit, EpochPart, GoodbyeReason, PageBytes, WireMsg};
+use crate::wire::messages::{
+    EpochCommit, EpochPart, GoodbyeReason, HeldOutput, PageBytes, WireMsg,
+};
 
 /// Pages per `EpochPart` frame: 4096 pages = 16 MiB.
 pub const PART_PAGES: usize = 4096;
@@ -41,8 +43,13 @@ pub enum Outbound {
         epoch: u64,
         pages: Vec<(u64, PageBytes)>,
     },
-    /// The end of `epoch`.
-    Commit { epoch: u64, meta: Box<EpochMeta> },
+    /// The end of `epoch`, with the held output that goes with it (the standby keeps it for
+    /// a takeover; see [`EpochCommit::output`]).
+    Commit {
+        epoch: u64,
+        meta: Box<EpochMeta>,
+        output: Vec<HeldOutput>,
+    },
     /// Say goodbye, then signal `done` and stop.
     Goodbye {
         reason: GoodbyeReason,
@@ -164,6 +171,8 @@ pub struct Merged {
     pub resets: Vec<(u64, u64)>,
     /// The metadata of `last`, once its commit arrived.
     pub meta: Option<Box<EpochMeta>>,
+    /// The held output of every epoch folded in, in order.
+    pub output: Vec<HeldOutput>,
     maps: String,
     layout: Layout,
 }
@@ -196,8 +205,9 @@ impl Merged {
     /// Folds in the end of `epoch`: its resets drop earlier epochs' pages in their ranges,
     /// pages outside its regions go (as the standby would prune them), its resets are
     /// appended, its metadata wins.
-    pub fn add_commit(&mut self, epoch: u64, mut meta: Box<EpochMeta>) {
+    pub fn add_commit(&mut self, epoch: u64, mut meta: Box<EpochMeta>, output: Vec<HeldOutput>) {
         self.last = self.last.max(epoch);
+        self.output.extend(output);
         forget_resets(
             &mut self.pages,
             &meta.resets,
@@ -233,8 +243,8 @@ impl Merged {
         self.meta = Some(meta);
     }
 
-    /// The merged epoch as it goes out: (epoch, pages in address order, metadata).
-    pub fn finish(mut self) -> (u64, Vec<Page>, Option<Box<EpochMeta>>) {
+    /// The merged epoch as it goes out: (epoch, pages in address order, metadata, output).
+    pub fn finish(mut self) -> (u64, Vec<Page>, Option<Box<EpochMeta>>, Vec<HeldOutput>) {
         let pages: Vec<Page> = std::mem::take(&mut self.pages)
             .into_iter()
             .map(|(a, (_, p))| (a, p))
@@ -244,7 +254,8 @@ impl Merged {
             m.pages = pages.len() as u64;
             m
         });
-        (self.last, pages, meta)
+        let output = std::mem::take(&mut self.output);
+        (self.last, pages, meta, output)
     }
 }
 
@@ -257,6 +268,7 @@ struct Sending {
     sent: u64,
     /// None while the epoch is streamed and its commit has not arrived.
     meta: Option<Box<EpochMeta>>,
+    output: Vec<HeldOutput>,
 }
 
 /// Counters the encoder keeps (copied into the status).
@@ -313,14 +325,19 @@ impl Encoder {
                 }
                 self.pending_for(epoch).add_pages(epoch, pages);
             }
-            Outbound::Commit { epoch, meta } => {
+            Outbound::Commit {
+                epoch,
+                meta,
+                output,
+            } => {
                 if let Some(s) = &mut self.sending {
                     if s.epoch == epoch && s.meta.is_none() {
                         s.meta = Some(meta);
+                        s.output.extend(output);
                         return;
                     }
                 }
-                self.pending_for(epoch).add_commit(epoch, meta);
+                self.pending_for(epoch).add_commit(epoch, meta, output);
             }
             Outbound::Goodbye { reason, done } => {
                 // The standby discards its image on any goodbye: nothing queued matters.
@@ -348,13 +365,14 @@ impl Encoder {
             if let Some(p) = self.pending.take() {
                 // Complete, or a single epoch still arriving (it can be streamed).
                 if p.complete() || p.first == p.last {
-                    let (epoch, pages, meta) = p.finish();
+                    let (epoch, pages, meta, output) = p.finish();
                     self.sending = Some(Sending {
                         epoch,
                         pages: pages.into(),
                         part: 0,
                         sent: 0,
                         meta,
+                        output,
                     });
                 } else {
                     self.pending = Some(p);
@@ -415,7 +433,7 @@ impl Encoder {
             });
         }
         let meta = s.meta.take()?;
-        let s = self.sending.take().expect("checked above");
+        let mut s = self.sending.take().expect("checked above");
         let mut meta = meta;
         meta.pages = s.sent;
         self.shadow.commit(s.epoch, &meta.resets, &meta.maps);
@@ -424,6 +442,7 @@ impl Encoder {
                 epoch: s.epoch,
                 parts: s.part,
                 meta: *meta,
+                output: std::mem::take(&mut s.output),
             })),
             pages: 0,
             snap_only: None,
@@ -661,6 +680,7 @@ mod tests {
             enc.absorb(Outbound::Commit {
                 epoch,
                 meta: Box::new(meta),
+                output: Vec::new(),
             });
             let take = if per_epoch >= 1000 {
                 u64::MAX
@@ -733,15 +753,22 @@ mod tests {
             })
         };
         m.add_pages(1, vec![(PG, pg(1)), (2 * PG, pg(1)), (3 * PG, pg(1))]);
-        m.add_commit(1, meta(1, vec![]));
+        let out = |offset: u64, b: &[u8]| HeldOutput {
+            stream: crate::wire::messages::OutStream::Stdout,
+            offset,
+            data: PageBytes(b.to_vec()),
+        };
+        m.add_commit(1, meta(1, vec![]), vec![out(0, b"one\n")]);
         // Epoch 2 resets 0x1000..0x3000 and writes 0x2000 again.
         m.add_pages(2, vec![(2 * PG, pg(2))]);
-        m.add_commit(2, meta(2, vec![(PG, 3 * PG)]));
+        m.add_commit(2, meta(2, vec![(PG, 3 * PG)]), vec![out(4, b"two\n")]);
         m.add_pages(3, vec![(3 * PG, pg(3))]);
-        m.add_commit(3, meta(3, vec![(7 * PG, 8 * PG)]));
+        m.add_commit(3, meta(3, vec![(7 * PG, 8 * PG)]), vec![]);
         assert!(m.complete());
-        let (epoch, pages, meta) = m.finish();
+        let (epoch, pages, meta, output) = m.finish();
         assert_eq!(epoch, 3);
+        // The merged epoch carries every folded epoch's output, in order.
+        assert_eq!(output, vec![out(0, b"one\n"), out(4, b"two\n")]);
         let meta = meta.unwrap();
         assert_eq!(meta.epoch, 3);
         assert_eq!(meta.resets, vec![(PG, 3 * PG), (7 * PG, 8 * PG)]);

@@ -11,7 +11,7 @@ use crate::control::status::SharedStatus;
 use crate::wire::auth::LinkSecurity;
 use crate::wire::messages::{GoodbyeReason, Hello, Refusal};
 
-use super::link::{ConnectError, LastContact, Link, OnAck, PipelineOpts};
+use super::link::{ConnectError, LastContact, Link, OnAck, PipelineOpts, Watermark};
 
 /// How long a lost standby that answers "busy" is asked again before the primary gives up
 /// asking (fencing: it may be about to take over at the end of the lost session).
@@ -30,6 +30,8 @@ pub struct Dialer {
     pub heartbeat: Duration,
     pub status: SharedStatus,
     pub pipeline: PipelineOpts,
+    /// The held output's release watermark, for the link's heartbeats.
+    pub watermark: Watermark,
 }
 
 impl Dialer {
@@ -43,6 +45,7 @@ impl Dialer {
             timeout,
             self.status.clone(),
             on_ack,
+            self.watermark.clone(),
             self.pipeline,
         )
     }

@@ -86,6 +86,7 @@ impl Primary {
                     Ok(link) => {
                         tracing::info!(standby = %addr, "connected to the standby; streaming the first full image");
                         self.link = Some(link);
+                        self.output.new_link();
                         self.start_stream();
                         self.set_protection(Protection::Syncing, |b| {
                             b.status.reason = Some(format!(

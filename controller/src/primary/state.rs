@@ -214,6 +214,7 @@ impl Primary {
             heartbeat: Duration::from_millis(self.args.heartbeat_ms.max(1)),
             status: self.status.clone(),
             pipeline: self.args.pipeline,
+            watermark: self.output.watermark(),
         })
     }
 

@@ -35,6 +35,7 @@ fn commit(epoch: u64, parts: u32, pages: u64) -> WireMsg {
     WireMsg::EpochCommit(Box::new(EpochCommit {
         epoch,
         parts,
+        output: Vec::new(),
         meta: EpochMeta {
             epoch,
             maps: MAPS.into(),
@@ -64,7 +65,9 @@ fn valid_msgs() -> Vec<WireMsg> {
                 pages: pages(p as u64),
             }));
         }
-        v.push(WireMsg::Heartbeat);
+        v.push(WireMsg::Heartbeat {
+            released: Default::default(),
+        });
         v.push(commit(e, parts, 2 * parts as u64));
     }
     v
@@ -204,7 +207,9 @@ fn any_msg() -> impl Strategy<Value = WireMsg> {
     });
     prop_oneof![
         Just(hello()),
-        Just(WireMsg::Heartbeat),
+        Just(WireMsg::Heartbeat {
+            released: Default::default()
+        }),
         Just(WireMsg::Ack { epoch: 1 }),
         (0u64..5, 0u32..3, proptest::collection::vec(page, 0..4))
             .prop_map(|(epoch, part, pages)| WireMsg::EpochPart(EpochPart { epoch, part, pages })),
@@ -213,6 +218,7 @@ fn any_msg() -> impl Strategy<Value = WireMsg> {
                 WireMsg::EpochCommit(Box::new(EpochCommit {
                     epoch,
                     parts,
+                    output: Vec::new(),
                     meta: EpochMeta {
                         epoch: meta_epoch,
                         maps: if bad_maps {

@@ -4,6 +4,7 @@
 pub mod detector;
 #[cfg(test)]
 mod fuzz;
+pub mod kept;
 pub mod receiver;
 pub mod reprotect;
 #[cfg(test)]
@@ -24,7 +25,9 @@ use crate::control::status::{SharedStatus, StandbyState, Status};
 use crate::image::Image;
 use crate::persist;
 use crate::wire::auth::{self, LinkSecurity, SessionKeys};
-use crate::wire::messages::{GoodbyeReason, HelloAck, Refusal, WireMsg, PROTOCOL_VERSION};
+use crate::wire::messages::{
+    GoodbyeReason, HelloAck, OutStream, Refusal, WireMsg, PROTOCOL_VERSION,
+};
 use crate::wire::{DecodeFrameError, FrameReader, FrameWriter};
 use detector::Liveness;
 use receiver::{Event, Receiver};
@@ -226,7 +229,7 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
                     primary: peer.clone(),
                     epoch,
                 };
-                return takeover(&rx.image, &peer, &why, &args, &status, &stop, &rejoin);
+                return takeover(&rx, &peer, &why, &args, &status, &stop, &rejoin);
             }
             SessionEnd::Protocol(why) => {
                 tracing::error!(%peer, "dropped the primary after a protocol error: {why}");
@@ -487,7 +490,9 @@ fn session_inner(
             };
             match ev {
                 Event::Nothing => {
-                    ctx.status.lock().status.epoch = rx.last_seen;
+                    let mut b = ctx.status.lock();
+                    b.status.epoch = rx.last_seen;
+                    b.status.output_held_bytes = rx.output.bytes();
                 }
                 Event::Hello(h) => {
                     tracing::info!(
@@ -523,7 +528,9 @@ fn session_inner(
                                     }
                                     if w.lock()
                                         .unwrap_or_else(|p| p.into_inner())
-                                        .send(&WireMsg::Heartbeat)
+                                        .send(&WireMsg::Heartbeat {
+                                            released: Default::default(),
+                                        })
                                         .is_err()
                                     {
                                         return;
@@ -552,6 +559,7 @@ fn session_inner(
                         b.status.last_dirty_pages = Some(pages);
                         b.status.epochs_total += 1;
                         b.status.bytes_raw = rx.bytes_raw;
+                        b.status.output_held_bytes = rx.output.bytes();
                         if let Some(m) = &rx.image.meta {
                             b.record_pause(m.pause_ns);
                         }
@@ -633,9 +641,109 @@ fn remove_committed(dir: &Path) {
     let _ = std::fs::remove_file(persist::path_in(dir));
 }
 
+/// One stream's committed output written at a takeover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Recovered {
+    stream: OutStream,
+    /// The stream offset it starts at (the primary's last reported watermark).
+    from: u64,
+    bytes: u64,
+}
+
+/// Writes the committed output the primary had not reported written (DESIGN §10) where the
+/// restored program's stdout and stderr go (`--stdout`/`--stderr`, else this daemon's own),
+/// in order, before the program resumes: so it comes first there, then the program's own.
+fn write_recovered(kept: &kept::KeptOutput, args: &StandbyArgs) -> Vec<Recovered> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let mut dests: [Option<std::fs::File>; 2] = [None, None];
+    let mut failed = [false; 2];
+    let mut done: Vec<Recovered> = Vec::new();
+    for (stream, from, data) in kept.owed() {
+        // A shared stdout+stderr goes where the restored program's fd 1 goes.
+        let i = usize::from(stream == OutStream::Stderr);
+        if failed[i] {
+            continue;
+        }
+        if dests[i].is_none() {
+            let path = if i == 0 { &args.stdout } else { &args.stderr };
+            let opened = match path {
+                Some(p) => {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .mode(0o644)
+                        .open(p)
+                        .map_err(|e| format!("{}: {e}", p.display()))
+                }
+                None => {
+                    let own = if i == 0 {
+                        io::stdout().as_fd().try_clone_to_owned()
+                    } else {
+                        io::stderr().as_fd().try_clone_to_owned()
+                    };
+                    own.map(std::fs::File::from)
+                        .map_err(|e| format!("this daemon's fd {}: {e}", i + 1))
+                }
+            };
+            match opened {
+                Ok(f) => dests[i] = Some(f),
+                Err(e) => {
+                    tracing::error!(
+                        stream = stream.name(),
+                        "cannot open where the restored program's output goes ({e}): committed \
+                         output of the primary is lost"
+                    );
+                    failed[i] = true;
+                    continue;
+                }
+            }
+        }
+        let Some(f) = dests[i].as_mut() else { continue };
+        if let Err(e) = f.write_all(data) {
+            tracing::error!(
+                stream = stream.name(),
+                "writing the primary's committed output: {e}; the rest of it is lost"
+            );
+            failed[i] = true;
+            continue;
+        }
+        match done.last_mut() {
+            Some(r) if r.stream == stream && r.from + r.bytes == from => {
+                r.bytes += data.len() as u64
+            }
+            _ => done.push(Recovered {
+                stream,
+                from,
+                bytes: data.len() as u64,
+            }),
+        }
+    }
+    for r in &done {
+        tracing::warn!(
+            stream = r.stream.name(),
+            from = r.from,
+            bytes = r.bytes,
+            "wrote {} bytes of committed output that the primary had not confirmed writing \
+             ({} from byte {}), before the restored program resumes",
+            r.bytes,
+            r.stream.name(),
+            r.from
+        );
+    }
+    if kept.dropped > 0 {
+        tracing::warn!(
+            bytes = kept.dropped,
+            "committed output beyond the standby's limit was dropped earlier and is lost"
+        );
+    }
+    done
+}
+
 /// Restores the image, waits for the restored process and returns its exit code.
 fn takeover(
-    image: &Image,
+    rx: &Receiver,
     peer: &str,
     why: &str,
     args: &StandbyArgs,
@@ -643,7 +751,14 @@ fn takeover(
     stop: &AtomicBool,
     rejoin: &reprotect::Slot,
 ) -> Result<i32> {
+    let image = &rx.image;
     let epoch = image.committed_epoch().unwrap_or(0);
+    // Committed output the primary may not have written: it is owed whatever happens next
+    // (the program's state is past it), so first.
+    let recovered: Vec<serde_json::Value> = write_recovered(&rx.output, args)
+        .iter()
+        .map(|r| serde_json::json!({ "stream": r.stream.name(), "from": r.from, "bytes": r.bytes }))
+        .collect();
     let opts = crate::restore::RestoreOptions {
         stdout: args.stdout.clone(),
         stderr: args.stderr.clone(),
@@ -703,7 +818,7 @@ fn takeover(
     }
     write_json_atomic(
         &args.state_dir.join("takeover.json"),
-        &serde_json::json!({ "epoch": epoch, "pid": pid, "time_ms": crate::sys::unix_ms(), "primary": peer, "reason": why }),
+        &serde_json::json!({ "epoch": epoch, "pid": pid, "time_ms": crate::sys::unix_ms(), "primary": peer, "reason": why, "recovered_output": recovered }),
     )?;
     let target = reprotect::Target {
         pid,

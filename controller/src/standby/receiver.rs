@@ -74,6 +74,8 @@ pub struct Receiver {
     pub bytes_raw: u64,
     /// Where committed file changes are written (None: nowhere; see [`crate::files`]).
     pub file_root: Option<crate::files::FileRoot>,
+    /// Committed output the primary has not reported written yet (for a takeover).
+    pub output: super::kept::KeptOutput,
 }
 
 impl Receiver {
@@ -116,7 +118,10 @@ impl Receiver {
         let r = match msg {
             WireMsg::EpochPart(p) => self.part(p).map(|_| Event::Nothing),
             WireMsg::EpochCommit(c) => self.commit(*c),
-            WireMsg::Heartbeat => Ok(Event::Nothing),
+            WireMsg::Heartbeat { released } => {
+                self.output.released(&released);
+                Ok(Event::Nothing)
+            }
             WireMsg::Goodbye { reason } => Ok(Event::Goodbye(reason)),
             m => Err(ReceiveError::Unexpected(m.name())),
         };
@@ -206,6 +211,7 @@ impl Receiver {
         }
         let pages = pend.pages.len() as u64;
         self.bytes_raw += meta_size(&c.meta);
+        let output = c.output;
         let mut meta = c.meta;
         let files = std::mem::take(&mut meta.files);
         self.image
@@ -221,6 +227,8 @@ impl Receiver {
                 why: format!("replicated files: {e}"),
             })?;
         }
+        // Committed: its output is owed to the world if the primary dies before writing it.
+        self.output.commit(output);
         Ok(Event::Committed {
             epoch: c.epoch,
             pages,

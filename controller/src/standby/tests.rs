@@ -45,6 +45,7 @@ fn commit(epoch: u64, parts: u32, pages: u64) -> WireMsg {
     WireMsg::EpochCommit(Box::new(EpochCommit {
         epoch,
         parts,
+        output: Vec::new(),
         meta: EpochMeta {
             epoch,
             maps: MAPS.into(),
@@ -125,7 +126,7 @@ impl Fake {
                     assert_eq!(e, epoch);
                     return;
                 }
-                Some(WireMsg::Heartbeat) | Some(WireMsg::HelloAck(_)) => {}
+                Some(WireMsg::Heartbeat { .. }) | Some(WireMsg::HelloAck(_)) => {}
                 m => panic!("unexpected {m:?}"),
             }
         }
@@ -255,7 +256,9 @@ fn missing_part_leaves_the_image_untouched() {
 fn receiver_checks_order_and_completeness() {
     let mut rx = Receiver::new();
     assert!(matches!(
-        rx.handle(WireMsg::Heartbeat),
+        rx.handle(WireMsg::Heartbeat {
+            released: Default::default()
+        }),
         Err(ReceiveError::NoHello(_))
     ));
     assert!(matches!(rx.handle(hello()), Ok(Event::Hello(_))));

@@ -374,7 +374,13 @@ mod tests {
 
     #[test]
     fn tampered_frame_rejected() {
-        let frames = stream(&[WireMsg::Heartbeat, part(), WireMsg::Ack { epoch: 3 }]);
+        let frames = stream(&[
+            WireMsg::Heartbeat {
+                released: Default::default(),
+            },
+            part(),
+            WireMsg::Ack { epoch: 3 },
+        ]);
         assert_eq!(read_all(&frames.concat()).unwrap().len(), 3);
         // Any flipped bit in the payload or tag, with the checksum fixed up: refused before
         // the payload is unpacked.
@@ -395,13 +401,23 @@ mod tests {
         }
         // A frame tagged with another key (another connection, or a stranger).
         let mut other = FrameWriter::new(Vec::new(), FrameKey::from_bytes([8; 32]));
-        other.send(&WireMsg::Heartbeat).unwrap();
+        other
+            .send(&WireMsg::Heartbeat {
+                released: Default::default(),
+            })
+            .unwrap();
         assert!(matches!(
             read_all(&other.inner),
             Err(DecodeFrameError::BadTag { seq: 1 })
         ));
         // An untagged frame.
-        let bare = encode_frame(1, &WireMsg::Heartbeat).unwrap();
+        let bare = encode_frame(
+            1,
+            &WireMsg::Heartbeat {
+                released: Default::default(),
+            },
+        )
+        .unwrap();
         assert!(matches!(
             read_all(&bare),
             Err(DecodeFrameError::Truncated { what: "tag", .. })
@@ -411,7 +427,9 @@ mod tests {
     #[test]
     fn replayed_reordered_or_dropped_frames_rejected() {
         let f = stream(&[
-            WireMsg::Heartbeat,
+            WireMsg::Heartbeat {
+                released: Default::default(),
+            },
             WireMsg::Ack { epoch: 1 },
             WireMsg::Ack { epoch: 2 },
         ]);
@@ -468,6 +486,7 @@ mod tests {
             WireMsg::EpochCommit(Box::new(EpochCommit {
                 epoch: 3,
                 parts: 1,
+                output: Vec::new(),
                 meta: EpochMeta {
                     epoch: 3,
                     maps: "1000-2000 rw-p 00000000 00:00 0\n".into(),
@@ -475,7 +494,9 @@ mod tests {
                 },
             })),
             WireMsg::Ack { epoch: 3 },
-            WireMsg::Heartbeat,
+            WireMsg::Heartbeat {
+                released: Default::default(),
+            },
             WireMsg::Goodbye {
                 reason: GoodbyeReason::AppExited(AppExit::Signal(9)),
             },
@@ -622,8 +643,24 @@ mod tests {
 
     #[test]
     fn out_of_sequence() {
-        let a = tagged(encode_frame(1, &WireMsg::Heartbeat).unwrap());
-        let c = tagged(encode_frame(3, &WireMsg::Heartbeat).unwrap());
+        let a = tagged(
+            encode_frame(
+                1,
+                &WireMsg::Heartbeat {
+                    released: Default::default(),
+                },
+            )
+            .unwrap(),
+        );
+        let c = tagged(
+            encode_frame(
+                3,
+                &WireMsg::Heartbeat {
+                    released: Default::default(),
+                },
+            )
+            .unwrap(),
+        );
         let stream = [a, c].concat();
         let mut r = FrameReader::new(&stream[..], key());
         assert!(r.read_msg().unwrap().is_some());

@@ -8,8 +8,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::image::EpochMeta;
 
 /// Protocol version carried in every frame header and in [`Hello`]. 3: the standby's refusal
-/// of a hello is a [`Refusal`] (it was free text).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// of a hello is a [`Refusal`] (it was free text). 4: an [`EpochCommit`] carries the epoch's
+/// held output ([`HeldOutput`]) and the primary's heartbeats its release watermark
+/// ([`Released`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// One message on the wire. The frame header's `kind` byte is [`WireMsg::kind`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,9 +20,17 @@ pub enum WireMsg {
     HelloAck(HelloAck),
     EpochPart(EpochPart),
     EpochCommit(Box<EpochCommit>),
-    Ack { epoch: u64 },
-    Heartbeat,
-    Goodbye { reason: GoodbyeReason },
+    Ack {
+        epoch: u64,
+    },
+    /// Either way when idle; the primary's also every heartbeat interval while its release
+    /// watermark moves (the standby's is empty).
+    Heartbeat {
+        released: Released,
+    },
+    Goodbye {
+        reason: GoodbyeReason,
+    },
 }
 
 impl WireMsg {
@@ -39,7 +49,7 @@ impl WireMsg {
             WireMsg::EpochPart(_) => Self::KIND_EPOCH_PART,
             WireMsg::EpochCommit(_) => Self::KIND_EPOCH_COMMIT,
             WireMsg::Ack { .. } => Self::KIND_ACK,
-            WireMsg::Heartbeat => Self::KIND_HEARTBEAT,
+            WireMsg::Heartbeat { .. } => Self::KIND_HEARTBEAT,
             WireMsg::Goodbye { .. } => Self::KIND_GOODBYE,
         }
     }
@@ -56,7 +66,7 @@ impl WireMsg {
             WireMsg::EpochPart(_) => "EpochPart",
             WireMsg::EpochCommit(_) => "EpochCommit",
             WireMsg::Ack { .. } => "Ack",
-            WireMsg::Heartbeat => "Heartbeat",
+            WireMsg::Heartbeat { .. } => "Heartbeat",
             WireMsg::Goodbye { .. } => "Goodbye",
         }
     }
@@ -121,6 +131,71 @@ pub struct EpochCommit {
     pub epoch: u64,
     pub parts: u32,
     pub meta: EpochMeta,
+    /// The output the app wrote to its held streams up to this epoch's checkpoint and not
+    /// shipped before, in the order the primary read it (across streams too). The primary
+    /// releases it once the standby acks this epoch; the standby keeps it until the primary
+    /// reports it released, and writes out what is left at a takeover (DESIGN §10).
+    pub output: Vec<HeldOutput>,
+}
+
+/// One of the app's held output streams (the shim's names: `stdout`, `stderr`, and
+/// `stdout+stderr` when fds 1 and 2 share one open file, as with `2>&1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OutStream {
+    Stdout,
+    Stderr,
+    /// Both fds on one stream: at a takeover it goes where the restored program's fd 1 goes.
+    Both,
+}
+
+impl OutStream {
+    /// From the shim's name of the stream (`remusd primary --output NAME`).
+    pub fn from_name(name: &str) -> Option<OutStream> {
+        match name {
+            "stdout" => Some(OutStream::Stdout),
+            "stderr" => Some(OutStream::Stderr),
+            "stdout+stderr" => Some(OutStream::Both),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OutStream::Stdout => "stdout",
+            OutStream::Stderr => "stderr",
+            OutStream::Both => "stdout+stderr",
+        }
+    }
+}
+
+/// Bytes of one held stream: `data` is the stream's bytes from `offset` on (offsets count
+/// from the first byte the primary read from that stream).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldOutput {
+    pub stream: OutStream,
+    pub offset: u64,
+    pub data: PageBytes,
+}
+
+impl HeldOutput {
+    /// The stream offset just past this piece.
+    pub fn end(&self) -> u64 {
+        self.offset + self.data.0.len() as u64
+    }
+}
+
+/// The primary's release watermark: for each held stream, how many of its bytes (from its
+/// first) the primary has written out to their destination.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released(pub Vec<(OutStream, u64)>);
+
+impl Released {
+    pub fn of(&self, stream: OutStream) -> u64 {
+        self.0
+            .iter()
+            .find(|(s, _)| *s == stream)
+            .map_or(0, |&(_, n)| n)
+    }
 }
 
 /// Why the primary is going away. Only a connection that breaks *without* one of these is a

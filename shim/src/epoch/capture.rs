@@ -14,7 +14,7 @@ use remus_abi::{
 };
 
 use super::profile::{self, Phase};
-use super::{fds, files, kobj};
+use super::{fds, files, kobj, stdio};
 use crate::base::{link, state, statics};
 use crate::kernel::line::Line;
 use crate::kernel::pagemap::{self, PageRegion, Query};
@@ -672,6 +672,7 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
         Err(_) => 0,
     };
     h.flags = if ship.streamed { HDR_FLAG_STREAMED } else { 0 };
+    stdio::probe(h);
     profile::mark(Phase::Header, &mut t);
     profile::full(!quick, !unchanged, true);
     h.pause_ns = sys::monotonic_ns().saturating_sub(t0);

@@ -9,3 +9,4 @@ pub mod handler;
 pub mod kobj;
 pub mod profile;
 pub mod restored;
+pub mod stdio;
