@@ -1128,10 +1128,13 @@ pub struct Protected {
 /// How long a paused reader ([`Protected::pause_stdout`]) stays paused at most.
 const READER_PAUSE_MAX: Duration = Duration::from_secs(120);
 
+/// A stream's bytes as read, and the flag that pauses its reader.
+type RawCapture = (Arc<Mutex<Vec<u8>>>, Arc<AtomicBool>);
+
 fn line_reader(
     r: impl Read + Send + 'static,
     into: Arc<Mutex<Vec<String>>>,
-    raw: Option<(Arc<Mutex<Vec<u8>>>, Arc<AtomicBool>)>,
+    raw: Option<RawCapture>,
     eof: Arc<AtomicBool>,
 ) {
     thread::spawn(move || {

@@ -293,6 +293,12 @@ impl Output {
             else {
                 continue;
             };
+            tracing::trace!(
+                epoch,
+                stream = %self.names[i],
+                bytes = p.unread,
+                "output split at the checkpoint"
+            );
             self.read_stream(i, epoch, Some(p.unread as usize));
         }
     }
@@ -555,6 +561,98 @@ mod tests {
     fn pipe() -> (std::fs::File, std::fs::File) {
         let (r, w) = crate::sys::pipe().unwrap();
         (std::fs::File::from(r), std::fs::File::from(w))
+    }
+
+    fn held(offset: u64, data: &[u8]) -> HeldOutput {
+        HeldOutput {
+            stream: OutStream::Stdout,
+            offset,
+            data: PageBytes(data.to_vec()),
+        }
+    }
+
+    #[test]
+    fn split_at_the_checkpoint_shipped_with_its_commit_and_counted_when_written() {
+        let (app_r, mut app_w) = pipe();
+        let (mut out_r, out_w) = pipe();
+        let ino = {
+            use std::os::unix::fs::MetadataExt;
+            app_r.metadata().unwrap().ino()
+        };
+        let probe = |unread| {
+            [
+                PipeProbe {
+                    ino,
+                    unread,
+                    valid: 1,
+                },
+                PipeProbe::default(),
+            ]
+        };
+        let status = SharedStatus::new(Status::new("primary", "protected"));
+        let mut o = Output::new(
+            vec![OutputStream {
+                name: "stdout".into(),
+                dest: out_w.into(),
+                src: app_r.into(),
+            }],
+            status,
+        );
+        let mark = o.watermark();
+        // Read before epoch 1's signal; written before its checkpoint; written after it.
+        app_w.write_all(b"a\n").unwrap();
+        o.pump(1);
+        o.signal_sent();
+        app_w.write_all(b"b\n").unwrap();
+        app_w.write_all(b"c\n").unwrap();
+        o.checkpoint(1, &probe(2));
+        assert_eq!(
+            o.ship(1),
+            vec![held(0, b"a\nb\n")],
+            "exactly what precedes checkpoint 1"
+        );
+        assert_eq!(o.ship(1), vec![], "shipped once per link");
+        o.pump(2);
+        assert_eq!(o.ship(2), vec![held(4, b"c\n")]);
+        assert_eq!(mark(), Released(vec![(OutStream::Stdout, 0)]));
+        o.committer().commit(1);
+        crate::sys::set_nonblocking(out_r.as_raw_fd()).unwrap();
+        let mut buf = [0u8; 64];
+        let got = wait_read(&mut out_r, &mut buf);
+        assert_eq!(got, b"a\nb\n");
+        // The thread counts a write once it returned (bounded wait: 5 s).
+        let want = Released(vec![(OutStream::Stdout, 4)]);
+        for _ in 0..500 {
+            if mark() == want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(mark(), want);
+        // A new standby gets what is still held with its first commit.
+        o.new_link();
+        assert_eq!(o.ship(5), vec![held(4, b"c\n")]);
+        // Reads while the signal is outstanding (an epoch past READ_PAUSE_MAX): no split,
+        // those bytes wait for the next epoch.
+        o.signal_sent();
+        app_w.write_all(b"d\n").unwrap();
+        o.pump(4);
+        app_w.write_all(b"e\n").unwrap();
+        o.checkpoint(3, &probe(2));
+        assert_eq!(o.ship(3), vec![], "nothing tagged 3");
+        drop(app_w);
+        o.finish();
+    }
+
+    /// Reads what the release thread writes (bounded: 5 s).
+    fn wait_read(r: &mut std::fs::File, buf: &mut [u8]) -> Vec<u8> {
+        for _ in 0..500 {
+            if let Ok(n) = r.read(buf) {
+                return buf[..n].to_vec();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("nothing released within 5 s");
     }
 
     #[test]
