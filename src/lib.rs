@@ -1044,9 +1044,20 @@ impl Standby {
 
     /// What the restored program wrote to stdout so far.
     pub fn app_stdout_text(&self) -> String {
-        fs::read(&self.app_stdout)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        let b = fs::read(&self.app_stdout).unwrap_or_default();
+        let skip = (self.recovered_stdout_bytes() as usize).min(b.len());
+        String::from_utf8_lossy(&b[skip..]).into_owned()
+    }
+
+    /// How many bytes at the start of `app_stdout` are the primary's committed output that the
+    /// standby wrote out at the takeover (DESIGN §10: `STATE_DIR/recovered.json`), not the
+    /// restored program's own; 0 before a takeover.
+    pub fn recovered_stdout_bytes(&self) -> u64 {
+        fs::read(self.state_dir.join("recovered.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v.get("stdout").and_then(Value::as_u64))
+            .unwrap_or(0)
     }
 
     /// Logs and status, for failure messages.

@@ -653,13 +653,30 @@ struct Recovered {
 /// Writes the committed output the primary had not reported written (DESIGN §10) where the
 /// restored program's stdout and stderr go (`--stdout`/`--stderr`, else this daemon's own),
 /// in order, before the program resumes: so it comes first there, then the program's own.
+///
+/// `STATE_DIR/recovered.json` says what is written (`stdout` and `stderr`: the bytes at the
+/// start of each file that are the primary's, not the restored program's), before it is.
 fn write_recovered(kept: &kept::KeptOutput, args: &StandbyArgs) -> Vec<Recovered> {
     use std::io::Write;
     use std::os::fd::AsFd;
+    let owed = kept.owed();
+    let total = |err: bool, rec: &mut dyn Iterator<Item = (OutStream, u64)>| -> u64 {
+        rec.filter(|(s, _)| (*s == OutStream::Stderr) == err)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let note = |stdout: u64, stderr: u64| {
+        let v = serde_json::json!({ "stdout": stdout, "stderr": stderr });
+        if let Err(e) = write_json_atomic(&args.state_dir.join("recovered.json"), &v) {
+            tracing::warn!("writing recovered.json: {e:#}");
+        }
+    };
+    let planned = |err| total(err, &mut owed.iter().map(|(s, _, d)| (*s, d.len() as u64)));
+    note(planned(false), planned(true));
     let mut dests: [Option<std::fs::File>; 2] = [None, None];
     let mut failed = [false; 2];
     let mut done: Vec<Recovered> = Vec::new();
-    for (stream, from, data) in kept.owed() {
+    for (stream, from, data) in owed {
         // A shared stdout+stderr goes where the restored program's fd 1 goes.
         let i = usize::from(stream == OutStream::Stderr);
         if failed[i] {
@@ -732,6 +749,10 @@ fn write_recovered(kept: &kept::KeptOutput, args: &StandbyArgs) -> Vec<Recovered
             r.from
         );
     }
+    if failed.iter().any(|&f| f) {
+        let wrote = |err| total(err, &mut done.iter().map(|r| (r.stream, r.bytes)));
+        note(wrote(false), wrote(true));
+    }
     if kept.dropped > 0 {
         tracing::warn!(
             bytes = kept.dropped,
@@ -753,12 +774,6 @@ fn takeover(
 ) -> Result<i32> {
     let image = &rx.image;
     let epoch = image.committed_epoch().unwrap_or(0);
-    // Committed output the primary may not have written: it is owed whatever happens next
-    // (the program's state is past it), so first.
-    let recovered: Vec<serde_json::Value> = write_recovered(&rx.output, args)
-        .iter()
-        .map(|r| serde_json::json!({ "stream": r.stream.name(), "from": r.from, "bytes": r.bytes }))
-        .collect();
     let opts = crate::restore::RestoreOptions {
         stdout: args.stdout.clone(),
         stderr: args.stderr.clone(),
@@ -785,6 +800,12 @@ fn takeover(
             ));
         }
     }
+    // Committed output the primary may not have written: the restored program's state is
+    // past it, so it goes out now, where the program's own output will follow it.
+    let recovered: Vec<serde_json::Value> = write_recovered(&rx.output, args)
+        .iter()
+        .map(|r| serde_json::json!({ "stream": r.stream.name(), "from": r.from, "bytes": r.bytes }))
+        .collect();
     let restored = match crate::restore::restore(image, &opts) {
         Ok(p) => p,
         Err(e) => {
