@@ -381,3 +381,34 @@ fn tampered_frame_ends_the_session_image_untouched() {
     }
     assert_epoch1(&rx);
 }
+
+#[test]
+fn receiver_keeps_committed_output_until_the_primary_reports_it_written() {
+    let mut rx = Receiver::new();
+    rx.handle(hello()).unwrap();
+    let with_output = |epoch: u64, offset: u64, data: &[u8]| {
+        let WireMsg::EpochCommit(mut c) = commit(epoch, 0, 0) else {
+            unreachable!()
+        };
+        c.output = vec![HeldOutput {
+            stream: OutStream::Stdout,
+            offset,
+            data: PageBytes(data.to_vec()),
+        }];
+        WireMsg::EpochCommit(c)
+    };
+    rx.handle(with_output(1, 0, b"one\n")).unwrap();
+    // An epoch that fails is not committed: its output is not owed.
+    assert!(rx.handle(with_output(1, 4, b"bad\n")).is_err());
+    rx.handle(with_output(2, 4, b"two\n")).unwrap();
+    assert_eq!(rx.output.bytes(), 8);
+    rx.handle(WireMsg::Heartbeat {
+        released: Released(vec![(OutStream::Stdout, 5)]),
+    })
+    .unwrap();
+    assert_eq!(
+        rx.output.owed(),
+        vec![(OutStream::Stdout, 5, &b"wo\n"[..])],
+        "what the primary wrote is not written again"
+    );
+}
