@@ -187,8 +187,8 @@ pub struct Progs {
     /// `maskwait ppoll|pselect|epoll_pwait|sigsuspend`: waits for good with every signal
     /// blocked in the wait's mask (see `tests/progs/maskwait.c`).
     pub maskwait: PathBuf,
-    /// `seqprint --stop-file PATH [--sleep-us N]`: `seq N` lines, a few thousand a second, until
-    /// PATH exists, then `done N` (see `tests/progs/seqprint.c`).
+    /// `seqprint --stop-file PATH [--sleep-us N] [--fd 1|2]`: `seq N` lines, a few thousand a
+    /// second, until PATH exists, then `done N` (see `tests/progs/seqprint.c`).
     pub seqprint: PathBuf,
 }
 
@@ -1126,7 +1126,9 @@ pub struct Protected {
     out: Arc<Mutex<Vec<String>>>,
     /// Its stdout byte for byte (a last line without its newline stays so).
     out_raw: Arc<Mutex<Vec<u8>>>,
-    /// The stdout reader stops reading while set (a slow reader: the pipe fills).
+    /// Its stderr byte for byte.
+    err_raw: Arc<Mutex<Vec<u8>>>,
+    /// The stdout and stderr readers stop reading while set (a slow reader: the pipes fill).
     out_paused: Arc<AtomicBool>,
     err: Arc<Mutex<Vec<String>>>,
     out_eof: Arc<AtomicBool>,
@@ -1232,6 +1234,7 @@ impl Protected {
         let out_eof = Arc::new(AtomicBool::new(false));
         let err_eof = Arc::new(AtomicBool::new(false));
         let out_raw = Arc::new(Mutex::new(Vec::new()));
+        let err_raw = Arc::new(Mutex::new(Vec::new()));
         let out_paused = Arc::new(AtomicBool::new(false));
         line_reader(
             child.stdout.take().expect("stdout"),
@@ -1242,7 +1245,7 @@ impl Protected {
         line_reader(
             child.stderr.take().expect("stderr"),
             err.clone(),
-            None,
+            Some((err_raw.clone(), out_paused.clone())),
             err_eof.clone(),
         );
         let name = std::iter::once(prog.display().to_string())
@@ -1256,6 +1259,7 @@ impl Protected {
             control,
             out,
             out_raw,
+            err_raw,
             out_paused,
             err,
             out_eof,
@@ -1279,10 +1283,15 @@ impl Protected {
         self.out_raw.lock().expect("lock").clone()
     }
 
-    /// Stops (true) or resumes (false) reading the program's stdout, as a slow reader would:
-    /// the pipe fills and what the primary may release waits in `remusd primary`. A paused
-    /// reader resumes by itself after two minutes.
-    pub fn pause_stdout(&self, paused: bool) {
+    /// What it printed to stderr so far, byte for byte.
+    pub fn stderr_bytes(&self) -> Vec<u8> {
+        self.err_raw.lock().expect("lock").clone()
+    }
+
+    /// Stops (true) or resumes (false) reading the program's stdout and stderr, as a slow
+    /// reader would: the pipes fill and what the primary may release waits in `remusd
+    /// primary`. A paused reader resumes by itself after two minutes.
+    pub fn pause_output(&self, paused: bool) {
         self.out_paused.store(paused, Ordering::SeqCst);
     }
 

@@ -4,8 +4,10 @@
 //! The standby keeps each committed epoch's held output and, at takeover, writes what the
 //! primary had not confirmed releasing to its `--stdout` before the restored program resumes.
 //!
-//! A program prints `seq N` lines, a few thousand a second; the primary side is killed with
-//! SIGKILL at five moments (counted in lines the reader has seen, not in time). What the
+//! A program prints `seq N` lines, a few thousand a second, to stdout (to stderr in one run);
+//! the primary side is killed with SIGKILL at five moments (counted in lines the reader has
+//! seen, not in time), three of them while the reader has stopped reading, so that committed
+//! output waits in `remusd primary` (main before this change lost it in those three runs). What the
 //! primary released, followed by what the standby's stdout file holds, must be every line from
 //! 1 to the last exactly once, except for one overlap where the two meet (what was released
 //! after the primary's last report of its release watermark): no gap, no other repeat.
@@ -16,13 +18,13 @@ use std::time::Duration;
 use remus::{committed_epoch, n, peek_exit, progs, s, wait_for, Protected, ProtectedOpts, Standby};
 
 /// One run each: lines the reader has seen when the kill comes (or, with a slow reader, when
-/// it stops reading), and whether the reader is slow.
-const MOMENTS: [(usize, bool); 5] = [
-    (1200, true),
-    (2600, false),
-    (4000, true),
-    (5400, false),
-    (6800, true),
+/// it stops reading), whether the reader is slow, and the program's fd the lines go to.
+const MOMENTS: [(usize, bool, i32); 5] = [
+    (1200, true, 1),
+    (2600, false, 1),
+    (4000, true, 1),
+    (5400, false, 1),
+    (6800, true, 2),
 ];
 /// With a slow reader: output held in `remusd primary` (its pipe to the reader full) before
 /// the epochs that produced it are waited for and the kill comes.
@@ -127,14 +129,33 @@ fn check(p: &[u8], s: &[u8]) -> Result<Seen, String> {
     })
 }
 
-fn run(kill_after: usize, slow_reader: bool) -> Result<Seen, String> {
+/// What the standby's `--stdout` (fd 1) or `--stderr` (fd 2) file holds: all of it, and the
+/// restored program's own part (after the committed output the standby wrote first).
+fn standby_file(standby: &Standby, fd: i32) -> (Vec<u8>, Vec<u8>) {
+    let path = if fd == 2 {
+        &standby.app_stderr
+    } else {
+        &standby.app_stdout
+    };
+    let all = fs::read(path).unwrap_or_default();
+    let recovered = fs::read(standby.state_dir.join("recovered.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get(if fd == 2 { "stderr" } else { "stdout" })?.as_u64())
+        .unwrap_or(0) as usize;
+    let own = all[recovered.min(all.len())..].to_vec();
+    (all, own)
+}
+
+fn run(kill_after: usize, slow_reader: bool, fd: i32) -> Result<Seen, String> {
     let long = Duration::from_secs(120);
     let mut standby = Standby::start(500);
     let stop = standby.dir().join("stop");
     let stop_s = stop.to_str().expect("utf-8 path").to_string();
+    let fd_s = fd.to_string();
     let mut app = Protected::start(
         &progs().seqprint,
-        &["--stop-file", &stop_s, "--sleep-us", "250"],
+        &["--stop-file", &stop_s, "--sleep-us", "250", "--fd", &fd_s],
         &ProtectedOpts {
             standby: Some(standby.addr.clone()),
             ..Default::default()
@@ -144,15 +165,22 @@ fn run(kill_after: usize, slow_reader: bool) -> Result<Seen, String> {
     wait_for("protection (a committed epoch)", long, &both, || {
         app.status().ok().filter(|v| committed_epoch(v).is_some())
     });
+    let lines_seen = |app: &Protected| {
+        if fd == 2 {
+            app.stderr_bytes().iter().filter(|&&b| b == b'\n').count()
+        } else {
+            app.stdout_lines().len()
+        }
+    };
     wait_for(
         &format!("the reader to see {kill_after} lines"),
         long,
         &both,
-        || (app.stdout_lines().len() >= kill_after).then_some(()),
+        || (lines_seen(&app) >= kill_after).then_some(()),
     );
     if slow_reader {
         // The reader stops: the pipe to it fills, and committed output waits in remusd.
-        app.pause_stdout(true);
+        app.pause_output(true);
         let v = wait_for(
             &format!("{HELD_BEFORE_KILL} bytes of output held by the primary"),
             long,
@@ -182,10 +210,14 @@ fn run(kill_after: usize, slow_reader: bool) -> Result<Seen, String> {
         return Err(format!("not protected before the kill: {st}"));
     }
     app.kill_primary_side();
-    app.pause_stdout(false);
+    app.pause_output(false);
     // Everything the primary side let out is in the pipe: read it to the end.
     app.wait_eof(Duration::from_secs(30));
-    let released = app.stdout_bytes();
+    let released = if fd == 2 {
+        app.stderr_bytes()
+    } else {
+        app.stdout_bytes()
+    };
 
     let report = || format!("{}{}", standby.report(), app.report());
     let sv = wait_for("the standby to take over", long, &report, || {
@@ -206,8 +238,8 @@ fn run(kill_after: usize, slow_reader: bool) -> Result<Seen, String> {
                     report()
                 );
             }
-            let lines = standby.app_stdout_text().lines().count();
-            (lines >= RUN_AFTER).then_some(())
+            let own = standby_file(&standby, fd).1;
+            (own.iter().filter(|&&b| b == b'\n').count() >= RUN_AFTER).then_some(())
         },
     );
     fs::write(&stop, b"stop\n").expect("write the stop file");
@@ -218,7 +250,7 @@ fn run(kill_after: usize, slow_reader: bool) -> Result<Seen, String> {
             standby.report()
         ));
     }
-    let written = fs::read(&standby.app_stdout).map_err(|e| format!("reading app.out: {e}"))?;
+    let written = standby_file(&standby, fd).0;
     let seen = check(&released, &written)?;
     if seen.released_lines < kill_after {
         return Err(format!(
@@ -241,13 +273,13 @@ fn run(kill_after: usize, slow_reader: bool) -> Result<Seen, String> {
 #[test]
 fn committed_output_survives_kill_9_of_the_primary_side() {
     let mut failed = Vec::new();
-    for (i, &(at, slow)) in MOMENTS.iter().enumerate() {
+    for (i, &(at, slow, fd)) in MOMENTS.iter().enumerate() {
         let what = if slow {
-            format!("reader stops after {at} lines")
+            format!("fd {fd}, reader stops after {at} lines")
         } else {
-            format!("kill after {at} lines")
+            format!("fd {fd}, kill after {at} lines")
         };
-        match run(at, slow) {
+        match run(at, slow, fd) {
             Ok(seen) => eprintln!(
                 "run {} ({what}): ok: released {} lines, overlap {} bytes ({} lines), the \
                  restored program went on to {}",

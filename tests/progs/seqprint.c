@@ -1,8 +1,8 @@
 /* Prints a sequence number per line, fast, until told to stop.
  *
- *   seqprint --stop-file PATH [--sleep-us N]
+ *   seqprint --stop-file PATH [--sleep-us N] [--fd 1|2]
  *
- * Writes "seq N\n" to stdout for N = 1, 2, 3, ..., one write(2) per line (nothing waits in a
+ * Writes "seq N\n" to stdout (or to fd 2 with --fd 2) for N = 1, 2, 3, ..., one write(2) per line (nothing waits in a
  * stdio buffer), sleeping N microseconds between lines (default 250: a few thousand lines a
  * second). Every 64 lines it looks for PATH; once it exists it writes "done N" (N: the last
  * line written) and exits 0. Exit 2: bad arguments; exit 3: a write failed.
@@ -19,11 +19,13 @@
 #include <time.h>
 #include <unistd.h>
 
+static int out_fd = 1;
+
 static void write_line(const char *buf, size_t len)
 {
     size_t done = 0;
     while (done < len) {
-        ssize_t n = write(1, buf + done, len - done);
+        ssize_t n = write(out_fd, buf + done, len - done);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
@@ -43,13 +45,15 @@ int main(int argc, char **argv)
             stop_file = argv[++a];
         else if (a + 1 < argc && !strcmp(argv[a], "--sleep-us"))
             sleep_us = atol(argv[++a]);
+        else if (a + 1 < argc && !strcmp(argv[a], "--fd"))
+            out_fd = atoi(argv[++a]);
         else {
-            fprintf(stderr, "usage: seqprint --stop-file PATH [--sleep-us N]\n");
+            fprintf(stderr, "usage: seqprint --stop-file PATH [--sleep-us N] [--fd 1|2]\n");
             return 2;
         }
     }
-    if (!stop_file || sleep_us < 0) {
-        fprintf(stderr, "usage: seqprint --stop-file PATH [--sleep-us N]\n");
+    if (!stop_file || sleep_us < 0 || (out_fd != 1 && out_fd != 2)) {
+        fprintf(stderr, "usage: seqprint --stop-file PATH [--sleep-us N] [--fd 1|2]\n");
         return 2;
     }
     char buf[64];
