@@ -7,7 +7,9 @@
 pub mod environ;
 pub mod fatal;
 pub mod interpose;
+pub mod lock;
 pub mod link;
 pub mod sigview;
 pub mod state;
 pub mod statics;
+pub mod threads;

@@ -8,4 +8,5 @@ pub mod files;
 pub mod handler;
 pub mod kobj;
 pub mod profile;
+pub mod rendezvous;
 pub mod restored;

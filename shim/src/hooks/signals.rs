@@ -53,7 +53,7 @@ fn masked(
     old: *mut libc::sigset_t,
     real: impl FnOnce(*const libc::sigset_t, *mut libc::sigset_t) -> c_int,
 ) -> c_int {
-    let held_before = state::DEFERRED.load(Ordering::Acquire);
+    let held_before = state::deferred().load(Ordering::Acquire);
     // SAFETY: set is null or a valid sigset (as for sigprocmask(2)).
     let app_set = (!set.is_null()).then(|| unsafe { *set });
     let r = match app_set {
