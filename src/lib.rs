@@ -168,8 +168,11 @@ pub struct Progs {
     /// `memcheck ITERATIONS [--stop-file PATH] [--stop-action exit|abort|segv] [--sleep-us N]
     /// [--abort-at N] [--segv-at N] [--corrupt-at N]`
     pub memcheck: PathBuf,
-    /// `threads ITERATIONS [--thread-at N] [--thread-file PATH] [--sleep-us N]`
+    /// `threads ITERATIONS [--thread-at N] [--thread-file PATH] [--sleep-us N] [--block-epoch]`
     pub threads: PathBuf,
+    /// `pthread_zoo ITERATIONS [--stop-file PATH] [--sleep-us N]`: threads of every kind,
+    /// checked every iteration (see `tests/progs/pthread_zoo.c`).
+    pub pthread_zoo: PathBuf,
     /// `python_state.py ITERATIONS [--sleep-ms N] [--corrupt-at N]` (a source file: run it
     /// with [`PYTHON`]).
     pub python_state: PathBuf,
@@ -249,6 +252,13 @@ pub fn progs() -> &'static Progs {
             &src.join("threads.c"),
             &[],
         );
+        let pthread_zoo = compile(
+            &dir,
+            "pthread_zoo",
+            &["-O1", "-pthread"],
+            &src.join("pthread_zoo.c"),
+            &[],
+        );
         let pause_app = compile(
             &dir,
             "pause_app",
@@ -264,6 +274,7 @@ pub fn progs() -> &'static Progs {
             dir,
             memcheck,
             threads,
+            pthread_zoo,
             python_state: src.join("python_state.py"),
             pause_app,
             sigwrite,

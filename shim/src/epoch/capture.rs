@@ -4,13 +4,13 @@
 //! the resume point, and tells the controller. Nothing here allocates or takes a lock.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use remus_abi::{
-    FdRecord, Msg, MsgKind, ResetRange, ResumeContext, StagingHeader, ABI_VERSION, ADDRS_OFF,
-    CHUNK_PAGES, CWD_MAX, DATA_OFF, FDS_OFF, HDR_FLAG_STREAMED, MAPS_OFF, MAX_FDS, MAX_MAPS_BYTES,
-    MAX_RESETS, PAGE_SIZE, RESEND_DONE_OFF, RESEND_EPOCH_OFF, RESEND_REQ_OFF, RESETS_OFF,
-    STAGING_MAGIC, STREAM_OFF, MAX_THREADS, THREADS_OFF, ThreadRecord,
+    FdRecord, Msg, MsgKind, ResetRange, ResumeContext, StagingHeader, ThreadRecord, ABI_VERSION,
+    ADDRS_OFF, CHUNK_PAGES, CWD_MAX, DATA_OFF, FDS_OFF, HDR_FLAG_STREAMED, MAPS_OFF, MAX_FDS,
+    MAX_MAPS_BYTES, MAX_RESETS, MAX_THREADS, PAGE_SIZE, RESEND_DONE_OFF, RESEND_EPOCH_OFF,
+    RESEND_REQ_OFF, RESETS_OFF, STAGING_MAGIC, STREAM_OFF, THREADS_OFF,
 };
 
 use super::profile::{self, Phase};
@@ -139,7 +139,6 @@ fn header_word(base: *mut u8, off: usize) -> &'static AtomicU64 {
     // these words atomically only.
     unsafe { &*(base.add(off) as *const AtomicU64) }
 }
-
 
 /// Why an epoch could not be taken; the shim stops protecting and tells the controller.
 enum Abort {
@@ -309,13 +308,26 @@ pub extern "C" fn capture_epoch(ctx: *mut ResumeContext) {
     ctx.fs_base = crate::base::threads::thread_pointer();
     let r = match rendezvous::gather() {
         Ok(g) => {
+            STUCK_RUN.store(0, Ordering::Relaxed);
             let r = take_epoch(ctx, t0, g);
             rendezvous::release();
             r
         }
         Err(rendezvous::Fail::Stuck(tid)) => {
-            // Abandoned: everyone is released already; the controller asks again.
-            stuck(tid);
+            // Abandoned: everyone is released already; the controller asks again, and after
+            // a few tries in a row protection stops (a thread that blocks the epoch signal
+            // for good would hold every output forever).
+            let run = STUCK_RUN.fetch_add(1, Ordering::Relaxed) + 1;
+            let l = stuck(tid, run);
+            if run >= STUCK_GIVE_UP {
+                state::set_mode(state::MODE_UNPROTECTED);
+                l.push(b"; replication stopped");
+                link::send_text(MsgKind::Unsupported, tid as u64, 0, l.as_bytes());
+            } else {
+                l.push(b"; epoch abandoned, retried at the next tick");
+                let epoch = state::EPOCH.load(Ordering::Relaxed) + 1;
+                link::send_text(MsgKind::ThreadStuck, tid as u64, epoch, l.as_bytes());
+            }
             return;
         }
         Err(rendezvous::Fail::TooMany(n)) => Err(Abort::Thread(n as u64)),
@@ -362,15 +374,29 @@ pub extern "C" fn capture_epoch(ctx: *mut ResumeContext) {
     }
 }
 
-/// Tells the controller that thread `tid` kept the epoch from being taken (named, with what
-/// it is doing: its name and state from `/proc/self/task/TID/stat`).
-fn stuck(tid: i32) {
+/// Epochs in a row abandoned because a thread did not come in; at [`STUCK_GIVE_UP`] the shim
+/// stops protecting.
+static STUCK_RUN: AtomicU32 = AtomicU32::new(0);
+const STUCK_GIVE_UP: u32 = 5;
+
+struct StuckCell(UnsafeCell<Line<500>>);
+// SAFETY: used only by the leader of an epoch (one at a time).
+unsafe impl Sync for StuckCell {}
+static STUCK_TEXT: StuckCell = StuckCell(UnsafeCell::new(Line::new()));
+
+/// Describes thread `tid`, which kept the epoch from being taken `run` times in a row: its name
+/// and state from `/proc/self/task/TID/stat`.
+fn stuck(tid: i32, run: u32) -> &'static mut Line<500> {
     let mut path = Line::<64>::new();
-    path.push(b"/proc/self/task/").num(tid as u64).push(b"/stat\0");
+    path.push(b"/proc/self/task/")
+        .num(tid as u64)
+        .push(b"/stat\0");
     let mut buf = [0u8; 256];
     let n = sys::read_file(path.as_bytes(), &mut buf).unwrap_or(0);
     let stat = &buf[..n];
-    let mut l = Line::<400>::new();
+    // SAFETY: see StuckCell.
+    let l = unsafe { &mut *STUCK_TEXT.0.get() };
+    l.len = 0;
     l.push(b"thread ").num(tid as u64);
     // "TID (name) S ...": the name and the state letter.
     if let (Some(a), Some(b)) = (
@@ -379,14 +405,15 @@ fn stuck(tid: i32) {
     ) {
         l.push(b" ").push(&stat[a..=b]);
         if let Some(&st) = stat.get(b + 2) {
-            l.push(b" state ").push(&[st]);
+            l.push(b" in state ").push(&[st]);
         }
     }
     l.push(b" did not come into the epoch handler within ")
         .num(rendezvous::DEADLINE_NS / 1_000_000)
-        .push(b" ms (it blocks the epoch signal, is stopped, or waits in vfork); epoch abandoned, retried at the next tick");
-    let epoch = state::EPOCH.load(Ordering::Relaxed) + 1;
-    link::send_text(MsgKind::ThreadStuck, tid as u64, epoch, l.as_bytes());
+        .push(b" ms (")
+        .num(run as u64)
+        .push(b" epochs in a row): it blocks the epoch signal, is stopped, or waits in vfork");
+    l
 }
 
 /// The address space's size and its private writable part (`/proc/self/statm` fields 1 and

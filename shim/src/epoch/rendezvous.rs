@@ -126,7 +126,10 @@ impl Gathered {
     }
 
     fn waiting(&self) -> usize {
-        self.state[..self.n].iter().filter(|&&s| s == SIGNALLED).count()
+        self.state[..self.n]
+            .iter()
+            .filter(|&&s| s == SIGNALLED)
+            .count()
     }
 }
 

@@ -515,7 +515,12 @@ pub fn queue_here(sig: i32, value: u64) -> SysResult {
 pub unsafe fn siginfo_code_value(info: *const libc::siginfo_t) -> (i32, u64) {
     let w = info as *const u64;
     // SAFETY: a siginfo is 128 bytes; words 1 and 3 hold si_code (low half) and si_value.
-    unsafe { ((w.add(1).read() & 0xffff_ffff) as u32 as i32, w.add(3).read()) }
+    unsafe {
+        (
+            (w.add(1).read() & 0xffff_ffff) as u32 as i32,
+            w.add(3).read(),
+        )
+    }
 }
 
 /// Whether thread `tid` of this process still exists (`tgkill(pid, tid, 0)`).
