@@ -243,7 +243,7 @@ fn allow_unprotected_runs_and_says_why() {
 fn a_second_thread_keeps_protection_on() {
     let standby = Standby::start(STANDBY_TIMEOUT_MS);
     let go = standby.dir().join("create-thread");
-    let mut p = Protected::start(
+    let p = Protected::start(
         &progs().threads,
         &["100000", "--thread-file", go.to_str().expect("utf-8")],
         &protected_to(&standby),
