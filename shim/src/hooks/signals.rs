@@ -110,6 +110,53 @@ hook! {
     }
 }
 
+/// The set a `sigwait*` call waits for, without the epoch signal (which would otherwise be
+/// taken by the app's wait instead of the shim's handler: no checkpoint, a stalled epoch).
+fn wait_set(set: *const libc::sigset_t) -> Option<libc::sigset_t> {
+    if set.is_null() {
+        return None;
+    }
+    // SAFETY: set is a valid sigset (as for sigwait(3)).
+    let mut m = unsafe { *set };
+    // SAFETY: m is a valid sigset.
+    unsafe { libc::sigdelset(&mut m, remus_abi::EPOCH_SIGNAL) };
+    Some(m)
+}
+
+hook! {
+    unsafe fn sigwait(set: *const libc::sigset_t, sig: *mut c_int) -> c_int => remus_sigwait {
+        state::safe_point();
+        let m = wait_set(set);
+        let p = m.as_ref().map_or(set, |m| m as *const libc::sigset_t);
+        // SAFETY: the app's set less the epoch signal, its output pointer.
+        unsafe { real!(sigwait)(p, sig) }
+    }
+}
+
+hook! {
+    unsafe fn sigwaitinfo(set: *const libc::sigset_t, info: *mut libc::siginfo_t) -> c_int => remus_sigwaitinfo {
+        state::safe_point();
+        let m = wait_set(set);
+        let p = m.as_ref().map_or(set, |m| m as *const libc::sigset_t);
+        // SAFETY: as for sigwait.
+        unsafe { real!(sigwaitinfo)(p, info) }
+    }
+}
+
+hook! {
+    unsafe fn sigtimedwait(
+        set: *const libc::sigset_t,
+        info: *mut libc::siginfo_t,
+        timeout: *const libc::timespec
+    ) -> c_int => remus_sigtimedwait {
+        state::safe_point();
+        let m = wait_set(set);
+        let p = m.as_ref().map_or(set, |m| m as *const libc::sigset_t);
+        // SAFETY: as for sigwait, and the app's timeout.
+        unsafe { real!(sigtimedwait)(p, info, timeout) }
+    }
+}
+
 hook! {
     unsafe fn sigaltstack(ss: *const libc::stack_t, old: *mut libc::stack_t) -> c_int => remus_sigaltstack {
         let _o = buffer(old as *const c_void, core::mem::size_of::<libc::stack_t>());
