@@ -54,7 +54,10 @@ pub fn after_fork_in_child(held: bool) {
     WORD.store(held as u32, Ordering::Relaxed);
 }
 
+/// The futex call, keeping the app's `errno` (the bracket runs around the real call, whose
+/// `errno` the app reads next: a wait that finds the word changed fails with EAGAIN).
 fn futex(op: i32, val: u32) {
+    let saved = crate::kernel::sys::errno();
     // SAFETY: FUTEX_WAIT/WAKE on a word of our own static; no timeout, no second word.
     let _ = unsafe {
         crate::kernel::sys::raw6(
@@ -67,4 +70,5 @@ fn futex(op: i32, val: u32) {
             0,
         )
     };
+    crate::kernel::sys::set_errno(saved);
 }

@@ -98,6 +98,9 @@ pub fn lower_depth() {
         lock::unlock();
     }
     if me.depth.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // What follows makes system calls only when something is waiting; none may change
+        // the errno the app reads after the hook.
+        let saved = crate::kernel::sys::errno();
         if me.pending.load(Ordering::Relaxed) && me.pending.swap(false, Ordering::AcqRel) {
             crate::kernel::sys::raise_here(remus_abi::EPOCH_SIGNAL);
         }
@@ -111,6 +114,7 @@ pub fn lower_depth() {
             let bits = me.deferred.swap(0, Ordering::AcqRel);
             crate::kernel::sys::sigmask(libc::SIG_UNBLOCK, bits);
         }
+        crate::kernel::sys::set_errno(saved);
     }
 }
 
