@@ -161,6 +161,18 @@ pub fn require_program(name: &str, package: &str) -> PathBuf {
     }
 }
 
+/// The thread ids of process `pid` (`/proc/PID/task`), sorted; empty if it is gone.
+pub fn thread_ids(pid: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
 /// The test programs, compiled once per process into `target/remus-test-progs/`.
 #[derive(Debug, Clone)]
 pub struct Progs {
@@ -168,11 +180,17 @@ pub struct Progs {
     /// `memcheck ITERATIONS [--stop-file PATH] [--stop-action exit|abort|segv] [--sleep-us N]
     /// [--abort-at N] [--segv-at N] [--corrupt-at N]`
     pub memcheck: PathBuf,
-    /// `threads ITERATIONS [--thread-at N] [--thread-file PATH] [--sleep-us N]`
+    /// `threads ITERATIONS [--thread-at N] [--thread-file PATH] [--sleep-us N] [--block-epoch]`
     pub threads: PathBuf,
+    /// `pthread_zoo ITERATIONS [--stop-file PATH] [--sleep-us N]`: threads of every kind,
+    /// checked every iteration (see `tests/progs/pthread_zoo.c`).
+    pub pthread_zoo: PathBuf,
     /// `python_state.py ITERATIONS [--sleep-ms N] [--corrupt-at N]` (a source file: run it
     /// with [`PYTHON`]).
     pub python_state: PathBuf,
+    /// `python_threads.py ITERATIONS [--stop-file PATH] [--sleep-ms N]` (threads, a
+    /// `queue.Queue`, locks and a condition, checked every iteration; run it with [`PYTHON`]).
+    pub python_threads: PathBuf,
     /// `pause_app PAGES DURATION_MS [THRESHOLD_NS]` (the pause benchmark's program).
     pub pause_app: PathBuf,
     /// `sigwrite HOST:PORT [SECONDS]`: a SIGALRM handler and the main loop both write lines
@@ -252,6 +270,13 @@ pub fn progs() -> &'static Progs {
             &src.join("threads.c"),
             &[],
         );
+        let pthread_zoo = compile(
+            &dir,
+            "pthread_zoo",
+            &["-O1", "-pthread"],
+            &src.join("pthread_zoo.c"),
+            &[],
+        );
         let pause_app = compile(
             &dir,
             "pause_app",
@@ -268,7 +293,9 @@ pub fn progs() -> &'static Progs {
             dir,
             memcheck,
             threads,
+            pthread_zoo,
             python_state: src.join("python_state.py"),
+            python_threads: src.join("python_threads.py"),
             pause_app,
             sigwrite,
             selfexec,

@@ -4,7 +4,10 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use remus::{describe_status, free_port, iters, n, progs, s, Protected, ProtectedOpts, Standby};
+use remus::{
+    committed_epoch, describe_status, free_port, iters, n, progs, s, Protected, ProtectedOpts,
+    Standby,
+};
 use serde_json::Value;
 
 /// Generous deadlines: only there to turn a hang into a failure.
@@ -237,11 +240,10 @@ fn allow_unprotected_runs_and_says_why() {
 }
 
 #[test]
-fn second_thread_stops_protection_on_both_sides_and_no_takeover() {
-    let mut standby = Standby::start(STANDBY_TIMEOUT_MS);
-    // The thread is created when the test says so, once protection is established.
+fn a_second_thread_keeps_protection_on() {
+    let standby = Standby::start(STANDBY_TIMEOUT_MS);
     let go = standby.dir().join("create-thread");
-    let mut p = Protected::start(
+    let p = Protected::start(
         &progs().threads,
         &["100000", "--thread-file", go.to_str().expect("utf-8")],
         &protected_to(&standby),
@@ -250,25 +252,50 @@ fn second_thread_stops_protection_on_both_sides_and_no_takeover() {
     assert_eq!(v.get("protected"), Some(&Value::Bool(true)), "{v}");
     std::fs::write(&go, b"go\n").expect("write the trigger file");
     p.wait_line("thread created", LONG, |l| l == "thread created");
-    let v = p.wait_status("protected:false after the second thread", LONG, |v| {
+    // Epochs go on with both threads in every one.
+    let after = committed_epoch(&v).unwrap_or(0) + 20;
+    let v = p.wait_committed(after, LONG);
+    assert_eq!(v.get("protected"), Some(&Value::Bool(true)), "{v}");
+    assert_eq!(s(&v, "state"), "protected", "{v}");
+}
+
+#[test]
+fn a_thread_that_blocks_the_epoch_signal_is_named_and_protection_stops() {
+    let mut standby = Standby::start(STANDBY_TIMEOUT_MS);
+    let go = standby.dir().join("create-thread");
+    let mut p = Protected::start(
+        &progs().threads,
+        &[
+            "100000",
+            "--thread-file",
+            go.to_str().expect("utf-8"),
+            "--block-epoch",
+        ],
+        &protected_to(&standby),
+    );
+    let v = p.wait_committed(3, LONG);
+    assert_eq!(v.get("protected"), Some(&Value::Bool(true)), "{v}");
+    std::fs::write(&go, b"go\n").expect("write the trigger file");
+    p.wait_line("thread created", LONG, |l| l == "thread created");
+    let v = p.wait_status("protected:false after the blocking thread", LONG, |v| {
         v.get("protected") == Some(&Value::Bool(false))
     });
+    let reason = s(&v, "reason");
     assert!(
-        s(&v, "reason").to_lowercase().contains("thread"),
-        "the primary's reason should mention the thread: {v}"
+        reason.contains("did not come into the epoch handler") && reason.contains("(threads)"),
+        "the primary's reason should name the thread: {v}"
     );
     assert_eq!(s(&v, "state"), "unprotected", "{v}");
     let sv = standby.wait_status("state primary_unprotected", LONG, |v| {
         s(v, "state") == "primary_unprotected"
     });
     assert!(
-        s(&sv, "reason").to_lowercase().contains("thread"),
-        "the standby's reason should mention the thread: {sv}"
+        s(&sv, "reason").contains("epoch handler"),
+        "the standby's reason should say why: {sv}"
     );
-    // The program goes on (unprotected) after its thread is created.
+    // The program goes on (unprotected), and no takeover follows its host's death.
     let after = p.max_iter() + 20;
     p.wait_iter(after, LONG);
-
     p.kill_primary_side();
     assert_no_takeover(&mut standby, "primary_unprotected");
 }

@@ -6,11 +6,11 @@ use remus::{failover_scenario, progs, PYTHON};
 const RUN_AFTER: u64 = 100;
 
 fn run(after_epochs: u64) {
-    let script = progs()
-        .python_state
-        .to_str()
-        .expect("utf-8 path")
-        .to_string();
+    run_script(&progs().python_state, after_epochs);
+}
+
+fn run_script(script: &std::path::Path, after_epochs: u64) {
+    let script = script.to_str().expect("utf-8 path").to_string();
     // ITERATIONS 0: until the scenario's stop file appears.
     let f = failover_scenario(
         std::path::Path::new(PYTHON),
@@ -43,4 +43,10 @@ fn python_failover_after_5_epochs() {
 #[test]
 fn python_failover_after_40_epochs() {
     run(40);
+}
+
+/// Threads (`threading`, `queue.Queue`, a lock and a condition), checked after the failover.
+#[test]
+fn python_threads_failover_after_10_epochs() {
+    run_script(&progs().python_threads, 10);
 }

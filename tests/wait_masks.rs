@@ -1,5 +1,6 @@
 //! A program that waits with every signal blocked in the wait's own mask (`ppoll`, `pselect`,
-//! `epoll_pwait`, `sigsuspend`) is still checkpointed while it waits: the shim takes its epoch
+//! `epoll_pwait`, `sigsuspend`), or waits for every signal (`sigwait`, `sigwaitinfo`,
+//! `sigtimedwait`), is still checkpointed while it waits: the shim takes its epoch
 //! signal out of masks the program passes there (DESIGN §8). Without that, no epoch is taken
 //! until the wait ends, here never.
 
@@ -24,6 +25,14 @@ fn epochs_commit_while_it_waits(how: &str) {
     // Bounded against a hang only: each of these epochs lands in the masked wait.
     let v = app.wait_committed(c + 10, long);
     assert!(committed_epoch(&v).unwrap_or(0) >= c + 10, "{how}: {v}");
+    // The app's own wait never took the epoch signal (sigwait*).
+    assert!(
+        !app.stdout_lines()
+            .iter()
+            .any(|l| l.starts_with("the wait took signal")),
+        "{how}: the program's wait took a signal: {:?}",
+        app.stdout_lines()
+    );
 }
 
 #[test]
@@ -44,4 +53,19 @@ fn epoll_pwait_with_a_full_mask() {
 #[test]
 fn sigsuspend_with_a_full_mask() {
     epochs_commit_while_it_waits("sigsuspend");
+}
+
+#[test]
+fn sigwaitinfo_for_every_signal() {
+    epochs_commit_while_it_waits("sigwaitinfo");
+}
+
+#[test]
+fn sigtimedwait_for_every_signal() {
+    epochs_commit_while_it_waits("sigtimedwait");
+}
+
+#[test]
+fn sigwait_for_every_signal() {
+    epochs_commit_while_it_waits("sigwait");
 }

@@ -1,13 +1,18 @@
 /* maskwait: blocks for good in a wait whose signal mask blocks every signal.
  *
- *   maskwait ppoll|pselect|epoll_pwait|sigsuspend
+ *   maskwait ppoll|pselect|epoll_pwait|sigsuspend|sigwaitinfo|sigtimedwait|sigwait
+ *
+ * (The sigwait* ones block every signal, then wait for any of them: the epoch signal must
+ * still reach the shim's handler, not the app's wait.)
  *
  * Prints "waiting" and then waits on a pipe nobody writes (sigsuspend: for a signal that never
  * comes), with a mask that blocks everything. The shim must take its epoch signal out of that
  * mask, or no checkpoint is taken while the program waits.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <poll.h>
+#include <time.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -43,6 +48,19 @@ int main(int argc, char **argv) {
             sigemptyset(&none);
             sigprocmask(SIG_SETMASK, &all, NULL);
             sigsuspend(&all);
+        } else if (!strcmp(argv[1], "sigwaitinfo") || !strcmp(argv[1], "sigtimedwait") ||
+                   !strcmp(argv[1], "sigwait")) {
+            sigprocmask(SIG_SETMASK, &all, NULL);
+            siginfo_t info;
+            struct timespec ts = {3600, 0};
+            int sig;
+            /* Like epoll_wait, these return EINTR when a handled signal (the epoch's) comes. */
+            if (!strcmp(argv[1], "sigwaitinfo")) sig = sigwaitinfo(&all, &info);
+            else if (!strcmp(argv[1], "sigtimedwait")) sig = sigtimedwait(&all, &info, &ts);
+            else sigwait(&all, &sig);
+            if (sig < 0 && errno == EINTR) continue;
+            printf("the wait took signal %d\n", sig);
+            fflush(stdout);
         } else {
             return 2;
         }

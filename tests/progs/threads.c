@@ -1,12 +1,13 @@
 /* threads: a single-threaded program that, at some point, creates a second thread.
  *
- *   threads ITERATIONS [--thread-at N] [--thread-file PATH] [--sleep-us N]
+ *   threads ITERATIONS [--thread-at N] [--thread-file PATH] [--sleep-us N] [--block-epoch]
  *
  * Prints "start pid P", then "iter i ok" every iteration (counter kept in .data), "thread
  * created" when pthread_create succeeds (at iteration N, or at the first iteration that finds
  * PATH existing), and "done ITERATIONS" at the end (exit 0). The second thread keeps writing
- * to its own counter until the process exits. Remus protects one thread only: once the
- * second thread exists, replication must stop and say why.
+ * to its own counter until the process exits. With --block-epoch it first blocks every signal
+ * with a raw rt_sigprocmask (behind the shim's back), so it never takes the epoch signal:
+ * remus must name it and stop protecting, never checkpoint a half-frozen process.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -14,7 +15,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,8 +30,14 @@ static void sleep_us(long us) {
     }
 }
 
+static int block_epoch;
+
 static void *worker(void *arg) {
     (void)arg;
+    if (block_epoch) {
+        uint64_t all = ~(uint64_t)0;
+        syscall(SYS_rt_sigprocmask, SIG_BLOCK, &all, NULL, 8);
+    }
     for (;;) {
         worker_counter++;
         sleep_us(1000);
@@ -37,7 +46,7 @@ static void *worker(void *arg) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: threads ITERATIONS [--thread-at N] [--thread-file PATH] [--sleep-us N]\n");
+    fprintf(stderr, "usage: threads ITERATIONS [--thread-at N] [--thread-file PATH] [--sleep-us N] [--block-epoch]\n");
     exit(2);
 }
 
@@ -51,6 +60,7 @@ int main(int argc, char **argv) {
         if (a + 1 < argc && !strcmp(argv[a], "--thread-at")) thread_at = strtoull(argv[++a], NULL, 10);
         else if (a + 1 < argc && !strcmp(argv[a], "--thread-file")) thread_file = argv[++a];
         else if (a + 1 < argc && !strcmp(argv[a], "--sleep-us")) sleep = strtol(argv[++a], NULL, 10);
+        else if (!strcmp(argv[a], "--block-epoch")) block_epoch = 1;
         else usage();
     }
     printf("start pid %d iterations %llu\n", (int)getpid(), (unsigned long long)target);

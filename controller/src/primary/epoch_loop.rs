@@ -332,6 +332,12 @@ impl Primary {
                 };
                 self.unprotect(reason, true)
             }
+            Some(MsgKind::ThreadStuck) => {
+                // The shim abandoned this epoch (every thread is running again): ask again at
+                // the next tick. It gives up by itself after a few tries in a row.
+                tracing::warn!(tid = m.a, epoch = m.b, "epoch abandoned: {text}");
+                self.in_epoch = None;
+            }
             Some(MsgKind::Unsupported) => self.unprotect(
                 format!("the app uses state remus cannot replicate: {text}"),
                 true,

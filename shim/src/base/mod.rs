@@ -8,6 +8,8 @@ pub mod environ;
 pub mod fatal;
 pub mod interpose;
 pub mod link;
+pub mod lock;
 pub mod sigview;
 pub mod state;
 pub mod statics;
+pub mod threads;

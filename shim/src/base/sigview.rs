@@ -199,7 +199,7 @@ fn synchronous(sig: i32, info: *const libc::siginfo_t) -> bool {
 /// The handler the kernel runs for every signal the app handles (see the module docs). Outside
 /// the shim's bookkeeping it calls the app's handler; inside (hook depth above 0) it queues the
 /// signal again with its siginfo, blocks it in the context it returns to and records it in
-/// [`state::DEFERRED`]: the bracket unblocks it at depth 0, and the kernel delivers it (and any
+/// [`state::deferred`]: the bracket unblocks it at depth 0, and the kernel delivers it (and any
 /// instance that arrived meanwhile, in order) to this handler again. Async-signal-safe: atomics
 /// and raw system calls.
 extern "C" fn on_app_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
@@ -217,7 +217,7 @@ extern "C" fn on_app_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc:
                 let mask = &mut (*(uc as *mut libc::ucontext_t)).uc_sigmask;
                 *(mask as *mut libc::sigset_t as *mut u64) |= bit;
             }
-            state::DEFERRED.fetch_or(bit, Ordering::AcqRel);
+            state::deferred().fetch_or(bit, Ordering::AcqRel);
             sys::set_errno(saved_errno);
             return;
         }
@@ -262,7 +262,7 @@ fn call_app(v: &libc::sigaction, sig: i32, info: *mut libc::siginfo_t, uc: *mut 
 
 /// The app changed its mask (`how`, `set`: bits of signals 1..=64) with the real call: signals
 /// the shim held and that the app's change now blocks or unblocks are the app's again (blocked
-/// by its own wish, or already delivered). `held_before`: [`state::DEFERRED`] before the call.
+/// by its own wish, or already delivered). `held_before`: [`state::deferred`] before the call.
 pub fn after_app_mask(how: i32, set: Option<u64>, held_before: u64) {
     let Some(set) = set else { return };
     let released = match how {
@@ -270,7 +270,7 @@ pub fn after_app_mask(how: i32, set: Option<u64>, held_before: u64) {
         _ => set,
     };
     if held_before & released != 0 {
-        state::DEFERRED.fetch_and(!released, Ordering::AcqRel);
+        state::deferred().fetch_and(!released, Ordering::AcqRel);
     }
 }
 

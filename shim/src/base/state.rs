@@ -5,6 +5,8 @@ use core::sync::atomic::{
     AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
 };
 
+use super::{lock, threads};
+
 /// Not initialised, or a process we do not protect (a child, the restored process): hooks
 /// pass through, the epoch handler returns at once.
 pub const MODE_PASSIVE: u8 = 0;
@@ -31,11 +33,6 @@ pub static STAGING: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 pub static STAGING_FD: AtomicI32 = AtomicI32::new(-1);
 /// Last epoch number shipped.
 pub static EPOCH: AtomicU64 = AtomicU64::new(0);
-/// Depth of shim hooks the thread is inside; the epoch handler and the app's own signal
-/// handlers defer while it is non-zero (see `base::interpose`).
-pub static HOOK_DEPTH: AtomicU32 = AtomicU32::new(0);
-/// An epoch signal arrived inside a hook; the hook raises it again on its way out.
-pub static PENDING: AtomicBool = AtomicBool::new(false);
 /// Bumped by the mmap/munmap/mremap/mprotect/brk hooks: the map changed. The epoch handler
 /// lists the kernel's map when this moved, or when the kernel's sizes (`/proc/self/statm`)
 /// did (glibc maps memory without calling `mmap`; a raw system call bypasses every hook).
@@ -44,10 +41,6 @@ pub static MAP_HINTS: AtomicU64 = AtomicU64::new(0);
 pub static APP_PID: AtomicI32 = AtomicI32::new(0);
 /// Offset of glibc's cached thread id inside the thread control block, or 0 if unknown.
 pub static TID_OFFSET: AtomicU64 = AtomicU64::new(0);
-/// The thread's robust futex list head as glibc registered it (`get_robust_list`), and its
-/// length: the restored thread registers it again.
-pub static ROBUST_HEAD: AtomicU64 = AtomicU64::new(0);
-pub static ROBUST_LEN: AtomicU64 = AtomicU64::new(0);
 /// glibc's `__rseq_offset` / `__rseq_size` (0 size: rseq not used).
 pub static RSEQ_OFFSET: AtomicU64 = AtomicU64::new(0);
 pub static RSEQ_SIZE: AtomicU32 = AtomicU32::new(0);
@@ -60,10 +53,6 @@ pub fn set_mode(m: u8) {
     MODE.store(m, Ordering::Release)
 }
 
-/// The app's signals the shim's wrapper held while a hook's bookkeeping ran (bit `sig - 1`):
-/// queued again in the kernel and blocked in the interrupted context; [`lower_depth`] unblocks
-/// them when the depth returns to 0 (see `base::sigview::on_app_signal`).
-pub static DEFERRED: AtomicU64 = AtomicU64::new(0);
 /// This is a restored process (set by `epoch::restored`; `life::rejoin` may protect it again).
 pub static RESTORED: AtomicBool = AtomicBool::new(false);
 /// A fork child of the protected program, which may be handed protection when the program
@@ -81,29 +70,65 @@ pub static REJOIN_REQUESTED: AtomicBool = AtomicBool::new(false);
 /// start-up): upper layers register, lower layers call.
 static SAFE_POINT: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 
+/// Depth of shim hooks this thread is inside; the epoch handler and the app's own signal
+/// handlers defer while it is non-zero (see `base::interpose`).
 pub fn hook_depth() -> u32 {
-    HOOK_DEPTH.load(Ordering::Acquire)
+    threads::current().depth.load(Ordering::Acquire)
 }
 
-/// The shim's bookkeeping begins (see `base::interpose::bracket`).
+/// The shim's bookkeeping begins (see `base::interpose::bracket`): from depth 0, the shim's lock
+/// is taken (`base::lock`).
 #[inline]
 pub fn raise_depth() {
-    HOOK_DEPTH.fetch_add(1, Ordering::AcqRel);
+    if threads::current().depth.fetch_add(1, Ordering::AcqRel) == 0 {
+        lock::lock();
+    }
 }
 
-/// The shim's bookkeeping ends: at depth 0, takes a checkpoint that came meanwhile and lets the
-/// app's held signals in.
+/// The shim's bookkeeping ends: at depth 0 the lock is given back, a checkpoint that came
+/// meanwhile is taken (a request, or a rendezvous this thread must park for) and the app's
+/// held signals are let in.
 #[inline]
 pub fn lower_depth() {
-    if HOOK_DEPTH.fetch_sub(1, Ordering::AcqRel) == 1 {
-        if PENDING.load(Ordering::Relaxed) && PENDING.swap(false, Ordering::AcqRel) {
+    let me = threads::current();
+    // The lock goes back before the depth reaches 0: at depth 0 the app's handlers run, and
+    // one that calls a hook must find the lock free (at depth 1 without the lock, a signal is
+    // still held; another thread may take the lock, our bookkeeping is done).
+    if me.depth.load(Ordering::Relaxed) == 1 {
+        lock::unlock();
+    }
+    if me.depth.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // What follows makes system calls only when something is waiting; none may change
+        // the errno the app reads after the hook.
+        let saved = crate::kernel::sys::errno();
+        if me.pending.load(Ordering::Relaxed) && me.pending.swap(false, Ordering::AcqRel) {
             crate::kernel::sys::raise_here(remus_abi::EPOCH_SIGNAL);
         }
-        if DEFERRED.load(Ordering::Relaxed) != 0 {
-            let bits = DEFERRED.swap(0, Ordering::AcqRel);
+        if me.pending_park.load(Ordering::Relaxed) != 0 {
+            let generation = me.pending_park.swap(0, Ordering::AcqRel);
+            if generation != 0 {
+                let _ = crate::kernel::sys::queue_here(remus_abi::EPOCH_SIGNAL, generation);
+            }
+        }
+        if me.deferred.load(Ordering::Relaxed) != 0 {
+            let bits = me.deferred.swap(0, Ordering::AcqRel);
             crate::kernel::sys::sigmask(libc::SIG_UNBLOCK, bits);
         }
+        crate::kernel::sys::set_errno(saved);
     }
+}
+
+/// The app's signals the shim held for this thread while a hook's bookkeeping ran (bit
+/// `sig - 1`): queued again in the kernel and blocked in the interrupted context;
+/// [`lower_depth`] unblocks them when the depth returns to 0 (see
+/// `base::sigview::on_app_signal`).
+pub fn deferred() -> &'static AtomicU64 {
+    &threads::current().deferred
+}
+
+/// An epoch request for this thread, taken when its depth returns to 0.
+pub fn pending() -> &'static AtomicBool {
+    &threads::current().pending
 }
 
 /// A point where a daemonizing program's child looks whether protection was handed to it

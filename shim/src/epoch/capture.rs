@@ -4,17 +4,17 @@
 //! the resume point, and tells the controller. Nothing here allocates or takes a lock.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use remus_abi::{
-    FdRecord, Msg, MsgKind, ResetRange, ResumeContext, StagingHeader, ABI_VERSION, ADDRS_OFF,
-    CHUNK_PAGES, CWD_MAX, DATA_OFF, FDS_OFF, HDR_FLAG_STREAMED, MAPS_OFF, MAX_FDS, MAX_MAPS_BYTES,
-    MAX_RESETS, PAGE_SIZE, RESEND_DONE_OFF, RESEND_EPOCH_OFF, RESEND_REQ_OFF, RESETS_OFF,
-    STAGING_MAGIC, STREAM_OFF,
+    FdRecord, Msg, MsgKind, ResetRange, ResumeContext, StagingHeader, ThreadRecord, ABI_VERSION,
+    ADDRS_OFF, CHUNK_PAGES, CWD_MAX, DATA_OFF, FDS_OFF, HDR_FLAG_STREAMED, MAPS_OFF, MAX_FDS,
+    MAX_MAPS_BYTES, MAX_RESETS, MAX_THREADS, PAGE_SIZE, RESEND_DONE_OFF, RESEND_EPOCH_OFF,
+    RESEND_REQ_OFF, RESETS_OFF, STAGING_MAGIC, STREAM_OFF, THREADS_OFF,
 };
 
 use super::profile::{self, Phase};
-use super::{fds, files, kobj, stdio};
+use super::{fds, files, kobj, rendezvous, stdio};
 use crate::base::{link, state, statics};
 use crate::kernel::line::Line;
 use crate::kernel::pagemap::{self, PageRegion, Query};
@@ -140,17 +140,13 @@ fn header_word(base: *mut u8, off: usize) -> &'static AtomicU64 {
     unsafe { &*(base.add(off) as *const AtomicU64) }
 }
 
-static APP_SIGMASK: AtomicU64 = AtomicU64::new(0);
-
-pub fn set_app_sigmask(m: u64) {
-    APP_SIGMASK.store(m, Ordering::Relaxed);
-}
-
 /// Why an epoch could not be taken; the shim stops protecting and tells the controller.
 enum Abort {
     /// Text for the controller and `status`.
     Unsupported(&'static [u8], u64),
     Thread(u64),
+    /// Threads with the mprotect tracker (its fault handling is per process).
+    NeedsUffd(u64),
     /// The controller went away mid-epoch.
     Link,
     /// A replicated file could not be shipped (the text names it).
@@ -303,18 +299,60 @@ impl Shipper {
     }
 }
 
-/// The epoch handler's body, called by `remus_checkpoint` after it saved `ctx`.
+/// The epoch handler's body, called by `remus_checkpoint` after it saved `ctx` (the leader's
+/// context, in its slot): brings every other thread in, captures, lets them go.
 pub extern "C" fn capture_epoch(ctx: *mut ResumeContext) {
     let t0 = sys::monotonic_ns();
-    // SAFETY: ctx points at the handler's static context (see signals.rs).
+    // SAFETY: ctx points at the leader's context in its slot (epoch::handler).
     let ctx = unsafe { &mut *ctx };
-    ctx.fs_base = sys::fs_base();
-    match take_epoch(ctx, t0) {
+    ctx.fs_base = crate::base::threads::thread_pointer();
+    let r = match rendezvous::gather() {
+        Ok(g) => {
+            STUCK_RUN.store(0, Ordering::Relaxed);
+            let r = take_epoch(ctx, t0, g);
+            rendezvous::release();
+            r
+        }
+        Err(rendezvous::Fail::Stuck(tid)) => {
+            // Abandoned: everyone is released already; the controller asks again, and after
+            // a few tries in a row protection stops (a thread that blocks the epoch signal
+            // for good would hold every output forever).
+            let run = STUCK_RUN.fetch_add(1, Ordering::Relaxed) + 1;
+            let l = stuck(tid, run);
+            if run >= STUCK_GIVE_UP {
+                state::set_mode(state::MODE_UNPROTECTED);
+                l.push(b"; replication stopped");
+                link::send_text(MsgKind::Unsupported, tid as u64, 0, l.as_bytes());
+            } else {
+                l.push(b"; epoch abandoned, retried at the next tick");
+                let epoch = state::EPOCH.load(Ordering::Relaxed) + 1;
+                link::send_text(MsgKind::ThreadStuck, tid as u64, epoch, l.as_bytes());
+            }
+            return;
+        }
+        Err(rendezvous::Fail::TooMany(n)) => Err(Abort::Thread(n as u64)),
+        Err(rendezvous::Fail::NoTaskList) => {
+            Err(Abort::Unsupported(b"cannot list /proc/self/task", 0))
+        }
+    };
+    match r {
         Ok(()) => {}
         Err(Abort::Thread(n)) => {
             state::set_mode(state::MODE_UNPROTECTED);
             let mut l = Line::<200>::new();
-            l.push(b"the program has ").num(n).push(b" threads (found at a checkpoint); remus protects single-threaded programs only; replication stopped");
+            l.push(b"the program has ")
+                .num(n)
+                .push(b" threads; remus protects at most ")
+                .num(MAX_THREADS as u64)
+                .push(b"; replication stopped");
+            link::send_text(MsgKind::ThreadCreated, n, 0, l.as_bytes());
+        }
+        Err(Abort::NeedsUffd(n)) => {
+            state::set_mode(state::MODE_UNPROTECTED);
+            let mut l = Line::<300>::new();
+            l.push(b"the program has ")
+                .num(n)
+                .push(b" threads, and multi-threaded programs need the userfaultfd write-protect tracker (Linux 6.7 or later; this kernel or REMUS_TRACKER chose mprotect); replication stopped");
             link::send_text(MsgKind::ThreadCreated, n, 0, l.as_bytes());
         }
         Err(Abort::Unsupported(what, addr)) => {
@@ -336,18 +374,46 @@ pub extern "C" fn capture_epoch(ctx: *mut ResumeContext) {
     }
 }
 
-fn thread_count() -> u64 {
-    let Ok(fd) = sys::kept_open(&state::TASK_FD, c"/proc/self/task", libc::O_DIRECTORY) else {
-        return 1;
-    };
-    let mut buf = [0u8; 1024];
-    let mut n = 0u64;
-    let _ = sys::for_each_dirent(fd, &mut buf, |name| {
-        if name.first() != Some(&b'.') {
-            n += 1;
+/// Epochs in a row abandoned because a thread did not come in; at [`STUCK_GIVE_UP`] the shim
+/// stops protecting.
+static STUCK_RUN: AtomicU32 = AtomicU32::new(0);
+const STUCK_GIVE_UP: u32 = 5;
+
+struct StuckCell(UnsafeCell<Line<500>>);
+// SAFETY: used only by the leader of an epoch (one at a time).
+unsafe impl Sync for StuckCell {}
+static STUCK_TEXT: StuckCell = StuckCell(UnsafeCell::new(Line::new()));
+
+/// Describes thread `tid`, which kept the epoch from being taken `run` times in a row: its name
+/// and state from `/proc/self/task/TID/stat`.
+fn stuck(tid: i32, run: u32) -> &'static mut Line<500> {
+    let mut path = Line::<64>::new();
+    path.push(b"/proc/self/task/")
+        .num(tid as u64)
+        .push(b"/stat\0");
+    let mut buf = [0u8; 256];
+    let n = sys::read_file(path.as_bytes(), &mut buf).unwrap_or(0);
+    let stat = &buf[..n];
+    // SAFETY: see StuckCell.
+    let l = unsafe { &mut *STUCK_TEXT.0.get() };
+    l.len = 0;
+    l.push(b"thread ").num(tid as u64);
+    // "TID (name) S ...": the name and the state letter.
+    if let (Some(a), Some(b)) = (
+        stat.iter().position(|&c| c == b'('),
+        stat.iter().rposition(|&c| c == b')'),
+    ) {
+        l.push(b" ").push(&stat[a..=b]);
+        if let Some(&st) = stat.get(b + 2) {
+            l.push(b" in state ").push(&[st]);
         }
-    });
-    n.max(1)
+    }
+    l.push(b" did not come into the epoch handler within ")
+        .num(rendezvous::DEADLINE_NS / 1_000_000)
+        .push(b" ms (")
+        .num(run as u64)
+        .push(b" epochs in a row): it blocks the epoch signal, is stopped, or waits in vfork");
+    l
 }
 
 /// The address space's size and its private writable part (`/proc/self/statm` fields 1 and
@@ -381,12 +447,12 @@ fn statm() -> Option<(u64, u64)> {
     Some((size, data))
 }
 
-fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
+fn take_epoch(ctx: &ResumeContext, t0: u64, g: &rendezvous::Gathered) -> Result<(), Abort> {
     let mut t = t0;
-    let threads = thread_count();
+    let followers = g.followers().count();
     profile::mark(Phase::Threads, &mut t);
-    if threads > 1 {
-        return Err(Abort::Thread(threads));
+    if followers > 0 && !tracker::vma_shortcut() {
+        return Err(Abort::NeedsUffd(followers as u64 + 1));
     }
     let base = state::STAGING.load(Ordering::Relaxed);
     let staging_addr = base as u64;
@@ -649,12 +715,35 @@ fn take_epoch(ctx: &ResumeContext, t0: u64) -> Result<(), Abort> {
     h.mm = statics::mm_fields();
     // SAFETY: brk(0) returns the current break and changes nothing.
     h.mm.brk = unsafe { sys::raw6(libc::SYS_brk, 0, 0, 0, 0, 0, 0) }.unwrap_or(0) as u64;
-    h.app_sigmask = APP_SIGMASK.load(Ordering::Relaxed);
+    // SAFETY: the leader's own record (see base::threads::SlotCell).
+    h.app_sigmask = unsafe { (*crate::base::threads::current().rec.get()).sigmask };
     let ss = sys::current_altstack();
     h.altstack_sp = ss.ss_sp as u64;
     h.altstack_flags = ss.ss_flags;
     h.altstack_size = ss.ss_size as u64;
     h.tid = sys::gettid();
+    // Every thread's record, the leader's first.
+    let me = crate::base::threads::current();
+    // SAFETY: THREADS_OFF .. + MAX_THREADS records lie in the header area of staging.
+    let recs = unsafe {
+        core::slice::from_raw_parts_mut(base.add(THREADS_OFF) as *mut ThreadRecord, MAX_THREADS)
+    };
+    // SAFETY: the leader's record is its own; each follower's was written before it parked
+    // (see base::threads::SlotCell).
+    recs[0] = unsafe { *me.rec.get() };
+    recs[0].ctx = *ctx;
+    let mut n_threads = 1usize;
+    for f in g.followers() {
+        if n_threads == MAX_THREADS {
+            break; // gather refuses more (Fail::TooMany)
+        }
+        // SAFETY: as above.
+        recs[n_threads] = unsafe { *f.rec.get() };
+        n_threads += 1;
+    }
+    h.n_threads = n_threads as u32;
+    h.rendezvous_ns = g.rendezvous_ns;
+    rendezvous::note_followers(n_threads - 1);
     statics::fill_auxv(h);
     // SAFETY: getcwd writes at most CWD_MAX bytes into h.cwd.
     h.cwd_len = match unsafe {

@@ -3,14 +3,13 @@
 //! saves the resume point and runs the capture; in the restored process it is where the thread
 //! resumes ([`super::restored`]); while passive it only notes a rejoin request.
 
-use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use remus_abi::{ResumeContext, EPOCH_SIGNAL};
+use remus_abi::EPOCH_SIGNAL;
 
-use super::capture;
+use super::{capture, rendezvous};
 use crate::base::sigview::SigactionFn;
-use crate::base::state;
+use crate::base::{state, threads};
 use crate::kernel::{context, sys};
 
 /// Start-up is waiting for the controller's answer: an epoch signal that comes before the
@@ -21,7 +20,7 @@ pub static STARTING: AtomicBool = AtomicBool::new(false);
 pub fn start_protection() {
     state::set_mode(state::MODE_PROTECTED);
     STARTING.store(false, Ordering::Release);
-    if state::PENDING.swap(false, Ordering::AcqRel) {
+    if state::pending().swap(false, Ordering::AcqRel) {
         sys::raise_here(EPOCH_SIGNAL);
     }
 }
@@ -29,7 +28,7 @@ pub fn start_protection() {
 /// Start-up got no protection: forget any early signal.
 pub fn no_protection() {
     STARTING.store(false, Ordering::Release);
-    state::PENDING.store(false, Ordering::Release);
+    state::pending().store(false, Ordering::Release);
 }
 
 /// Installs the epoch handler (it does nothing until the mode says protected).
@@ -52,54 +51,75 @@ pub fn install(real: SigactionFn) {
     }
 }
 
-struct CtxCell(UnsafeCell<ResumeContext>);
-// SAFETY: only the epoch handler touches it, and the handler cannot nest (its own signal is
-// blocked while it runs).
-unsafe impl Sync for CtxCell {}
-static CTX: CtxCell = CtxCell(UnsafeCell::new(ResumeContext {
-    rbx: 0,
-    rbp: 0,
-    r12: 0,
-    r13: 0,
-    r14: 0,
-    r15: 0,
-    rsp: 0,
-    rip: 0,
-    fs_base: 0,
-}));
+/// A leader is running an epoch in this process (a second request meanwhile is dropped: the
+/// controller asks for one epoch at a time).
+static LEADING: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_epoch(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+extern "C" fn on_epoch(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     let saved_errno = sys::errno();
+    let (code, value) = if info.is_null() {
+        (0, 0)
+    } else {
+        // SAFETY: for an SA_SIGINFO handler, info points at the kernel's siginfo.
+        unsafe { sys::siginfo_code_value(info) }
+    };
+    // A leader's call to park carries its rendezvous's generation; anything else (the
+    // controller's kill, a hook's re-raise) is a request for an epoch.
+    let park = code == sys::SI_QUEUE && value != 0;
+    let me = threads::current();
     if STARTING.load(Ordering::Acquire) && state::mode() != state::MODE_PROTECTED {
         // The controller said Ready and signalled before start-up switched protection on:
         // start-up raises it again once it has (a lost first signal would stall every epoch).
-        state::PENDING.store(true, Ordering::Release);
+        if !park {
+            me.pending.store(true, Ordering::Release);
+        }
     } else if state::mode() == state::MODE_PROTECTED {
-        if state::HOOK_DEPTH.load(Ordering::Acquire) > 0 {
-            // No checkpoint in the middle of a wrapper: the hook takes it on its way out.
-            state::PENDING.store(true, Ordering::Release);
+        let app_mask = if uc.is_null() {
+            0
         } else {
-            if !uc.is_null() {
-                // SAFETY: for an SA_SIGINFO handler, uc points at the kernel's ucontext.
-                let mask = unsafe { (*(uc as *mut libc::ucontext_t)).uc_sigmask };
-                // SAFETY: sigset_t is at least 8 bytes; the first word holds signals 1..64.
-                let word = unsafe { *(&mask as *const libc::sigset_t as *const u64) };
-                // Signals the shim holds back for a moment are not the app's blocking.
-                capture::set_app_sigmask(word & !state::DEFERRED.load(Ordering::Relaxed));
+            // SAFETY: for an SA_SIGINFO handler, uc points at the kernel's ucontext.
+            let mask = unsafe { (*(uc as *mut libc::ucontext_t)).uc_sigmask };
+            // SAFETY: sigset_t is at least 8 bytes; the first word holds signals 1..64.
+            let word = unsafe { *(&mask as *const libc::sigset_t as *const u64) };
+            // Signals the shim holds back for a moment are not the app's blocking.
+            word & !me.deferred.load(Ordering::Relaxed)
+        };
+        if me.depth.load(Ordering::Acquire) > 0 {
+            // No checkpoint in the middle of a wrapper: the hook takes it on its way out.
+            if park {
+                me.pending_park.store(value, Ordering::Release);
+            } else {
+                me.pending.store(true, Ordering::Release);
             }
-            // SAFETY: CTX is only used here (see CtxCell).
-            let ctx = unsafe { &mut *CTX.0.get() };
-            if context::checkpoint(ctx, capture::capture_epoch) {
-                super::restored::after_restore();
-                install(crate::base::sigview::real_sigaction());
+        } else if park {
+            if rendezvous::follow(value, app_mask) {
+                super::restored::follower_restored(me);
             }
+        } else {
+            lead(me, app_mask);
         }
     } else if state::mode() == state::MODE_PASSIVE {
         // A restored process asked to be protected again: the work waits for a safe point
         // outside this handler (rejoin::poll).
-        if state::RESTORED.load(Ordering::Relaxed) {
+        if state::RESTORED.load(Ordering::Relaxed) && !park {
             state::REJOIN_REQUESTED.store(true, Ordering::Release);
         }
     }
     sys::set_errno(saved_errno);
+}
+
+/// This thread takes the epoch: it saves its resume point in its slot and runs the capture,
+/// which brings the other threads in first (`rendezvous`).
+fn lead(me: &'static threads::Slot, app_mask: u64) {
+    if LEADING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    rendezvous::fill_record(me, app_mask, true);
+    // SAFETY: the slot's context is this thread's own (see threads::SlotCell).
+    let ctx = unsafe { &mut *me.rec.ctx() };
+    if context::checkpoint(ctx, capture::capture_epoch) {
+        super::restored::after_restore(me);
+        install(crate::base::sigview::real_sigaction());
+    }
+    LEADING.store(false, Ordering::Release);
 }

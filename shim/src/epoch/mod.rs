@@ -8,5 +8,6 @@ pub mod files;
 pub mod handler;
 pub mod kobj;
 pub mod profile;
+pub mod rendezvous;
 pub mod restored;
 pub mod stdio;

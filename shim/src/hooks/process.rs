@@ -1,7 +1,6 @@
 //! Hooks on the process's life: `__libc_start_main` (so that a `main` that returns is reported),
 //! `exit` and `_exit` (the program ending on its own is not a host failure: the standby must
-//! not resurrect it), `pthread_create` (a second thread stops protection: no checkpoint of
-//! a half-frozen process is ever taken), and the `exec` family (protection follows the program
+//! not resurrect it), and the `exec` family (protection follows the program
 //! into its new image: same pid, same `remusd primary`, same standby; `life::init` carries on
 //! in the new image).
 
@@ -13,28 +12,6 @@ use remus_abi::MsgKind;
 use crate::base::interpose::{hook, real};
 use crate::base::{link, state};
 use crate::kernel::sys;
-
-hook! {
-    unsafe fn pthread_create(
-        thread: *mut libc::pthread_t,
-        attr: *const libc::pthread_attr_t,
-        start: extern "C" fn(*mut c_void) -> *mut c_void,
-        arg: *mut c_void
-    ) -> c_int => remus_pthread_create {
-        if state::mode() == state::MODE_PROTECTED {
-            // Stop before the thread exists: no checkpoint of a half-frozen process can be taken.
-            state::set_mode(state::MODE_UNPROTECTED);
-            link::send_text(
-                MsgKind::ThreadCreated,
-                2,
-                0,
-                b"the program created a second thread (pthread_create); remus protects single-threaded programs only; replication stopped",
-            );
-        }
-        // SAFETY: the app's arguments, passed on unchanged.
-        unsafe { real!(pthread_create)(thread, attr, start, arg) }
-    }
-}
 
 /// Whether this process is the program remus protects (not a child, not passive).
 fn the_program() -> bool {

@@ -53,7 +53,7 @@ fn masked(
     old: *mut libc::sigset_t,
     real: impl FnOnce(*const libc::sigset_t, *mut libc::sigset_t) -> c_int,
 ) -> c_int {
-    let held_before = state::DEFERRED.load(Ordering::Acquire);
+    let held_before = state::deferred().load(Ordering::Acquire);
     // SAFETY: set is null or a valid sigset (as for sigprocmask(2)).
     let app_set = (!set.is_null()).then(|| unsafe { *set });
     let r = match app_set {
@@ -107,6 +107,53 @@ hook! {
         sigview::scrub_mask(&mut m);
         // SAFETY: the app's mask less the shim's signals.
         unsafe { real!(sigsuspend)(&m) }
+    }
+}
+
+/// The set a `sigwait*` call waits for, without the epoch signal (which would otherwise be
+/// taken by the app's wait instead of the shim's handler: no checkpoint, a stalled epoch).
+fn wait_set(set: *const libc::sigset_t) -> Option<libc::sigset_t> {
+    if set.is_null() {
+        return None;
+    }
+    // SAFETY: set is a valid sigset (as for sigwait(3)).
+    let mut m = unsafe { *set };
+    // SAFETY: m is a valid sigset.
+    unsafe { libc::sigdelset(&mut m, remus_abi::EPOCH_SIGNAL) };
+    Some(m)
+}
+
+hook! {
+    unsafe fn sigwait(set: *const libc::sigset_t, sig: *mut c_int) -> c_int => remus_sigwait {
+        state::safe_point();
+        let m = wait_set(set);
+        let p = m.as_ref().map_or(set, |m| m as *const libc::sigset_t);
+        // SAFETY: the app's set less the epoch signal, its output pointer.
+        unsafe { real!(sigwait)(p, sig) }
+    }
+}
+
+hook! {
+    unsafe fn sigwaitinfo(set: *const libc::sigset_t, info: *mut libc::siginfo_t) -> c_int => remus_sigwaitinfo {
+        state::safe_point();
+        let m = wait_set(set);
+        let p = m.as_ref().map_or(set, |m| m as *const libc::sigset_t);
+        // SAFETY: as for sigwait.
+        unsafe { real!(sigwaitinfo)(p, info) }
+    }
+}
+
+hook! {
+    unsafe fn sigtimedwait(
+        set: *const libc::sigset_t,
+        info: *mut libc::siginfo_t,
+        timeout: *const libc::timespec
+    ) -> c_int => remus_sigtimedwait {
+        state::safe_point();
+        let m = wait_set(set);
+        let p = m.as_ref().map_or(set, |m| m as *const libc::sigset_t);
+        // SAFETY: as for sigwait, and the app's timeout.
+        unsafe { real!(sigtimedwait)(p, info, timeout) }
     }
 }
 

@@ -310,6 +310,14 @@ pub fn open_ro(path: &[u8]) -> Result<i32, i32> {
     .map(|fd| fd as i32)
 }
 
+/// Reads the start of the file at `path` (NUL-terminated) into `buf`: the bytes read.
+pub fn read_file(path: &[u8], buf: &mut [u8]) -> Result<usize, i32> {
+    let fd = open_ro(path)?;
+    let r = read(fd, buf);
+    close(fd);
+    r
+}
+
 pub fn close(fd: i32) {
     // SAFETY: closing a descriptor has no memory-safety preconditions.
     let _ = unsafe { raw6(libc::SYS_close, fd as usize, 0, 0, 0, 0, 0) };
@@ -467,4 +475,109 @@ pub fn set_cloexec(fd: i32, on: bool) -> Result<(), i32> {
 pub fn kill0(pid: i32) -> bool {
     // SAFETY: signal 0 only checks for the process.
     unsafe { raw6(libc::SYS_kill, pid as usize, 0, 0, 0, 0, 0) }.is_ok()
+}
+
+/// `si_code` of a signal sent with `sigqueue`/`rt_tgsigqueueinfo` (`SI_QUEUE`).
+pub const SI_QUEUE: i32 = -1;
+
+/// Queues `sig` for thread `tid` of this process with `SI_QUEUE` and `value` in `si_value`
+/// (`rt_tgsigqueueinfo`). Err(ESRCH): the thread is gone.
+pub fn queue_to(tid: i32, sig: i32, value: u64) -> SysResult {
+    // The kernel's siginfo: signo, errno, code, then (for SI_QUEUE) pid, uid, value.
+    let mut info = [0u64; 16];
+    info[0] = sig as u32 as u64;
+    info[1] = SI_QUEUE as u32 as u64;
+    info[2] = getpid() as u32 as u64;
+    info[3] = value;
+    // SAFETY: the kernel reads one 128-byte siginfo from `info`.
+    unsafe {
+        raw6(
+            libc::SYS_rt_tgsigqueueinfo,
+            getpid() as usize,
+            tid as usize,
+            sig as usize,
+            info.as_ptr() as usize,
+            0,
+            0,
+        )
+    }
+}
+
+/// [`queue_to`] this thread.
+pub fn queue_here(sig: i32, value: u64) -> SysResult {
+    queue_to(gettid(), sig, value)
+}
+
+/// The `si_code` and `si_value` of a delivered siginfo.
+///
+/// # Safety
+/// `info` points at the kernel's siginfo for this delivery.
+pub unsafe fn siginfo_code_value(info: *const libc::siginfo_t) -> (i32, u64) {
+    let w = info as *const u64;
+    // SAFETY: a siginfo is 128 bytes; words 1 and 3 hold si_code (low half) and si_value.
+    unsafe {
+        (
+            (w.add(1).read() & 0xffff_ffff) as u32 as i32,
+            w.add(3).read(),
+        )
+    }
+}
+
+/// Whether thread `tid` of this process still exists (`tgkill(pid, tid, 0)`).
+pub fn thread_alive(tid: i32) -> bool {
+    // SAFETY: signal 0 only checks for the thread.
+    unsafe {
+        raw6(
+            libc::SYS_tgkill,
+            getpid() as usize,
+            tid as usize,
+            0,
+            0,
+            0,
+            0,
+        )
+    }
+    .is_ok()
+}
+
+/// `FUTEX_WAIT_PRIVATE` on a word of this process for at most `ns` nanoseconds (0: no limit)
+/// while it still holds `val`.
+pub fn futex_wait_private(word: &core::sync::atomic::AtomicU32, val: u32, ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as i64,
+        tv_nsec: (ns % 1_000_000_000) as i64,
+    };
+    let tsp = if ns == 0 {
+        0
+    } else {
+        &ts as *const libc::timespec as usize
+    };
+    // SAFETY: FUTEX_WAIT reads the word and the timespec (or none), both valid for the call.
+    let _ = unsafe {
+        raw6(
+            libc::SYS_futex,
+            word as *const core::sync::atomic::AtomicU32 as usize,
+            (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as usize,
+            val as usize,
+            tsp,
+            0,
+            0,
+        )
+    };
+}
+
+/// `FUTEX_WAKE_PRIVATE`: wakes every waiter on a word of this process.
+pub fn futex_wake_private(word: &core::sync::atomic::AtomicU32) {
+    // SAFETY: FUTEX_WAKE reads nothing but the word's address.
+    let _ = unsafe {
+        raw6(
+            libc::SYS_futex,
+            word as *const core::sync::atomic::AtomicU32 as usize,
+            (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as usize,
+            i32::MAX as usize,
+            0,
+            0,
+            0,
+        )
+    };
 }

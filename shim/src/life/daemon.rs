@@ -53,7 +53,7 @@ fn take_over(pid: i32) -> Result<(), String> {
         init::last_epoch_in(state::STAGING.load(Ordering::Relaxed)),
         Ordering::Relaxed,
     );
-    state::PENDING.store(false, Ordering::Release);
+    state::pending().store(false, Ordering::Release);
     state::APP_PID.store(pid, Ordering::Relaxed);
     environ::set(ENV_PROTECTED_PID, Some(&pid.to_string()));
     init::read_process_facts();

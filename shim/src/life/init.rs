@@ -283,6 +283,10 @@ extern "C" fn after_fork_in_child() {
     // the controller as if it were the app (its copies of our descriptors are closed).
     // A child of the protected program itself may be handed protection when the program
     // exits (life::daemon): it keeps the shim socket and the staging memfd for that.
+    // Only the forking thread is left: its slot carries on (with the child's thread id), and
+    // the shim's lock is held exactly if that thread's hook depth says so.
+    crate::base::threads::after_fork_in_child();
+    crate::base::lock::after_fork_in_child(state::hook_depth() > 0);
     let candidate = state::mode() == state::MODE_PROTECTED;
     state::CANDIDATE.store(candidate, Ordering::Relaxed);
     state::LAST_CHILD.store(0, Ordering::Relaxed);
@@ -642,27 +646,6 @@ pub(crate) fn read_process_facts() {
     read_statics();
     find_tid_offset();
     find_rseq();
-    find_robust_list();
-}
-
-fn find_robust_list() {
-    let (mut head, mut len) = (0u64, 0u64);
-    // SAFETY: get_robust_list(0, ...) writes this thread's head pointer and length.
-    let r = unsafe {
-        sys::raw6(
-            libc::SYS_get_robust_list,
-            0,
-            &mut head as *mut u64 as usize,
-            &mut len as *mut u64 as usize,
-            0,
-            0,
-            0,
-        )
-    };
-    if r.is_ok() {
-        state::ROBUST_HEAD.store(head, Ordering::Relaxed);
-        state::ROBUST_LEN.store(len, Ordering::Relaxed);
-    }
 }
 
 fn read_statics() {

@@ -177,7 +177,7 @@ fn protect(pid: i32, req: &Request) -> Result<(), String> {
     files::reset();
     sockets::reset();
     state::EPOCH.store(0, Ordering::Relaxed);
-    state::PENDING.store(false, Ordering::Release);
+    state::pending().store(false, Ordering::Release);
     state::APP_PID.store(pid, Ordering::Relaxed);
     crate::base::environ::set(remus_abi::ENV_PROTECTED_PID, Some(&pid.to_string()));
 

@@ -11,9 +11,10 @@
 //! the shutdown and the close only once the epoch is committed: the peer sees nothing (not
 //! even a FIN) that the standby could not stand behind.
 //!
-//! No checkpoint comes between "appended" and "tagged": the hooks raise `state::HOOK_DEPTH`
-//! and the epoch handler defers to their way out. Nothing here allocates or takes a lock:
-//! static tables, atomics and raw system calls only.
+//! No checkpoint comes between "appended" and "tagged": the hooks raise their thread's hook
+//! depth and the epoch handler defers to their way out. Nothing here allocates; the threads of
+//! the program append one at a time under the shim's lock (`base::lock`, held while a hook's
+//! depth is up); static tables, atomics and raw system calls only.
 //!
 //! Backpressure: when the ring is full, a blocking call waits (futex on a word remusd bumps
 //! when it frees room; epochs go on meanwhile) and a non-blocking one gets `EAGAIN`. An app
@@ -292,12 +293,18 @@ fn append_control(log: &Log, kind: u16, flags: u16, conn: u32) {
 /// ended meanwhile (the caller passes through).
 fn wait_room(log: &Log) -> bool {
     let seen = log.space_futex().load(Ordering::Acquire);
-    // Lower the depth so that the epoch handler runs during the wait.
-    state::lower_depth();
     ask_epoch(log, false);
-    sys::futex_wait(log.space_futex(), seen, 50_000_000);
-    state::raise_depth();
+    open_wait(|| sys::futex_wait(log.space_futex(), seen, 50_000_000));
     state::mode() == state::MODE_PROTECTED && log.committed() != COMMITTED_UNPROTECTED
+}
+
+/// Runs a wait that an epoch may have to end with the bracket open: the depth goes down for it
+/// (the epoch handler runs during the wait, and other threads' hooks get the shim's lock) and
+/// up again after. Called inside a hook, where nothing is half-done.
+fn open_wait(wait: impl FnOnce()) {
+    state::lower_depth();
+    wait();
+    state::raise_depth();
 }
 
 /// Asks remusd for the next epoch now, once per epoch, when output waits for it. With
@@ -318,7 +325,7 @@ fn ask_epoch(log: &Log, wait: bool) {
     if wait && state::EPOCH.load(Ordering::Relaxed) < next {
         // remusd bumps the kick word once it has sent the signal (which interrupts this
         // wait) or found that it cannot signal yet. Bounded in case it is gone.
-        sys::futex_wait(log.kick_futex(), seen, 20_000_000);
+        open_wait(|| sys::futex_wait(log.kick_futex(), seen, 20_000_000));
     }
 }
 
@@ -931,7 +938,7 @@ fn unstarve(log: &Log, epfd: i32) {
         if reserve(log, 0, NET_ENTRY_MAX_DATA).is_some() {
             break;
         }
-        sys::futex_wait(log.space_futex(), seen, 50_000_000);
+        open_wait(|| sys::futex_wait(log.space_futex(), seen, 50_000_000));
     }
     ANY_STARVED.store(false, Ordering::Relaxed);
     if epfd >= 0 {
