@@ -1076,15 +1076,15 @@ impl Standby {
         String::from_utf8_lossy(&b[skip..]).into_owned()
     }
 
-    /// How many bytes at the start of `app_stdout` are the primary's committed output that the
-    /// standby wrote out at the takeover (DESIGN §10: `STATE_DIR/recovered.json`), not the
-    /// restored program's own; 0 before a takeover.
+    /// Where the restored program's own output starts in `app_stdout`: after the primary's
+    /// committed output that the standby wrote out at the takeover (DESIGN §10:
+    /// `STATE_DIR/recovered.json`); 0 before a takeover.
     pub fn recovered_stdout_bytes(&self) -> u64 {
-        fs::read(self.state_dir.join("recovered.json"))
+        let v = fs::read(self.state_dir.join("recovered.json"))
             .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v.get("stdout").and_then(Value::as_u64))
-            .unwrap_or(0)
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        let field = |k: &str| v.as_ref().and_then(|v| v.get(k)?.as_u64()).unwrap_or(0);
+        field("stdout_at") + field("stdout")
     }
 
     /// Logs and status, for failure messages.

@@ -138,11 +138,12 @@ fn standby_file(standby: &Standby, fd: i32) -> (Vec<u8>, Vec<u8>) {
         &standby.app_stdout
     };
     let all = fs::read(path).unwrap_or_default();
-    let recovered = fs::read(standby.state_dir.join("recovered.json"))
+    let v = fs::read(standby.state_dir.join("recovered.json"))
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get(if fd == 2 { "stderr" } else { "stdout" })?.as_u64())
-        .unwrap_or(0) as usize;
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let field = |k: &str| v.as_ref().and_then(|v| v.get(k)?.as_u64()).unwrap_or(0);
+    let name = if fd == 2 { "stderr" } else { "stdout" };
+    let recovered = (field(&format!("{name}_at")) + field(name)) as usize;
     let own = all[recovered.min(all.len())..].to_vec();
     (all, own)
 }

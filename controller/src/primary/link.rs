@@ -465,14 +465,10 @@ fn send_loop(
         let mark = (beat.watermark)();
         let moved = mark != reported;
         if moved && last_report.elapsed() >= heartbeat {
-            if let Err(e) = w.send(&WireMsg::Heartbeat {
-                released: mark.clone(),
-            }) {
-                health.fail(format!("sending a heartbeat: {e}"));
+            if !send_heartbeat(&mut w, mark.clone(), &health, &status) {
                 return;
             }
             (last_tx, last_report, reported) = (Instant::now(), Instant::now(), mark);
-            status.lock().status.bytes_wire = w.bytes();
             continue;
         }
         let mut wait = heartbeat.saturating_sub(last_tx.elapsed());
@@ -486,14 +482,10 @@ fn send_loop(
                     continue; // the watermark's turn: sent at the top of the loop
                 }
                 let mark = (beat.watermark)();
-                if let Err(e) = w.send(&WireMsg::Heartbeat {
-                    released: mark.clone(),
-                }) {
-                    health.fail(format!("sending a heartbeat: {e}"));
+                if !send_heartbeat(&mut w, mark.clone(), &health, &status) {
                     return;
                 }
                 (last_tx, last_report, reported) = (Instant::now(), Instant::now(), mark);
-                status.lock().status.bytes_wire = w.bytes();
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return,
@@ -546,6 +538,21 @@ fn send_loop(
         }
         last_tx = Instant::now();
     }
+}
+
+/// Sends a heartbeat carrying `released`; false (the link marked failed) if it cannot.
+fn send_heartbeat(
+    w: &mut FrameWriter<TcpStream>,
+    released: Released,
+    health: &Health,
+    status: &SharedStatus,
+) -> bool {
+    if let Err(e) = w.send(&WireMsg::Heartbeat { released }) {
+        health.fail(format!("sending a heartbeat: {e}"));
+        return false;
+    }
+    status.lock().status.bytes_wire = w.bytes();
+    true
 }
 
 /// Rough size of an epoch's metadata, for the bytes_raw counter.

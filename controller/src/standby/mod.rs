@@ -654,8 +654,9 @@ struct Recovered {
 /// restored program's stdout and stderr go (`--stdout`/`--stderr`, else this daemon's own),
 /// in order, before the program resumes: so it comes first there, then the program's own.
 ///
-/// `STATE_DIR/recovered.json` says what is written (`stdout` and `stderr`: the bytes at the
-/// start of each file that are the primary's, not the restored program's), before it is.
+/// `STATE_DIR/recovered.json` says what is written, before it is: `stdout` and `stderr`, how
+/// many bytes of each file are the primary's, not the restored program's, from `stdout_at`
+/// and `stderr_at` (the file's size before; null for this daemon's own stdout/stderr).
 fn write_recovered(kept: &kept::KeptOutput, args: &StandbyArgs) -> Vec<Recovered> {
     use std::io::Write;
     use std::os::fd::AsFd;
@@ -665,8 +666,16 @@ fn write_recovered(kept: &kept::KeptOutput, args: &StandbyArgs) -> Vec<Recovered
             .map(|(_, n)| n)
             .sum()
     };
+    // Where in each file they start: its size before (they are appended).
+    let size = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+    };
+    let (out_at, err_at) = (size(&args.stdout), size(&args.stderr));
     let note = |stdout: u64, stderr: u64| {
-        let v = serde_json::json!({ "stdout": stdout, "stderr": stderr });
+        let v = serde_json::json!({
+            "stdout": stdout, "stdout_at": out_at, "stderr": stderr, "stderr_at": err_at
+        });
         if let Err(e) = write_json_atomic(&args.state_dir.join("recovered.json"), &v) {
             tracing::warn!("writing recovered.json: {e:#}");
         }
