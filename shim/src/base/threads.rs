@@ -20,7 +20,9 @@ use crate::kernel::sys;
 /// short, and for the keys of threads that have exited.
 pub const SLOTS: usize = 1024;
 
-/// One thread's shim state.
+/// One thread's shim state (`repr(C)`: a debugger or a reader of the process memory finds the
+/// fields where the source says).
+#[repr(C)]
 pub struct Slot {
     /// The thread pointer (0: free).
     key: AtomicU64,

@@ -51,9 +51,12 @@ pub fn install(real: SigactionFn) {
     }
 }
 
-/// A leader is running an epoch in this process (a second request meanwhile is dropped: the
-/// controller asks for one epoch at a time).
+/// A leader is running an epoch in this process.
 static LEADING: AtomicBool = AtomicBool::new(false);
+/// A request came while a leader was still finishing (the controller saw the epoch's last chunk
+/// and asked for the next one before the leader and its followers left their handlers; the
+/// signal went to the first thread out): the leader takes it when it is done.
+static AGAIN: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_epoch(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     let saved_errno = sys::errno();
@@ -109,10 +112,19 @@ extern "C" fn on_epoch(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_v
 }
 
 /// This thread takes the epoch: it saves its resume point in its slot and runs the capture,
-/// which brings the other threads in first (`rendezvous`).
+/// which brings the other threads in first (`rendezvous`). A request that finds another leader
+/// still finishing is handed to it ([`AGAIN`]), never dropped: the controller asks once per
+/// epoch and waits for the answer.
 fn lead(me: &'static threads::Slot, app_mask: u64) {
-    if LEADING.swap(true, Ordering::AcqRel) {
-        return;
+    if LEADING.swap(true, Ordering::SeqCst) {
+        AGAIN.store(true, Ordering::SeqCst);
+        if LEADING.load(Ordering::SeqCst) || !AGAIN.swap(false, Ordering::SeqCst) {
+            return; // the leader (still on, or just done and it took the request) has it
+        }
+        if LEADING.swap(true, Ordering::SeqCst) {
+            AGAIN.store(true, Ordering::SeqCst); // yet another leader: it takes it when done
+            return;
+        }
     }
     rendezvous::fill_record(me, app_mask, true);
     // SAFETY: the slot's context is this thread's own (see threads::SlotCell).
@@ -120,6 +132,11 @@ fn lead(me: &'static threads::Slot, app_mask: u64) {
     if context::checkpoint(ctx, capture::capture_epoch) {
         super::restored::after_restore(me);
         install(crate::base::sigview::real_sigaction());
+        AGAIN.store(false, Ordering::SeqCst);
     }
-    LEADING.store(false, Ordering::Release);
+    LEADING.store(false, Ordering::SeqCst);
+    if AGAIN.swap(false, Ordering::SeqCst) {
+        // Delivered once this handler returns (its own signal is blocked in it).
+        sys::raise_here(EPOCH_SIGNAL);
+    }
 }

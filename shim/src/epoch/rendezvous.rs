@@ -203,6 +203,9 @@ pub fn gather() -> Result<&'static Gathered, Fail> {
         let arrivals = ARRIVALS.load(Ordering::Acquire);
         g.collect(&mut seen, generation);
         if g.waiting() == 0 {
+            if g.n == 0 {
+                break; // alone: nobody else can have created a thread since the listing
+            }
             // Everyone signalled is in; a thread created meanwhile shows up in a new listing.
             match signal_new(g, me, generation) {
                 Ok(0) => break,
