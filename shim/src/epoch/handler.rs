@@ -87,6 +87,12 @@ extern "C" fn on_epoch(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_v
             // Signals the shim holds back for a moment are not the app's blocking.
             word & !me.deferred.load(Ordering::Relaxed)
         };
+        let altstack = if uc.is_null() {
+            None
+        } else {
+            // SAFETY: as above; uc_stack is the alternate stack the kernel saved at delivery.
+            Some(unsafe { (*(uc as *mut libc::ucontext_t)).uc_stack })
+        };
         if me.depth.load(Ordering::Acquire) > 0 {
             // No checkpoint in the middle of a wrapper: the hook takes it on its way out.
             if park {
@@ -95,11 +101,11 @@ extern "C" fn on_epoch(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_v
                 me.pending.store(true, Ordering::Release);
             }
         } else if park {
-            if rendezvous::follow(value, app_mask) {
+            if rendezvous::follow(value, app_mask, altstack) {
                 super::restored::follower_restored(me);
             }
         } else {
-            lead(me, app_mask);
+            lead(me, app_mask, altstack);
         }
     } else if state::mode() == state::MODE_PASSIVE {
         // A restored process asked to be protected again: the work waits for a safe point
@@ -115,7 +121,7 @@ extern "C" fn on_epoch(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_v
 /// which brings the other threads in first (`rendezvous`). A request that finds another leader
 /// still finishing is handed to it ([`AGAIN`]), never dropped: the controller asks once per
 /// epoch and waits for the answer.
-fn lead(me: &'static threads::Slot, app_mask: u64) {
+fn lead(me: &'static threads::Slot, app_mask: u64, altstack: Option<libc::stack_t>) {
     if LEADING.swap(true, Ordering::SeqCst) {
         AGAIN.store(true, Ordering::SeqCst);
         if LEADING.load(Ordering::SeqCst) || !AGAIN.swap(false, Ordering::SeqCst) {
@@ -126,7 +132,7 @@ fn lead(me: &'static threads::Slot, app_mask: u64) {
             return;
         }
     }
-    rendezvous::fill_record(me, app_mask, true);
+    rendezvous::fill_record(me, app_mask, altstack, true);
     // SAFETY: the slot's context is this thread's own (see threads::SlotCell).
     let ctx = unsafe { &mut *me.rec.ctx() };
     if context::checkpoint(ctx, capture::capture_epoch) {

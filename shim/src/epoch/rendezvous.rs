@@ -251,7 +251,7 @@ pub fn release() {
 /// The epoch signal reached a thread with `SI_QUEUE`: a leader's call to park for `generation`.
 /// `app_mask`: the app's mask in the interrupted context. At depth 0 only. Returns true in the
 /// restored process (the thread resumed at its parking place on the standby).
-pub fn follow(generation: u64, app_mask: u64) -> bool {
+pub fn follow(generation: u64, app_mask: u64, altstack: Option<libc::stack_t>) -> bool {
     let me = threads::current();
     if generation == 0 || me.parked.load(Ordering::Acquire) == generation {
         return false; // a duplicate
@@ -261,7 +261,7 @@ pub fn follow(generation: u64, app_mask: u64) -> bool {
         return false; // stale: that rendezvous is over
     }
     threads::refresh_tid(me);
-    fill_record(me, app_mask, false);
+    fill_record(me, app_mask, altstack, false);
     // SAFETY: the slot's context is this thread's own (see threads::SlotCell).
     let ctx = unsafe { &mut *me.rec.ctx() };
     me.park_for.store(generation, Ordering::Relaxed);
@@ -286,16 +286,22 @@ extern "C" fn park(_ctx: *mut ResumeContext) {
     }
 }
 
-/// Fills the thread's record in its slot (in its own epoch handler).
-pub fn fill_record(me: &Slot, app_mask: u64, leader: bool) {
-    let tid = sys::gettid();
+/// Fills the thread's record in its slot (in its own epoch handler). `altstack`: the
+/// alternate stack the kernel saved in the handler's context (else asked for). Few system
+/// calls: every follower makes them before it counts itself in, so they are the rendezvous's
+/// cost per thread.
+pub fn fill_record(me: &Slot, app_mask: u64, altstack: Option<libc::stack_t>, leader: bool) {
+    if leader {
+        threads::refresh_tid(me);
+    }
+    let tid = me.tid.load(Ordering::Relaxed);
     // SAFETY: the record is this thread's own (see threads::SlotCell).
     let r: &mut ThreadRecord = unsafe { &mut *me.rec.get() };
     r.tid = tid;
     r.flags = if tid == sys::getpid() { THREAD_MAIN } else { 0 }
         | if leader { remus_abi::THREAD_LEADER } else { 0 };
     r.sigmask = app_mask;
-    let ss = sys::current_altstack();
+    let ss = altstack.unwrap_or_else(sys::current_altstack);
     r.altstack_sp = ss.ss_sp as u64;
     r.altstack_size = ss.ss_size as u64;
     r.altstack_flags = ss.ss_flags;
@@ -303,23 +309,28 @@ pub fn fill_record(me: &Slot, app_mask: u64, leader: bool) {
     r.ctx.fs_base = tp;
     let off = state::TID_OFFSET.load(Ordering::Relaxed);
     r.clear_child_tid = if off != 0 { tp + off } else { 0 };
-    let (mut head, mut len) = (0u64, 0u64);
-    // SAFETY: get_robust_list(0, ...) writes this thread's head pointer and length.
-    if unsafe {
-        sys::raw6(
-            libc::SYS_get_robust_list,
-            0,
-            &mut head as *mut u64 as usize,
-            &mut len as *mut u64 as usize,
-            0,
-            0,
-            0,
-        )
-    }
-    .is_ok()
-    {
-        r.robust_head = head;
-        r.robust_len = len;
+    // glibc registers the robust list once, at the thread's start, at a place in its control
+    // block (so a thread that reuses a dead one's block and slot has it at the same address):
+    // asked for once per slot.
+    if r.robust_head == 0 {
+        let (mut head, mut len) = (0u64, 0u64);
+        // SAFETY: get_robust_list(0, ...) writes this thread's head pointer and length.
+        if unsafe {
+            sys::raw6(
+                libc::SYS_get_robust_list,
+                0,
+                &mut head as *mut u64 as usize,
+                &mut len as *mut u64 as usize,
+                0,
+                0,
+                0,
+            )
+        }
+        .is_ok()
+        {
+            r.robust_head = head;
+            r.robust_len = len;
+        }
     }
     let rseq = state::RSEQ_SIZE.load(Ordering::Relaxed);
     if rseq != 0 {
