@@ -8,8 +8,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::image::EpochMeta;
 
 /// Protocol version carried in every frame header and in [`Hello`]. 3: the standby's refusal
-/// of a hello is a [`Refusal`] (it was free text).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// of a hello is a [`Refusal`] (it was free text). 4: [`EpochMeta`] carries every thread
+/// (`threads`, `rendezvous_ns`).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// One message on the wire. The frame header's `kind` byte is [`WireMsg::kind`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
