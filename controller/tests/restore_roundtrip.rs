@@ -541,3 +541,86 @@ fn restore_python_sleeping() {
     assert!(out.ends_with("round 39 ok\ndone\n"), "{out}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The image's pid is still taken on this host (the original runs on): restore refuses to
+/// give the program another pid when told never to use a PID namespace, and by default
+/// restores it into a new PID namespace, where it has its own pid again (it prints
+/// `os.getpid()` each round) and runs to its end.
+#[test]
+fn restore_while_the_pid_is_taken_uses_a_pid_namespace() {
+    use remus_controller::restore::PidNamespacePolicy;
+    let o = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap_or_else(|e| panic!("{}", not_installed("python3", "python3", e)));
+    assert!(o.status.success(), "python3 failed: {o:?}");
+    let py = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_test_writer()
+        .try_init();
+    let dir = tempdir("restore-pidns");
+    let script = "import os, time\n\
+                  for r in range(30):\n\
+                  \x20   time.sleep(0.02)\n\
+                  \x20   print('round', r, 'pid', os.getpid(), 'ok', flush=True)\n\
+                  print('done', flush=True)\n";
+    fs::write(dir.join("prog.py"), script).unwrap();
+    let orig_out = dir.join("orig.out");
+    let mut child = Command::new(&py)
+        .arg(dir.join("prog.py"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&orig_out).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    wait_for(&orig_out, "round 2 ", Duration::from_secs(30));
+    let d = dump(pid);
+    // The original goes on (the dump stopped it: let it run), holding its pid.
+    // SAFETY: PTRACE_DETACH with integer arguments on the process we seized.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize) };
+    assert_eq!(rc, 0, "detach: {}", std::io::Error::last_os_error());
+
+    let restored_out = dir.join("restored.out");
+    let mut opts = RestoreOptions {
+        stdout: Some(restored_out.clone()),
+        stderr: Some(dir.join("restored.err")),
+        state_dir: dir.clone(),
+        full_regs: Some(d.regs),
+        pid_namespace: PidNamespacePolicy::Never,
+        ..Default::default()
+    };
+    let e = restore(&d.image, &opts).expect_err("the pid is taken");
+    assert!(
+        e.to_string().contains(&format!("{pid} is in use on this host")),
+        "{e}"
+    );
+    eprintln!("expected error: {e}");
+
+    opts.pid_namespace = PidNamespacePolicy::WhenTaken;
+    let rp = restore(&d.image, &opts).unwrap_or_else(|e| panic!("restore failed: {e}"));
+    assert_eq!(rp.own_pid, pid);
+    assert_ne!(rp.pid, pid);
+    assert!(rp.pid_namespace_init.is_some(), "{rp:?}");
+    let st = wait_exit(rp.pid, Duration::from_secs(60));
+    let out = fs::read_to_string(&restored_out).unwrap_or_default();
+    let err = fs::read_to_string(dir.join("restored.err")).unwrap_or_default();
+    eprintln!("restored:\n{out}\nstderr:\n{err}");
+    assert!(
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+        "restored python ended with status {st:#x}"
+    );
+    let rounds: Vec<&str> = out.lines().filter(|l| l.starts_with("round ")).collect();
+    assert!(!rounds.is_empty(), "{out}");
+    for l in &rounds {
+        assert!(
+            l.ends_with(&format!("pid {pid} ok")),
+            "the restored program sees another pid: {l}"
+        );
+    }
+    assert!(out.ends_with("done\n"), "{out}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = fs::remove_dir_all(&dir);
+}
