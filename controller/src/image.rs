@@ -291,18 +291,29 @@ impl EpochMeta {
         let mut seen = std::collections::BTreeSet::new();
         for t in threads {
             if t.tid <= 0 || !seen.insert(t.tid) {
-                return Err(format!("bad or repeated thread id {} in the thread table", t.tid));
+                return Err(format!(
+                    "bad or repeated thread id {} in the thread table",
+                    t.tid
+                ));
             }
         }
-        let mains = threads.iter().filter(|t| t.flags & THREAD_MAIN != 0).count();
+        let mains = threads
+            .iter()
+            .filter(|t| t.flags & THREAD_MAIN != 0)
+            .count();
         if mains != 1 {
             return Err(format!(
                 "{mains} threads are flagged as the main thread (the process id), want exactly one"
             ));
         }
-        let leaders = threads.iter().filter(|t| t.flags & THREAD_LEADER != 0).count();
+        let leaders = threads
+            .iter()
+            .filter(|t| t.flags & THREAD_LEADER != 0)
+            .count();
         if leaders > 1 {
-            return Err(format!("{leaders} threads are flagged as the leader, want one"));
+            return Err(format!(
+                "{leaders} threads are flagged as the leader, want one"
+            ));
         }
         Ok(())
     }

@@ -449,7 +449,10 @@ mod tests {
         assert_eq!(v["regions"][0]["pages_held"], 2);
         assert_eq!(v["regions"][0]["perms"], "rw-p");
         assert_eq!(v["threads"][0]["tid"], 7);
-        assert_eq!(v["threads"][0]["main"], true, "one thread made from ctx and tid");
+        assert_eq!(
+            v["threads"][0]["main"], true,
+            "one thread made from ctx and tid"
+        );
         assert_eq!(v["threads"].as_array().unwrap().len(), 1);
         assert_eq!(v["cwd"], "/srv");
     }

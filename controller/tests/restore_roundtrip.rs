@@ -593,7 +593,8 @@ fn restore_while_the_pid_is_taken_uses_a_pid_namespace() {
     };
     let e = restore(&d.image, &opts).expect_err("the pid is taken");
     assert!(
-        e.to_string().contains(&format!("{pid} is in use on this host")),
+        e.to_string()
+            .contains(&format!("{pid} is in use on this host")),
         "{e}"
     );
     eprintln!("expected error: {e}");

@@ -670,7 +670,10 @@ mod tests {
         let h = read_header(&b, (3, 0)).unwrap();
         let m = read_meta(&b, &h, 0).unwrap();
         assert_eq!(
-            m.threads.iter().map(|t| (t.tid, t.flags)).collect::<Vec<_>>(),
+            m.threads
+                .iter()
+                .map(|t| (t.tid, t.flags))
+                .collect::<Vec<_>>(),
             [(100, M), (101, L), (102, 0)]
         );
         assert_eq!(m.threads[2].ctx.rip, 0x402002);
@@ -697,7 +700,10 @@ mod tests {
         b[off..off + 4].copy_from_slice(&(MAX_THREADS as u32 + 1).to_le_bytes());
         assert!(matches!(
             read_header(&b, (3, 0)),
-            Err(ReadStagingError::Count { what: "threads", .. })
+            Err(ReadStagingError::Count {
+                what: "threads",
+                ..
+            })
         ));
     }
 }

@@ -359,7 +359,12 @@ fn threads_reach_the_standby_and_a_stuck_thread_does_not_stop_protection() {
     assert_eq!((st.rendezvous_us.p50, st.copy_us.p50), (500, 1500));
     // The shim gives up epoch 2: thread 79 did not come in. Protection goes on.
     r.shim
-        .send(MsgKind::ThreadStuck, 79, 2, "worker (blocks the epoch signal)")
+        .send(
+            MsgKind::ThreadStuck,
+            79,
+            2,
+            "worker (blocks the epoch signal)",
+        )
         .unwrap();
     wait_for("stuck thread shown", || {
         query_status(&r.control).is_ok_and(|s| s.stuck_thread.is_some())

@@ -56,7 +56,7 @@ pub(crate) fn spawn_stopped(inj: u64, len: u64, ids: ChildIds) -> Result<i32, Re
         Err(errno) => {
             return Err(super::set_tid_error(
                 ids.pid,
-                "process (its main thread)",
+                "process id (its main thread)",
                 errno,
             ))
         }

@@ -95,13 +95,7 @@ impl SetTidError {
 pub(crate) unsafe fn clone3(args: &CloneArgs) -> Result<i32, i32> {
     // SAFETY: `args` is a valid clone_args of CLONE_ARGS_SIZE bytes for the duration of the
     // call; the caller upholds the fork-like contract above.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            args as *const CloneArgs,
-            CLONE_ARGS_SIZE,
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_clone3, args as *const CloneArgs, CLONE_ARGS_SIZE) };
     if r < 0 {
         // SAFETY: reading errno right after the failed call.
         return Err(unsafe { *libc::__errno_location() });

@@ -416,9 +416,7 @@ impl Tracee {
                 )
             };
             if rc < 0 {
-                return Err(
-                    self.ptrace_err("PTRACE_GETEVENTMSG", std::io::Error::last_os_error())
-                );
+                return Err(self.ptrace_err("PTRACE_GETEVENTMSG", std::io::Error::last_os_error()));
             }
             tid = Some(msg as i32);
             ptrace_simple(libc::PTRACE_CONT, self.pid, 0, 0)
@@ -439,7 +437,11 @@ impl Tracee {
             return Err(super::set_tid_error(own_tid, "thread", errno));
         };
         if rax as i32 != own_tid {
-            warn!(own_tid, got = rax, "clone3 gave the thread another TID than asked");
+            warn!(
+                own_tid,
+                got = rax,
+                "clone3 gave the thread another TID than asked"
+            );
         }
         // Reap the new thread's first stop: SIGSTOP, before its first instruction.
         let st = wait_raw(tid).map_err(|e| self.ptrace_err("waitpid (new thread)", e))?;

@@ -1,11 +1,12 @@
 //! Restore: turn the standby's committed [`Image`] back into a running process.
 //!
-//! ptrace-driven, in the style of CRIU's "compel": the daemon forks a child that does almost
-//! nothing by itself (blocks signals, maps a small injection area holding `syscall; int3`,
-//! asks to be traced and stops). Everything else is done from here, in ordinary Rust, by
-//! making the stopped child execute one system call at a time ([`inject::Tracee`]):
+//! ptrace-driven, in the style of CRIU's "compel": the daemon clones a child (`clone3` with
+//! `set_tid`: it gets the pid of the image's main thread) that does almost nothing by itself
+//! (blocks signals, maps a small injection area holding `syscall; int3`, asks to be traced
+//! and stops). Everything else is done from here, in ordinary Rust, by making the stopped
+//! child execute one system call at a time ([`inject::Tracee`]):
 //!
-//! 1. forget the daemon's per-thread kernel state the fork copied (rseq registration, robust
+//! 1. forget the daemon's per-thread kernel state the clone copied (rseq registration, robust
 //!    futex list, clear-child-tid, alternate signal stack, signal dispositions);
 //! 2. install the descriptor table ([`fds`]) and the working directory;
 //! 3. unmap everything the child inherited from the daemon, except the injection area and the
@@ -14,9 +15,22 @@
 //! 4. map every region of the image at its address with its protection and write the image's
 //!    pages into it through `/proc/<pid>/mem` ([`regions`]);
 //! 5. `prctl(PR_SET_MM_MAP)` ([`mm`]);
-//! 6. set the signal mask, unmap the injection area (the last injected syscall; the child is
-//!    caught at its syscall-exit stop, so it never returns into the unmapped page), set the
-//!    registers and detach.
+//! 6. add every other thread of the image with its own TID (an injected `clone3` with
+//!    `CLONE_THREAD` and `set_tid`; traced from birth, it stops before its first instruction)
+//!    and set its registers (its resume point, `rax = 1`, its `fs` base) and signal mask;
+//! 7. set the main thread's signal mask, unmap the injection area (the last injected
+//!    syscall; the child is caught at its syscall-exit stop, so it never returns into the
+//!    unmapped page), set its registers, and detach every thread, the main one last.
+//!
+//! Threads come from [`crate::image::EpochMeta::thread_records`]: the record flagged
+//! `THREAD_MAIN` is the process (its TID is the pid), the others are added; an image without
+//! records (a single-threaded epoch) is one main thread made from `ctx` and `tid`. Each
+//! thread re-registers the rest itself (robust list, rseq, clear-child-tid, name) in the
+//! shim, and `rt_sigreturn` restores its mask, alternate stack and full registers.
+//!
+//! Ids are never replaced by others: when one is in use on this host, the process is restored
+//! into a new PID namespace ([`pidns`]) where all are free, and the log says so
+//! ([`RestoreOptions::pid_namespace`]).
 //!
 //! The restored process is a child of the calling thread's process. While `restore` runs,
 //! no other thread of the caller may reap arbitrary children (`waitpid(-1, ..)`): it could
@@ -278,7 +292,10 @@ struct ThreadPlan {
 }
 
 impl ThreadPlan {
-    fn of(meta: &crate::image::EpochMeta, opts: &RestoreOptions) -> Result<ThreadPlan, RestoreError> {
+    fn of(
+        meta: &crate::image::EpochMeta,
+        opts: &RestoreOptions,
+    ) -> Result<ThreadPlan, RestoreError> {
         let all = meta.thread_records();
         crate::image::EpochMeta::check_threads(&all)
             .map_err(|e| RestoreError::Unsupported(format!("the image's threads: {e}")))?;

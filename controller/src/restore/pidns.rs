@@ -103,17 +103,17 @@ impl PidNamespace {
         // SAFETY: fork-like clone3: the child only runs `init_main` (raw system calls on
         // memory it owns: the C strings above, copied with its address space); it never
         // returns.
-        let init = match unsafe { clone3(&args) } {
-            Ok(0) => unsafe { init_main(sock, app_pid, &strings) },
-            Ok(pid) => pid,
-            Err(errno) => {
-                return Err(RestoreError::Os {
-                    what: "creating the init of a new PID namespace (clone3 CLONE_NEWPID|CLONE_NEWNS)"
-                        .into(),
+        let init =
+            match unsafe { clone3(&args) } {
+                Ok(0) => unsafe { init_main(sock, app_pid, &strings) },
+                Ok(pid) => pid,
+                Err(errno) => return Err(RestoreError::Os {
+                    what:
+                        "creating the init of a new PID namespace (clone3 CLONE_NEWPID|CLONE_NEWNS)"
+                            .into(),
                     source: std::io::Error::from_raw_os_error(errno),
-                })
-            }
-        };
+                }),
+            };
         drop(theirs);
         // Reap the init whenever it ends (it is our child; it waits for the program). Only
         // its own pid is waited for, never "any child".
@@ -124,7 +124,8 @@ impl PidNamespace {
                 // SAFETY: waitpid on our own child's pid with a valid out-pointer.
                 while unsafe { libc::waitpid(init, &mut st, 0) } < 0
                     && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-                {}
+                {
+                }
                 debug!(init, status = st, "the PID namespace's init ended");
             });
         let mut ns = PidNamespace {
@@ -167,7 +168,10 @@ impl PidNamespace {
     pub fn go(mut self) {
         if let Some(mut s) = self.sock.take() {
             if let Err(e) = s.write_all(&[MSG_GO]) {
-                error!(init = self.init, "telling the PID namespace's init to go on: {e}");
+                error!(
+                    init = self.init,
+                    "telling the PID namespace's init to go on: {e}"
+                );
             }
         }
     }

@@ -19,7 +19,9 @@ fn is_root() -> bool {
 macro_rules! root_only {
     () => {
         if !is_root() {
-            eprintln!("SKIPPED: this test needs root (clone3 set_tid needs CAP_CHECKPOINT_RESTORE)");
+            eprintln!(
+                "SKIPPED: this test needs root (clone3 set_tid needs CAP_CHECKPOINT_RESTORE)"
+            );
             return;
         }
     };
@@ -133,7 +135,10 @@ fn a_taken_tid_is_an_error_or_a_new_pid_namespace() {
 
     // The process id taken: a clear error naming who holds it.
     let e = stopped_child(taken, None).err().expect("pid in use");
-    assert!(matches!(e, RestoreError::TidTaken { tid, .. } if tid == taken), "{e}");
+    assert!(
+        matches!(e, RestoreError::TidTaken { tid, .. } if tid == taken),
+        "{e}"
+    );
     assert!(e.to_string().contains("(sleep)"), "{e}");
     eprintln!("expected error: {e}");
     // A thread id taken: the same.
@@ -142,7 +147,10 @@ fn a_taken_tid_is_an_error_or_a_new_pid_namespace() {
         .inject_thread(taken_thread.0, 0)
         .err()
         .expect("tid in use");
-    assert!(matches!(e, RestoreError::TidTaken { tid, .. } if tid == taken_thread.0), "{e}");
+    assert!(
+        matches!(e, RestoreError::TidTaken { tid, .. } if tid == taken_thread.0),
+        "{e}"
+    );
     assert!(e.to_string().contains("thread"), "{e}");
     drop(t);
 
@@ -156,7 +164,9 @@ fn a_taken_tid_is_an_error_or_a_new_pid_namespace() {
     let outer = t.pid;
     assert_ne!(outer, taken, "the host gives it another outer number");
     assert_eq!(nspid(outer, outer), [outer, taken]);
-    let tid = t.inject_thread(taken_thread.0, 0).expect("thread in the namespace");
+    let tid = t
+        .inject_thread(taken_thread.0, 0)
+        .expect("thread in the namespace");
     assert_eq!(nspid(outer, tid), [tid, taken_thread.0]);
     assert_eq!(tasks(outer), BTreeSet::from([outer, tid]));
     // Its mount namespace is the init's, with a /proc of the new PID namespace: the program
@@ -185,7 +195,10 @@ fn a_taken_tid_is_an_error_or_a_new_pid_namespace() {
     drop(t);
     drop(ns); // never said go: the init ends, and the namespace with it
     assert!(gone(outer));
-    assert!(gone(init), "the namespace's init exits when the restore is abandoned");
+    assert!(
+        gone(init),
+        "the namespace's init exits when the restore is abandoned"
+    );
 
     let _ = sleeper.kill();
     let _ = sleeper.wait();

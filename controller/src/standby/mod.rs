@@ -554,11 +554,7 @@ fn session_inner(
                         b.status.bytes_raw = rx.bytes_raw;
                         if let Some(m) = &rx.image.meta {
                             b.record_pause(m.pause_ns);
-                            b.record_threads(
-                                m.thread_records().len(),
-                                m.rendezvous_ns,
-                                m.pause_ns,
-                            );
+                            b.record_threads(m.thread_records().len(), m.rendezvous_ns, m.pause_ns);
                         }
                         if restorable {
                             b.status.committed_epoch = Some(epoch);
