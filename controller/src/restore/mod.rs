@@ -81,6 +81,10 @@ pub struct RestoreOptions {
     pub file_root: Option<PathBuf>,
     /// What to do when a TID of the image is in use on this host.
     pub pid_namespace: PidNamespacePolicy,
+    /// The dump-based path for the other threads, beside `full_regs`: the complete register
+    /// set of each thread other than the main one, by TID (the image's), restored as given
+    /// (`orig_rax` set to -1), with the thread record's `sigmask`.
+    pub thread_regs: Vec<(i32, libc::user_regs_struct)>,
 }
 
 /// When the image's process and thread ids are not all free on this host. They are never
@@ -110,6 +114,10 @@ impl std::fmt::Debug for RestoreOptions {
             .field("bind_map", &self.bind_map)
             .field("file_root", &self.file_root)
             .field("pid_namespace", &self.pid_namespace)
+            .field(
+                "thread_regs",
+                &self.thread_regs.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -301,10 +309,13 @@ impl ThreadPlan {
             .map_err(|e| RestoreError::Unsupported(format!("the image's threads: {e}")))?;
         let (main, others): (Vec<ThreadRecord>, Vec<ThreadRecord>) =
             all.into_iter().partition(|t| t.flags & THREAD_MAIN != 0);
-        if opts.full_regs.is_some() && !others.is_empty() {
-            return Err(RestoreError::Unsupported(
-                "full_regs restores one thread; the image has several".into(),
-            ));
+        if let Some(t) = others.iter().find(|t| {
+            opts.full_regs.is_some() && !opts.thread_regs.iter().any(|(tid, _)| *tid == t.tid)
+        }) {
+            return Err(RestoreError::Unsupported(format!(
+                "full_regs is given, but no thread_regs for thread {}",
+                t.tid
+            )));
         }
         Ok(ThreadPlan {
             main: main[0],
@@ -490,13 +501,18 @@ fn build(
     // Every other thread, with its TID, stopped before its first instruction with its
     // registers set; they go with the main thread in `finish`.
     for th in &threads.others {
-        let tid = t.inject_thread(th.tid, th.ctx.fs_base)?;
+        let given = opts.thread_regs.iter().find(|(tid, _)| *tid == th.tid);
+        let tls = given.map_or(th.ctx.fs_base, |(_, r)| r.fs_base);
+        let tid = t.inject_thread(th.tid, tls)?;
         let base = t
             .added_threads()
             .last()
             .map(|a| a.base_regs())
             .unwrap_or_else(|| t.base_regs());
-        t.set_thread_regs(tid, resume_regs(base, &th.ctx), RESUME_MASK)?;
+        match given {
+            Some((_, r)) => t.set_thread_regs(tid, *r, th.sigmask)?,
+            None => t.set_thread_regs(tid, resume_regs(base, &th.ctx), RESUME_MASK)?,
+        }
     }
 
     let (regs, mask) = match opts.full_regs {
