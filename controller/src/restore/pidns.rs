@@ -105,6 +105,7 @@ impl PidNamespace {
         // returns.
         let init =
             match unsafe { clone3(&args) } {
+                // SAFETY: we are the freshly cloned init; see init_main's contract.
                 Ok(0) => unsafe { init_main(sock, app_pid, &strings) },
                 Ok(pid) => pid,
                 Err(errno) => return Err(RestoreError::Os {

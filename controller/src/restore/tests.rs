@@ -143,10 +143,7 @@ fn a_taken_tid_is_an_error_or_a_new_pid_namespace() {
     eprintln!("expected error: {e}");
     // A thread id taken: the same.
     let mut t = stopped_child(free, None).expect("a free pid");
-    let e = t
-        .inject_thread(taken_thread.0, 0)
-        .err()
-        .expect("tid in use");
+    let e = t.inject_thread(taken_thread.0, 0).expect_err("tid in use");
     assert!(
         matches!(e, RestoreError::TidTaken { tid, .. } if tid == taken_thread.0),
         "{e}"
