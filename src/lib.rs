@@ -1300,6 +1300,14 @@ impl Protected {
         self.child.id() as i32
     }
 
+    /// The program this handle started still runs: not exited, and not reaped (until it is
+    /// reaped its pid is not reused). After a takeover on this host the restored program has
+    /// the same pid (restore gives the image's ids back), so `alive(pid)` alone cannot tell
+    /// the two apart.
+    pub fn original_alive(&self) -> bool {
+        self.exit.is_none() && peek_exit(self.pid()).is_none() && alive(self.pid())
+    }
+
     /// The lines printed to stdout so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.out.lock().expect("lock").clone()

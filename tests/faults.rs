@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use remus::netns::Netns;
 use remus::{
-    alive, check_restored_output, committed_epoch, describe_status, iters, n, peek_exit, progs, s,
-    signal, wait_for, Protected, ProtectedOpts, Standby, TempDir,
+    check_restored_output, committed_epoch, describe_status, iters, n, peek_exit, progs, s, signal,
+    wait_for, Protected, ProtectedOpts, Standby, TempDir,
 };
 use serde_json::Value;
 
@@ -194,9 +194,7 @@ impl Run {
         let restored = n(&sv, "restored_pid").unwrap_or(0) as i32;
         // Never two at once: the old app dies (killed by us, or fenced by its remusd).
         let app_pid = self.app.pid();
-        let dead = wait_until(Duration::from_secs(20), || {
-            peek_exit(app_pid).is_some() || !alive(app_pid)
-        });
+        let dead = wait_until(Duration::from_secs(20), || !self.app.original_alive());
         if !dead {
             o.violations += 1;
             o.note += &format!(
@@ -284,7 +282,7 @@ impl Run {
         thread::sleep(Duration::from_millis(3 * TIMEOUT_MS));
         if let Some(sv) = self.standby_took_over() {
             let restored = n(&sv, "restored_pid").unwrap_or(0) as i32;
-            if peek_exit(self.app.pid()).is_none() && alive(self.app.pid()) {
+            if self.app.original_alive() {
                 o.violations += 1;
                 o.note += &format!(
                     "BOTH RUNNING: the primary went on (status {}) and the standby took over \
@@ -467,8 +465,7 @@ fn fault_link_cut(rng: &mut Rng) -> Outcome {
             .map(|v| format!("{} ({})", s(&v, "state"), s(&v, "reason")))
             .unwrap_or_else(|e| e)
     );
-    let app_pid = r.app.pid();
-    let app_dead = || peek_exit(app_pid).is_some() || !alive(app_pid);
+    let app_dead = || !r.app.original_alive();
     if app_dead() {
         o.note += "its app died while the link was down; ";
     }
@@ -506,7 +503,7 @@ fn fault_link_cut(rng: &mut Rng) -> Outcome {
 
 impl Run {
     fn finish_on_primary_or_standby(&mut self, known: u64, o: Outcome) -> Outcome {
-        if peek_exit(self.app.pid()).is_some() || !alive(self.app.pid()) {
+        if !self.app.original_alive() {
             self.finish_on_standby(known, o)
         } else {
             // Still alive after the standby took over: finish_on_primary records it.

@@ -89,8 +89,9 @@ fn parse_maps_line(line: &str) -> Option<Region> {
     })
 }
 
-/// The resume point and the mm fields travel in the epoch metadata as the shim wrote them.
-pub use remus_abi::{MmFields, ResumeContext};
+/// The resume point, the mm fields and the thread records travel in the epoch metadata as
+/// the shim wrote them.
+pub use remus_abi::{MmFields, ResumeContext, ThreadRecord, THREAD_LEADER, THREAD_MAIN};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FdKind {
@@ -227,6 +228,95 @@ pub struct EpochMeta {
     /// image.
     #[serde(default)]
     pub partial: bool,
+    /// Every thread at the checkpoint, as the shim recorded it (`remus_abi::ThreadRecord`,
+    /// ABI 6). Empty in an image from before threads; read it through
+    /// [`EpochMeta::thread_records`], which then makes the one thread from `ctx` and `tid`.
+    #[serde(default)]
+    pub threads: Vec<ThreadRecord>,
+    /// The leader's time to bring the other threads into the handler (ns; 0: one thread).
+    /// Part of `pause_ns`.
+    #[serde(default)]
+    pub rendezvous_ns: u64,
+}
+
+/// The record of the one thread of a single-threaded epoch: `tid` resumes at `ctx`, flagged
+/// leader and main (what a shim that sends no thread records means).
+pub fn single_thread(
+    tid: i32,
+    ctx: ResumeContext,
+    sigmask: u64,
+    altstack: (u64, i32, u64),
+) -> ThreadRecord {
+    ThreadRecord {
+        tid,
+        flags: THREAD_LEADER | THREAD_MAIN,
+        ctx,
+        sigmask,
+        altstack_sp: altstack.0,
+        altstack_flags: altstack.1,
+        altstack_size: altstack.2,
+        ..Default::default()
+    }
+}
+
+impl EpochMeta {
+    /// The threads to restore: `threads`, or for an image of a single-threaded epoch (a shim
+    /// that sent no records) the one thread of `ctx`, `tid`, `app_sigmask` and `altstack`,
+    /// flagged leader and main.
+    pub fn thread_records(&self) -> Vec<ThreadRecord> {
+        if !self.threads.is_empty() {
+            return self.threads.clone();
+        }
+        vec![single_thread(
+            self.tid,
+            self.ctx,
+            self.app_sigmask,
+            self.altstack,
+        )]
+    }
+
+    /// Checks the thread table restore relies on: positive, distinct TIDs, exactly one
+    /// [`THREAD_MAIN`] (whose TID is the process id), at most one [`THREAD_LEADER`].
+    pub fn check_threads(threads: &[ThreadRecord]) -> Result<(), String> {
+        if threads.is_empty() {
+            return Err("the epoch has no threads".into());
+        }
+        if threads.len() > remus_abi::MAX_THREADS {
+            return Err(format!(
+                "{} threads, the limit is {}",
+                threads.len(),
+                remus_abi::MAX_THREADS
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in threads {
+            if t.tid <= 0 || !seen.insert(t.tid) {
+                return Err(format!(
+                    "bad or repeated thread id {} in the thread table",
+                    t.tid
+                ));
+            }
+        }
+        let mains = threads
+            .iter()
+            .filter(|t| t.flags & THREAD_MAIN != 0)
+            .count();
+        if mains != 1 {
+            return Err(format!(
+                "{mains} threads are flagged as the main thread (the process id), want exactly one"
+            ));
+        }
+        let leaders = threads
+            .iter()
+            .filter(|t| t.flags & THREAD_LEADER != 0)
+            .count();
+        if leaders > 1 {
+            return Err(format!(
+                "{leaders} threads are flagged as the leader, want one"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One replicated file's change in one epoch (`remus_abi::filelog::FileRec`).

@@ -30,7 +30,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::image::{parse_maps, EpochMeta, Image, KernelObject, PAGE_SIZE};
+use crate::image::{
+    parse_maps, EpochMeta, Image, KernelObject, PAGE_SIZE, THREAD_LEADER, THREAD_MAIN,
+};
 
 pub const MAGIC: [u8; 8] = *b"REMUSIMG";
 pub const VERSION: u32 = 1;
@@ -311,7 +313,31 @@ pub fn to_json(img: &LoadedImage) -> Value {
             .collect(),
         Err(e) => vec![json!({ "error": e })],
     };
-    let c = &m.ctx;
+    let threads: Vec<Value> = m
+        .thread_records()
+        .iter()
+        .map(|t| {
+            let c = &t.ctx;
+            let name_len = t.name.iter().position(|&b| b == 0).unwrap_or(t.name.len());
+            json!({
+                "tid": t.tid,
+                "leader": t.flags & THREAD_LEADER != 0,
+                "main": t.flags & THREAD_MAIN != 0,
+                "name": String::from_utf8_lossy(&t.name[..name_len]),
+                "resume": {
+                    "rip": hex(c.rip), "rsp": hex(c.rsp), "rbp": hex(c.rbp), "rbx": hex(c.rbx),
+                    "r12": hex(c.r12), "r13": hex(c.r13), "r14": hex(c.r14), "r15": hex(c.r15),
+                    "fs_base": hex(c.fs_base),
+                },
+                "sigmask": hex(t.sigmask),
+                "altstack": { "sp": hex(t.altstack_sp), "flags": t.altstack_flags,
+                    "size": t.altstack_size },
+                "clear_child_tid": hex(t.clear_child_tid),
+                "robust_list": { "head": hex(t.robust_head), "len": t.robust_len },
+                "rseq": { "area": hex(t.rseq_area), "len": t.rseq_len },
+            })
+        })
+        .collect();
     let kobjs: Vec<Value> = m
         .kobjs
         .iter()
@@ -355,16 +381,8 @@ pub fn to_json(img: &LoadedImage) -> Value {
         "partial": m.partial,
         "pages": img.addrs.len(),
         "regions": regions,
-        "threads": [{
-            "tid": m.tid,
-            "resume": {
-                "rip": hex(c.rip), "rsp": hex(c.rsp), "rbp": hex(c.rbp), "rbx": hex(c.rbx),
-                "r12": hex(c.r12), "r13": hex(c.r13), "r14": hex(c.r14), "r15": hex(c.r15),
-                "fs_base": hex(c.fs_base),
-            },
-            "sigmask": hex(m.app_sigmask),
-            "altstack": { "sp": hex(m.altstack.0), "flags": m.altstack.1, "size": m.altstack.2 },
-        }],
+        "threads": threads,
+        "rendezvous_ns": m.rendezvous_ns,
         "descriptors": m.fds.iter().map(|f| json!({
             "fd": f.fd, "kind": format!("{:?}", f.kind), "flags": hex(f.flags as u64),
             "fd_flags": f.fd_flags, "offset": f.offset, "path": f.path,
@@ -431,7 +449,49 @@ mod tests {
         assert_eq!(v["regions"][0]["pages_held"], 2);
         assert_eq!(v["regions"][0]["perms"], "rw-p");
         assert_eq!(v["threads"][0]["tid"], 7);
+        assert_eq!(
+            v["threads"][0]["main"], true,
+            "one thread made from ctx and tid"
+        );
+        assert_eq!(v["threads"].as_array().unwrap().len(), 1);
         assert_eq!(v["cwd"], "/srv");
+    }
+
+    #[test]
+    fn threads_round_trip_and_show() {
+        let mut img = image();
+        let m = img.meta.as_mut().unwrap();
+        let mut name = [0u8; 16];
+        name[..7].copy_from_slice(b"bio_aof");
+        m.threads = vec![
+            crate::image::ThreadRecord {
+                tid: 7,
+                flags: THREAD_MAIN | THREAD_LEADER,
+                ..Default::default()
+            },
+            crate::image::ThreadRecord {
+                tid: 9,
+                name,
+                robust_head: 0x7f00_0000_0a20,
+                robust_len: 24,
+                ..Default::default()
+            },
+        ];
+        m.rendezvous_ns = 64_000;
+        let dir = std::env::temp_dir().join(format!("remus-persist-thr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = path_in(&dir);
+        save(&path, &img).unwrap();
+        let back = load(&path, false).unwrap();
+        assert_eq!(Some(&back.meta), img.meta.as_ref());
+        let v = to_json(&back);
+        assert_eq!(v["threads"][1]["tid"], 9);
+        assert_eq!(v["threads"][1]["name"], "bio_aof");
+        assert_eq!(v["threads"][1]["main"], false);
+        assert_eq!(v["threads"][1]["robust_list"]["len"], 24);
+        assert_eq!(v["threads"][0]["leader"], true);
+        assert_eq!(v["rendezvous_ns"], 64_000);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

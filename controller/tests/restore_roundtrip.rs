@@ -33,12 +33,17 @@ fn not_installed(what: &str, package: &str, e: impl std::fmt::Display) -> String
 }
 
 fn build_prog(dir: &Path, name: &str) -> PathBuf {
+    build_prog_with(dir, name, &[])
+}
+
+fn build_prog_with(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/{name}.c"));
     let out = dir.join(name);
     let res = Command::new("cc")
         .args(["-O2", "-g", "-o"])
         .arg(&out)
         .arg(&src)
+        .args(flags)
         .output()
         .unwrap_or_else(|e| panic!("{}", not_installed("cc", "gcc libc6-dev", e)));
     assert!(
@@ -539,5 +544,238 @@ fn restore_python_sleeping() {
     assert!(!out.contains("FAIL"), "{out}");
     assert_eq!(first_round(&out), Some(dumped_at + 1), "{out}");
     assert!(out.ends_with("round 39 ok\ndone\n"), "{out}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// The image's pid is still taken on this host (the original runs on): restore refuses to
+/// give the program another pid when told never to use a PID namespace, and by default
+/// restores it into a new PID namespace, where it has its own pid again (it prints
+/// `os.getpid()` each round) and runs to its end.
+#[test]
+fn restore_while_the_pid_is_taken_uses_a_pid_namespace() {
+    use remus_controller::restore::PidNamespacePolicy;
+    let o = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap_or_else(|e| panic!("{}", not_installed("python3", "python3", e)));
+    assert!(o.status.success(), "python3 failed: {o:?}");
+    let py = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_test_writer()
+        .try_init();
+    let dir = tempdir("restore-pidns");
+    let script = "import os, time\n\
+                  for r in range(30):\n\
+                  \x20   time.sleep(0.02)\n\
+                  \x20   print('round', r, 'pid', os.getpid(), 'ok', flush=True)\n\
+                  print('done', flush=True)\n";
+    fs::write(dir.join("prog.py"), script).unwrap();
+    let orig_out = dir.join("orig.out");
+    let mut child = Command::new(&py)
+        .arg(dir.join("prog.py"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&orig_out).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    wait_for(&orig_out, "round 2 ", Duration::from_secs(30));
+    let d = dump(pid);
+    // The original goes on (the dump stopped it: let it run), holding its pid.
+    // SAFETY: PTRACE_DETACH with integer arguments on the process we seized.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize) };
+    assert_eq!(rc, 0, "detach: {}", std::io::Error::last_os_error());
+
+    let restored_out = dir.join("restored.out");
+    let mut opts = RestoreOptions {
+        stdout: Some(restored_out.clone()),
+        stderr: Some(dir.join("restored.err")),
+        state_dir: dir.clone(),
+        full_regs: Some(d.regs),
+        pid_namespace: PidNamespacePolicy::Never,
+        ..Default::default()
+    };
+    let e = restore(&d.image, &opts).expect_err("the pid is taken");
+    assert!(
+        e.to_string()
+            .contains(&format!("{pid} is in use on this host")),
+        "{e}"
+    );
+    eprintln!("expected error: {e}");
+
+    opts.pid_namespace = PidNamespacePolicy::WhenTaken;
+    let rp = restore(&d.image, &opts).unwrap_or_else(|e| panic!("restore failed: {e}"));
+    assert_eq!(rp.own_pid, pid);
+    assert_ne!(rp.pid, pid);
+    assert!(rp.pid_namespace_init.is_some(), "{rp:?}");
+    let st = wait_exit(rp.pid, Duration::from_secs(60));
+    let out = fs::read_to_string(&restored_out).unwrap_or_default();
+    let err = fs::read_to_string(dir.join("restored.err")).unwrap_or_default();
+    eprintln!("restored:\n{out}\nstderr:\n{err}");
+    assert!(
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+        "restored python ended with status {st:#x}"
+    );
+    let rounds: Vec<&str> = out.lines().filter(|l| l.starts_with("round ")).collect();
+    assert!(!rounds.is_empty(), "{out}");
+    for l in &rounds {
+        assert!(
+            l.ends_with(&format!("pid {pid} ok")),
+            "the restored program sees another pid: {l}"
+        );
+    }
+    assert!(out.ends_with("done\n"), "{out}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Stops thread `tid` of a process we started (PTRACE_SEIZE + INTERRUPT) and returns its
+/// registers (a system call it was in is redone after restore) and signal mask.
+fn stop_thread(tid: i32) -> (libc::user_regs_struct, u64) {
+    // SAFETY: ptrace requests with integer arguments on a thread of a process we started.
+    unsafe {
+        assert_eq!(
+            libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, 0usize),
+            0,
+            "seize {tid}"
+        );
+        assert_eq!(
+            libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0usize, 0usize),
+            0,
+            "interrupt {tid}"
+        );
+    }
+    waitpid_stopped(tid);
+    // SAFETY: all-zero is a valid user_regs_struct; GETREGS fills it.
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    // SAFETY: data points at a user_regs_struct.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0usize, &mut regs as *mut _) };
+    assert_eq!(rc, 0);
+    if (regs.orig_rax as i64) >= 0 && matches!(regs.rax as i64, -512 | -513 | -514 | -516) {
+        regs.rax = regs.orig_rax;
+        regs.rip -= 2;
+    }
+    let mut mask = 0u64;
+    // SAFETY: addr = sizeof sigset (8), data points at a u64.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, tid, 8usize, &mut mask as *mut u64) };
+    assert_eq!(rc, 0);
+    (regs, mask)
+}
+
+/// A program with three threads, dumped from outside and restored: every thread comes back
+/// with its own TID (the process with its pid), its registers and `fs` base, glibc's cached
+/// TID still right (a recursive mutex each thread owns relocks), and all of them run on.
+#[test]
+fn restore_threads_with_their_tids() {
+    use remus_controller::image::{ThreadRecord, THREAD_LEADER, THREAD_MAIN};
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_test_writer()
+        .try_init();
+    let dir = tempdir("restore-threads");
+    let prog = build_prog_with(&dir, "restore_threads_prog", &["-pthread"]);
+    let orig_out = dir.join("orig.out");
+    let mut child = Command::new(&prog)
+        .arg("40")
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&orig_out).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let text = wait_for(&orig_out, "round 3 ok", Duration::from_secs(20));
+    let tids: Vec<i32> = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("start pid {pid} tids ")))
+        .expect("start line")
+        .split(' ')
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let mut task: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    task.sort_unstable();
+    let mut want = vec![pid, tids[0], tids[1]];
+    want.sort_unstable();
+    assert_eq!(task, want);
+    // Every other thread stopped first, then the main one (dump): one consistent cut.
+    let others: Vec<(i32, libc::user_regs_struct, u64)> = tids
+        .iter()
+        .map(|&t| {
+            let (r, m) = stop_thread(t);
+            (t, r, m)
+        })
+        .collect();
+    let mut d = dump(pid);
+    child.kill().unwrap();
+    // A traced thread stays a zombie until its tracer (this thread) waits for it, and the
+    // process's own exit is not reported before.
+    for &(t, _, _) in &others {
+        let mut st = 0;
+        // SAFETY: waitpid on a traced thread with a valid out-pointer.
+        unsafe { libc::waitpid(t, &mut st, libc::__WALL) };
+    }
+    child.wait().unwrap();
+    let dumped_at = last_round(&fs::read_to_string(&orig_out).unwrap()).unwrap();
+
+    let meta = d.image.meta.as_mut().unwrap();
+    meta.threads = std::iter::once(ThreadRecord {
+        tid: pid,
+        flags: THREAD_MAIN | THREAD_LEADER,
+        ctx: ResumeContext {
+            fs_base: d.regs.fs_base,
+            ..Default::default()
+        },
+        sigmask: meta.app_sigmask,
+        ..Default::default()
+    })
+    .chain(others.iter().map(|&(tid, r, m)| ThreadRecord {
+        tid,
+        ctx: ResumeContext {
+            fs_base: r.fs_base,
+            ..Default::default()
+        },
+        sigmask: m,
+        ..Default::default()
+    }))
+    .collect();
+    let restored_out = dir.join("restored.out");
+    let opts = RestoreOptions {
+        stdout: Some(restored_out.clone()),
+        stderr: Some(dir.join("restored.err")),
+        state_dir: dir.clone(),
+        full_regs: Some(d.regs),
+        thread_regs: others.iter().map(|&(t, r, _)| (t, r)).collect(),
+        ..Default::default()
+    };
+    let rp = restore(&d.image, &opts).unwrap_or_else(|e| panic!("restore failed: {e}"));
+    assert_eq!((rp.pid, rp.own_pid), (pid, pid), "{rp:?}");
+    assert!(rp.pid_namespace_init.is_none(), "the ids were free: {rp:?}");
+    let mut back = rp.tids.clone();
+    back.sort_unstable();
+    assert_eq!(back, want, "{rp:?}");
+    let mut task: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    task.sort_unstable();
+    assert_eq!(task, want, "/proc/{pid}/task after restore");
+    let st = wait_exit(rp.pid, Duration::from_secs(60));
+    let out = fs::read_to_string(&restored_out).unwrap_or_default();
+    let err = fs::read_to_string(dir.join("restored.err")).unwrap_or_default();
+    eprintln!("restored:\n{out}\nstderr:\n{err}");
+    assert!(
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+        "restored program ended with status {st:#x}:\n{out}"
+    );
+    assert!(!out.contains("FAIL"), "{out}");
+    assert_eq!(first_round(&out), Some(dumped_at + 1), "{out}");
+    assert!(
+        out.ends_with(&format!("tids {} {}\ndone\n", tids[0], tids[1])),
+        "{out}"
+    );
     let _ = fs::remove_dir_all(&dir);
 }

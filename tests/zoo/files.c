@@ -94,7 +94,7 @@ int main(int argc, char **argv) {
         step();
         zoo_sleep_ms(1);
     }
-    CHECK(getpid() != zoo_pid0, "stop file seen but the program was never restored");
+    zoo_check_restored();
     verify("after failover");
     for (int i = 0; i < 100; i++)
         step();

@@ -18,6 +18,33 @@
 static const char *zoo_name = "?";
 static const char *zoo_stop = NULL;
 static pid_t zoo_pid0;
+static unsigned long long zoo_start0;
+
+/* This process's start time (field 22 of /proc/self/stat, clock ticks since boot): a
+ * restored program is another process with the same pid (restore gives every thread its own
+ * id back), so this is how a program tells it was failed over. */
+static unsigned long long zoo_starttime(void) {
+    char buf[1024];
+    int fd = open("/proc/self/stat", O_RDONLY);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return 0;
+    /* After ") ": state is field 3; starttime is field 22. */
+    p += 2;
+    for (int field = 3; field < 22 && p; field++) {
+        p = strchr(p, ' ');
+        if (p)
+            p++;
+    }
+    return p ? strtoull(p, NULL, 10) : 0;
+}
 
 static void zoo_fail(const char *fmt, ...) {
     va_list ap;
@@ -40,6 +67,7 @@ static void zoo_fail(const char *fmt, ...) {
 static int zoo_init(const char *name, int argc, char **argv) {
     zoo_name = name;
     zoo_pid0 = getpid();
+    zoo_start0 = zoo_starttime();
     int out = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--stop-file") == 0 && i + 1 < argc) {
@@ -68,13 +96,22 @@ __attribute__((unused)) static void zoo_sleep_ms(long ms) {
     }
 }
 
+/* The program runs as another process than the one started (it was failed over), with the
+ * same pid. Fails otherwise, so a check never passes on the primary by accident. */
+__attribute__((unused)) static void zoo_check_restored(void) {
+    CHECK(zoo_starttime() != zoo_start0,
+          "stop file seen but the program was never restored (pid %d, started at tick %llu)",
+          (int)getpid(), zoo_start0);
+    CHECK(getpid() == zoo_pid0, "restored with pid %d instead of its own %d", (int)getpid(),
+          (int)zoo_pid0);
+}
+
 /* Waits for the stop file; requires that the program now runs as another process (it was
  * failed over), so a check never passes on the primary by accident. */
 __attribute__((unused)) static void zoo_wait(void) {
     while (!zoo_stopped())
         zoo_sleep_ms(5);
-    CHECK(getpid() != zoo_pid0, "stop file seen but the program was never restored (pid %d)",
-          (int)getpid());
+    zoo_check_restored();
 }
 
 static void zoo_ok(void) {
@@ -133,7 +170,7 @@ __attribute__((unused)) static int zoo_serve(int l, unsigned long secret) {
         }
         close(c);
     }
-    CHECK(getpid() != zoo_pid0, "stop file seen but the program was never restored");
+    zoo_check_restored();
     return served;
 }
 

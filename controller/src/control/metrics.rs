@@ -263,8 +263,31 @@ pub fn encode(s: &Status, live: &SharedStatus) -> String {
         "Takeovers this standby has done",
         s.takeovers,
     );
+    gauge(
+        &mut reg,
+        "threads",
+        "Threads of the program at the last epoch; -1 before the first",
+        s.threads.map_or(-1, i64::from),
+    );
+    counter(
+        &mut reg,
+        "thread_stuck_epochs",
+        "Epochs abandoned because a thread did not come into the epoch handler in time",
+        s.threads_stuck_total,
+    );
+    gauge(
+        &mut reg,
+        "stuck_thread",
+        "The thread that held up the last abandoned epoch, until an epoch succeeds again; 0 for none",
+        s.stuck_thread.as_ref().map_or(0, |t| i64::from(t.tid)),
+    );
     {
         let b = live.lock();
+        reg.register(
+            "rendezvous_seconds",
+            "Of each pause, the time to bring every other thread into the epoch handler",
+            b.rendezvous_hist.clone(),
+        );
         reg.register(
             "pause_seconds",
             "How long the program was paused for each checkpoint",
@@ -311,6 +334,8 @@ mod tests {
             b.status.bytes_wire = 4096;
             b.record_pause(200_000);
             b.record_pause(3_000_000);
+            b.record_threads(1, 0, 200_000);
+            b.record_threads(3, 1_000_000, 3_000_000);
         }
         let t = encode(&live.snapshot(), &live);
         assert_eq!(value(&t, "remus_state{state=\"waiting\"}"), Some(0.0));
@@ -321,6 +346,14 @@ mod tests {
         assert_eq!(value(&t, "remus_committed_epoch"), Some(7.0));
         assert_eq!(value(&t, "remus_bytes_wire_total"), Some(4096.0));
         assert_eq!(value(&t, "remus_pause_seconds_count"), Some(2.0));
+        assert_eq!(value(&t, "remus_threads"), Some(3.0), "{t}");
+        assert_eq!(value(&t, "remus_rendezvous_seconds_count"), Some(2.0));
+        assert_eq!(
+            value(&t, "remus_rendezvous_seconds_bucket{le=\"0.0001\"}"),
+            Some(1.0),
+            "{t}"
+        );
+        assert_eq!(value(&t, "remus_stuck_thread"), Some(0.0));
         assert_eq!(
             value(&t, "remus_pause_seconds_bucket{le=\"0.0004\"}"),
             Some(1.0),

@@ -29,6 +29,17 @@ pub struct ImageStream {
     pub complete_epoch: Option<u64>,
 }
 
+/// A thread that did not come into the epoch handler in time (`MsgKind::ThreadStuck`): the
+/// shim abandoned that epoch and tries again at the next one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StuckThread {
+    pub tid: i32,
+    /// The epoch that was abandoned.
+    pub epoch: u64,
+    /// The shim's words: the thread's name and what it was doing.
+    pub what: String,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PauseUs {
     pub p50: u64,
@@ -107,6 +118,23 @@ pub struct Status {
     /// image of a connection), once it started.
     #[serde(default)]
     pub image_stream: Option<ImageStream>,
+    /// Threads of the program at the last epoch.
+    #[serde(default)]
+    pub threads: Option<u32>,
+    /// Of each pause: the leader's time to bring the other threads into the handler (0 for a
+    /// single thread) ...
+    #[serde(default)]
+    pub rendezvous_us: PauseUs,
+    /// ... and the rest (the capture and copy), over the same epochs as `pause_us`.
+    #[serde(default)]
+    pub copy_us: PauseUs,
+    /// primary: the thread that held up the last abandoned epoch, until an epoch succeeds
+    /// again (protection goes on; the shim retries at the next tick).
+    #[serde(default)]
+    pub stuck_thread: Option<StuckThread>,
+    /// primary: epochs abandoned because a thread did not come in.
+    #[serde(default)]
+    pub threads_stuck_total: u64,
     /// primary: the compression and sending pipeline (delta pages, merged epochs).
     #[serde(flatten, default)]
     pub pipeline: PipelineStats,
@@ -176,6 +204,11 @@ impl Status {
             commit_latency_us: PauseUs::default(),
             primary_control: None,
             image_stream: None,
+            threads: None,
+            rendezvous_us: PauseUs::default(),
+            copy_us: PauseUs::default(),
+            stuck_thread: None,
+            threads_stuck_total: 0,
             pipeline: PipelineStats::default(),
         }
     }
@@ -268,6 +301,27 @@ impl Status {
                 self.pause_us.max
             ),
         );
+        if let Some(n) = self.threads {
+            line(
+                "threads",
+                format!(
+                    "{n} last epoch  rendezvous p50 {} us  p99 {} us  copy p50 {} us  p99 {} us",
+                    self.rendezvous_us.p50,
+                    self.rendezvous_us.p99,
+                    self.copy_us.p50,
+                    self.copy_us.p99
+                ),
+            );
+        }
+        if let Some(st) = &self.stuck_thread {
+            line(
+                "stuck",
+                format!(
+                    "thread {} did not come in for epoch {} ({}); {} epochs abandoned, retrying",
+                    st.tid, st.epoch, st.what, self.threads_stuck_total
+                ),
+            );
+        }
         let ratio = if self.bytes_wire > 0 {
             self.bytes_raw as f64 / self.bytes_wire as f64
         } else {
@@ -355,6 +409,8 @@ pub struct Board {
     /// A standby's state (None for a primary, whose state is its `Protection`).
     pub standby_state: Option<StandbyState>,
     pauses_ns: VecDeque<u64>,
+    /// (rendezvous, rest) of the same pauses.
+    splits_ns: VecDeque<(u64, u64)>,
     last_peer_frame: Option<Instant>,
     commit_latency_ns: VecDeque<u64>,
     /// Socket output (primary::netout): bytes held and released, added to the output
@@ -365,6 +421,8 @@ pub struct Board {
     /// (seconds; `control::metrics`).
     pub pause_hist: Histogram,
     pub commit_latency_hist: Histogram,
+    /// The rendezvous part of each pause (seconds).
+    pub rendezvous_hist: Histogram,
 }
 
 impl Board {
@@ -380,6 +438,18 @@ impl Board {
         }
         self.pauses_ns.push_back(ns);
         self.pause_hist.observe(ns as f64 / 1e9);
+    }
+
+    /// An epoch's threads and how its pause `pause_ns` split: `rendezvous_ns` bringing the
+    /// threads in, the rest capturing and copying. Call beside [`Board::record_pause`].
+    pub fn record_threads(&mut self, threads: usize, rendezvous_ns: u64, pause_ns: u64) {
+        self.status.threads = Some(threads as u32);
+        let r = rendezvous_ns.min(pause_ns);
+        if self.splits_ns.len() == PAUSE_WINDOW {
+            self.splits_ns.pop_front();
+        }
+        self.splits_ns.push_back((r, pause_ns - r));
+        self.rendezvous_hist.observe(r as f64 / 1e9);
     }
 
     pub fn record_commit_latency(&mut self, ns: u64) {
@@ -409,6 +479,8 @@ impl Board {
         let mut s = self.status.clone();
         s.pause_us = percentiles_us(&self.pauses_ns);
         s.commit_latency_us = percentiles_us(&self.commit_latency_ns);
+        s.rendezvous_us = percentiles_us(&self.splits_ns.iter().map(|p| p.0).collect());
+        s.copy_us = percentiles_us(&self.splits_ns.iter().map(|p| p.1).collect());
         s.output_held_bytes += self.net_held;
         s.output_released_bytes += self.net_released;
         s.heartbeat_age_ms = self.last_peer_frame.map(|t| t.elapsed().as_millis() as u64);
@@ -448,12 +520,14 @@ impl SharedStatus {
             status,
             standby_state: None,
             pauses_ns: VecDeque::new(),
+            splits_ns: VecDeque::new(),
             last_peer_frame: None,
             commit_latency_ns: VecDeque::new(),
             net_held: 0,
             net_released: 0,
             pause_hist: latency_histogram(),
             commit_latency_hist: latency_histogram(),
+            rendezvous_hist: latency_histogram(),
         })))
     }
 
@@ -481,6 +555,7 @@ mod tests {
             b.status.epoch = Some(7);
             for i in 1..=100 {
                 b.record_pause(i * 1000);
+                b.record_threads(4, i * 400, i * 1000);
             }
             b.peer_frame();
         }
@@ -521,6 +596,10 @@ mod tests {
         assert_eq!(o["pause_us"]["p99"], 99);
         assert_eq!(o["pause_us"]["max"], 100);
         assert!(o["heartbeat_age_ms"].is_u64());
+        assert_eq!(o["threads"], 4);
+        assert_eq!(o["rendezvous_us"]["p50"], 20);
+        assert_eq!(o["copy_us"]["p99"], 59);
+        assert!(o["stuck_thread"].is_null());
         // Roundtrip, and a reason whenever unprotected.
         let mut s: Status = serde_json::from_value(v).unwrap();
         s.protected = false;
@@ -528,12 +607,14 @@ mod tests {
             status: s,
             standby_state: None,
             pauses_ns: VecDeque::new(),
+            splits_ns: VecDeque::new(),
             last_peer_frame: None,
             commit_latency_ns: VecDeque::new(),
             net_held: 0,
             net_released: 0,
             pause_hist: latency_histogram(),
             commit_latency_hist: latency_histogram(),
+            rendezvous_hist: latency_histogram(),
         };
         assert!(b.snapshot().reason.is_some());
         assert!(b.snapshot().human().contains("protected"));

@@ -114,6 +114,24 @@ impl Primary {
         }
     }
 
+    /// The shim abandoned epoch `epoch` because thread `tid` did not come into the epoch
+    /// handler within its deadline. Protection goes on: the epoch signalled is answered (no
+    /// chunk comes for it) and the next tick signals again; the shim reuses the epoch number.
+    fn on_thread_stuck(&mut self, tid: i32, epoch: u64, what: String) {
+        tracing::warn!(
+            tid,
+            epoch,
+            "epoch {epoch} abandoned, retrying at the next tick: {what}"
+        );
+        // Chunks of an epoch already coming are not this epoch's: leave them be.
+        if self.in_epoch.as_ref().is_some_and(|e| e.progress.is_none()) {
+            self.in_epoch = None;
+        }
+        let mut b = self.status.lock();
+        b.status.threads_stuck_total += 1;
+        b.status.stuck_thread = Some(crate::control::status::StuckThread { tid, epoch, what });
+    }
+
     /// The shim asked for an epoch that has not been signalled yet.
     fn idle_wanted(&self) -> bool {
         self.in_epoch.is_none() && self.want_epoch > self.last_epoch.unwrap_or(0)
@@ -324,20 +342,19 @@ impl Primary {
         match MsgKind::from_u32(m.kind) {
             Some(MsgKind::EpochChunk) => self.on_chunk(m.a, m.b)?,
             Some(MsgKind::ThreadCreated) => {
-                // The shim's text says it all; anything terser gets the context added once.
-                let reason = if text.contains("second thread") || text.contains("threads") {
+                // Only past MAX_THREADS now. The shim's text says it all; anything terser gets
+                // the context added once.
+                let reason = if text.contains("threads") {
                     text
                 } else {
-                    format!("the app created a second thread ({text}); remus protects single-threaded processes only")
+                    format!(
+                        "the app created more threads than remus protects ({}; {text})",
+                        remus_abi::MAX_THREADS
+                    )
                 };
                 self.unprotect(reason, true)
             }
-            Some(MsgKind::ThreadStuck) => {
-                // The shim abandoned this epoch (every thread is running again): ask again at
-                // the next tick. It gives up by itself after a few tries in a row.
-                tracing::warn!(tid = m.a, epoch = m.b, "epoch abandoned: {text}");
-                self.in_epoch = None;
-            }
+            Some(MsgKind::ThreadStuck) => self.on_thread_stuck(m.a as i32, m.b, text),
             Some(MsgKind::Unsupported) => self.unprotect(
                 format!("the app uses state remus cannot replicate: {text}"),
                 true,
@@ -520,6 +537,7 @@ impl Primary {
             self.output.checkpoint(epoch, &h.stdio_pipes);
             let output = self.output.ship(epoch);
             let (n, pause) = (meta.pages, meta.pause_ns);
+            let (threads, rendezvous) = (meta.threads.len(), meta.rendezvous_ns);
             let unrestorable = crate::restore::unrestorable_fds(&meta);
             let streamed = h.flags & remus_abi::HDR_FLAG_STREAMED != 0;
             let read = self.stream_commit(epoch, &mut meta, streamed, shim_pages);
@@ -538,6 +556,10 @@ impl Primary {
             b.status.last_dirty_pages = Some(n);
             b.status.epochs_total += 1;
             b.record_pause(pause);
+            b.record_threads(threads, rendezvous, pause);
+            if b.status.stuck_thread.take().is_some() {
+                tracing::info!(epoch, threads, "every thread came in again");
+            }
             if unrestorable != b.status.unrestorable_fds {
                 // Named when the app creates it (seen at the next checkpoint), not at failover.
                 for d in unrestorable

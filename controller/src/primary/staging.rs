@@ -10,9 +10,9 @@ use std::mem::size_of;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use remus_abi::{
-    FdRecord, ResetRange, StagingHeader, ABI_VERSION, ADDRS_OFF, CHUNK_PAGES, CWD_MAX, DATA_OFF,
-    FDS_OFF, FD_PATH_MAX, MAPS_OFF, MAX_AUXV_WORDS, MAX_FDS, MAX_MAPS_BYTES, MAX_RESETS, PAGE_SIZE,
-    RESETS_OFF, STAGING_MAGIC, STAGING_SIZE,
+    FdRecord, ResetRange, StagingHeader, ThreadRecord, ABI_VERSION, ADDRS_OFF, CHUNK_PAGES,
+    CWD_MAX, DATA_OFF, FDS_OFF, FD_PATH_MAX, MAPS_OFF, MAX_AUXV_WORDS, MAX_FDS, MAX_MAPS_BYTES,
+    MAX_RESETS, MAX_THREADS, PAGE_SIZE, RESETS_OFF, STAGING_MAGIC, STAGING_SIZE, THREADS_OFF,
 };
 use thiserror::Error;
 
@@ -44,6 +44,8 @@ pub enum ReadStagingError {
     },
     #[error("page address {0:#x} in staging is not page aligned")]
     Unaligned(u64),
+    #[error("the shim's thread table for epoch {epoch} is inconsistent: {why}")]
+    Threads { epoch: u64, why: String },
 }
 
 /// The staging area, mapped shared. The controller reads it, and writes only the committed
@@ -234,6 +236,7 @@ pub fn read_header(b: &[u8], want: (u64, u64)) -> Result<Box<StagingHeader>, Rea
         check("bytes of maps", h.maps_len.into(), MAX_MAPS_BYTES)?;
         check("bytes of cwd", h.cwd_len.into(), CWD_MAX)?;
         check("auxv words", h.n_auxv.into(), MAX_AUXV_WORDS)?;
+        check("threads", h.n_threads.into(), MAX_THREADS)?;
     }
     Ok(h)
 }
@@ -294,7 +297,10 @@ pub fn read_meta(b: &[u8], h: &StagingHeader, pages: u64) -> Result<EpochMeta, R
         });
     }
     let kobjs = read_kobjs(b, h.epoch)?;
+    let threads = read_threads(b, h)?;
     Ok(EpochMeta {
+        threads,
+        rendezvous_ns: h.rendezvous_ns,
         files: Vec::new(),
         replicated: Vec::new(),
         kobjs,
@@ -313,6 +319,38 @@ pub fn read_meta(b: &[u8], h: &StagingHeader, pages: u64) -> Result<EpochMeta, R
         pause_ns: h.pause_ns,
         partial: false,
     })
+}
+
+/// Reads the thread records of the last chunk ([`THREADS_OFF`]). A shim that sends none
+/// (`n_threads == 0`) took a single-thread epoch: its one thread is made from the header's
+/// `ctx`, `tid`, signal mask and alternate stack, flagged leader and main. The table is
+/// checked ([`EpochMeta::check_threads`]): a bad one is refused, not shipped.
+pub fn read_threads(b: &[u8], h: &StagingHeader) -> Result<Vec<ThreadRecord>, ReadStagingError> {
+    let n = check("threads", h.n_threads.into(), MAX_THREADS)?;
+    let mut out = Vec::with_capacity(n.max(1));
+    for i in 0..n {
+        let r: ThreadRecord = read_pod(b, THREADS_OFF + i * size_of::<ThreadRecord>()).ok_or(
+            ReadStagingError::Count {
+                what: "threads",
+                n: i as u64,
+                max: MAX_THREADS as u64,
+            },
+        )?;
+        out.push(r);
+    }
+    if out.is_empty() {
+        out.push(crate::image::single_thread(
+            h.tid,
+            h.ctx,
+            h.app_sigmask,
+            (h.altstack_sp, h.altstack_flags, h.altstack_size),
+        ));
+    }
+    EpochMeta::check_threads(&out).map_err(|why| ReadStagingError::Threads {
+        epoch: h.epoch,
+        why,
+    })?;
+    Ok(out)
 }
 
 /// Reads the kernel-object section (`remus_abi::kobj`) of the last chunk of `epoch`. A
@@ -467,6 +505,9 @@ pub mod fake {
         pub fds: &'a [(i32, &'a str)],
         pub cwd: &'a str,
         pub pause_ns: u64,
+        /// (tid, flags) of each thread record; empty: none (a single-thread epoch).
+        pub threads: &'a [(i32, u32)],
+        pub rendezvous_ns: u64,
     }
 
     fn put<T>(b: &mut [u8], off: usize, v: &T) {
@@ -495,7 +536,19 @@ pub mod fake {
         h.auxv[1] = 4096;
         h.ctx.rip = 0x401000;
         h.tid = 77;
+        h.n_threads = c.threads.len() as u32;
+        h.rendezvous_ns = c.rendezvous_ns;
         put(b, 0, &h);
+        for (i, &(tid, flags)) in c.threads.iter().enumerate() {
+            let mut r = ThreadRecord {
+                tid,
+                flags,
+                ..Default::default()
+            };
+            r.ctx.rip = 0x402000 + i as u64;
+            r.ctx.fs_base = 0x7000_0000 + (i as u64) * 0x1000;
+            put(b, THREADS_OFF + i * size_of::<ThreadRecord>(), &r);
+        }
         for (i, &(addr, fill)) in c.pages.iter().enumerate() {
             b[ADDRS_OFF + i * 8..ADDRS_OFF + i * 8 + 8].copy_from_slice(&addr.to_le_bytes());
             b[DATA_OFF + i * PAGE_SIZE..DATA_OFF + (i + 1) * PAGE_SIZE].fill(fill);
@@ -550,6 +603,8 @@ mod tests {
                 fds: &[(0, "/dev/null")],
                 cwd: "/tmp",
                 pause_ns: 1500,
+                threads: &[],
+                rendezvous_ns: 0,
             },
         );
         assert!(matches!(
@@ -571,11 +626,84 @@ mod tests {
         assert_eq!(m.ctx.rip, 0x401000);
         assert_eq!(m.tid, 77);
         assert_eq!(m.pages, 2);
+        // No thread records (a single-thread epoch): the one thread is the header's.
+        assert_eq!(m.threads.len(), 1);
+        assert_eq!(m.threads[0].tid, 77);
+        assert_eq!(m.threads[0].ctx.rip, 0x401000);
+        assert_eq!(
+            m.threads[0].flags,
+            remus_abi::THREAD_LEADER | remus_abi::THREAD_MAIN
+        );
         // Counts beyond the limits are refused, not trusted.
         b[28..32].copy_from_slice(&(CHUNK_PAGES as u32 + 1).to_le_bytes());
         assert!(matches!(
             read_header(&b, (1, 0)),
             Err(ReadStagingError::Count { what: "pages", .. })
+        ));
+    }
+
+    fn threaded(threads: &[(i32, u32)]) -> Vec<u8> {
+        let mut b = vec![0u8; STAGING_SIZE];
+        write(
+            &mut b,
+            &FakeChunk {
+                epoch: 3,
+                chunk: 0,
+                last: true,
+                pages: &[],
+                resets: &[],
+                maps: "1000-3000 rw-p 00000000 00:00 0\n",
+                fds: &[],
+                cwd: "/",
+                pause_ns: 900_000,
+                threads,
+                rendezvous_ns: 400_000,
+            },
+        );
+        b
+    }
+
+    #[test]
+    fn reads_thread_records() {
+        use remus_abi::{THREAD_LEADER as L, THREAD_MAIN as M};
+        let b = threaded(&[(100, M), (101, L), (102, 0)]);
+        let h = read_header(&b, (3, 0)).unwrap();
+        let m = read_meta(&b, &h, 0).unwrap();
+        assert_eq!(
+            m.threads
+                .iter()
+                .map(|t| (t.tid, t.flags))
+                .collect::<Vec<_>>(),
+            [(100, M), (101, L), (102, 0)]
+        );
+        assert_eq!(m.threads[2].ctx.rip, 0x402002);
+        assert_eq!(m.threads[1].ctx.fs_base, 0x7000_1000);
+        assert_eq!(m.rendezvous_ns, 400_000);
+        assert_eq!(m.thread_records(), m.threads);
+        // An inconsistent table is refused: no main thread, two mains, a repeated TID.
+        for bad in [
+            &[(100, L), (101, 0)][..],
+            &[(100, M | L), (101, M)][..],
+            &[(100, M | L), (100, 0)][..],
+            &[(0, M | L)][..],
+        ] {
+            let b = threaded(bad);
+            let h = read_header(&b, (3, 0)).unwrap();
+            assert!(
+                matches!(read_meta(&b, &h, 0), Err(ReadStagingError::Threads { .. })),
+                "{bad:?}"
+            );
+        }
+        // More records than MAX_THREADS is refused at the header.
+        let mut b = threaded(&[(100, M | L)]);
+        let off = std::mem::offset_of!(StagingHeader, n_threads);
+        b[off..off + 4].copy_from_slice(&(MAX_THREADS as u32 + 1).to_le_bytes());
+        assert!(matches!(
+            read_header(&b, (3, 0)),
+            Err(ReadStagingError::Count {
+                what: "threads",
+                ..
+            })
         ));
     }
 }

@@ -172,6 +172,8 @@ fn chunk<'a>(epoch: u64, chunk: u32, last: bool, pages: &'a [(u64, u8)]) -> Fake
         fds: &[(0, "/dev/null")],
         cwd: "/",
         pause_ns: 2_000_000,
+        threads: &[],
+        rendezvous_ns: 0,
     }
 }
 
@@ -229,7 +231,7 @@ fn epochs_flow_from_shim_to_standby_image() {
 }
 
 #[test]
-fn second_thread_makes_the_primary_unprotected() {
+fn too_many_threads_make_the_primary_unprotected() {
     let mut r = rig("thread");
     write(&mut r.map, &chunk(1, 0, true, &[(0x1000, 1)]));
     r.shim.send(MsgKind::EpochChunk, 1, 0, "").unwrap();
@@ -254,7 +256,13 @@ fn second_thread_makes_the_primary_unprotected() {
         "nothing held any more"
     );
     assert!(!st.protected);
-    assert!(st.reason.unwrap().contains("second thread"));
+    assert!(
+        st.reason
+            .as_deref()
+            .unwrap()
+            .contains("more threads than remus protects (256; pthread_create)"),
+        "{st:?}"
+    );
     // The app is SIGKILLed later: the primary exits quietly.
     r.app.kill().unwrap();
     let _ = r.app.wait();
@@ -329,4 +337,66 @@ fn no_standby_refuses_with_advice() {
     let mut app = app;
     let _ = app.kill();
     let _ = app.wait();
+}
+
+#[test]
+fn threads_reach_the_standby_and_a_stuck_thread_does_not_stop_protection() {
+    use remus_abi::{THREAD_LEADER as L, THREAD_MAIN as M};
+    let mut r = rig("stuck");
+    const PAGES: [(u64, u8); 1] = [(0x1000, 5)];
+    let threaded = |epoch, threads| FakeChunk {
+        threads,
+        rendezvous_ns: 500_000,
+        ..chunk(epoch, 0, true, &PAGES)
+    };
+    write(&mut r.map, &threaded(1, &[(77, M), (78, L), (79, 0)]));
+    r.shim.send(MsgKind::EpochChunk, 1, 0, "").unwrap();
+    wait_for("epoch 1 acked", || {
+        query_status(&r.control).is_ok_and(|s| s.committed_epoch == Some(1))
+    });
+    let st = query_status(&r.control).unwrap();
+    assert_eq!(st.threads, Some(3));
+    assert_eq!((st.rendezvous_us.p50, st.copy_us.p50), (500, 1500));
+    // The shim gives up epoch 2: thread 79 did not come in. Protection goes on.
+    r.shim
+        .send(
+            MsgKind::ThreadStuck,
+            79,
+            2,
+            "worker (blocks the epoch signal)",
+        )
+        .unwrap();
+    wait_for("stuck thread shown", || {
+        query_status(&r.control).is_ok_and(|s| s.stuck_thread.is_some())
+    });
+    let st = query_status(&r.control).unwrap();
+    let stuck = st.stuck_thread.clone().unwrap();
+    assert_eq!((stuck.tid, stuck.epoch), (79, 2));
+    assert!(stuck.what.contains("worker"), "{stuck:?}");
+    assert_eq!(st.threads_stuck_total, 1);
+    assert!(st.protected, "{st:?}");
+    assert_eq!(st.state, "protected");
+    // The retried epoch 2 (same number) goes through and clears it.
+    write(&mut r.map, &threaded(2, &[(77, M | L), (78, 0)]));
+    r.shim.send(MsgKind::EpochChunk, 2, 0, "").unwrap();
+    wait_for("epoch 2 acked", || {
+        query_status(&r.control).is_ok_and(|s| s.committed_epoch == Some(2))
+    });
+    let st = query_status(&r.control).unwrap();
+    assert!(st.stuck_thread.is_none(), "{st:?}");
+    assert_eq!((st.threads, st.threads_stuck_total), (Some(2), 1));
+    r.app.kill().unwrap();
+    let _ = r.app.wait();
+    let (_, rx) = r.standby.join().unwrap();
+    let meta = rx.image.meta.as_ref().unwrap();
+    assert_eq!(
+        meta.threads
+            .iter()
+            .map(|t| (t.tid, t.flags))
+            .collect::<Vec<_>>(),
+        [(77, M | L), (78, 0)]
+    );
+    assert_eq!(meta.threads[1].ctx.rip, 0x402001);
+    assert_eq!(meta.rendezvous_ns, 500_000);
+    let _ = r.primary.join();
 }

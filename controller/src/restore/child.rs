@@ -1,8 +1,12 @@
-//! The forked restore child: what it does by itself (very little, async-signal-safe), and
-//! the per-thread kernel state inherited from the daemon that is cleared by injection.
+//! The restore child, cloned from the daemon with the program's pid: what it does by itself
+//! (very little, async-signal-safe), and the per-thread kernel state inherited from the
+//! daemon that is cleared by injection.
+
+use std::os::fd::RawFd;
 
 use tracing::debug;
 
+use super::clone::{clone3, CloneArgs};
 use super::inject::{describe_exit, kill_and_reap, wait_raw, Tracee};
 use super::RestoreError;
 
@@ -13,26 +17,54 @@ const CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
 const EXIT_MMAP: i32 = 120;
 const EXIT_TRACEME: i32 = 121;
 const EXIT_RESUMED: i32 = 122;
+const EXIT_SETNS: i32 = 123;
 
-/// Forks the restore child. The child blocks all signals, maps the injection area at
-/// `inj` (MAP_FIXED_NOREPLACE) with `syscall; int3` at its start, calls PTRACE_TRACEME and
-/// stops itself with SIGSTOP. Returns its pid once it is in that stop.
-pub(crate) fn spawn_stopped(inj: u64, len: u64) -> Result<i32, RestoreError> {
-    // SAFETY: fork in a multi-threaded process: the child only runs `child_main`, which
-    // makes raw system calls and writes to memory it has just mapped; no allocation, no
-    // locks, no return into Rust code of the parent.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(RestoreError::os("fork of the restore child"));
-    }
-    if pid == 0 {
-        // SAFETY: we are the freshly forked child; see child_main's contract.
-        unsafe { child_main(inj, len) }
-    }
+/// Who the restore child is to be.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChildIds {
+    /// Its pid: the image's main thread's TID (`clone3` `set_tid`, in the innermost PID
+    /// namespace of the calling thread's children).
+    pub pid: i32,
+    /// A mount namespace to join first (a descriptor of `/proc/<init>/ns/mnt`, inherited).
+    pub mntns: Option<RawFd>,
+}
+
+/// Creates the restore child with `clone3` and `set_tid` = [`ChildIds::pid`] (like a fork,
+/// with a chosen pid). The child joins `mntns` if given, blocks all signals, maps the
+/// injection area at `inj` (MAP_FIXED_NOREPLACE) with `syscall; int3` at its start, calls
+/// PTRACE_TRACEME and stops itself with SIGSTOP. Returns its pid as this process sees it once
+/// it is in that stop. A pid in use here is [`RestoreError::TidTaken`].
+pub(crate) fn spawn_stopped(inj: u64, len: u64, ids: ChildIds) -> Result<i32, RestoreError> {
+    let set_tid: [libc::pid_t; 1] = [ids.pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let mntns = ids.mntns.unwrap_or(-1);
+    // SAFETY: a fork-like clone3 in a multi-threaded process: the child only runs
+    // `child_main`, which makes raw system calls and writes to memory it has just mapped; no
+    // allocation, no locks, no return into Rust code of the parent. `set_tid` outlives the
+    // call.
+    let pid = match unsafe { clone3(&args) } {
+        Ok(0) => {
+            // SAFETY: we are the freshly created child; see child_main's contract.
+            unsafe { child_main(inj, len, mntns) }
+        }
+        Ok(pid) => pid,
+        Err(errno) => {
+            return Err(super::set_tid_error(
+                ids.pid,
+                "process id (its main thread)",
+                errno,
+            ))
+        }
+    };
     let st = match wait_raw(pid) {
         Ok(st) => st,
         Err(e) => {
-            kill_and_reap(pid);
+            kill_and_reap(pid, &[]);
             return Err(RestoreError::Os {
                 what: format!("waiting for the restore child {pid}"),
                 source: e,
@@ -43,6 +75,7 @@ pub(crate) fn spawn_stopped(inj: u64, len: u64) -> Result<i32, RestoreError> {
         let why = match libc::WIFEXITED(st).then(|| libc::WEXITSTATUS(st)) {
             Some(EXIT_MMAP) => format!(" (could not map the injection area at {inj:#x})"),
             Some(EXIT_TRACEME) => " (PTRACE_TRACEME failed)".to_string(),
+            Some(EXIT_SETNS) => " (could not join the new mount namespace)".to_string(),
             _ => String::new(),
         };
         return Err(RestoreError::ChildDied {
@@ -52,7 +85,7 @@ pub(crate) fn spawn_stopped(inj: u64, len: u64) -> Result<i32, RestoreError> {
         });
     }
     if !libc::WIFSTOPPED(st) || libc::WSTOPSIG(st) != libc::SIGSTOP {
-        kill_and_reap(pid);
+        kill_and_reap(pid, &[]);
         return Err(RestoreError::ChildDied {
             pid,
             how: format!("reported wait status {st:#x} instead of its SIGSTOP"),
@@ -62,11 +95,11 @@ pub(crate) fn spawn_stopped(inj: u64, len: u64) -> Result<i32, RestoreError> {
     Ok(pid)
 }
 
-/// The child side of the fork. Only raw system calls (async-signal-safe).
+/// The child side of the clone. Only raw system calls (async-signal-safe).
 ///
 /// # Safety
-/// Must only be called in the child of a fork, once.
-unsafe fn child_main(inj: u64, len: u64) -> ! {
+/// Must only be called in the child of a fork-like clone, once.
+unsafe fn child_main(inj: u64, len: u64, mntns: RawFd) -> ! {
     let all: u64 = !0;
     // SAFETY: (whole function) raw system calls with valid arguments; `all` outlives the
     // call; the mapping is written only after the kernel mapped it at exactly `inj`.
@@ -78,6 +111,12 @@ unsafe fn child_main(inj: u64, len: u64) -> ! {
             0usize,
             8usize,
         );
+        if mntns >= 0 {
+            if libc::syscall(libc::SYS_setns, mntns, libc::CLONE_NEWNS) != 0 {
+                libc::syscall(libc::SYS_exit_group, EXIT_SETNS);
+            }
+            libc::syscall(libc::SYS_close, mntns);
+        }
         let p = libc::syscall(
             libc::SYS_mmap,
             inj,
@@ -103,8 +142,8 @@ unsafe fn child_main(inj: u64, len: u64) -> ! {
     }
 }
 
-/// glibc's rseq registration of the forking thread, which the kernel copies to the child.
-/// Read before the fork (dlsym may allocate).
+/// glibc's rseq registration of the cloning thread, which the kernel copies to the child.
+/// Read before the clone (dlsym may allocate).
 pub(crate) struct RseqInfo {
     /// `__rseq_offset`: the area's offset from the thread pointer.
     offset: Option<isize>,
@@ -137,11 +176,12 @@ impl RseqInfo {
     }
 }
 
-/// Clears per-thread kernel state the fork copied from the daemon's thread, before the
+/// Clears per-thread kernel state the clone copied from the daemon's thread, before the
 /// daemon's memory disappears from the child:
 /// - rseq: the kernel would keep writing cpu ids at the daemon's TCB address, which becomes
 ///   app memory (or unmapped: SIGSEGV);
-/// - clear-child-tid (glibc's fork set it to the daemon's TCB): the kernel writes there at exit;
+/// - clear-child-tid (none after our clone3, but cleared all the same): the kernel writes there
+///   at exit;
 /// - the robust futex list, the alternate signal stack, and every signal disposition (the
 ///   daemon's handlers point into code that is about to vanish; Rust ignores SIGPIPE).
 pub(crate) fn forget_daemon_state(t: &mut Tracee, rseq: &RseqInfo) -> Result<(), RestoreError> {

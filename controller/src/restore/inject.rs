@@ -12,6 +12,7 @@ use std::os::unix::fs::FileExt;
 
 use tracing::{debug, warn};
 
+use super::clone::{self, CloneArgs, CLONE_ARGS_SIZE};
 use super::RestoreError;
 use crate::image::{parse_maps, Region, PAGE_SIZE};
 
@@ -27,6 +28,29 @@ pub(crate) struct Tracee {
     /// What the last injected call was, for "died during ..." messages.
     during: String,
     done: bool,
+    /// Threads added by [`Tracee::inject_thread`] (TIDs as this process sees them), each
+    /// stopped before its first instruction until [`Tracee::finish`] detaches it.
+    threads: Vec<AddedThread>,
+}
+
+/// A thread of the restore child other than its first.
+#[derive(Clone, Copy)]
+pub(crate) struct AddedThread {
+    /// Its TID as the daemon sees it (ptrace, waitpid).
+    pub tid: i32,
+    /// Its TID as the process sees it (the image's).
+    pub own_tid: i32,
+    /// Its registers at its first stop.
+    base: libc::user_regs_struct,
+    /// Registers and signal mask to resume with (set by [`Tracee::set_thread_regs`]).
+    resume: Option<(libc::user_regs_struct, u64)>,
+}
+
+impl AddedThread {
+    /// Its registers at its first stop.
+    pub fn base_regs(&self) -> libc::user_regs_struct {
+        self.base
+    }
 }
 
 /// `PTRACE_ARCH_PRCTL`-free register access helpers.
@@ -120,7 +144,7 @@ impl Tracee {
         let mem = match mem {
             Ok(m) => m,
             Err(e) => {
-                kill_and_reap(pid);
+                kill_and_reap(pid, &[]);
                 return Err(RestoreError::Os {
                     what: format!("opening {mem_path}"),
                     source: e,
@@ -136,8 +160,12 @@ impl Tracee {
             base: unsafe { std::mem::zeroed() },
             during: "the first stop".into(),
             done: false,
+            threads: Vec::new(),
         };
-        let opts = libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD;
+        // TRACECLONE: a thread added by an injected clone3 is traced from its creation and
+        // stops before its first instruction.
+        let opts =
+            libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE;
         ptrace_simple(libc::PTRACE_SETOPTIONS, pid, 0, opts as usize)
             .map_err(|e| t.ptrace_err("PTRACE_SETOPTIONS", e))?;
         t.base = getregs(pid).map_err(|e| t.ptrace_err("PTRACE_GETREGS", e))?;
@@ -251,15 +279,12 @@ impl Tracee {
 
     /// Waits for a stop with `sig` (exact value, e.g. `SIGTRAP | 0x80` for syscall stops).
     fn wait_stop(&mut self, sig: i32) -> Result<(), RestoreError> {
-        let st = wait_raw(self.pid).map_err(|e| self.ptrace_err("waitpid", e))?;
-        if let Some(how) = describe_exit(st) {
-            self.done = true; // already reaped
-            return Err(RestoreError::ChildDied {
-                pid: self.pid,
-                how,
-                during: self.during.clone(),
-            });
-        }
+        let st = self.wait_any()?;
+        self.expect_stop(st, sig)
+    }
+
+    /// `st` must be a stop with `sig`.
+    fn expect_stop(&self, st: i32, sig: i32) -> Result<(), RestoreError> {
         if !libc::WIFSTOPPED(st) || libc::WSTOPSIG(st) != sig {
             let got = if libc::WIFSTOPPED(st) {
                 libc::WSTOPSIG(st)
@@ -338,6 +363,157 @@ impl Tracee {
         }
     }
 
+    /// Adds a thread with TID `own_tid` (in the process's own PID namespace) and `fs` base
+    /// `tls` by an injected `clone3` ([`clone::THREAD_FLAGS`], `set_tid` = [`own_tid`]). The
+    /// thread is traced from birth (PTRACE_EVENT_CLONE) and left in its first stop, before
+    /// it ran anything; it never runs on the stack given here (a scratch page), since its
+    /// registers are set before it is let go ([`Tracee::set_thread_regs`]). Returns its TID as
+    /// this process sees it. A TID in use is [`RestoreError::TidTaken`].
+    pub fn inject_thread(&mut self, own_tid: i32, tls: u64) -> Result<i32, RestoreError> {
+        self.during = format!("clone3 of thread {own_tid}");
+        if self.scratch_len() < 2 * PAGE_SIZE as usize {
+            return Err(RestoreError::Unsupported(
+                "the restore scratch area is too small for a thread's clone3".into(),
+            ));
+        }
+        // Scratch page 1: clone_args, then set_tid; page 2: the stack it is given.
+        let set_tid = self.put_scratch(CLONE_ARGS_SIZE, &own_tid.to_ne_bytes())?;
+        let args = CloneArgs {
+            flags: clone::THREAD_FLAGS,
+            stack: self.scratch() + PAGE_SIZE,
+            stack_size: PAGE_SIZE,
+            tls,
+            set_tid,
+            set_tid_size: 1,
+            ..Default::default()
+        };
+        let addr = self.put_scratch(0, &args.to_bytes())?;
+        let mut r = self.base;
+        r.rip = self.code;
+        r.rax = libc::SYS_clone3 as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = addr;
+        r.rsi = CLONE_ARGS_SIZE as u64;
+        r.eflags &= !0x100;
+        setregs(self.pid, &r).map_err(|e| self.ptrace_err("PTRACE_SETREGS", e))?;
+        ptrace_simple(libc::PTRACE_CONT, self.pid, 0, 0)
+            .map_err(|e| self.ptrace_err("PTRACE_CONT", e))?;
+        // Either the clone event (then the int3 after it), or the int3 alone when clone3
+        // failed.
+        let st = self.wait_any()?;
+        let event_clone = libc::SIGTRAP | (libc::PTRACE_EVENT_CLONE << 8);
+        let mut tid = None;
+        if libc::WIFSTOPPED(st) && (st >> 8) == event_clone {
+            let mut msg: libc::c_ulong = 0;
+            // SAFETY: PTRACE_GETEVENTMSG writes one unsigned long to `data`, which points at
+            // one.
+            let rc = unsafe {
+                libc::ptrace(
+                    libc::PTRACE_GETEVENTMSG,
+                    self.pid,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    &mut msg as *mut libc::c_ulong,
+                )
+            };
+            if rc < 0 {
+                return Err(self.ptrace_err("PTRACE_GETEVENTMSG", std::io::Error::last_os_error()));
+            }
+            tid = Some(msg as i32);
+            ptrace_simple(libc::PTRACE_CONT, self.pid, 0, 0)
+                .map_err(|e| self.ptrace_err("PTRACE_CONT", e))?;
+            let st = self.wait_any()?;
+            self.expect_stop(st, libc::SIGTRAP)?;
+        } else {
+            self.expect_stop(st, libc::SIGTRAP)?;
+        }
+        let out = getregs(self.pid).map_err(|e| self.ptrace_err("PTRACE_GETREGS", e))?;
+        let rax = out.rax as i64;
+        let Some(tid) = tid.filter(|_| rax > 0) else {
+            let errno = if (-4095..0).contains(&rax) {
+                (-rax) as i32
+            } else {
+                libc::EIO
+            };
+            return Err(super::set_tid_error(own_tid, "thread", errno));
+        };
+        if rax as i32 != own_tid {
+            warn!(
+                own_tid,
+                got = rax,
+                "clone3 gave the thread another TID than asked"
+            );
+        }
+        // Reap the new thread's first stop: SIGSTOP, before its first instruction.
+        let st = wait_raw(tid).map_err(|e| self.ptrace_err("waitpid (new thread)", e))?;
+        if !libc::WIFSTOPPED(st) || libc::WSTOPSIG(st) != libc::SIGSTOP {
+            return Err(RestoreError::ChildDied {
+                pid: tid,
+                how: format!("reported wait status {st:#x} instead of its first stop"),
+                during: self.during.clone(),
+            });
+        }
+        let base = getregs(tid).map_err(|e| self.ptrace_err("PTRACE_GETREGS (new thread)", e))?;
+        self.threads.push(AddedThread {
+            tid,
+            own_tid,
+            base,
+            resume: None,
+        });
+        debug!(tid, own_tid, "thread added to the restore child");
+        Ok(tid)
+    }
+
+    /// The threads added so far, in order.
+    pub fn added_threads(&self) -> &[AddedThread] {
+        &self.threads
+    }
+
+    /// Sets the registers (`fs_base` included) and the signal mask an added thread resumes
+    /// with, now, while it is stopped; it is let go by [`Tracee::finish`].
+    pub fn set_thread_regs(
+        &mut self,
+        tid: i32,
+        mut regs: libc::user_regs_struct,
+        sigmask: u64,
+    ) -> Result<(), RestoreError> {
+        let Some(i) = self.threads.iter().position(|t| t.tid == tid) else {
+            return Err(RestoreError::Unsupported(format!(
+                "thread {tid} is not one restore added"
+            )));
+        };
+        let base = self.threads[i].base;
+        regs.orig_rax = u64::MAX; // not in a syscall: no restart on resume
+        regs.eflags &= !0x100;
+        regs.cs = base.cs;
+        regs.ss = base.ss;
+        self.during = format!("setting the registers of thread {tid}");
+        set_sigmask(tid, sigmask).map_err(|e| self.ptrace_err("PTRACE_SETSIGMASK", e))?;
+        setregs(tid, &regs).map_err(|e| self.ptrace_err("PTRACE_SETREGS (thread)", e))?;
+        let check = getregs(tid).map_err(|e| self.ptrace_err("PTRACE_GETREGS", e))?;
+        if check.fs_base != regs.fs_base || check.rip != regs.rip || check.rsp != regs.rsp {
+            return Err(RestoreError::Unsupported(format!(
+                "the kernel did not take thread {tid}'s registers: fs_base {:#x} (wanted {:#x}), rip {:#x} (wanted {:#x})",
+                check.fs_base, regs.fs_base, check.rip, regs.rip
+            )));
+        }
+        self.threads[i].resume = Some((regs, sigmask));
+        Ok(())
+    }
+
+    /// Waits for the next wait status of the first thread; its exit is an error.
+    fn wait_any(&mut self) -> Result<i32, RestoreError> {
+        let st = wait_raw(self.pid).map_err(|e| self.ptrace_err("waitpid", e))?;
+        if let Some(how) = describe_exit(st) {
+            self.done = true; // already reaped (its added threads died with it)
+            return Err(RestoreError::ChildDied {
+                pid: self.pid,
+                how,
+                during: self.during.clone(),
+            });
+        }
+        Ok(st)
+    }
+
     /// Final step: set the signal mask, unmap the injection area as the last injected
     /// system call, and at its syscall-exit stop (the child never returns into the unmapped
     /// page) load the final registers and detach.
@@ -346,20 +522,14 @@ impl Tracee {
         mut regs: libc::user_regs_struct,
         sigmask: u64,
     ) -> Result<(), RestoreError> {
-        self.during = "PTRACE_SETSIGMASK".into();
-        // SAFETY: PTRACE_SETSIGMASK reads `addr` (= 8, the kernel sigset size) bytes from
-        // `data`, which points at a u64.
-        let rc = unsafe {
-            libc::ptrace(
-                libc::PTRACE_SETSIGMASK,
-                self.pid,
-                8usize as *mut libc::c_void,
-                &sigmask as *const u64,
-            )
-        };
-        if rc < 0 {
-            return Err(self.ptrace_err("PTRACE_SETSIGMASK", std::io::Error::last_os_error()));
+        if let Some(t) = self.threads.iter().find(|t| t.resume.is_none()) {
+            return Err(RestoreError::Unsupported(format!(
+                "thread {} was added but given no registers",
+                t.own_tid
+            )));
         }
+        self.during = "PTRACE_SETSIGMASK".into();
+        set_sigmask(self.pid, sigmask).map_err(|e| self.ptrace_err("PTRACE_SETSIGMASK", e))?;
 
         self.during = "munmap of the injection area".into();
         let mut r = self.base;
@@ -400,6 +570,12 @@ impl Tracee {
                 check.fs_base, regs.fs_base, check.rip, regs.rip
             )));
         }
+        // Every thread is built and set: let them all go, the first one last. (The shim's own
+        // barrier keeps each from app code until all have re-registered their state.)
+        for t in &self.threads {
+            ptrace_simple(libc::PTRACE_DETACH, t.tid, 0, 0)
+                .map_err(|e| self.ptrace_err(&format!("PTRACE_DETACH of thread {}", t.tid), e))?;
+        }
         ptrace_simple(libc::PTRACE_DETACH, self.pid, 0, 0)
             .map_err(|e| self.ptrace_err("PTRACE_DETACH", e))?;
         self.done = true;
@@ -407,22 +583,47 @@ impl Tracee {
     }
 }
 
+/// `PTRACE_SETSIGMASK` on the stopped thread `tid`.
+fn set_sigmask(tid: i32, sigmask: u64) -> std::io::Result<()> {
+    // SAFETY: PTRACE_SETSIGMASK reads `addr` (= 8, the kernel sigset size) bytes from `data`,
+    // which points at a u64.
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETSIGMASK,
+            tid,
+            8usize as *mut libc::c_void,
+            &sigmask as *const u64,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl Drop for Tracee {
     fn drop(&mut self) {
         if !self.done {
             warn!(pid = self.pid, during = %self.during, "restore failed; killing the half-built process");
-            kill_and_reap(self.pid);
+            let tids: Vec<i32> = self.threads.iter().map(|t| t.tid).collect();
+            kill_and_reap(self.pid, &tids);
         }
     }
 }
 
-pub(crate) fn kill_and_reap(pid: i32) {
-    // SAFETY: kill and waitpid on our own child's pid; `st` is a valid out-pointer.
+/// Kills our child `pid` and reaps it, and first its traced threads `threads` (a traced
+/// thread stays a zombie until its tracer waits for it, and the process's own exit status is
+/// not reported before).
+pub(crate) fn kill_and_reap(pid: i32, threads: &[i32]) {
+    // SAFETY: kill and waitpid on our own child's pid and its traced threads; `st` is a valid
+    // out-pointer.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
         let mut st = 0;
-        while libc::waitpid(pid, &mut st, libc::__WALL) < 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-        {}
+        for &t in threads.iter().chain(std::iter::once(&pid)) {
+            while libc::waitpid(t, &mut st, libc::__WALL) < 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+            {}
+        }
     }
 }

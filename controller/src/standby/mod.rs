@@ -562,6 +562,7 @@ fn session_inner(
                         b.status.output_held_bytes = rx.output.bytes();
                         if let Some(m) = &rx.image.meta {
                             b.record_pause(m.pause_ns);
+                            b.record_threads(m.thread_records().len(), m.rendezvous_ns, m.pause_ns);
                         }
                         if restorable {
                             b.status.committed_epoch = Some(epoch);
@@ -830,9 +831,17 @@ fn takeover(
         }
     };
     let pid = restored.pid;
+    let threads = restored.tids.len();
+    let ns = match restored.pid_namespace_init {
+        Some(init) => format!(
+            " (pid {} in a new PID namespace, init {init}: a TID was taken here)",
+            restored.own_pid
+        ),
+        None => String::new(),
+    };
     tracing::warn!(
-        epoch, pid, restore_ms = started.elapsed().as_millis() as u64,
-        "TOOK OVER: restored epoch {epoch} as pid {pid} (primary {peer} lost: {why}); it runs unprotected"
+        epoch, pid, threads, restore_ms = started.elapsed().as_millis() as u64,
+        "TOOK OVER: restored epoch {epoch} as pid {pid}{ns} with {threads} threads (primary {peer} lost: {why}); it runs unprotected"
     );
     {
         let mut b = status.lock();
@@ -848,10 +857,14 @@ fn takeover(
     }
     write_json_atomic(
         &args.state_dir.join("takeover.json"),
-        &serde_json::json!({ "epoch": epoch, "pid": pid, "time_ms": crate::sys::unix_ms(), "primary": peer, "reason": why, "recovered_output": recovered }),
+        &serde_json::json!({ "epoch": epoch, "pid": pid, "own_pid": restored.own_pid,
+            "threads": restored.tids.len(), "pid_namespace_init": restored.pid_namespace_init,
+            "time_ms": crate::sys::unix_ms(), "primary": peer, "reason": why,
+            "recovered_output": recovered }),
     )?;
     let target = reprotect::Target {
         pid,
+        own_pid: restored.own_pid,
         state_dir: args.state_dir.clone(),
         key_file: args.key_file.clone(),
         insecure: matches!(args.security, LinkSecurity::Insecure),

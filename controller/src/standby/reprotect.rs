@@ -32,7 +32,11 @@ const PICKUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// authenticates its link (the new primary uses the same key).
 #[derive(Clone, Debug)]
 pub struct Target {
+    /// The restored program's pid here (signals, `/proc`).
     pub pid: i32,
+    /// Its pid as it sees itself (different in a new PID namespace): the name of the rejoin
+    /// files its shim reads and writes.
+    pub own_pid: i32,
     pub state_dir: PathBuf,
     pub key_file: Option<PathBuf>,
     pub insecure: bool,
@@ -117,7 +121,7 @@ pub fn start(t: &Target, standby: &str, status: &SharedStatus) -> Result<String,
         ));
     }
     crate::control::ensure_private_dir(&crate::control::default_dir())?;
-    let (req_path, result_path) = rejoin_paths(t.pid);
+    let (req_path, result_path) = rejoin_paths(t.own_pid);
     let _ = std::fs::remove_file(&result_path);
     let control = control_path(t);
     let log = t.state_dir.join(format!("primary-{}.log", t.pid));

@@ -10,7 +10,7 @@ use crate::image::EpochMeta;
 /// Protocol version carried in every frame header and in [`Hello`]. 3: the standby's refusal
 /// of a hello is a [`Refusal`] (it was free text). 4: an [`EpochCommit`] carries the epoch's
 /// held output ([`HeldOutput`]) and the primary's heartbeats its release watermark
-/// ([`Released`]).
+/// ([`Released`]); [`EpochMeta`] carries every thread (`threads`, `rendezvous_ns`).
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// One message on the wire. The frame header's `kind` byte is [`WireMsg::kind`].
