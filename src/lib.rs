@@ -161,12 +161,20 @@ pub fn require_program(name: &str, package: &str) -> PathBuf {
     }
 }
 
-/// The thread ids of process `pid` (`/proc/PID/task`), sorted; empty if it is gone.
+/// The thread ids of process `pid` as the process itself sees them (the innermost `NSpid` of
+/// each `/proc/PID/task/TID/status`: a process restored into a new PID namespace has its own
+/// numbers there), sorted; empty if it is gone.
 pub fn thread_ids(pid: i32) -> Vec<i32> {
     let mut v: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                let st = fs::read_to_string(e.path().join("status")).ok()?;
+                st.lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            })
+            .collect()
         })
         .unwrap_or_default();
     v.sort_unstable();
