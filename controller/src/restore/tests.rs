@@ -121,6 +121,15 @@ fn a_taken_tid_is_an_error_or_a_new_pid_namespace() {
         .spawn()
         .expect("sleep");
     let taken = sleeper.id() as i32;
+    // Until it has exec'd, it is named after this test's thread.
+    let t0 = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{taken}/comm")).unwrap_or_default() != "sleep\n" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "sleep did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let taken_thread = {
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
