@@ -47,6 +47,46 @@ pub struct PauseUs {
     pub max: u64,
 }
 
+/// Where a daemon stands with the etcd arbiter (`--etcd`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArbiterState {
+    /// Not holding the leader key, not trying to (a standby with its primary connected).
+    #[default]
+    Idle,
+    /// Holding the leader key; the lease renews.
+    Held,
+    /// Holding it, but the last renewal failed (see `error`); output is released only while
+    /// `lease_valid`.
+    Renewing,
+    /// Etcd said the lease is gone: a standby may hold the key (a primary stops its program).
+    Lost,
+    /// Revoked at a planned exit.
+    Revoked,
+    /// A standby that lost its primary, waiting for the key (the primary's lease to end).
+    Campaigning,
+    /// A standby that lost its primary and cannot reach etcd: it does not take over.
+    Unreachable,
+}
+
+/// `--etcd`: the arbiter as this daemon sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArbiterStatus {
+    /// The endpoints.
+    pub etcd: String,
+    /// The leader key.
+    pub key: String,
+    /// The lease TTL (as etcd granted it, once it did).
+    pub lease_ttl_ms: u64,
+    /// The lease id (hex), while one is held.
+    pub lease: Option<String>,
+    pub state: ArbiterState,
+    /// The lease is certainly valid by this host's clock (held output may be released).
+    pub lease_valid: bool,
+    /// The last error talking to etcd, or who holds the key.
+    pub error: Option<String>,
+}
+
 /// The status JSON. Every key is always present (null where it does not apply).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -135,6 +175,12 @@ pub struct Status {
     /// primary: epochs abandoned because a thread did not come in.
     #[serde(default)]
     pub threads_stuck_total: u64,
+    /// `--etcd`: the arbiter (null without one).
+    #[serde(default)]
+    pub arbiter: Option<ArbiterStatus>,
+    /// The etcd lease TTL in ms (null without `--etcd`).
+    #[serde(default)]
+    pub lease_ttl_ms: Option<u64>,
     /// primary: the compression and sending pipeline (delta pages, merged epochs).
     #[serde(flatten, default)]
     pub pipeline: PipelineStats,
@@ -209,6 +255,8 @@ impl Status {
             copy_us: PauseUs::default(),
             stuck_thread: None,
             threads_stuck_total: 0,
+            arbiter: None,
+            lease_ttl_ms: None,
             pipeline: PipelineStats::default(),
         }
     }
@@ -344,6 +392,28 @@ impl Status {
                     human_bytes(self.output_released_bytes),
                     self.commit_latency_us.p50,
                     self.commit_latency_us.p99
+                ),
+            );
+        }
+        if let Some(a) = &self.arbiter {
+            line(
+                "arbiter",
+                format!(
+                    "etcd {}  key {}  lease {} ({:?}, TTL {} ms, {}){}",
+                    a.etcd,
+                    a.key,
+                    opt(a.lease.clone()),
+                    a.state,
+                    a.lease_ttl_ms,
+                    if a.lease_valid {
+                        "valid"
+                    } else {
+                        "not certainly valid"
+                    },
+                    a.error
+                        .as_ref()
+                        .map(|e| format!("  last: {e}"))
+                        .unwrap_or_default()
                 ),
             );
         }
@@ -484,6 +554,7 @@ impl Board {
         s.output_held_bytes += self.net_held;
         s.output_released_bytes += self.net_released;
         s.heartbeat_age_ms = self.last_peer_frame.map(|t| t.elapsed().as_millis() as u64);
+        s.lease_ttl_ms = s.arbiter.as_ref().map(|a| a.lease_ttl_ms);
         if !s.protected && s.reason.is_none() {
             s.reason = Some(format!("state {}", s.state));
         }

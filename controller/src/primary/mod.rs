@@ -14,6 +14,7 @@
 //!   shim's hello, the first connection);
 //! - [`epoch_loop`]: the loop itself; this module starts it.
 
+mod arbiter;
 mod epoch_loop;
 mod fencing;
 mod image_sync;
@@ -127,7 +128,28 @@ pub fn run_full(
         None => None,
     };
 
+    let lease = match args.arbiter.clone() {
+        Some(cfg) => {
+            let mut a = crate::arbiter::lease::initial_status(
+                &cfg,
+                crate::control::status::ArbiterState::Idle,
+            );
+            a.lease_ttl_ms = cfg.ttl().as_millis() as u64;
+            status.lock().status.arbiter = Some(a);
+            let etcd = crate::arbiter::Etcd::start(cfg.endpoints.clone(), request_timeout(&cfg))
+                .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+            let me = crate::arbiter::config::Holder::new("primary", Some(args.app_pid));
+            // A previous primary's lease (one that died) may still run for a TTL.
+            let wait = cfg.ttl() * 2 + Duration::from_secs(1);
+            Some(
+                crate::arbiter::LeaseHolder::take_leader(etcd, &cfg, &me, status.clone(), wait)
+                    .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?,
+            )
+        }
+        None => None,
+    };
     let mut p = Primary::new(args, shim, staging, status, output, net);
+    p.lease = lease;
     let End::Exit(code) = p.main(&stop)?;
     let net = p.net.take();
     if p.release_at_end {
@@ -138,4 +160,9 @@ pub fn run_full(
     }
     // Otherwise the primary side is dying: what is still held is dropped with the process.
     Ok(code)
+}
+
+/// How long one request to etcd may take: well within a keepalive period (TTL/3).
+pub fn request_timeout(cfg: &crate::arbiter::ArbiterConfig) -> Duration {
+    (cfg.ttl() / 4).clamp(Duration::from_millis(200), Duration::from_secs(2))
 }

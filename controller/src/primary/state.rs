@@ -2,8 +2,11 @@
 //! above uses: entering a protection state, releasing or holding output, opening links.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::arbiter::LeaseHolder;
 
 use crate::control::status::{Board, SharedStatus};
 use crate::wire::auth::LinkSecurity;
@@ -37,6 +40,8 @@ pub struct PrimaryArgs {
     pub pipeline: link::PipelineOpts,
     /// `--metrics ADDR`, bound: served once the status exists.
     pub metrics: Option<crate::control::metrics::MetricsListener>,
+    /// `--etcd`: the arbiter whose leader key this primary holds (see `primary::arbiter`).
+    pub arbiter: Option<crate::arbiter::ArbiterConfig>,
 }
 
 /// An epoch whose chunks are arriving.
@@ -98,6 +103,13 @@ pub struct Primary {
     pub exec: Option<ExecPending>,
     /// Children of the program that said they serve (`ChildServes`): pid, when.
     pub forks: Vec<(i32, Instant)>,
+    /// `--etcd`: the leader key held under a lease (None without an arbiter, or once revoked).
+    pub lease: Option<LeaseHolder>,
+    /// The newest acked epoch whose output waits for the lease to be certainly valid again
+    /// (0: none).
+    pub deferred: Arc<AtomicU64>,
+    /// The obsolete mark on its way to etcd (`primary::arbiter`).
+    pub obsolete: Option<crossbeam::channel::Receiver<Result<(), crate::arbiter::ArbiterError>>>,
 }
 
 /// An `execve` the program announced, or a handover to its child, waiting for the new
@@ -145,6 +157,9 @@ impl Primary {
             want_epoch: 0,
             stream: None,
             complete_at: None,
+            lease: None,
+            deferred: Arc::new(AtomicU64::new(0)),
+            obsolete: None,
         }
     }
 
@@ -225,6 +240,8 @@ impl Primary {
         let out = self.output.committer();
         let net = self.net.as_ref().map(|n| n.committer());
         let (gate, status) = (self.gate.clone(), self.status.clone());
+        let lease = self.lease.as_ref().map(|l| l.gate());
+        let deferred = self.deferred.clone();
         Arc::new(move |epoch| {
             if !gate.releases(epoch) {
                 return; // a partial image: the standby could not restore it
@@ -240,6 +257,11 @@ impl Primary {
                     b.status.protected = true;
                     b.status.reason = None;
                 }
+            }
+            if lease.as_ref().is_some_and(|l| !l.certainly_valid()) {
+                // `--etcd`: not certainly the leader now; released once the lease renews.
+                deferred.fetch_max(epoch, Ordering::AcqRel);
+                return;
             }
             st.publish_committed(epoch);
             out.commit(epoch);

@@ -1,6 +1,7 @@
 //! `remusd standby`: receives epochs from one primary at a time, keeps the last committed
 //! image, and restores it when the primary's host fails.
 
+mod arbiter;
 pub mod detector;
 #[cfg(test)]
 mod fuzz;
@@ -53,6 +54,8 @@ pub struct StandbyArgs {
     pub reprotect_with: Option<String>,
     /// `--metrics ADDR`, bound: served once the status exists.
     pub metrics: Option<crate::control::metrics::MetricsListener>,
+    /// `--etcd`: take over only after acquiring the leader key.
+    pub arbiter: Option<crate::arbiter::ArbiterConfig>,
 }
 
 /// How a session with one primary ended.
@@ -108,6 +111,22 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
     st.reason = Some("no primary connected".into());
     let status = SharedStatus::new(st);
     status.lock().set_standby_state(StandbyState::Waiting);
+    let etcd = match &args.arbiter {
+        Some(cfg) => {
+            status.lock().status.arbiter = Some(crate::arbiter::lease::initial_status(
+                cfg,
+                crate::control::status::ArbiterState::Idle,
+            ));
+            Some(
+                crate::arbiter::Etcd::start(
+                    cfg.endpoints.clone(),
+                    crate::primary::request_timeout(cfg),
+                )
+                .context("starting the etcd client")?,
+            )
+        }
+        None => None,
+    };
     if let Some(m) = args.metrics.take() {
         m.serve(status.clone())?;
     }
@@ -179,8 +198,14 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
         stop: stop.clone(),
         security: args.security.clone(),
     };
+    // A primary that connected while the standby waited for the leader key.
+    let mut pending: Option<arbiter::Conn> = None;
     loop {
-        let (stream, peer, keys) = match conn_rx.recv_timeout(Duration::from_millis(200)) {
+        let next = match pending.take() {
+            Some(c) => Ok(c),
+            None => conn_rx.recv_timeout(Duration::from_millis(200)),
+        };
+        let (stream, peer, keys) = match next {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {
                 if stop.load(Ordering::Relaxed) {
@@ -222,6 +247,47 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
                     busy.store(false, Ordering::SeqCst);
                     continue;
                 };
+                let lease = match (&etcd, &args.arbiter) {
+                    (Some(etcd), Some(cfg)) => {
+                        let lost = arbiter::Lost {
+                            peer: &peer,
+                            why: &why,
+                            epoch,
+                            app_pid: rx.hello.as_ref().map(|h| h.app_pid),
+                        };
+                        let cand =
+                            crate::arbiter::campaign::Candidate::new(etcd.clone(), cfg.clone());
+                        match arbiter::await_key(
+                            cand,
+                            &lost,
+                            &status,
+                            &stop,
+                            &conn_rx,
+                            &busy,
+                            cfg.ttl(),
+                        ) {
+                            arbiter::Verdict::TakeOver(holder) => Some(holder),
+                            arbiter::Verdict::NewPrimary(c) => {
+                                forget(
+                                    StandbyState::Waiting,
+                                    format!(
+                                        "primary {peer} lost ({why}) but a primary connected before                                          this standby held the leader key: image discarded"
+                                    ),
+                                    None,
+                                );
+                                pending = Some(c);
+                                continue;
+                            }
+                            arbiter::Verdict::NoTakeover(reason) => {
+                                forget(StandbyState::PrimaryUnprotected, reason, None);
+                                busy.store(false, Ordering::SeqCst);
+                                continue;
+                            }
+                            arbiter::Verdict::Stopped => return Ok(0),
+                        }
+                    }
+                    _ => None,
+                };
                 tracing::error!(%peer, epoch, "primary lost: {why}; TAKING OVER from epoch {epoch}");
                 // Fencing: the old primary, if it wakes up, asks again and learns from this
                 // answer that it must stop.
@@ -229,7 +295,14 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
                     primary: peer.clone(),
                     epoch,
                 };
-                return takeover(&rx, &peer, &why, &args, &status, &stop, &rejoin);
+                let code = takeover(&rx, &peer, &why, &args, &status, &stop, &rejoin);
+                if let Some(l) = lease {
+                    l.revoke(match &code {
+                        Ok(_) => "the restored program exited",
+                        Err(_) => "the takeover failed",
+                    });
+                }
+                return code;
             }
             SessionEnd::Protocol(why) => {
                 tracing::error!(%peer, "dropped the primary after a protocol error: {why}");

@@ -1,0 +1,272 @@
+//! The etcd arbiter (issue 14), with a real etcd (Debian's `etcd-server`) on loopback, one per
+//! test on its own ports (23790-23799) and data directory, killed at the end. Each test fails
+//! when etcd is not installed.
+//!
+//! The primary holds `PREFIX/leader` under a lease it keeps alive; the standby takes over only
+//! once it holds that key itself.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use remus::etcd::Etcd;
+use remus::{
+    alive, iters, n, progs, s, signal, tail_file, test_key_file, wait_for, Protected,
+    ProtectedOpts, Standby,
+};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(60);
+/// The default lease TTL (`remusd --lease-ttl-ms`), which these tests use.
+const TTL_MS: u64 = 2000;
+
+fn standby(etcd_url: &str, prefix: &str) -> Standby {
+    Standby::start_with(
+        500,
+        Some(test_key_file()),
+        &["--etcd", etcd_url, "--etcd-prefix", prefix],
+    )
+}
+
+fn protected(sb: &Standby, etcd_url: &str, prefix: &str) -> Protected {
+    Protected::start(
+        &progs().memcheck,
+        &["100000000", "--sleep-us", "2000"],
+        &ProtectedOpts {
+            standby: Some(sb.addr.clone()),
+            env: vec![
+                ("REMUS_ETCD".into(), etcd_url.into()),
+                ("REMUS_ETCD_PREFIX".into(), prefix.into()),
+            ],
+            ..Default::default()
+        },
+    )
+}
+
+fn arbiter<'a>(v: &'a Value, key: &str) -> &'a Value {
+    &v["arbiter"][key]
+}
+
+fn log_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The highest iteration the program's released stdout shows.
+fn released(p: &Protected) -> u64 {
+    iters(&p.stdout_lines()).into_iter().max().unwrap_or(0)
+}
+
+/// The restored program's first iteration, once it printed a few; it never starts over and
+/// finds no memory mismatch.
+fn restored_first_iteration(sb: &Standby) -> u64 {
+    wait_for(
+        "the restored program to print",
+        LONG,
+        &|| sb.report(),
+        || (iters(&sb.app_stdout_text().lines().collect::<Vec<_>>()).len() >= 3).then_some(()),
+    );
+    let out = sb.app_stdout_text();
+    assert!(
+        !out.lines()
+            .any(|l| l.contains("MISMATCH") || l.starts_with("start ")),
+        "the restored program is not healthy\n{}",
+        sb.report()
+    );
+    iters(&out.lines().collect::<Vec<_>>())
+        .first()
+        .copied()
+        .expect("restored iterations")
+}
+
+/// (1) The primary side dies: the standby takes over only after the primary's lease ended,
+/// and resumes the program where the last committed epoch left it. Prints the failover time
+/// (kill → restored program running) at the default TTL.
+#[test]
+fn killed_primary_standby_takes_over_after_the_lease() {
+    let etcd = Etcd::start(23790);
+    let prefix = "/remus/t-kill";
+    let sb = standby(&etcd.url, prefix);
+    let mut p = protected(&sb, &etcd.url, prefix);
+    let v = p.wait_committed(10, LONG);
+    assert_eq!(arbiter(&v, "state"), "held", "{v}");
+    assert_eq!(n(&v, "lease_ttl_ms"), Some(TTL_MS as i64), "{v}");
+    assert_eq!(arbiter(&v, "lease_valid"), true, "{v}");
+    assert_eq!(arbiter(&v, "key"), &format!("{prefix}/leader"), "{v}");
+    let committed = remus::committed_epoch(&v).expect("committed");
+    let released_before = released(&p);
+
+    let t0 = Instant::now();
+    p.kill_primary_side();
+    let st = sb.wait_status("the standby to take over", LONG, |v| {
+        s(v, "state") == "took_over" && n(v, "restored_pid").is_some()
+    });
+    let failover = t0.elapsed();
+    let restored = n(&st, "restored_pid").expect("restored_pid") as i32;
+    assert!(
+        alive(restored),
+        "the restored program runs\n{}",
+        sb.report()
+    );
+    assert_eq!(
+        arbiter(&st, "state"),
+        "held",
+        "the standby holds the key now: {st}"
+    );
+    let log = log_text(&sb.log);
+    assert!(
+        log.contains("waiting for that lease to end") && log.contains("acquired the leader key"),
+        "the standby did not wait for the primary's lease:\n{}",
+        tail_file(&sb.log, 30)
+    );
+    let first = restored_first_iteration(&sb);
+    assert!(
+        first > released_before.saturating_sub(1) || first >= committed,
+        "the restored program resumed at {first}, before what was released ({released_before})"
+    );
+    println!(
+        "failover with etcd (lease TTL {TTL_MS} ms, --timeout-ms 500, loopback): kill -9 of the \
+         primary side -> restored program running: {} ms",
+        failover.as_millis()
+    );
+    signal(restored, libc::SIGKILL);
+    drop(sb);
+    drop(etcd);
+}
+
+/// (2) The primary side frozen past the TTL: the standby takes over; the woken primary learns
+/// that its lease is gone (or that it was superseded), kills its program and releases none of
+/// what it held.
+#[test]
+fn frozen_primary_past_the_ttl_is_fenced() {
+    let etcd = Etcd::start(23792);
+    let prefix = "/remus/t-freeze";
+    let sb = standby(&etcd.url, prefix);
+    let mut p = protected(&sb, &etcd.url, prefix);
+    let v = p.wait_committed(10, LONG);
+    let app = n(&v, "app_pid").expect("app_pid") as i32;
+    let ctl = n(&v, "controller_pid").expect("controller_pid") as i32;
+    signal(ctl, libc::SIGSTOP);
+    signal(app, libc::SIGSTOP);
+    let st = sb.wait_status("the standby to take over", LONG, |v| {
+        s(v, "state") == "took_over" && n(v, "restored_pid").is_some()
+    });
+    let restored = n(&st, "restored_pid").expect("restored_pid") as i32;
+    let released_at_freeze = released(&p);
+
+    signal(app, libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(ctl, libc::SIGCONT);
+    let exit = p.wait_exit(LONG);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        exit.signal(),
+        Some(libc::SIGKILL),
+        "the fenced primary must SIGKILL its program\n{}",
+        p.report()
+    );
+    let text = log_text(&p.log_path());
+    assert!(
+        text.contains("LEASE LOST") || text.contains("SUPERSEDED"),
+        "the primary's log does not say it was fenced:\n{}",
+        tail_file(&p.log_path(), 30)
+    );
+    let first = restored_first_iteration(&sb);
+    let released_after = released(&p);
+    assert!(
+        released_after < first,
+        "output escaped the fenced primary: it released iteration {released_after} (at the \
+         freeze: {released_at_freeze}), the standby resumed at {first}\n{}\n{}",
+        p.report(),
+        sb.report()
+    );
+    assert!(
+        alive(restored),
+        "the restored program runs\n{}",
+        sb.report()
+    );
+    signal(restored, libc::SIGKILL);
+    drop(sb);
+    drop(etcd);
+}
+
+/// (3) The standby host dies for good, silently (frozen: no reset, no answer): without an
+/// arbiter the primary could not tell it from a standby that took over, and would hold its
+/// output until a standby answers. Holding the lease proves that no takeover happened: it
+/// releases what it held and the program keeps serving.
+#[test]
+fn lost_standby_primary_holding_the_lease_releases_and_serves() {
+    let etcd = Etcd::start(23794);
+    let prefix = "/remus/t-standby-gone";
+    let mut sb = standby(&etcd.url, prefix);
+    let mut p = protected(&sb, &etcd.url, prefix);
+    p.wait_committed(10, LONG);
+    signal(sb.pid(), libc::SIGSTOP);
+    let at_loss = released(&p);
+    let v = p.wait_status(
+        "the primary to release after proving no takeover",
+        LONG,
+        |v| s(v, "state") == "resyncing" && s(v, "reason").contains("no takeover happened"),
+    );
+    assert!(alive(p.pid()), "the program keeps running\n{}", p.report());
+    let text = log_text(&p.log_path());
+    assert!(
+        text.contains("holds the etcd lease, so it did not take over"),
+        "the primary's log:\n{}",
+        tail_file(&p.log_path(), 30)
+    );
+    // It serves on: its output flows again, well past what it had released at the loss.
+    let target = at_loss + 50;
+    wait_for(
+        "the program's output to flow again",
+        LONG,
+        &|| format!("status {v}\n{}", p.report()),
+        || (released(&p) >= target).then_some(()),
+    );
+    signal(sb.pid(), libc::SIGKILL);
+    sb.kill();
+    p.kill();
+    drop(etcd);
+}
+
+/// (4) Etcd is gone: the primary cannot renew and stops releasing (acks keep coming); then
+/// the primary side dies, and the standby, which cannot reach etcd, never takes over.
+#[test]
+fn standby_cut_off_from_etcd_never_takes_over() {
+    let mut etcd = Etcd::start(23796);
+    let prefix = "/remus/t-no-etcd";
+    let sb = standby(&etcd.url, prefix);
+    let mut p = protected(&sb, &etcd.url, prefix);
+    p.wait_committed(10, LONG);
+    etcd.kill();
+    let v = p.wait_status(
+        "the primary's lease to be no longer certainly valid",
+        LONG,
+        |v| arbiter(v, "lease_valid") == false && arbiter(v, "state") == "renewing",
+    );
+    let c0 = remus::committed_epoch(&v).unwrap_or(0);
+    p.wait_committed(c0 + 5, LONG);
+    let held_from = released(&p);
+    let v = p.wait_committed(c0 + 25, LONG);
+    assert_eq!(
+        released(&p),
+        held_from,
+        "the primary released output while its lease was not certainly valid: {v}"
+    );
+    assert!(n(&v, "output_held_bytes").is_some_and(|b| b > 0), "{v}");
+
+    p.kill_primary_side();
+    let st = sb.wait_status("the standby to see that it cannot reach etcd", LONG, |v| {
+        arbiter(v, "state") == "unreachable"
+    });
+    assert!(s(&st, "reason").contains("cannot reach etcd"), "{st}");
+    // Several TTLs later, still no takeover.
+    std::thread::sleep(Duration::from_millis(3 * TTL_MS));
+    let st = sb.status().expect("the standby's status");
+    assert_ne!(s(&st, "state"), "took_over", "{st}");
+    assert!(n(&st, "restored_pid").is_none(), "{st}");
+    assert!(
+        log_text(&sb.log).contains("NOT taking over"),
+        "{}",
+        tail_file(&sb.log, 20)
+    );
+    drop(sb);
+}
