@@ -270,3 +270,71 @@ fn standby_cut_off_from_etcd_never_takes_over() {
     );
     drop(sb);
 }
+
+/// (5) A planned switch-over (`remusctl switchover`): the primary takes a last epoch, stops
+/// its program there once the standby committed it, revokes its lease and says goodbye; the
+/// standby takes the key at its first try (no TTL to wait for) and resumes the program, with
+/// no iteration missing between what the primary released and what the standby runs.
+#[test]
+fn planned_switchover_hands_over_in_about_a_round_trip() {
+    let etcd = Etcd::start(23798);
+    let prefix = "/remus/t-switch";
+    let sb = standby(&etcd.url, prefix);
+    let mut p = protected(&sb, &etcd.url, prefix);
+    p.wait_committed(10, LONG);
+    let t0 = Instant::now();
+    let out = std::process::Command::new(&remus::bins().remusctl)
+        .args(["switchover", "--control"])
+        .arg(&p.control)
+        .output()
+        .expect("running remusctl switchover");
+    let answered = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "remusctl switchover failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        p.report()
+    );
+    let msg = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(msg.contains("switched over at epoch"), "{msg}");
+    let st = sb.wait_status("the standby to resume the program", LONG, |v| {
+        s(v, "state") == "took_over" && n(v, "restored_pid").is_some()
+    });
+    let switched = t0.elapsed();
+    let restored = n(&st, "restored_pid").expect("restored_pid") as i32;
+    let exit = p.wait_exit(LONG);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(exit.signal(), Some(libc::SIGKILL), "{}", p.report());
+    let log = log_text(&sb.log);
+    assert!(
+        log.contains("acquired the leader key") && !log.contains("waiting for that lease to end"),
+        "the standby should have found the key free at once (the lease revoked):\n{}",
+        tail_file(&sb.log, 30)
+    );
+    let primary_log = log_text(&p.log_path());
+    assert!(
+        primary_log.contains("revoked the etcd lease (a planned switch-over)"),
+        "{}",
+        tail_file(&p.log_path(), 20)
+    );
+    let released_max = released(&p);
+    restored_first_iteration(&sb);
+    let restored_iters = iters(&sb.app_stdout_text().lines().collect::<Vec<_>>());
+    let lowest = restored_iters.iter().copied().min().unwrap_or(u64::MAX);
+    assert!(
+        lowest <= released_max + 1,
+        "iterations missing between the primary's last released ({released_max}) and the \
+         standby's first ({lowest})\n{}",
+        sb.report()
+    );
+    println!(
+        "planned switch-over with etcd (lease TTL {TTL_MS} ms): remusctl answered in {} ms, \
+         the standby ran the program {} ms after the request",
+        answered.as_millis(),
+        switched.as_millis()
+    );
+    signal(restored, libc::SIGKILL);
+    drop(sb);
+    drop(etcd);
+}

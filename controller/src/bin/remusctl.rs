@@ -40,6 +40,14 @@ enum Cmd {
         #[arg(long)]
         insecure: bool,
     },
+    /// A planned switch-over, sent to a primary: take a last epoch, stop the program there
+    /// once the standby committed it, and let the standby resume it (with --etcd: the lease
+    /// is revoked at once, so this takes about an epoch and a round trip, not a TTL).
+    Switchover {
+        /// The primary's control socket (default: the only daemon on this host).
+        #[arg(long)]
+        control: Option<PathBuf>,
+    },
     /// Print the image a standby saved in its state directory (STATE_DIR/image.remus, or
     /// that file itself) as JSON: epoch, regions, threads, descriptors, kernel objects,
     /// files. The file is checked (magic, version, length, checksum) first.
@@ -61,6 +69,7 @@ fn main() {
             insecure,
         } => protect(control, &standby, key_file, insecure),
         Cmd::Inspect { path } => inspect(&path),
+        Cmd::Switchover { control } => switchover(control),
     };
     let result = match &control {
         Some(p) => client::query_status(p).map(|s| (p.clone(), s)),
@@ -109,6 +118,23 @@ fn protect(
         }
         Err(e) => {
             eprintln!("remusctl: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn switchover(control: Option<PathBuf>) -> ! {
+    let path = match control {
+        Some(p) => Ok(p),
+        None => client::discover(&control::default_dir()).map(|(p, _)| p),
+    };
+    match path.and_then(|p| client::command(&p, "switchover")) {
+        Ok(msg) => {
+            println!("{msg}");
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("remusctl switchover: {e}");
             std::process::exit(1);
         }
     }

@@ -100,6 +100,9 @@ impl Primary {
             self.check_forks();
             self.step_resync();
             self.step_arbiter();
+            if let Some(end) = self.step_switchover() {
+                return Ok(end);
+            }
             self.step_sync();
             if let Some(e) = &mut self.in_epoch {
                 if !e.warned && e.signalled_at.elapsed() > Duration::from_secs(10) {

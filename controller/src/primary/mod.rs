@@ -29,6 +29,7 @@ pub mod staging;
 mod startup;
 mod state;
 pub mod stream;
+mod switchover;
 #[cfg(test)]
 mod tests;
 
@@ -117,7 +118,26 @@ pub fn run_full(
         .map(|p| p.display().to_string());
     st.reason = Some("starting".into());
     let status = SharedStatus::new(st);
-    let _control = ControlServer::start(args.control.clone(), "primary", status.clone())?;
+    let (switch_tx, switch_rx) = crossbeam::channel::bounded::<switchover::SwitchReply>(1);
+    let commands: crate::control::server::CommandFn = Arc::new(move |line: &str| {
+        if line.trim() != "switchover" {
+            return Err(format!(
+                "unknown command {line:?}; a primary knows: status, switchover"
+            ));
+        }
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        switch_tx
+            .try_send(tx)
+            .map_err(|_| "a switch-over is already under way".to_string())?;
+        rx.recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "the switch-over did not finish in 30 s".to_string())?
+    });
+    let _control = ControlServer::start_with_commands(
+        args.control.clone(),
+        "primary",
+        status.clone(),
+        Some(commands),
+    )?;
     if let Some(m) = args.metrics.take() {
         m.serve(status.clone())?;
     }
@@ -150,6 +170,7 @@ pub fn run_full(
     };
     let mut p = Primary::new(args, shim, staging, status, output, net);
     p.lease = lease;
+    p.switch_requests = Some(switch_rx);
     let End::Exit(code) = p.main(&stop)?;
     let net = p.net.take();
     if p.release_at_end {

@@ -108,6 +108,9 @@ pub struct Primary {
     /// The newest acked epoch whose output waits for the lease to be certainly valid again
     /// (0: none).
     pub deferred: Arc<AtomicU64>,
+    /// `remusctl switchover` requests from the control socket, and the one under way.
+    pub switch_requests: Option<crossbeam::channel::Receiver<super::switchover::SwitchReply>>,
+    pub switch: Option<super::switchover::Switchover>,
     /// The obsolete mark on its way to etcd (`primary::arbiter`).
     pub obsolete: Option<crossbeam::channel::Receiver<Result<(), crate::arbiter::ArbiterError>>>,
 }
@@ -160,6 +163,8 @@ impl Primary {
             lease: None,
             deferred: Arc::new(AtomicU64::new(0)),
             obsolete: None,
+            switch_requests: None,
+            switch: None,
         }
     }
 

@@ -220,6 +220,18 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
         let (end, rx) = session_authenticated(stream, peer.clone(), keys, &ctx);
         // A partial image (a full image still streaming) cannot be restored.
         let committed = rx.image.restorable_epoch();
+        // A planned switch-over is a takeover the primary asked for (it stopped the program
+        // after that epoch, and revoked its lease).
+        let end = match end {
+            SessionEnd::Goodbye(GoodbyeReason::Switchover { epoch, .. })
+                if committed.is_some_and(|c| c >= epoch) =>
+            {
+                SessionEnd::Lost(format!(
+                    "a planned switch-over (remusctl switchover) at epoch {epoch}"
+                ))
+            }
+            end => end,
+        };
         let forget = |state: StandbyState, reason: String, exit_code: Option<i32>| {
             remove_committed(&args.state_dir);
             let mut b = status.lock();
@@ -328,6 +340,14 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
                 forget(
                     StandbyState::PrimaryUnprotected,
                     format!("the primary became unprotected: {reason}"),
+                    None,
+                );
+            }
+            SessionEnd::Goodbye(GoodbyeReason::Switchover { epoch, .. }) => {
+                tracing::error!(%peer, epoch, "the primary asked for a switch-over at epoch {epoch}, but this standby has not committed it: not taking over");
+                forget(
+                    StandbyState::Waiting,
+                    format!("primary {peer} switched over at epoch {epoch}, which this standby had not committed"),
                     None,
                 );
             }
