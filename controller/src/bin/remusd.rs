@@ -78,16 +78,11 @@ enum Role {
         #[arg(long, value_name = "URL[,URL...]", env = "REMUS_ETCD")]
         etcd: Option<String>,
         /// Prefix of remus's keys in etcd (one per protected program).
-        #[arg(
-            long,
-            value_name = "PREFIX",
-            env = "REMUS_ETCD_PREFIX",
-            requires = "etcd"
-        )]
+        #[arg(long, value_name = "PREFIX", env = "REMUS_ETCD_PREFIX")]
         etcd_prefix: Option<String>,
         /// The etcd lease TTL in ms (whole seconds; default 2000): failover takes about the
         /// failure detection plus this.
-        #[arg(long, value_name = "MS", env = "REMUS_LEASE_TTL_MS", requires = "etcd")]
+        #[arg(long, value_name = "MS", env = "REMUS_LEASE_TTL_MS")]
         lease_ttl_ms: Option<u64>,
     },
     /// Receive epochs from a primary and take over when it fails.

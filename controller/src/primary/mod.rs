@@ -119,11 +119,21 @@ pub fn run_full(
     st.reason = Some("starting".into());
     let status = SharedStatus::new(st);
     let (switch_tx, switch_rx) = crossbeam::channel::bounded::<switchover::SwitchReply>(1);
+    let stop_flag = stop.clone();
     let commands: crate::control::server::CommandFn = Arc::new(move |line: &str| {
-        if line.trim() != "switchover" {
-            return Err(format!(
-                "unknown command {line:?}; a primary knows: status, switchover"
-            ));
+        match line.trim() {
+            "switchover" => {}
+            "stop" => {
+                // As SIGTERM: the standby is told not to take over, the lease is revoked.
+                stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Ok("stopping remusd primary: the standby is told not to take over                            (and the etcd lease, if any, is revoked); the program runs on                            unprotected"
+                    .into());
+            }
+            _ => {
+                return Err(format!(
+                    "unknown command {line:?}; a primary knows: status, switchover, stop"
+                ))
+            }
         }
         let (tx, rx) = crossbeam::channel::bounded(1);
         switch_tx

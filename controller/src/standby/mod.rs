@@ -307,14 +307,7 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
                     primary: peer.clone(),
                     epoch,
                 };
-                let code = takeover(&rx, &peer, &why, &args, &status, &stop, &rejoin);
-                if let Some(l) = lease {
-                    l.revoke(match &code {
-                        Ok(_) => "the restored program exited",
-                        Err(_) => "the takeover failed",
-                    });
-                }
-                return code;
+                return takeover(&rx, &peer, &why, &args, &status, &stop, &rejoin, lease);
             }
             SessionEnd::Protocol(why) => {
                 tracing::error!(%peer, "dropped the primary after a protocol error: {why}");
@@ -866,6 +859,7 @@ fn write_recovered(kept: &kept::KeptOutput, args: &StandbyArgs) -> Vec<Recovered
 }
 
 /// Restores the image, waits for the restored process and returns its exit code.
+#[allow(clippy::too_many_arguments)]
 fn takeover(
     rx: &Receiver,
     peer: &str,
@@ -874,6 +868,7 @@ fn takeover(
     status: &SharedStatus,
     stop: &AtomicBool,
     rejoin: &reprotect::Slot,
+    lease: Option<crate::arbiter::LeaseHolder>,
 ) -> Result<i32> {
     let image = &rx.image;
     let epoch = image.committed_epoch().unwrap_or(0);
@@ -962,7 +957,9 @@ fn takeover(
         key_file: args.key_file.clone(),
         insecure: matches!(args.security, LinkSecurity::Insecure),
         epoch_ms: status.lock().status.epoch_ms,
+        lease: reprotect::LeaseSlot(Arc::new(Mutex::new(lease))),
     };
+    let lease = target.lease.clone();
     *rejoin.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.clone());
     if let Some(addr) = &args.reprotect_with {
         match reprotect::start(&target, addr, status) {
@@ -970,7 +967,9 @@ fn takeover(
             Err(e) => tracing::error!("--reprotect-with {addr}: {e}"),
         }
     }
-    let code = wait_restored(pid, stop)?;
+    let code = wait_restored(pid, stop);
+    lease.revoke("the restored program exited");
+    let code = code?;
     tracing::info!(pid, code, "the restored process exited");
     status.lock().status.exit_code = Some(code);
     Ok(code)
