@@ -28,18 +28,40 @@ fn standby(etcd_url: &str, prefix: &str) -> Standby {
 }
 
 fn protected(sb: &Standby, etcd_url: &str, prefix: &str) -> Protected {
+    protected_with(sb, etcd_url, prefix, vec![])
+}
+
+fn protected_with(
+    sb: &Standby,
+    etcd_url: &str,
+    prefix: &str,
+    mut env: Vec<(String, String)>,
+) -> Protected {
+    env.extend([
+        ("REMUS_ETCD".into(), etcd_url.into()),
+        ("REMUS_ETCD_PREFIX".into(), prefix.into()),
+    ]);
     Protected::start(
         &progs().memcheck,
         &["100000000", "--sleep-us", "2000"],
         &ProtectedOpts {
             standby: Some(sb.addr.clone()),
-            env: vec![
-                ("REMUS_ETCD".into(), etcd_url.into()),
-                ("REMUS_ETCD_PREFIX".into(), prefix.into()),
-            ],
+            env,
             ..Default::default()
         },
     )
+}
+
+/// The body of `GET /metrics` at `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut r = String::new();
+    s.read_to_string(&mut r).expect("answer");
+    r
 }
 
 fn arbiter<'a>(v: &'a Value, key: &str) -> &'a Value {
@@ -85,8 +107,19 @@ fn killed_primary_standby_takes_over_after_the_lease() {
     let etcd = Etcd::start(23790);
     let prefix = "/remus/t-kill";
     let sb = standby(&etcd.url, prefix);
-    let mut p = protected(&sb, &etcd.url, prefix);
+    let metrics = format!("127.0.0.1:{}", remus::free_port());
+    let mut p = protected_with(
+        &sb,
+        &etcd.url,
+        prefix,
+        vec![("REMUS_PRIMARY_ARGS".into(), format!("--metrics {metrics}"))],
+    );
     let v = p.wait_committed(10, LONG);
+    let m = scrape(&metrics);
+    assert!(
+        m.contains("remus_lease_ttl_seconds 2.0") && m.contains("remus_lease_valid 1"),
+        "the primary's /metrics:\n{m}"
+    );
     assert_eq!(arbiter(&v, "state"), "held", "{v}");
     assert_eq!(n(&v, "lease_ttl_ms"), Some(TTL_MS as i64), "{v}");
     assert_eq!(arbiter(&v, "lease_valid"), true, "{v}");

@@ -51,7 +51,7 @@ impl Primary {
             self.obsolete = None;
             return;
         };
-        if !r.held || !r.asked || self.link.is_some() || r.attempt.is_some() {
+        if !r.held || !r.asked || self.link.is_some() {
             return;
         }
         let Some(lease) = &self.lease else { return };
