@@ -160,7 +160,43 @@ fn killed_primary_standby_takes_over_after_the_lease() {
          primary side -> restored program running: {} ms",
         failover.as_millis()
     );
+
+    // Protected again by a new standby B: the standby that took over hands the key to the
+    // restored program's new primary, and B takes over in turn when that side dies.
+    let b = standby(&etcd.url, prefix);
+    let out = std::process::Command::new(&remus::bins().remusctl)
+        .args(["protect", "--standby", &b.addr, "--control"])
+        .arg(&sb.control)
+        .output()
+        .expect("running remusctl protect");
+    assert!(
+        out.status.success(),
+        "remusctl protect: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let av = sb.wait_status("reprotected", LONG, |v| s(v, "state") == "reprotected");
+    let pctl = std::path::PathBuf::from(s(&av, "primary_control"));
+    b.wait_status("B commits epochs", LONG, |v| {
+        remus::committed_epoch(v).is_some_and(|c| c >= 10)
+    });
+    let pv = remus::status(&pctl).unwrap_or_else(|e| panic!("{e}\n{}", sb.report()));
+    assert_eq!(
+        arbiter(&pv, "state"),
+        "held",
+        "the new primary holds the key: {pv}"
+    );
+    assert_ne!(arbiter(&pv, "lease"), arbiter(&st, "lease"), "{pv}");
+    let ctl2 = n(&pv, "controller_pid").expect("controller_pid") as i32;
+    signal(ctl2, libc::SIGKILL);
     signal(restored, libc::SIGKILL);
+    let bv = b.wait_status("B to take over", LONG, |v| {
+        s(v, "state") == "took_over" && n(v, "restored_pid").is_some()
+    });
+    let restored2 = n(&bv, "restored_pid").expect("restored_pid") as i32;
+    assert!(alive(restored2), "{}", b.report());
+    signal(restored2, libc::SIGKILL);
+    drop(b);
     drop(sb);
     drop(etcd);
 }
