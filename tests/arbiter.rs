@@ -407,3 +407,21 @@ fn planned_switchover_hands_over_in_about_a_round_trip() {
     drop(sb);
     drop(etcd);
 }
+
+/// A primary whose etcd cannot be reached does not start the program; its log names the
+/// endpoint. (No etcd is needed: nothing listens at the address.)
+#[test]
+fn primary_that_cannot_reach_etcd_refuses_to_start() {
+    let sb = Standby::start(500);
+    let dead = format!("http://127.0.0.1:{}", remus::free_port());
+    let mut p = protected(&sb, &dead, "/remus/t-dead");
+    let st = p.wait_exit(LONG);
+    assert_eq!(st.code(), Some(1), "{}", p.report());
+    let text = log_text(&p.log_path());
+    assert!(
+        text.contains(&format!("cannot reach etcd at {dead}")),
+        "the primary's log does not name the etcd it cannot reach:\n{}",
+        tail_file(&p.log_path(), 10)
+    );
+    drop(sb);
+}

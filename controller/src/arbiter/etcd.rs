@@ -62,6 +62,8 @@ enum Request {
         key: String,
         value: Vec<u8>,
     },
+    /// The member's status (a reachability check).
+    Ping,
 }
 
 /// What the acquiring transaction does besides the put.
@@ -202,6 +204,11 @@ impl Etcd {
             Reply::Acquire(a) => Ok(a),
             _ => Err(self.odd()),
         }
+    }
+
+    /// Whether etcd answers at all (its status).
+    pub fn ping(&self) -> Result<(), ArbiterError> {
+        self.call(Request::Ping).map(|_| ())
     }
 
     /// Puts `key` = `value` with no lease.
@@ -376,6 +383,10 @@ impl Conn {
                 c.put(key, value, None)
                     .await
                     .map_err(|e| self.error(e, None))?;
+                Ok(Reply::Done)
+            }
+            Request::Ping => {
+                c.status().await.map_err(|e| self.error(e, None))?;
                 Ok(Reply::Done)
             }
         }

@@ -127,6 +127,22 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
         }
         None => None,
     };
+    if let Some(etcd) = etcd.clone() {
+        // Said at once, not only when the primary is lost.
+        let status = status.clone();
+        let _ = std::thread::Builder::new()
+            .name("etcd-check".into())
+            .spawn(move || match etcd.ping() {
+                Ok(()) => tracing::info!("etcd at {} answers", etcd.endpoints()),
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}: this standby will not take over until it can reach etcd and \
+                         holds the leader key"
+                    );
+                    crate::arbiter::lease::show(&status, |a| a.error = Some(e.to_string()));
+                }
+            });
+    }
     if let Some(m) = args.metrics.take() {
         m.serve(status.clone())?;
     }
