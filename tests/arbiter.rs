@@ -290,9 +290,48 @@ fn lost_standby_primary_holding_the_lease_releases_and_serves() {
         &|| format!("status {v}\n{}", p.report()),
         || (released(&p) >= target).then_some(()),
     );
+    // A standby comes back at the same address: the primary resynchronises and is protected
+    // again.
     signal(sb.pid(), libc::SIGKILL);
     sb.kill();
+    let addr = sb.addr.clone();
+    drop(sb);
+    let sb2 = Standby::start_on_with(&addr, 500, &["--etcd", &etcd.url, "--etcd-prefix", prefix]);
+    p.wait_status("protected again by the new standby", LONG, |v| {
+        s(v, "state") == "protected" && v["protected"] == true
+    });
+    sb2.wait_status("the new standby to commit epochs", LONG, |v| {
+        remus::committed_epoch(v).is_some()
+    });
+    // Stopped on purpose: the lease is revoked at once and the standby does not take over.
+    let out = std::process::Command::new(&remus::bins().remusctl)
+        .args(["stop", "--control"])
+        .arg(&p.control)
+        .output()
+        .expect("running remusctl stop");
+    assert!(
+        out.status.success(),
+        "remusctl stop: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the primary to revoke its lease",
+        LONG,
+        &|| tail_file(&p.log_path(), 20),
+        || {
+            log_text(&p.log_path())
+                .contains("revoked the etcd lease (stopped by an operator)")
+                .then_some(())
+        },
+    );
+    let st = sb2.wait_status("the standby to be told", LONG, |v| {
+        s(v, "state") == "waiting" && s(v, "reason").contains("stopped by an operator")
+    });
+    assert!(n(&st, "restored_pid").is_none(), "{st}");
+    assert!(alive(p.pid()), "the program runs on\n{}", p.report());
     p.kill();
+    drop(sb2);
     drop(etcd);
 }
 
@@ -403,7 +442,49 @@ fn planned_switchover_hands_over_in_about_a_round_trip() {
         answered.as_millis(),
         switched.as_millis()
     );
+    // The restored program ends: the standby gives the key back at once.
     signal(restored, libc::SIGKILL);
+    wait_for(
+        "the standby to revoke its lease",
+        LONG,
+        &|| tail_file(&sb.log, 20),
+        || {
+            log_text(&sb.log)
+                .contains("revoked the etcd lease (the restored program exited)")
+                .then_some(())
+        },
+    );
+    drop(sb);
+
+    // A program that ends on its own: its primary revokes the lease at once.
+    let sb = standby(&etcd.url, "/remus/t-exit");
+    let mut p = Protected::start(
+        &progs().memcheck,
+        &["500", "--sleep-us", "2000"],
+        &ProtectedOpts {
+            standby: Some(sb.addr.clone()),
+            env: vec![
+                ("REMUS_ETCD".into(), etcd.url.clone()),
+                ("REMUS_ETCD_PREFIX".into(), "/remus/t-exit".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    let st = p.wait_exit(LONG);
+    assert_eq!(st.code(), Some(0), "{}", p.report());
+    wait_for(
+        "the primary to revoke its lease",
+        LONG,
+        &|| tail_file(&p.log_path(), 20),
+        || {
+            log_text(&p.log_path())
+                .contains("revoked the etcd lease (the program exited)")
+                .then_some(())
+        },
+    );
+    sb.wait_status("the standby to know the program ended", LONG, |v| {
+        s(v, "state") == "app_exited"
+    });
     drop(sb);
     drop(etcd);
 }
