@@ -489,8 +489,8 @@ fn planned_switchover_hands_over_in_about_a_round_trip() {
     drop(etcd);
 }
 
-/// A primary whose etcd cannot be reached does not start the program; its log names the
-/// endpoint. (No etcd is needed: nothing listens at the address.)
+/// A primary whose etcd cannot be reached does not start the program; the program's stderr
+/// and the primary's log name the endpoint. (No etcd is needed: nothing listens there.)
 #[test]
 fn primary_that_cannot_reach_etcd_refuses_to_start() {
     let sb = Standby::start(500);
@@ -498,6 +498,12 @@ fn primary_that_cannot_reach_etcd_refuses_to_start() {
     let mut p = protected(&sb, &dead, "/remus/t-dead");
     let st = p.wait_exit(LONG);
     assert_eq!(st.code(), Some(1), "{}", p.report());
+    let err = p.stderr_text();
+    assert!(
+        err.contains(&format!("refusing to start: cannot reach etcd at {dead}")),
+        "the program's stderr does not name the etcd that cannot be reached:\n{err}\n{}",
+        p.report()
+    );
     let text = log_text(&p.log_path());
     assert!(
         text.contains(&format!("cannot reach etcd at {dead}")),

@@ -4,13 +4,32 @@
 //! its lease knows that no takeover happened: it releases what it held and runs on.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use crate::arbiter::config::Obsolete;
+use crate::arbiter::config::{Holder, Obsolete};
+use crate::arbiter::lease::TakeLeaderError;
+use crate::arbiter::{Etcd, LeaseHolder};
 
 use super::protection::Protection;
 use super::state::Primary;
 
 impl Primary {
+    /// Start-up with `--etcd`: takes the leader key (waiting up to about two TTLs for one
+    /// held by an earlier primary's lease). Err: why not, for the operator.
+    pub(super) fn take_lease(&mut self) -> Result<(), String> {
+        let Some(cfg) = self.args.arbiter.clone() else {
+            return Ok(());
+        };
+        let me = Holder::new("primary", Some(self.args.app_pid));
+        let wait = cfg.ttl() * 2 + Duration::from_secs(1);
+        let lease = Etcd::start(cfg.endpoints.clone(), super::request_timeout(&cfg))
+            .map_err(TakeLeaderError::from)
+            .and_then(|etcd| LeaseHolder::take_leader(etcd, &cfg, &me, self.status.clone(), wait))
+            .map_err(|e| e.to_string())?;
+        self.lease = Some(lease);
+        Ok(())
+    }
+
     /// One step of the arbiter's part of the epoch loop.
     pub(super) fn step_arbiter(&mut self) {
         let Some(lease) = &self.lease else { return };

@@ -158,28 +158,13 @@ pub fn run_full(
         None => None,
     };
 
-    let lease = match args.arbiter.clone() {
-        Some(cfg) => {
-            let mut a = crate::arbiter::lease::initial_status(
-                &cfg,
-                crate::control::status::ArbiterState::Idle,
-            );
-            a.lease_ttl_ms = cfg.ttl().as_millis() as u64;
-            status.lock().status.arbiter = Some(a);
-            let etcd = crate::arbiter::Etcd::start(cfg.endpoints.clone(), request_timeout(&cfg))
-                .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
-            let me = crate::arbiter::config::Holder::new("primary", Some(args.app_pid));
-            // A previous primary's lease (one that died) may still run for a TTL.
-            let wait = cfg.ttl() * 2 + Duration::from_secs(1);
-            Some(
-                crate::arbiter::LeaseHolder::take_leader(etcd, &cfg, &me, status.clone(), wait)
-                    .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?,
-            )
-        }
-        None => None,
-    };
+    if let Some(cfg) = &args.arbiter {
+        status.lock().status.arbiter = Some(crate::arbiter::lease::initial_status(
+            cfg,
+            crate::control::status::ArbiterState::Idle,
+        ));
+    }
     let mut p = Primary::new(args, shim, staging, status, output, net);
-    p.lease = lease;
     p.switch_requests = Some(switch_rx);
     let End::Exit(code) = p.main(&stop)?;
     let net = p.net.take();
