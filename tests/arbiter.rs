@@ -512,3 +512,56 @@ fn primary_that_cannot_reach_etcd_refuses_to_start() {
     );
     drop(sb);
 }
+
+/// `remusctl switchover` without an arbiter: the standby takes over on the goodbye alone.
+/// (No etcd is needed.)
+#[test]
+fn planned_switchover_without_etcd() {
+    let sb = Standby::start(500);
+    let mut p = Protected::start(
+        &progs().memcheck,
+        &["100000000", "--sleep-us", "2000"],
+        &ProtectedOpts {
+            standby: Some(sb.addr.clone()),
+            ..Default::default()
+        },
+    );
+    p.wait_committed(10, LONG);
+    let t0 = Instant::now();
+    let out = std::process::Command::new(&remus::bins().remusctl)
+        .args(["switchover", "--control"])
+        .arg(&p.control)
+        .output()
+        .expect("running remusctl switchover");
+    assert!(
+        out.status.success(),
+        "remusctl switchover: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        p.report()
+    );
+    let st = sb.wait_status("the standby to resume the program", LONG, |v| {
+        s(v, "state") == "took_over" && n(v, "restored_pid").is_some()
+    });
+    assert!(s(&st, "reason").contains("planned switch-over"), "{st}");
+    let restored = n(&st, "restored_pid").expect("restored_pid") as i32;
+    let switched = t0.elapsed();
+    p.wait_exit(LONG);
+    let released_max = released(&p);
+    restored_first_iteration(&sb);
+    let lowest = iters(&sb.app_stdout_text().lines().collect::<Vec<_>>())
+        .into_iter()
+        .min()
+        .unwrap_or(u64::MAX);
+    assert!(
+        lowest <= released_max + 1,
+        "iterations missing between {released_max} and {lowest}\n{}",
+        sb.report()
+    );
+    println!(
+        "planned switch-over without etcd: the standby ran the program {} ms after the request",
+        switched.as_millis()
+    );
+    signal(restored, libc::SIGKILL);
+    drop(sb);
+}

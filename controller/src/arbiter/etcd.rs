@@ -398,3 +398,27 @@ impl Conn {
 pub fn valid_until(sent: Instant, ttl: Duration) -> Instant {
     sent + ttl.saturating_sub(super::config::safety_margin(ttl))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_etcd_that_does_not_answer_is_named() {
+        // Nothing listens there: bound a moment ago, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let e = Etcd::start(vec![url.clone()], Duration::from_millis(500)).unwrap();
+        let err = e.grant(2).unwrap_err();
+        assert!(matches!(err, ArbiterError::Unreachable { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot reach etcd at {url}")),
+            "{err}"
+        );
+        assert!(e.keep_alive(1).is_err());
+    }
+}

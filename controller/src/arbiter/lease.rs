@@ -395,3 +395,39 @@ impl LeaseHolder {
         rx
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_opens_until_its_deadline_and_closes_for_good_when_lost() {
+        let g = LeaseGate::new();
+        assert!(!g.certainly_valid(), "not valid before the first grant");
+        g.extend(Instant::now() + Duration::from_secs(60));
+        assert!(g.certainly_valid());
+        assert!(g.valid_for() > Duration::from_secs(59));
+        // A late answer to an older renewal never shortens it.
+        g.extend(Instant::now());
+        assert!(g.certainly_valid());
+        g.lose("expired".into());
+        assert!(!g.certainly_valid());
+        assert_eq!(g.lost().as_deref(), Some("expired"));
+        g.extend(Instant::now() + Duration::from_secs(60));
+        assert!(!g.certainly_valid(), "a lost lease stays lost");
+    }
+
+    #[test]
+    fn a_deadline_in_the_past_is_not_valid() {
+        let g = LeaseGate::new();
+        let t = Instant::now();
+        g.extend(t);
+        assert!(!g.certainly_valid());
+        // valid_until: the TTL from the send time, less the margin.
+        let ttl = Duration::from_secs(2);
+        assert_eq!(
+            super::super::etcd::valid_until(t, ttl),
+            t + Duration::from_millis(1800)
+        );
+    }
+}

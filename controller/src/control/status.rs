@@ -69,6 +69,21 @@ pub enum ArbiterState {
     Unreachable,
 }
 
+impl ArbiterState {
+    /// As in the status JSON.
+    pub fn label(self) -> &'static str {
+        match self {
+            ArbiterState::Idle => "idle",
+            ArbiterState::Held => "held",
+            ArbiterState::Renewing => "renewing",
+            ArbiterState::Lost => "lost",
+            ArbiterState::Revoked => "revoked",
+            ArbiterState::Campaigning => "campaigning",
+            ArbiterState::Unreachable => "unreachable",
+        }
+    }
+}
+
 /// `--etcd`: the arbiter as this daemon sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ArbiterStatus {
@@ -399,11 +414,11 @@ impl Status {
             line(
                 "arbiter",
                 format!(
-                    "etcd {}  key {}  lease {} ({:?}, TTL {} ms, {}){}",
+                    "etcd {}  key {}  lease {} ({}, TTL {} ms, {}){}",
                     a.etcd,
                     a.key,
                     opt(a.lease.clone()),
-                    a.state,
+                    a.state.label(),
                     a.lease_ttl_ms,
                     if a.lease_valid {
                         "valid"
@@ -671,6 +686,7 @@ mod tests {
         assert_eq!(o["rendezvous_us"]["p50"], 20);
         assert_eq!(o["copy_us"]["p99"], 59);
         assert!(o["stuck_thread"].is_null());
+        assert!(o["arbiter"].is_null() && o["lease_ttl_ms"].is_null());
         // Roundtrip, and a reason whenever unprotected.
         let mut s: Status = serde_json::from_value(v).unwrap();
         s.protected = false;
@@ -689,5 +705,20 @@ mod tests {
         };
         assert!(b.snapshot().reason.is_some());
         assert!(b.snapshot().human().contains("protected"));
+    }
+
+    #[test]
+    fn arbiter_state_labels_match_the_json() {
+        for st in [
+            ArbiterState::Idle,
+            ArbiterState::Held,
+            ArbiterState::Renewing,
+            ArbiterState::Lost,
+            ArbiterState::Revoked,
+            ArbiterState::Campaigning,
+            ArbiterState::Unreachable,
+        ] {
+            assert_eq!(serde_json::to_value(st).unwrap(), st.label());
+        }
     }
 }
