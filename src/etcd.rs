@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crate::{require_program, tail_file, wait_for, TempDir};
 
-/// An etcd member on 127.0.0.1:`client` (peers on `client + 1`).
+/// An etcd member on 127.0.0.1:`client`; its peer URL is a unix socket in its directory
+/// (`unix://localhost:PORT` names a socket file `localhost:PORT` in etcd's working directory),
+/// so that each test takes one TCP port.
 pub struct Etcd {
     child: Option<Child>,
     pub client: u16,
@@ -20,21 +22,19 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Starts etcd with its client URL on `127.0.0.1:port` and its peer URL on `port + 1`
-    /// (each test picks its own pair in 23790-23799), and waits until `/health` says true.
+    /// Starts etcd with its client URL on `127.0.0.1:port` (each test picks its own in
+    /// 23790-23799), and waits until `/health` says true.
     pub fn start(port: u16) -> Etcd {
         let bin = require_program("etcd", "etcd-server");
-        for p in [port, port + 1] {
-            assert!(
-                std::net::TcpListener::bind(("127.0.0.1", p)).is_ok(),
-                "port {p} on 127.0.0.1 is in use: the etcd for this test cannot start there (a \
-                 leftover etcd? `ss -ltnp | grep {p}`)"
-            );
-        }
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} on 127.0.0.1 is in use: the etcd for this test cannot start there (a \
+             leftover etcd? `ss -ltnp | grep {port}`)"
+        );
         let dir = TempDir::new("etcd");
         let log = dir.path().join("etcd.log");
         let url = format!("http://127.0.0.1:{port}");
-        let peer = format!("http://127.0.0.1:{}", port + 1);
+        let peer = format!("unix://localhost:{port}");
         let out = std::fs::File::create(&log).expect("creating etcd.log");
         let child = Command::new(&bin)
             .args(["--name", "remus-test"])
@@ -54,6 +54,7 @@ impl Etcd {
             ])
             .args(["--initial-cluster", &format!("remus-test={peer}")])
             .args(["--initial-cluster-state", "new"])
+            .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup etcd.log"))
             .stderr(out)

@@ -565,3 +565,45 @@ fn planned_switchover_without_etcd() {
     signal(restored, libc::SIGKILL);
     drop(sb);
 }
+
+/// The standby is only cut off (frozen here), not gone: the primary proves with its lease
+/// that no takeover happened, marks the standby's image obsolete in etcd and runs on
+/// unprotected. Then the primary side dies, and the standby comes back: it acquires the key
+/// once the lease expires, reads the mark, and does not take over with its stale image.
+#[test]
+fn cut_off_standby_with_an_obsolete_image_does_not_take_over() {
+    let etcd = Etcd::start(23791);
+    let prefix = "/remus/t-obsolete";
+    let sb = standby(&etcd.url, prefix);
+    let mut p = protected(&sb, &etcd.url, prefix);
+    p.wait_committed(10, LONG);
+    signal(sb.pid(), libc::SIGSTOP);
+    let at_loss = released(&p);
+    p.wait_status(
+        "the primary to release after proving no takeover",
+        LONG,
+        |v| s(v, "state") == "resyncing" && s(v, "reason").contains("no takeover happened"),
+    );
+    let target = at_loss + 50;
+    wait_for(
+        "the program's output to flow again",
+        LONG,
+        &|| p.report(),
+        || (released(&p) >= target).then_some(()),
+    );
+    p.kill_primary_side();
+    signal(sb.pid(), libc::SIGCONT);
+    let st = sb.wait_status("the standby to refuse its obsolete image", LONG, |v| {
+        s(v, "state") == "primary_unprotected" && s(v, "reason").contains("obsolete")
+    });
+    assert!(n(&st, "restored_pid").is_none(), "{st}");
+    let log = log_text(&sb.log);
+    assert!(
+        log.contains("acquired the leader key") && log.contains("is obsolete; not taking over"),
+        "{}",
+        tail_file(&sb.log, 30)
+    );
+    assert_eq!(n(&st, "takeovers"), Some(0), "{st}");
+    drop(sb);
+    drop(etcd);
+}

@@ -42,10 +42,12 @@ impl Candidate {
     }
 
     /// One attempt: renews (or grants) its lease, then takes the key if it is free, reading
-    /// the obsolete mark in the same transaction.
+    /// the obsolete mark of the lost primary (its lease, from its hello) in the same
+    /// transaction.
     pub fn try_acquire(
         &mut self,
         me: &Holder,
+        primary_lease: Option<i64>,
         status: &SharedStatus,
     ) -> Result<Campaign, ArbiterError> {
         let sent = Instant::now();
@@ -65,7 +67,7 @@ impl Candidate {
             &self.cfg.leader_key(),
             me.to_value(),
             g.lease,
-            Then::Get(self.cfg.obsolete_key()),
+            primary_lease.map_or(Then::Nothing, |l| Then::Get(self.cfg.obsolete_key(l))),
         )? {
             Acquire::Won { extra } => {
                 self.lease = None;

@@ -80,9 +80,10 @@ impl ArbiterConfig {
     }
 
     /// A primary that ran on without its standby (it proved, by its lease, that no takeover
-    /// happened) writes here from which epoch the standby's image is obsolete ([`Obsolete`]).
-    pub fn obsolete_key(&self) -> String {
-        format!("{}/obsolete", self.prefix)
+    /// happened) writes here, under its own lease's id, from which epoch the standby's image
+    /// is obsolete ([`Obsolete`]). The key has no lease: it outlives the primary.
+    pub fn obsolete_key(&self, primary_lease: i64) -> String {
+        format!("{}/obsolete/{primary_lease:x}", self.prefix)
     }
 
     pub fn ttl(&self) -> Duration {
@@ -143,19 +144,20 @@ impl Holder {
     }
 }
 
-/// `PREFIX/obsolete`: the primary of program `app_pid` released output without a standby
-/// from epoch `from_epoch` on; a standby whose image of that program is at or before that
-/// epoch must not take over with it (the world has seen later states).
+/// `PREFIX/obsolete/LEASE`: the primary that held the leader key with lease `LEASE` released
+/// output without a standby from epoch `from_epoch` on; a standby whose image came from that
+/// primary (its hello named the lease) and is at or before that epoch must not take over with
+/// it (the world has seen later states). Later sessions of the same primary (after a resync)
+/// have later epochs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Obsolete {
-    pub app_pid: i32,
     pub from_epoch: u64,
 }
 
 impl Obsolete {
-    /// Whether an image of program `app_pid` at `epoch` is obsolete by this mark.
-    pub fn covers(&self, app_pid: i32, epoch: u64) -> bool {
-        self.app_pid == app_pid && epoch <= self.from_epoch
+    /// Whether an image at `epoch` from this mark's primary is obsolete.
+    pub fn covers(&self, epoch: u64) -> bool {
+        epoch <= self.from_epoch
     }
 }
 
@@ -194,14 +196,12 @@ mod tests {
     }
 
     #[test]
-    fn obsolete_covers_older_images_of_the_same_program() {
-        let o = Obsolete {
-            app_pid: 7,
-            from_epoch: 40,
-        };
-        assert!(o.covers(7, 40));
-        assert!(o.covers(7, 3));
-        assert!(!o.covers(7, 41));
-        assert!(!o.covers(8, 3));
+    fn obsolete_covers_older_images_of_its_primary() {
+        let o = Obsolete { from_epoch: 40 };
+        assert!(o.covers(40));
+        assert!(o.covers(3));
+        assert!(!o.covers(41));
+        let c = ArbiterConfig::parse("http://h:1", Some("/p"), None).unwrap();
+        assert_eq!(c.obsolete_key(0x1f), "/p/obsolete/1f");
     }
 }

@@ -70,8 +70,6 @@ enum Request {
 #[derive(Debug, Clone)]
 pub enum Then {
     Nothing,
-    /// Delete this key (a primary clears the previous obsolete mark).
-    Delete(String),
     /// Read this key ([`Acquire::Won::extra`]).
     Get(String),
 }
@@ -340,7 +338,6 @@ impl Conn {
                 )];
                 match &then {
                     Then::Nothing => {}
-                    Then::Delete(k) => ops.push(TxnOp::delete(k.clone(), None)),
                     Then::Get(k) => ops.push(TxnOp::get(k.clone(), None)),
                 }
                 let txn = Txn::new()

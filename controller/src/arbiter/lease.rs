@@ -121,9 +121,8 @@ pub fn initial_status(cfg: &ArbiterConfig, state: ArbiterState) -> ArbiterStatus
 }
 
 impl LeaseHolder {
-    /// The primary's start: grants a lease and takes the leader key with it (clearing the
-    /// previous primary's obsolete mark in the same transaction). A key held by another lease
-    /// is waited for, up to `wait` (a previous primary's lease expiring).
+    /// The primary's start: grants a lease and takes the leader key with it. A key held by
+    /// another lease is waited for, up to `wait` (a previous primary's lease expiring).
     pub fn take_leader(
         etcd: Etcd,
         cfg: &ArbiterConfig,
@@ -136,12 +135,7 @@ impl LeaseHolder {
         let mut g = etcd.grant(cfg.ttl_s)?;
         let mut logged = false;
         loop {
-            match etcd.acquire(
-                &cfg.leader_key(),
-                holder.to_value(),
-                g.lease,
-                Then::Delete(cfg.obsolete_key()),
-            )? {
+            match etcd.acquire(&cfg.leader_key(), holder.to_value(), g.lease, Then::Nothing)? {
                 Acquire::Won { .. } => break,
                 Acquire::Held { value, lease } => {
                     let by = Holder::describe(&value);
@@ -240,14 +234,6 @@ impl LeaseHolder {
 
     pub fn config(&self) -> &ArbiterConfig {
         &self.cfg
-    }
-
-    /// Writes the obsolete mark (see [`Obsolete`]); Ok once etcd has it.
-    pub fn mark_obsolete(&self, mark: Obsolete) -> Result<(), ArbiterError> {
-        self.etcd.put(
-            &self.cfg.obsolete_key(),
-            serde_json::to_vec(&mark).unwrap_or_default(),
-        )
     }
 
     /// Ends the lease at once (a planned exit): the key is free for a standby right away.
@@ -374,13 +360,14 @@ fn keep_alive(
 }
 
 impl LeaseHolder {
-    /// [`LeaseHolder::mark_obsolete`] on a thread of its own; the answer comes on the channel.
+    /// Writes the obsolete mark of this primary (see [`Obsolete`]) on a thread of its own; the
+    /// answer (Ok once etcd has it) comes on the channel.
     pub fn mark_obsolete_async(
         &self,
         mark: Obsolete,
     ) -> crossbeam::channel::Receiver<Result<(), ArbiterError>> {
         let (tx, rx) = crossbeam::channel::bounded(1);
-        let (etcd, key) = (self.etcd.clone(), self.cfg.obsolete_key());
+        let (etcd, key) = (self.etcd.clone(), self.cfg.obsolete_key(self.granted.lease));
         let spawned = std::thread::Builder::new()
             .name("etcd-obsolete".into())
             .spawn({

@@ -64,7 +64,6 @@ impl Primary {
     /// this standby, if it is only cut off, never takes over with its image), then what was
     /// held is released and the program runs on unprotected until a standby answers.
     fn step_lease_proves_no_takeover(&mut self) {
-        let app_pid = self.args.app_pid;
         let from_epoch = self.last_epoch.unwrap_or(0);
         let Some(r) = self.protection.resync() else {
             self.obsolete = None;
@@ -75,10 +74,7 @@ impl Primary {
         }
         let Some(lease) = &self.lease else { return };
         let Some(rx) = &self.obsolete else {
-            self.obsolete = Some(lease.mark_obsolete_async(Obsolete {
-                app_pid,
-                from_epoch,
-            }));
+            self.obsolete = Some(lease.mark_obsolete_async(Obsolete { from_epoch }));
             return;
         };
         let answer = match rx.try_recv() {

@@ -300,6 +300,7 @@ impl Primary {
             cwd: link("cwd"),
             epoch_ms: self.args.epoch_ms,
             heartbeat_ms: self.args.heartbeat_ms,
+            lease: self.lease.as_ref().map(|l| l.lease()),
         }
     }
 }

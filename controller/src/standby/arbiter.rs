@@ -36,6 +36,8 @@ pub struct Lost<'a> {
     pub why: &'a str,
     pub epoch: u64,
     pub app_pid: Option<i32>,
+    /// The lease the lost primary held the key with (its hello), if it said.
+    pub primary_lease: Option<i64>,
 }
 
 /// Tries to take the leader key until it has it, a primary connects, or the standby stops.
@@ -57,6 +59,13 @@ pub fn await_key(
         "primary lost: {why}; taking over from epoch {epoch} once this standby holds the leader key in etcd at {}",
         cand.endpoints()
     );
+    if lost.primary_lease.is_none() {
+        tracing::warn!(
+            %peer,
+            "the lost primary did not say it holds an etcd lease (does it run without --etcd, \
+             or with another prefix?): the leader key tells nothing about it"
+        );
+    }
     busy.store(false, Ordering::SeqCst);
     let mut last: Option<(bool, Instant)> = None;
     loop {
@@ -64,11 +73,11 @@ pub fn await_key(
             cand.abandon();
             return Verdict::Stopped;
         }
-        match cand.try_acquire(&me, status) {
+        match cand.try_acquire(&me, lost.primary_lease, status) {
             Ok(Campaign::Won { holder, obsolete }) => {
                 busy.store(true, Ordering::SeqCst);
-                if let (Some(o), Some(pid)) = (obsolete, lost.app_pid) {
-                    if o.covers(pid, epoch) {
+                if let Some(o) = obsolete {
+                    if o.covers(epoch) {
                         let reason = format!(
                             "primary {peer} lost ({why}), but it had run on without this standby \
                              from epoch {} (it held its etcd lease, so it knew no takeover \

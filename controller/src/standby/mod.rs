@@ -282,6 +282,7 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
                             why: &why,
                             epoch,
                             app_pid: rx.hello.as_ref().map(|h| h.app_pid),
+                            primary_lease: rx.hello.as_ref().and_then(|h| h.lease),
                         };
                         let cand =
                             crate::arbiter::campaign::Candidate::new(etcd.clone(), cfg.clone());

@@ -82,6 +82,10 @@ pub struct Hello {
     pub cwd: String,
     pub epoch_ms: u64,
     pub heartbeat_ms: u64,
+    /// `--etcd`: the lease this primary holds the leader key with. It names the primary in
+    /// the obsolete mark (`arbiter::config::Obsolete`) that the standby checks before it
+    /// takes over.
+    pub lease: Option<i64>,
 }
 
 /// The standby's answer to [`Hello`]. `refused` says why the standby will not take this
