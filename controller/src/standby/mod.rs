@@ -711,6 +711,10 @@ fn session_inner(
     })();
     hb_stop.store(true, Ordering::Relaxed);
     let _ = stream.shutdown(Shutdown::Both);
+    // The reader may be blocked handing over a frame that nobody will take (the session
+    // ended on silence while frames were still buffered, e.g. after this daemon was stopped
+    // and continued): closing the channel frees it, as the shutdown frees a blocked read.
+    drop(msg_rx);
     let _ = reader.join();
     if let Some(t) = hb_thread {
         let _ = t.join();
