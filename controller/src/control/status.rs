@@ -414,16 +414,16 @@ impl Status {
             line(
                 "arbiter",
                 format!(
-                    "etcd {}  key {}  lease {} ({}, TTL {} ms, {}){}",
+                    "etcd {}  key {}  lease {} ({}, TTL {} ms{}){}",
                     a.etcd,
                     a.key,
                     opt(a.lease.clone()),
                     a.state.label(),
                     a.lease_ttl_ms,
-                    if a.lease_valid {
-                        "valid"
-                    } else {
-                        "not certainly valid"
+                    match (&a.lease, a.lease_valid) {
+                        (None, _) => "",
+                        (Some(_), true) => ", valid",
+                        (Some(_), false) => ", NOT certainly valid",
                     },
                     a.error
                         .as_ref()

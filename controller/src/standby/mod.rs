@@ -132,14 +132,28 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
         let status = status.clone();
         let _ = std::thread::Builder::new()
             .name("etcd-check".into())
-            .spawn(move || match etcd.ping() {
-                Ok(()) => tracing::info!("etcd at {} answers", etcd.endpoints()),
-                Err(e) => {
-                    tracing::warn!(
-                        "{e}: this standby will not take over until it can reach etcd and \
-                         holds the leader key"
-                    );
-                    crate::arbiter::lease::show(&status, |a| a.error = Some(e.to_string()));
+            .spawn(move || {
+                // Until it answers once (every 2 s): the status says so meanwhile.
+                let mut warned = false;
+                loop {
+                    match etcd.ping() {
+                        Ok(()) => {
+                            tracing::info!("etcd at {} answers", etcd.endpoints());
+                            crate::arbiter::lease::show(&status, |a| a.error = None);
+                            return;
+                        }
+                        Err(e) => {
+                            if !warned {
+                                tracing::warn!(
+                                    "{e}: this standby will not take over until it can reach \
+                                     etcd and holds the leader key"
+                                );
+                                warned = true;
+                            }
+                            crate::arbiter::lease::show(&status, |a| a.error = Some(e.to_string()));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_secs(2));
                 }
             });
     }
