@@ -618,3 +618,40 @@ fn cut_off_standby_with_an_obsolete_image_does_not_take_over() {
     drop(sb);
     drop(etcd);
 }
+
+/// The lease proves nothing about a standby that does not take over by the key (here: one
+/// without `--etcd`): the primary says so when it connects, and when that standby is lost
+/// silently it holds its output, as without an arbiter.
+#[test]
+fn primary_whose_standby_ignores_etcd_does_not_release_on_its_lease() {
+    let etcd = Etcd::start(23793);
+    let sb = Standby::start(500);
+    let mut p = protected(&sb, &etcd.url, "/remus/t-mixed");
+    p.wait_committed(10, LONG);
+    wait_for(
+        "the primary to warn that the standby ignores the key",
+        LONG,
+        &|| tail_file(&p.log_path(), 20),
+        || {
+            log_text(&p.log_path())
+                .contains("the standby does not take over by the leader key")
+                .then_some(())
+        },
+    );
+    signal(sb.pid(), libc::SIGSTOP);
+    let v = p.wait_status("the primary holding after several attempts", LONG, |v| {
+        s(v, "state") == "resyncing"
+            && s(v, "reason").contains("stays held")
+            && s(v, "reason").contains("attempt 4")
+    });
+    assert!(n(&v, "output_held_bytes").is_some_and(|b| b > 0), "{v}");
+    assert!(
+        !log_text(&p.log_path()).contains("no takeover happened"),
+        "{}",
+        tail_file(&p.log_path(), 20)
+    );
+    signal(sb.pid(), libc::SIGKILL);
+    p.kill();
+    drop(sb);
+    drop(etcd);
+}

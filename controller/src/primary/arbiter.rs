@@ -33,6 +33,24 @@ impl Primary {
     /// One step of the arbiter's part of the epoch loop.
     pub(super) fn step_arbiter(&mut self) {
         let Some(lease) = &self.lease else { return };
+        if let Some(link) = &self.link {
+            let ours = lease.config().leader_key();
+            let same = link.standby_leader_key() == Some(ours.as_str());
+            if same != self.standby_arbitrated || !self.arbiter_checked {
+                if !same {
+                    tracing::warn!(
+                        standby = %link.addr,
+                        "the standby does not take over by the leader key {ours} (it runs \
+                         {}): if it is lost, this primary cannot prove that it did not take \
+                         over, and holds its output as without an arbiter",
+                        link.standby_leader_key()
+                            .map_or("without --etcd".to_string(), |k| format!("with the key {k}"))
+                    );
+                }
+                self.standby_arbitrated = same;
+                self.arbiter_checked = true;
+            }
+        }
         let gate = lease.gate();
         if let Some(why) = gate.lost() {
             if !matches!(self.protection, Protection::Superseded) && !self.stopping {
@@ -69,7 +87,7 @@ impl Primary {
             self.obsolete = None;
             return;
         };
-        if !r.held || !r.asked || self.link.is_some() {
+        if !r.held || !r.asked || self.link.is_some() || !self.standby_arbitrated {
             return;
         }
         let Some(lease) = &self.lease else { return };

@@ -158,6 +158,8 @@ pub struct Link {
     reader_gone: Receiver<()>,
     /// The standby's failure timeout, as its hello said.
     standby_timeout: Option<Duration>,
+    /// `--etcd` on the standby: the leader key it must hold to take over, as its hello said.
+    standby_leader_key: Option<String>,
 }
 
 /// What a lost link proves about the standby's failure detector: it last heard from this
@@ -250,13 +252,14 @@ impl Link {
             },
             keys.recv,
         );
-        let standby_timeout;
+        let (standby_timeout, standby_leader_key);
         match reader.read_msg() {
             Ok(Some(WireMsg::HelloAck(ack))) => {
                 if let Some(why) = ack.refused {
                     return Err(ConnectError::Refused(addr.into(), why));
                 }
                 standby_timeout = ack.timeout_ms.map(Duration::from_millis);
+                standby_leader_key = ack.leader_key;
                 tracing::info!(
                     standby = addr,
                     standby_pid = ack.standby_pid,
@@ -328,7 +331,14 @@ impl Link {
             threads,
             reader_gone,
             standby_timeout,
+            standby_leader_key,
         })
+    }
+
+    /// The leader key the standby must hold before it takes over (None: it does not use an
+    /// arbiter).
+    pub fn standby_leader_key(&self) -> Option<&str> {
+        self.standby_leader_key.as_deref()
     }
 
     /// What the acks of this connection prove about the standby's failure detector.

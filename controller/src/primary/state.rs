@@ -111,6 +111,11 @@ pub struct Primary {
     /// `remusctl switchover` requests from the control socket, and the one under way.
     pub switch_requests: Option<crossbeam::channel::Receiver<super::switchover::SwitchReply>>,
     pub switch: Option<super::switchover::Switchover>,
+    /// The last standby said it takes over only with this primary's leader key (`--etcd` on
+    /// both sides, the same prefix): only then does the lease prove that no takeover happened.
+    pub standby_arbitrated: bool,
+    /// `standby_arbitrated` was looked at for the current link.
+    pub arbiter_checked: bool,
     /// The obsolete mark on its way to etcd (`primary::arbiter`).
     pub obsolete: Option<crossbeam::channel::Receiver<Result<(), crate::arbiter::ArbiterError>>>,
 }
@@ -163,6 +168,8 @@ impl Primary {
             lease: None,
             deferred: Arc::new(AtomicU64::new(0)),
             obsolete: None,
+            standby_arbitrated: false,
+            arbiter_checked: false,
             switch_requests: None,
             switch: None,
         }

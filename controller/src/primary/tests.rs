@@ -104,6 +104,7 @@ fn rig(name: &str) -> Rig {
             state_dir: None,
             stop: Arc::new(AtomicBool::new(false)),
             security: crate::wire::auth::LinkSecurity::Insecure,
+            leader_key: None,
         };
         session(s, peer.to_string(), &ctx)
     });

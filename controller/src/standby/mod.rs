@@ -83,6 +83,8 @@ pub struct SessionCtx {
     pub stop: Arc<AtomicBool>,
     /// For [`session`], which authenticates the peer itself.
     pub security: LinkSecurity,
+    /// `--etcd`: the leader key, told to the primary in the hello's answer.
+    pub leader_key: Option<String>,
 }
 
 /// How long a peer may take to authenticate.
@@ -227,6 +229,7 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
         state_dir: Some(args.state_dir.clone()),
         stop: stop.clone(),
         security: args.security.clone(),
+        leader_key: args.arbiter.as_ref().map(|a| a.leader_key()),
     };
     // A primary that connected while the standby waited for the leader key.
     let mut pending: Option<arbiter::Conn> = None;
@@ -406,6 +409,7 @@ fn refuse(s: TcpStream, keys: SessionKeys, why: Refusal) {
             standby_pid: std::process::id(),
             refused: Some(why),
             timeout_ms: None,
+            leader_key: None,
         };
         let _ = FrameWriter::new(&s, keys.send).send(&WireMsg::HelloAck(ack));
     }
@@ -595,6 +599,7 @@ fn session_inner(
                                 standby: PROTOCOL_VERSION,
                             }),
                             timeout_ms: None,
+                            leader_key: None,
                         };
                         let _ = writer
                             .lock()
@@ -621,6 +626,7 @@ fn session_inner(
                         standby_pid: std::process::id(),
                         refused: None,
                         timeout_ms: Some(ctx.timeout.as_millis() as u64),
+                        leader_key: ctx.leader_key.clone(),
                     };
                     writer
                         .lock()

@@ -89,6 +89,7 @@ fn connect(
             state_dir: None,
             stop: Arc::new(AtomicBool::new(false)),
             security: test_key(),
+            leader_key: None,
         };
         session(s, peer.to_string(), &ctx)
     });

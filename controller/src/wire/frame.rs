@@ -482,6 +482,7 @@ mod tests {
                 standby_pid: 9,
                 refused: None,
                 timeout_ms: Some(500),
+                leader_key: None,
             }),
             part(),
             WireMsg::EpochCommit(Box::new(EpochCommit {

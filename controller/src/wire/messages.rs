@@ -100,6 +100,10 @@ pub struct HelloAck {
     /// gone" from "it may have taken over, then died" (`primary::link::Link::lost_for`).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// `--etcd`: the leader key this standby must hold before it takes over. A primary whose
+    /// own key is not this one cannot prove by its lease that no takeover happened.
+    #[serde(default)]
+    pub leader_key: Option<String>,
 }
 
 /// Why a standby refuses a primary's hello.
