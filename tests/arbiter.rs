@@ -224,11 +224,17 @@ fn frozen_primary_past_the_ttl_is_fenced() {
     let v = p.wait_committed(10, LONG);
     let app = n(&v, "app_pid").expect("app_pid") as i32;
     let ctl = n(&v, "controller_pid").expect("controller_pid") as i32;
+    let t0 = Instant::now();
     signal(ctl, libc::SIGSTOP);
     signal(app, libc::SIGSTOP);
     let st = sb.wait_status("the standby to take over", LONG, |v| {
         s(v, "state") == "took_over" && n(v, "restored_pid").is_some()
     });
+    println!(
+        "failover with etcd (lease TTL {TTL_MS} ms, --timeout-ms 500, loopback): primary side \
+         frozen (silent) -> restored program running: {} ms",
+        t0.elapsed().as_millis()
+    );
     let restored = n(&st, "restored_pid").expect("restored_pid") as i32;
     let released_at_freeze = released(&p);
 
