@@ -140,7 +140,14 @@ pub fn run_full(
             .try_send(tx)
             .map_err(|_| "a switch-over is already under way".to_string())?;
         rx.recv_timeout(Duration::from_secs(30))
-            .map_err(|_| "the switch-over did not finish in 30 s".to_string())?
+            .map_err(|e| match e {
+                crossbeam::channel::RecvTimeoutError::Timeout => {
+                    "the switch-over did not finish in 30 s".to_string()
+                }
+                crossbeam::channel::RecvTimeoutError::Disconnected => {
+                    "remusd primary ended before the switch-over could start".to_string()
+                }
+            })?
     });
     let _control = ControlServer::start_with_commands(
         args.control.clone(),
