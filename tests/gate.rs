@@ -317,6 +317,8 @@ fn gate_carries_a_large_download() {
     );
     let st = remus::status(&rig.control).expect("status");
     assert_eq!(s(&st, "state"), "protected", "{st}");
+    let released = st["packet_gate"]["released_packets"].as_u64().unwrap_or(0);
+    assert!(released > 100, "the gate released {released} packets: {st}");
 }
 
 /// remus-run with `args` before `--` in the primary host; its exit status and stderr.

@@ -50,8 +50,11 @@ struct Held {
 }
 
 /// Counters (for status and tests).
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GateCounts {
+    /// The netfilter queue number and the veth the rule matches.
+    pub queue: u16,
+    pub veth: String,
     pub held_packets: u64,
     pub released_packets: u64,
     pub passed_packets: u64,
@@ -247,6 +250,8 @@ impl Gate {
     pub fn counts(&self) -> GateCounts {
         let held = self.inner.lock().runs.iter().map(|r| r.packets).sum();
         GateCounts {
+            queue: self.inner.q.num,
+            veth: self.veth.clone(),
             held_packets: held,
             released_packets: self.inner.released.load(Ordering::Relaxed),
             passed_packets: self.inner.passed.load(Ordering::Relaxed),

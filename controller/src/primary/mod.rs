@@ -131,6 +131,9 @@ pub fn run_full(
         Some(svc) => Some(Arc::new(start_gate(svc, args.app_pid)?)),
         None => None,
     };
+    if let Some(g) = &packets {
+        status.lock().packet_gate = Some(g.clone());
+    }
     let mut p = Primary::new(args, shim, staging, status, output, net);
     p.packets = packets;
     let End::Exit(code) = p.main(&stop)?;
