@@ -7,7 +7,8 @@
 //! a client, a primary (runs Debian's lighttpd through remus-run) and a standby. Shown here:
 //! the client reaches the program at the service address; with the standby frozen (SIGSTOP:
 //! no acks) a reply is held in the gate and never reaches the client, and once the standby
-//! runs again (SIGCONT) it arrives; a 24 MiB download through the gate arrives byte for byte;
+//! runs again (SIGCONT) it arrives, for a TCP reply (lighttpd) and a UDP one (a python3 echo
+//! server); a 24 MiB download through the gate arrives byte for byte;
 //! the host's side (veth, rule, proxy entry) is gone when the program ends; and the start-up
 //! checks refuse a missing device and an address already in use, saying so.
 //!
@@ -77,12 +78,25 @@ impl Rig {
     /// Starts the standby, then lighttpd through remus-run in the primary host, and waits
     /// until it is protected.
     fn start(extra_primary: &str) -> Rig {
+        Rig::start_prog(extra_primary, None)
+    }
+
+    /// [`Rig::start`] with another program than lighttpd (its argv).
+    fn start_prog(extra_primary: &str, prog: Option<Vec<String>>) -> Rig {
         preflight();
         let lan = Lan::create(&["client", "primary", "standby"]);
         let dir = TempDir::new("gate");
         std::fs::create_dir_all(dir.path().join("www")).unwrap();
         std::fs::write(dir.path().join("www/index.html"), BODY).unwrap();
         let conf = lighttpd_conf(dir.path());
+        let prog = prog.unwrap_or_else(|| {
+            vec![
+                "/usr/sbin/lighttpd".into(),
+                "-D".into(),
+                "-f".into(),
+                conf.display().to_string(),
+            ]
+        });
         let sb_addr = format!("{}:7000", lan.addr("standby"));
         let standby = lan
             .command("standby", &bins().remusd)
@@ -107,8 +121,8 @@ impl Rig {
             .arg(test_key_file())
             .args(["--service-addr", &format!("{service}/24"), "--control"])
             .arg(&control)
-            .args(["--", "/usr/sbin/lighttpd", "-D", "-f"])
-            .arg(&conf)
+            .arg("--")
+            .args(&prog)
             .env("REMUS_LIB", &bins().lib)
             .env("REMUS_REMUSD", &bins().remusd)
             // Heartbeats every 5 s: the primary calls the standby lost only after 20 s of
@@ -387,4 +401,78 @@ fn service_addr_start_up_checks_refuse_clearly() {
         "{}",
         String::from_utf8_lossy(&links.stdout)
     );
+}
+
+/// A UDP echo server (python3, under the shim like any program).
+const UDP_ECHO: &str = "import socket\n\
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+s.bind(('0.0.0.0', 9090))\n\
+while True:\n    d, a = s.recvfrom(2048)\n    s.sendto(b'echo ' + d, a)\n";
+
+#[test]
+fn gate_holds_udp_replies_too() {
+    require_program("/usr/bin/python3", "python3");
+    let rig = Rig::start_prog(
+        "--heartbeat-ms 5000",
+        Some(vec![
+            "/usr/bin/python3".into(),
+            "-c".into(),
+            UDP_ECHO.into(),
+        ]),
+    );
+    let to = format!("{}:9090", rig.service);
+    let sock = rig.lan.in_host("client", || {
+        let u = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind a UDP socket");
+        u.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        u
+    });
+    sock.connect(&to).unwrap();
+    let mut buf = [0u8; 2048];
+    // The server may still be starting: ask until it answers (bounded).
+    let mut answered = None;
+    for _ in 0..20 {
+        sock.send(b"one").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            answered = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    assert_eq!(
+        answered.as_deref(),
+        Some(&b"echo one"[..]),
+        "{}",
+        rig.report()
+    );
+    // Drain late answers to the retries.
+    sock.set_nonblocking(true).unwrap();
+    while sock.recv(&mut buf).is_ok() {}
+
+    assert!(signal(rig.standby.id() as i32, libc::SIGSTOP));
+    let (_, queued_before) = rig.queue();
+    sock.send(b"two").unwrap();
+    wait_for(
+        "the UDP reply held in the gate",
+        LONG,
+        &|| rig.report(),
+        || {
+            let (waiting, queued) = rig.queue();
+            let st = remus::status(&rig.control).ok()?;
+            let (epoch, committed) = (n(&st, "epoch")?, n(&st, "committed_epoch")?);
+            (waiting > 0 && queued > queued_before && epoch > committed + 1).then_some(())
+        },
+    );
+    match sock.recv(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!(
+            "the UDP reply left before its epoch was committed: {other:?}\n{}",
+            rig.report()
+        ),
+    }
+    sock.set_nonblocking(false).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert!(signal(rig.standby.id() as i32, libc::SIGCONT));
+    let n = sock.recv(&mut buf).expect("the UDP reply after the commit");
+    assert_eq!(&buf[..n], b"echo two", "{}", rig.report());
 }

@@ -12,7 +12,8 @@
 //! ARP for `ADDR` on the service device with a proxy neighbour entry (`ip neigh add proxy`,
 //! one address, not the device-wide `proxy_arp`), `proxy_delay` 0 so that the answer is not
 //! held back, forwarding on the two devices (not `ip_forward` for the whole host). Its end of
-//! the pair has `proxy_arp` on, so that the program reaches every address the host routes to
+//! the pair has `proxy_arp` on and IPv6 off (the gate is an IPv4 rule: IPv6 from the program
+//! is dropped by the host, never passed ungated), so that the program reaches every address the host routes to
 //! through one device route (`default dev eth0`) without a gateway address of its own. Every
 //! setting changed is put back on drop.
 //!
@@ -116,6 +117,11 @@ impl Topology {
         run("ip", &["route", "add", &a32, "dev", &host])
             .map_err(step("the host's route to the address"))?;
         let dev = t.spec.dev.clone();
+        // The gate's rule is IPv4 (iptables): IPv6 from the program must not leave at all.
+        let v6 = format!("net/ipv6/conf/{host}/disable_ipv6");
+        if std::path::Path::new(&format!("/proc/sys/{v6}")).exists() {
+            t.sysctl(&v6, "1").map_err(step("sysctl"))?;
+        }
         for (key, val) in [
             (format!("net/ipv4/conf/{host}/proxy_arp"), "1"),
             (format!("net/ipv4/conf/{host}/forwarding"), "1"),
