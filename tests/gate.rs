@@ -4,7 +4,8 @@
 //! it is committed by the standby.
 //!
 //! Three "hosts" in network namespaces on one bridge (`remus::lan`, 10.91.0.0/16, `rg-`):
-//! a client, a primary (runs Debian's lighttpd through remus-run) and a standby. Shown here:
+//! a client, a primary (runs Debian's lighttpd, beanstalkd or a python3 UDP echo server
+//! through remus-run) and a standby. Shown here:
 //! the client reaches the program at the service address; with the standby frozen (SIGSTOP:
 //! no acks) a reply is held in the gate and never reaches the client, and once the standby
 //! runs again (SIGCONT) it arrives, for a TCP reply (lighttpd) and a UDP one (a python3 echo
@@ -475,4 +476,66 @@ fn gate_holds_udp_replies_too() {
     assert!(signal(rig.standby.id() as i32, libc::SIGCONT));
     let n = sock.recv(&mut buf).expect("the UDP reply after the commit");
     assert_eq!(&buf[..n], b"echo two", "{}", rig.report());
+}
+
+/// Reads from `c` until `want` has arrived (the read timeout bounds each read).
+fn read_until(c: &mut TcpStream, want: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(want) {
+        let n = c
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("reading (have {:?}): {e}", String::from_utf8_lossy(&got)));
+        assert!(
+            n > 0,
+            "end of stream before {want:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn beanstalkd_at_the_service_address() {
+    require_program("/usr/bin/beanstalkd", "beanstalkd");
+    let rig = Rig::start_prog(
+        "",
+        Some(
+            ["/usr/bin/beanstalkd", "-l", "0.0.0.0", "-p", "11300"]
+                .map(String::from)
+                .to_vec(),
+        ),
+    );
+    let to = format!("{}:11300", rig.service);
+    let mut c = rig.lan.in_host("client", move || {
+        let c = TcpStream::connect_timeout(&to.parse().unwrap(), Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("connecting to beanstalkd at {to}: {e}"));
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c
+    });
+    for i in 0..20 {
+        let body = format!("job-{i}");
+        write!(c, "put 0 0 10 {}\r\n{body}\r\n", body.len()).unwrap();
+        let r = read_until(&mut c, "\r\n");
+        assert!(r.starts_with("INSERTED"), "put {i}: {r}\n{}", rig.report());
+    }
+    for i in 0..20 {
+        write!(c, "reserve\r\n").unwrap();
+        let r = read_until(&mut c, &format!("job-{i}\r\n"));
+        assert!(r.starts_with("RESERVED"), "{r}");
+        let id: u64 = r
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("id");
+        write!(c, "delete {id}\r\n").unwrap();
+        assert!(read_until(&mut c, "\r\n").starts_with("DELETED"));
+    }
+    let st = remus::status(&rig.control).expect("status");
+    assert_eq!(s(&st, "state"), "protected", "{st}");
+    assert!(
+        st["packet_gate"]["released_packets"].as_u64().unwrap_or(0) > 40,
+        "{st}"
+    );
 }
