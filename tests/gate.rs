@@ -10,7 +10,9 @@
 //! no acks) a reply is held in the gate and never reaches the client, and once the standby
 //! runs again (SIGCONT) it arrives, for a TCP reply (lighttpd) and a UDP one (a python3 echo
 //! server); a 24 MiB download through the gate arrives byte for byte;
-//! the host's side (veth, rule, proxy entry) is gone when the program ends; and the start-up
+//! the host's side (veth, rule, proxy entry) is gone when the program ends; a dead gate
+//! (remusd primary killed) drops instead of passing, and the program's end removes its rule
+//! too; beanstalkd works at the service address; and the start-up
 //! checks refuse a missing device and an address already in use, saying so.
 //!
 //! Needs root, iproute2, iptables, nsenter, the kernel's NFQUEUE and lighttpd: without them
@@ -538,4 +540,69 @@ fn beanstalkd_at_the_service_address() {
         st["packet_gate"]["released_packets"].as_u64().unwrap_or(0) > 40,
         "{st}"
     );
+}
+
+/// Packets the gate's rule has matched in the primary host (the NFQUEUE rules' counters).
+fn rule_packets(rig: &Rig) -> u64 {
+    let out = rig
+        .lan
+        .command("primary", "iptables")
+        .args(["-w", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"])
+        .output()
+        .expect("iptables -L");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("NFQUEUE"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_dead_gate_drops_and_the_program_end_cleans_up() {
+    let rig = Rig::start("");
+    let mut c = rig.connect();
+    let reply = get(&mut c, "/index.html");
+    assert!(reply.ends_with(BODY), "{reply}");
+    let mut c = rig.connect();
+    // remusd primary dies (the gate with it): its rule stays, with nobody reading the queue.
+    let ctl = remus::controllers_of(rig.app_pid());
+    assert_eq!(ctl.len(), 1, "remusd primary of {}: {ctl:?}", rig.app_pid());
+    assert!(signal(ctl[0], libc::SIGKILL));
+    wait_for("the gate's queue to go", LONG, &|| rig.report(), || {
+        (rig.queue() == (0, 0) && !remus::alive(ctl[0])).then_some(())
+    });
+    let before = rule_packets(&rig);
+    write!(c, "GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    wait_for(
+        "the program's answer to meet the rule",
+        LONG,
+        &|| rig.report(),
+        || (rule_packets(&rig) > before).then_some(()),
+    );
+    c.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    match c.read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a packet passed the dead gate: {other:?}\n{}", rig.report()),
+    }
+    // The program ends: the keeper removes the pair, the proxy entry and the dead rule.
+    let veth = format!("rmh{}", rig.app_pid());
+    assert!(signal(rig.app_pid(), libc::SIGKILL));
+    wait_for("the topology torn down", LONG, &|| rig.report(), || {
+        let links = rig
+            .lan
+            .command("primary", "ip")
+            .args(["-o", "link"])
+            .output()
+            .ok()?;
+        let rules = rig
+            .lan
+            .command("primary", "iptables")
+            .args(["-w", "-t", "raw", "-S", "PREROUTING"])
+            .output()
+            .ok()?;
+        let gone = !String::from_utf8_lossy(&links.stdout).contains(&veth)
+            && !String::from_utf8_lossy(&rules.stdout).contains("NFQUEUE");
+        gone.then_some(())
+    });
 }
