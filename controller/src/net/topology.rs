@@ -19,7 +19,13 @@
 //!
 //! Announcing is separate from setting up ([`Topology::announce`]): the standby brings the
 //! topology up for the restored program, rebuilds its connections while nobody can reach the
-//! address yet (DESIGN §9), then announces (proxy entry + gratuitous ARP).
+//! address yet (DESIGN §9), then announces (proxy entry + gratuitous ARP). [`Topology::create`]
+//! configures the address inside the namespace already; until `announce` no neighbour learns
+//! that this host has it (no proxy entry; the clients' ARP caches still name the old primary),
+//! so nothing reaches it. For a takeover: the restore child `unshare(CLONE_NEWNET)`s before
+//! it recreates its sockets, the standby calls `Topology::create(spec, child_pid)` (a `tag`
+//! unique on the standby host, e.g. the child's pid), repairs the connections, then
+//! `announce()`s and keeps the `Topology` for as long as the restored program runs.
 //!
 //! The program's namespace is the one a process already lives in (its `/proc/PID/ns/net`);
 //! the namespace-side commands run through `nsenter --net=`. Needs `CAP_NET_ADMIN` and
