@@ -42,11 +42,62 @@ struct Run {
     since: Instant,
 }
 
+/// The packets held, as runs of one tag in arrival order: what a commit releases is a prefix.
 #[derive(Default)]
 struct Held {
     runs: VecDeque<Run>,
     /// Protection stopped: nothing is held.
     passing: bool,
+}
+
+impl Held {
+    /// `packets` more arrived, the last with id `last_id`, read while the tag was `tag`;
+    /// true when they start a new run (the epoch loop is woken for those).
+    fn add(&mut self, tag: u64, last_id: u32, packets: u64, now: Instant) -> bool {
+        match self.runs.back_mut() {
+            Some(r) if r.tag == tag => {
+                r.last_id = last_id;
+                r.packets += packets;
+                false
+            }
+            _ => {
+                self.runs.push_back(Run {
+                    tag,
+                    last_id,
+                    packets,
+                    since: now,
+                });
+                true
+            }
+        }
+    }
+
+    /// Epoch `epoch` committed: the id up to which packets leave (the longest prefix of runs
+    /// tagged up to `epoch`: never one that arrived after a later-tagged packet) and how many.
+    fn take_committed(&mut self, epoch: u64) -> Option<(u32, u64)> {
+        let mut out: Option<(u32, u64)> = None;
+        while let Some(r) = self.runs.front() {
+            if r.tag > epoch {
+                break;
+            }
+            let n = out.map_or(0, |o| o.1);
+            out = Some((r.last_id, n + r.packets));
+            self.runs.pop_front();
+        }
+        out
+    }
+
+    /// Everything: the last id and how many.
+    fn take_all(&mut self) -> Option<(u32, u64)> {
+        let last = self.runs.back()?.last_id;
+        let n = self.runs.drain(..).map(|r| r.packets).sum();
+        Some((last, n))
+    }
+
+    /// Since when packets tagged `tag` or later wait.
+    fn waiting_since(&self, tag: u64) -> Option<Instant> {
+        self.runs.back().filter(|r| r.tag >= tag).map(|r| r.since)
+    }
 }
 
 /// Counters (for status and tests).
@@ -198,17 +249,7 @@ impl Gate {
     /// Epoch `epoch` is committed: every packet tagged up to it leaves, in order.
     pub fn commit(&self, epoch: u64) {
         let mut h = self.inner.lock();
-        let mut last = None;
-        let mut n = 0;
-        while let Some(r) = h.runs.front() {
-            if r.tag > epoch {
-                break;
-            }
-            last = Some(r.last_id);
-            n += r.packets;
-            h.runs.pop_front();
-        }
-        if let Some(id) = last {
+        if let Some((id, n)) = h.take_committed(epoch) {
             self.inner.accept(id);
             self.inner.released.fetch_add(n, Ordering::Relaxed);
         }
@@ -218,11 +259,10 @@ impl Gate {
     pub fn release_all(&self) {
         let mut h = self.inner.lock();
         h.passing = true;
-        if let Some(r) = h.runs.back() {
-            self.inner.accept(r.last_id);
+        if let Some((id, n)) = h.take_all() {
+            self.inner.accept(id);
+            self.inner.released.fetch_add(n, Ordering::Relaxed);
         }
-        let n: u64 = h.runs.drain(..).map(|r| r.packets).sum();
-        self.inner.released.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Packets wait for commits again (those from now on).
@@ -232,8 +272,7 @@ impl Gate {
 
     /// Since when packets wait for an epoch that is not signalled yet (tag `tag`), if any.
     pub fn waiting_since(&self, tag: u64) -> Option<Instant> {
-        let h = self.inner.lock();
-        h.runs.back().filter(|r| r.tag >= tag).map(|r| r.since)
+        self.inner.lock().waiting_since(tag)
     }
 
     /// Readable when packets arrived for an epoch not signalled yet; [`Gate::clear_wake`].
@@ -326,22 +365,10 @@ fn receive(inner: &Inner) {
             inner.passed.fetch_add(ids.len() as u64, Ordering::Relaxed);
             continue;
         }
-        match h.runs.back_mut() {
-            Some(r) if r.tag == tag => {
-                r.last_id = last;
-                r.packets += ids.len() as u64;
-            }
-            _ => {
-                h.runs.push_back(Run {
-                    tag,
-                    last_id: last,
-                    packets: ids.len() as u64,
-                    since: Instant::now(),
-                });
-                let one = 1u64;
-                // SAFETY: writing 8 bytes to our eventfd.
-                unsafe { libc::write(inner.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-            }
+        if h.add(tag, last, ids.len() as u64, Instant::now()) {
+            let one = 1u64;
+            // SAFETY: writing 8 bytes from `one` to our eventfd.
+            unsafe { libc::write(inner.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
         }
     }
 }
@@ -387,4 +414,48 @@ pub fn enter_outer_netns() -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_release_prefixes_in_order() {
+        let t = Instant::now();
+        let mut h = Held::default();
+        assert!(h.add(1, 10, 3, t));
+        assert!(!h.add(1, 12, 2, t));
+        assert!(h.add(2, 20, 4, t));
+        assert!(h.add(3, 30, 1, t));
+        assert_eq!(h.waiting_since(3), Some(t));
+        assert_eq!(h.waiting_since(4), None);
+        assert_eq!(h.take_committed(0), None);
+        assert_eq!(h.take_committed(1), Some((12, 5)));
+        assert_eq!(h.take_committed(1), None);
+        assert_eq!(h.take_committed(3), Some((30, 5)));
+        assert_eq!(h.take_all(), None);
+    }
+
+    #[test]
+    fn a_lower_tag_behind_a_higher_one_waits_for_it() {
+        // Tags can only go down if epoch numbers did (never by design): even then nothing
+        // leaves ahead of a packet that is still held.
+        let t = Instant::now();
+        let mut h = Held::default();
+        h.add(5, 1, 1, t);
+        h.add(2, 2, 1, t);
+        assert_eq!(h.take_committed(3), None);
+        assert_eq!(h.take_committed(5), Some((2, 2)));
+    }
+
+    #[test]
+    fn release_all_takes_everything() {
+        let t = Instant::now();
+        let mut h = Held::default();
+        h.add(7, 100, 2, t);
+        h.add(8, 105, 3, t);
+        assert_eq!(h.take_all(), Some((105, 5)));
+        assert!(h.runs.is_empty());
+    }
 }
