@@ -393,6 +393,44 @@ fn service_addr_start_up_checks_refuse_clearly() {
     );
     let (st, err) = refused(&lan, &["--standby", &sb, "--service-addr", "10.91.0.5"]);
     assert!(!st.success() && err.contains("ADDR/PREFIX"), "{st}: {err}");
+    // remusd itself: the standby validates the address; the primary refuses to run a gate
+    // for a program that is not in a service namespace.
+    let out = std::process::Command::new(&bins().remusd)
+        .args([
+            "standby",
+            "--listen",
+            "127.0.0.1:1",
+            "--state-dir",
+            "/nonexistent",
+            "--insecure",
+        ])
+        .args(["--service-addr", "10.91.0.5"])
+        .env_remove("REMUS_SERVICE_ADDR")
+        .output()
+        .expect("remusd standby");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("ADDR/PREFIX"),
+        "{}: {err}",
+        out.status
+    );
+    let out = std::process::Command::new(&bins().remusd)
+        .args([
+            "primary",
+            "--app-pid",
+            "1",
+            "--service-addr",
+            "10.91.0.5/24",
+        ])
+        .env_remove("REMUS_OUTER_NETNS")
+        .output()
+        .expect("remusd primary");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("remus-run --service-addr"),
+        "{}: {err}",
+        out.status
+    );
     // Nothing was left behind by the refusals.
     let links = lan
         .command("primary", "ip")
