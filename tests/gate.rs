@@ -221,6 +221,15 @@ fn gate_holds_a_reply_until_its_epoch_is_committed() {
         rig.report()
     );
 
+    // The replication link is the primary host's own (outside the program's namespace, so
+    // never through the gate): the standby sees it come from the host's LAN address.
+    let log = std::fs::read_to_string(rig.dir.path().join("standby.log")).unwrap_or_default();
+    let from = format!("primary connected peer={}:", rig.lan.addr("primary"));
+    assert!(
+        log.contains(&from),
+        "expected '{from}' in the standby's log:\n{log}"
+    );
+
     // Connected while the standby acks; then no acks.
     let mut c = rig.connect();
     assert!(signal(rig.standby.id() as i32, libc::SIGSTOP));
