@@ -549,7 +549,7 @@ fn read_until(c: &mut TcpStream, want: &str) -> String {
 fn beanstalkd_at_the_service_address() {
     require_program("/usr/bin/beanstalkd", "beanstalkd");
     let rig = Rig::start_prog(
-        "",
+        "--metrics 127.0.0.1:9464",
         Some(
             ["/usr/bin/beanstalkd", "-l", "0.0.0.0", "-p", "11300"]
                 .map(String::from)
@@ -587,6 +587,21 @@ fn beanstalkd_at_the_service_address() {
         st["packet_gate"]["released_packets"].as_u64().unwrap_or(0) > 40,
         "{st}"
     );
+    // The metrics (served in the primary host's namespace, where remusd primary lives).
+    let text = rig.lan.in_host("primary", || {
+        let mut m = TcpStream::connect("127.0.0.1:9464").expect("the metrics port");
+        m.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(m, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        m.read_to_string(&mut out).expect("reading /metrics");
+        out
+    });
+    let released = text
+        .lines()
+        .find_map(|l| l.strip_prefix("remus_gate_released_packets_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no remus_gate_released_packets_total in:\n{text}"));
+    assert!(released > 40, "{text}");
 }
 
 /// Packets the gate's rule has matched in the primary host (the NFQUEUE rules' counters).
