@@ -23,6 +23,8 @@ pub enum ServiceCheckError {
     NoQueue(String),
     #[error("--service-dev {0}: no such network device on this host (see `ip link`)")]
     NoDevice(String),
+    #[error("--service-dev lo: the service address must be answered for on a network device clients reach (see `ip link`)")]
+    Loopback,
     #[error("the service address {0} is already in use: {1}; choose a free address")]
     InUse(Ipv4Addr, String),
     #[error("the ARP probe for {0} on {1} failed: {2}")]
@@ -83,6 +85,9 @@ pub fn check_host(dev: &str) -> Result<(), ServiceCheckError> {
     };
     run("iptables", &with("-A")).map_err(ServiceCheckError::NoQueue)?;
     let _ = run("iptables", &with("-D"));
+    if dev == "lo" {
+        return Err(ServiceCheckError::Loopback);
+    }
     if !std::path::Path::new(&format!("/sys/class/net/{dev}")).exists() {
         return Err(ServiceCheckError::NoDevice(dev.to_string()));
     }

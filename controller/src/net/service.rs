@@ -44,13 +44,30 @@ impl fmt::Display for ServiceAddr {
 
 /// The device that routes to `host` (an IP, or HOST:PORT): the default `--service-dev`.
 pub fn dev_towards(host: &str) -> Result<String, String> {
-    let ip = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    let ip = ip.trim_start_matches('[').trim_end_matches(']');
-    let out = super::run("ip", &["-o", "route", "get", ip])?;
+    use std::net::ToSocketAddrs;
+    let with_port = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:0")
+    };
+    let ip = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} resolves to no address"))?
+        .ip()
+        .to_string();
+    let out = super::run("ip", &["-o", "route", "get", &ip])?;
     let mut words = out.split_whitespace();
     while let Some(w) = words.next() {
         if w == "dev" {
             if let Some(d) = words.next() {
+                if d == "lo" {
+                    return Err(format!(
+                        "the standby {host} is on this host (reached through lo): the service \
+                         address must be answered for on a real network device"
+                    ));
+                }
                 return Ok(d.to_string());
             }
         }
