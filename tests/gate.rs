@@ -88,6 +88,13 @@ impl Rig {
     fn start_prog(extra_primary: &str, prog: Option<Vec<String>>) -> Rig {
         preflight();
         let lan = Lan::create(&["client", "primary", "standby"]);
+        // The client learns addresses from gratuitous ARP (so the announcement is visible).
+        let st = lan
+            .command("client", "sh")
+            .args(["-c", "echo 1 > /proc/sys/net/ipv4/conf/lan0/arp_accept"])
+            .status()
+            .expect("sh");
+        assert!(st.success(), "setting arp_accept in the client host");
         let dir = TempDir::new("gate");
         std::fs::create_dir_all(dir.path().join("www")).unwrap();
         std::fs::write(dir.path().join("www/index.html"), BODY).unwrap();
@@ -307,6 +314,27 @@ fn gate_carries_a_large_download() {
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
     std::fs::write(rig.dir.path().join("www/big.bin"), &data).unwrap();
+    // Announced: before the client ever asked, it knows the address is at the primary host's
+    // LAN device (the gratuitous ARP of the proxying host).
+    let mac = rig
+        .lan
+        .command("primary", "cat")
+        .arg("/sys/class/net/lan0/address")
+        .output()
+        .unwrap();
+    let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
+    let neigh = rig
+        .lan
+        .command("client", "ip")
+        .args(["neigh", "show", &rig.service])
+        .output()
+        .unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout).into_owned();
+    assert!(
+        !mac.is_empty() && neigh.contains(&mac),
+        "the client's neighbour entry for {} is {neigh:?}, expected the primary's {mac}",
+        rig.service
+    );
     let (_, queued_before) = rig.queue();
     let mut c = rig.connect();
     let reply = {
