@@ -6,7 +6,8 @@
 //! twice, so that it is never the program's child): it builds the pair and announces the
 //! address, tells the launcher its pid (remusd primary enters the host's namespace through
 //! `/proc/<keeper>/ns/net`), then waits on the program's pidfd and tears everything down when
-//! the program ends, however it ends (remusd primary's failure included). It ignores the
+//! the program ends, however it ends (remusd primary's failure included), and no process is
+//! left in its namespace (a program that daemonized leaves its child there). It ignores the
 //! terminal's signals: it outlives the program, never the other way round.
 //!
 //! What the program's environment gets: `REMUS_SERVICE_ADDR`, `REMUS_SERVICE_DEV`,
@@ -118,6 +119,23 @@ fn launch(a: ServiceExec) -> Result<std::convert::Infallible, String> {
     Err(format!("cannot run {}: {e}", a.prog[0].to_string_lossy()))
 }
 
+/// Whether any process is still in the network namespace with inode `ino`.
+fn ns_in_use(ino: u64) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .any(|e| {
+            std::fs::metadata(e.path().join("ns/net"))
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ino)
+        })
+}
+
 fn spec_veth(tag: i32) -> String {
     format!("rmh{tag}")
 }
@@ -143,6 +161,9 @@ fn keeper(spec: TopologySpec, prog: i32, mut go: std::fs::File, mut ready: std::
         unsafe { libc::_exit(1) };
     }
     let pidfd = crate::sys::pidfd_open(prog);
+    let ns_ino = std::fs::metadata(format!("/proc/{prog}/ns/net"))
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let built = Topology::create(spec, prog).and_then(|mut t| t.announce().map(|()| t));
     let (mut topo, fd) = match (built, pidfd) {
         (Ok(t), Ok(fd)) => {
@@ -167,6 +188,13 @@ fn keeper(spec: TopologySpec, prog: i32, mut go: std::fs::File, mut ready: std::
             Ok(_) => continue,
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(_) => break,
+        }
+    }
+    // A program that daemonized left its child in the namespace: the topology stays until
+    // the last process in it is gone.
+    if let Some(ino) = ns_ino {
+        while ns_in_use(ino) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
     topo.teardown();
