@@ -172,6 +172,16 @@ pub fn rebuild(st: &TcpConnState) -> Result<Repairing, RebuildError> {
             st: st.clone(),
         });
     }
+    // The MSS before connect: the repair-mode connect computes the segment size from the
+    // clamp it has then (536 by default, so 524-byte segments for the rest of the connection
+    // if the MSS is only set afterwards with TCP_REPAIR_OPTIONS, which does not recompute it).
+    sys::set_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_MAXSEG,
+        st.options.mss as i32,
+    )
+    .map_err(err(Step::SockOpt("TCP_MAXSEG")))?;
     set_seq(Queue::Recv, st.recv.seq.wrapping_sub(recv_len))?;
     set_seq(Queue::Send, st.send.seq.wrapping_sub(send_len))?;
     select(Queue::None)?;

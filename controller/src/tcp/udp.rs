@@ -11,6 +11,11 @@ use super::sys::{self, Step};
 /// Why [`dump_udp`] or [`rebuild_udp`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UdpError {
+    #[error(
+        "rebuilding a UDP socket needs CAP_NET_ADMIN (IP_TRANSPARENT), which this process \
+         lacks (run remusd as root): {0}"
+    )]
+    MissingCapability(#[source] io::Error),
     #[error("not a UDP socket over IPv4 or IPv6")]
     NotUdp,
     #[error("{step} failed: {source}")]
@@ -55,7 +60,7 @@ pub fn dump_udp(sock: impl AsFd) -> Result<UdpSockState, UdpError> {
 }
 
 /// A UDP socket bound and connected as `st` says, in the calling thread's network namespace.
-/// `IP_FREEBIND` lets it bind the service address before that address is up.
+/// The service address need not be up yet.
 pub fn rebuild_udp(st: &UdpSockState) -> Result<OwnedFd, UdpError> {
     let v4 = st.local.or(st.remote).is_none_or(|a| a.is_ipv4());
     let domain = if v4 { libc::AF_INET } else { libc::AF_INET6 };
@@ -71,18 +76,28 @@ pub fn rebuild_udp(st: &UdpSockState) -> Result<OwnedFd, UdpError> {
     // getsockopt reported twice what was asked; setting half gives the same.
     sol(libc::SO_SNDBUF, "SO_SNDBUF", st.sndbuf / 2)?;
     sol(libc::SO_RCVBUF, "SO_RCVBUF", st.rcvbuf / 2)?;
-    if let Some(local) = st.local {
-        let (level, name) = if v4 {
-            (libc::IPPROTO_IP, libc::IP_FREEBIND)
+    // IP_TRANSPARENT (CAP_NET_ADMIN) for bind and connect: the local address may not be up
+    // yet, and a connect's route lookup from a non-local source needs it (IP_FREEBIND would
+    // do for bind alone). Off again afterwards, as the app had it.
+    let (level, name) = if v4 {
+        (libc::IPPROTO_IP, libc::IP_TRANSPARENT)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT)
+    };
+    sys::set_int(fd, level, name, 1).map_err(|e| {
+        if sys::is_permission(&e) {
+            UdpError::MissingCapability(e)
         } else {
-            (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND)
-        };
-        sys::set_int(fd, level, name, 1).map_err(sys_err(Step::SockOpt("IP_FREEBIND")))?;
+            sys_err(Step::SockOpt("IP_TRANSPARENT"))(e)
+        }
+    })?;
+    if let Some(local) = st.local {
         sys::bind(fd, &local).map_err(sys_err(Step::Bind))?;
     }
     if let Some(remote) = st.remote {
         sys::connect(fd, &remote).map_err(sys_err(Step::Connect))?;
     }
+    sys::set_int(fd, level, name, 0).map_err(sys_err(Step::SockOpt("IP_TRANSPARENT")))?;
     sys::set_nonblocking(fd, st.nonblocking).map_err(sys_err(Step::Fcntl))?;
     Ok(sock)
 }
