@@ -388,8 +388,29 @@ fn kernel_state(fd: RawFd) -> u8 {
     b[0]
 }
 
+const ESTABLISHED: u8 = 1;
+const SYN_SENT: u8 = 2;
 const FIN_WAIT2: u8 = 5;
 const CLOSE_WAIT: u8 = 8;
+const CLOSING: u8 = 11;
+
+/// `tcpi_snd_mss`: the segment size the socket sends with.
+fn snd_mss(fd: RawFd) -> u32 {
+    let mut b = [0u8; 24];
+    let mut len = 24 as libc::socklen_t;
+    // SAFETY: b is 24 writable bytes; the kernel writes at most len.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            b.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "TCP_INFO: {}", io::Error::last_os_error());
+    u32::from_ne_bytes([b[16], b[17], b[18], b[19]])
+}
 
 /// Waits until `fd`'s receive queue holds `n` bytes.
 fn wait_inq(fd: RawFd, n: u32) {
@@ -595,8 +616,14 @@ fn established_connection_survives_with_data_in_flight_both_ways() {
         "still ESTABLISHED after the dump"
     );
 
+    let mss_before = snd_mss(server.as_raw_fd());
     t.kill_primary(vec![server.into()]);
     let mut server = t.rebuild_on_standby(&st);
+    assert_eq!(
+        snd_mss(server.as_raw_fd()),
+        mss_before,
+        "the rebuilt socket's segment size"
+    );
 
     let server_reader = spawn_drain(&server, 1, server_up.read);
     let client_reader = spawn_drain(&client, 2, client_down.read);
@@ -713,42 +740,194 @@ fn half_closed_by_the_server_fin_wait2() {
 }
 
 /// FIN_WAIT1: the server wrote and shut down while the primary heard nothing more, so its
-/// data and FIN are unacknowledged (some may not have been sent at all).
+/// data and FIN are unacknowledged: with 30 000 bytes the congestion window keeps part of the
+/// data and the FIN unsent; with 1 000 bytes both went out.
 #[test]
 fn half_closed_by_the_server_fin_wait1_unacknowledged() {
+    for (len, fin_sent) in [(30_000, None), (1_000, Some(true))] {
+        let t = Topo::new();
+        let (mut client, mut server) = connect(&t, None);
+        let mut down = Stream::new(7);
+        down.write(&mut server, 10_000);
+        let mut client_down = Stream::new(7);
+        client_down.read(&mut client, 10_000);
+        t.primary_iptables(&["-I", "INPUT", "-j", "DROP"]);
+        down.write(&mut server, len);
+        server.shutdown(Shutdown::Write).unwrap();
+
+        t.freeze_primary();
+        let st = dump_timed(&server, &format!("fin-wait1 ({len} B)"));
+        assert_eq!(st.state, TcpState::FinWait1);
+        assert_eq!(st.send.bytes, chunk(7, 10_000, len));
+        eprintln!("fin-wait1: our FIN sent: {}", !st.send.fin_unsent);
+        if let Some(sent) = fin_sent {
+            assert_eq!(!st.send.fin_unsent, sent, "was our FIN sent?");
+            assert_eq!(st.send.unsent, 0);
+        }
+        t.kill_primary(vec![server.into()]);
+        let mut server = t.rebuild_on_standby(&st);
+
+        client_down.written = down.written;
+        client_down.read_to_eof(&mut client);
+        let mut up = Stream::new(8);
+        up.write(&mut client, 20_000);
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut server_up = Stream::new(8);
+        server_up.written = up.written;
+        server_up.read_to_eof(&mut server);
+    }
+}
+
+/// LAST_ACK: the client shut down, the server read to EOF, replied and shut down, and the
+/// primary heard nothing after: the reply and the server's FIN reach the client after the
+/// rebuild (the client's FIN, acknowledged by the primary, is injected back).
+#[test]
+fn both_closed_last_ack() {
     let t = Topo::new();
     let (mut client, mut server) = connect(&t, None);
-    let mut down = Stream::new(7);
-    down.write(&mut server, 10_000);
-    let mut client_down = Stream::new(7);
-    client_down.read(&mut client, 10_000);
+    let (mut up, mut down) = (Stream::new(13), Stream::new(14));
+    up.write(&mut client, 5_000);
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut server_up = Stream::new(13);
+    server_up.written = up.written;
+    server_up.read_to_eof(&mut server);
     t.primary_iptables(&["-I", "INPUT", "-j", "DROP"]);
-    down.write(&mut server, 30_000);
+    down.write(&mut server, 20_000);
     server.shutdown(Shutdown::Write).unwrap();
 
     t.freeze_primary();
-    let st = dump_timed(&server, "fin-wait1");
-    assert_eq!(st.state, TcpState::FinWait1);
-    assert_eq!(st.send.bytes, chunk(7, 10_000, 30_000));
-    eprintln!(
-        "fin-wait1: our FIN {}",
-        if st.send.fin_unsent {
-            "not sent yet"
-        } else {
-            "sent"
-        }
-    );
+    let st = dump_timed(&server, "last-ack");
+    assert_eq!(st.state, TcpState::LastAck);
+    assert!(st.recv.bytes.is_empty());
     t.kill_primary(vec![server.into()]);
     let mut server = t.rebuild_on_standby(&st);
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        server.read(&mut buf).expect("read"),
+        0,
+        "the rebuilt socket has the client's FIN"
+    );
 
+    let mut client_down = Stream::new(14);
     client_down.written = down.written;
     client_down.read_to_eof(&mut client);
-    let mut up = Stream::new(8);
-    up.write(&mut client, 20_000);
+}
+
+/// CLOSING: both sides shut down at once; the primary's FIN never reached the client and the
+/// primary's ACK of the client's FIN neither. After the rebuild the client gets the server's
+/// data and FIN, and the server had the client's data and FIN.
+#[test]
+fn both_closed_simultaneously_closing() {
+    let t = Topo::new();
+    let (mut client, mut server) = connect(&t, None);
+    let (mut up, mut down) = (Stream::new(15), Stream::new(16));
+    up.write(&mut client, 8_000);
+    let mut server_up = Stream::new(15);
+    server_up.read(&mut server, 8_000);
+    // The server's packets stop going out: its data and FIN stay unacknowledged, and the
+    // client's FIN arrives while the server is in FIN_WAIT1.
+    t.primary_iptables(&["-I", "OUTPUT", "-j", "DROP"]);
+    down.write(&mut server, 3_000);
+    server.shutdown(Shutdown::Write).unwrap();
+    up.write(&mut client, 2_000);
     client.shutdown(Shutdown::Write).unwrap();
-    let mut server_up = Stream::new(8);
+    wait_state(server.as_raw_fd(), CLOSING);
+    wait_inq(server.as_raw_fd(), 2_000);
+
+    t.freeze_primary();
+    let st = dump_timed(&server, "closing");
+    assert_eq!(st.state, TcpState::Closing);
+    assert_eq!(st.recv.bytes, chunk(15, 8_000, 2_000));
+    assert_eq!(st.send.bytes, chunk(16, 0, 3_000));
+    t.kill_primary(vec![server.into()]);
+    let mut server = t.rebuild_on_standby(&st);
     server_up.written = up.written;
     server_up.read_to_eof(&mut server);
+    let mut client_down = Stream::new(16);
+    client_down.written = down.written;
+    client_down.read_to_eof(&mut client);
+}
+
+/// SYN_SENT: the primary's own connection attempt (to a listener on the client's side) got
+/// no answer through (the SYN-ACK was dropped). Rebuilt on the standby, it sends the SYN again
+/// with the same initial sequence number, completes with the listener's request, and carries
+/// data both ways.
+#[test]
+fn connection_being_set_up_syn_sent() {
+    let t = Topo::new();
+    let client_addr = SocketAddr::V4(SocketAddrV4::new(t.client_ip(), 9100));
+    let listener = in_ns(&t.client, move || {
+        TcpListener::bind(client_addr).expect("bind")
+    });
+    let svc = t.service();
+    t.primary_iptables(&["-I", "INPUT", "-j", "DROP"]);
+    let connecting = in_ns(&t.primary, move || {
+        // SAFETY: socket takes integers; the descriptor is owned by the OwnedFd below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        };
+        assert!(fd >= 0);
+        // SAFETY: fd is a fresh socket nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        socket2_bind_connect(fd, svc, client_addr)
+    });
+    wait_state(connecting.as_raw_fd(), SYN_SENT);
+    t.freeze_primary();
+    let st = tcp::dump(controller_dup(connecting.as_raw_fd())).expect("dump");
+    assert_eq!(st.state, TcpState::SynSent);
+    assert_eq!((st.local, st.remote), (svc, client_addr));
+    t.kill_primary(vec![connecting]);
+    let mut s = t.rebuild_on_standby(&st);
+    s.set_nonblocking(false).unwrap();
+    let (mut peer, from) = listener
+        .accept()
+        .expect("the listener accepts the rebuilt connection");
+    assert_eq!(from, svc);
+    peer.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    wait_state(s.as_raw_fd(), ESTABLISHED);
+    let (mut a, mut b) = (Stream::new(17), Stream::new(18));
+    a.write(&mut s, 10_000);
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut pa = Stream::new(17);
+    pa.written = a.written;
+    pa.read_to_eof(&mut peer);
+    b.write(&mut peer, 10_000);
+    peer.shutdown(Shutdown::Write).unwrap();
+    let mut sb = Stream::new(18);
+    sb.written = b.written;
+    sb.read_to_eof(&mut s);
+}
+
+/// Binds `fd` to `local` and starts a non-blocking connect to `remote`.
+fn socket2_bind_connect(fd: OwnedFd, local: SocketAddr, remote: SocketAddr) -> OwnedFd {
+    let sin = |a: SocketAddr| {
+        let SocketAddr::V4(a) = a else { unreachable!() };
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        }
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    let (l, r) = (sin(local), sin(remote));
+    // SAFETY: l is a valid sockaddr_in of the size passed.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&l as *const libc::sockaddr_in).cast(), len) };
+    assert_eq!(rc, 0, "bind {local}: {}", io::Error::last_os_error());
+    // SAFETY: r is a valid sockaddr_in of the size passed.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&r as *const libc::sockaddr_in).cast(), len) };
+    let e = io::Error::last_os_error();
+    assert!(
+        rc == 0 || e.raw_os_error() == Some(libc::EINPROGRESS),
+        "connect: {e}"
+    );
+    fd
 }
 
 /// Megabytes queued both ways: neither side reads while the server's socket is dumped.

@@ -190,9 +190,13 @@ fn read_repaired(fd: RawFd, sockopts: SocketOptions) -> Result<TcpConnState, Dum
     let local = sys::sock_addr(fd, true)
         .map_err(sys_err(Step::LocalAddr))?
         .ok_or(DumpError::NotTcp("no local address"))?;
-    let remote = sys::sock_addr(fd, false)
-        .map_err(sys_err(Step::PeerAddr))?
-        .ok_or(DumpError::Unsupported("unconnected"))?;
+    let remote = match sys::sock_addr(fd, false).map_err(sys_err(Step::PeerAddr))? {
+        Some(a) => a,
+        // getpeername answers ENOTCONN in SYN_SENT: the kernel's own table has the peer.
+        None => sys::peer_from_proc(fd)
+            .map_err(sys_err(Step::PeerAddr))?
+            .ok_or(DumpError::Unsupported("unconnected"))?,
+    };
 
     // The receive side, until two reads of rcv_nxt and the state around the peek agree.
     let mut stable = None;

@@ -366,3 +366,82 @@ pub fn dup_from(pid: i32, fd: RawFd) -> Result<OwnedFd, (Step, io::Error)> {
 pub fn is_permission(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
 }
+
+/// `SIOCGSKNS`: a descriptor of the network namespace a socket lives in.
+const SIOCGSKNS: libc::c_ulong = 0x894C;
+
+/// The peer address of a socket that `getpeername` will not give (a `SYN_SENT` one answers
+/// ENOTCONN): its row in `/proc/thread-self/net/tcp{,6}`, read by a thread that joined the
+/// socket's network namespace, found by the socket's inode. Ok(None) when it has no row.
+pub fn peer_from_proc(fd: RawFd) -> io::Result<Option<SocketAddr>> {
+    // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor or -1.
+    let ns = check(unsafe { libc::ioctl(fd, SIOCGSKNS as _) })?;
+    // SAFETY: ns is a fresh descriptor that nothing else owns.
+    let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+    // SAFETY: st is a valid out-pointer for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is an open descriptor and st a valid out-pointer.
+    check(unsafe { libc::fstat(fd, &mut st) })?;
+    let inode = st.st_ino;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns changes only this (scoped, short-lived) thread's network namespace.
+            check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) })?;
+            for file in ["tcp", "tcp6"] {
+                let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))?;
+                if let Some(a) = text.lines().skip(1).find_map(|l| proc_row_peer(l, inode)) {
+                    return Ok(Some(a));
+                }
+            }
+            Ok(None)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the /proc/net/tcp reader panicked")))
+    })
+}
+
+/// The remote address of a `/proc/net/tcp{,6}` row if its inode is `inode`.
+fn proc_row_peer(line: &str, inode: u64) -> Option<SocketAddr> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.get(9)?.parse::<u64>().ok()? != inode {
+        return None;
+    }
+    let (addr, port) = f.get(2)?.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // Each 32-bit word is printed as the host-order value of network-order bytes.
+    let word = |i: usize| u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok();
+    match addr.len() {
+        8 => Some(SocketAddr::from((
+            Ipv4Addr::from(word(0)?.to_ne_bytes()),
+            port,
+        ))),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?.to_ne_bytes());
+            }
+            Some(SocketAddr::from((Ipv6Addr::from(b), port)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proc_row_peer;
+
+    #[test]
+    fn proc_net_tcp_rows() {
+        let v4 = "   3: 645C5C0A:1B58 015C5C0A:2378 02 00000000:00000000 01:00000166 00000002     0        0 81234 1 0000000000000000 1000 0 0 10 -1";
+        assert_eq!(
+            proc_row_peer(v4, 81234),
+            Some("10.92.92.1:9080".parse().unwrap())
+        );
+        assert_eq!(proc_row_peer(v4, 81235), None);
+        let v6 = "   0: 00000000000000000000000001000000:1F90 0000000000000000FFFF00000100007F:0050 0A 00000000:00000000 00:00000000 00000000     0        0 777 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(
+            proc_row_peer(v6, 777),
+            Some("[::ffff:127.0.0.1]:80".parse().unwrap())
+        );
+    }
+}
