@@ -813,9 +813,10 @@ fn both_closed_last_ack() {
     client_down.read_to_eof(&mut client);
 }
 
-/// CLOSING: both sides shut down at once; the primary's FIN never reached the client and the
-/// primary's ACK of the client's FIN neither. After the rebuild the client gets the server's
-/// data and FIN, and the server had the client's data and FIN.
+/// CLOSING: both sides shut down at once. The primary's data and FIN never reached the
+/// client, but its ACK of the client's FIN did (the client is in FIN_WAIT2 and will not send
+/// its FIN again): the rebuild must put the client's FIN back itself. After it the client gets
+/// the server's data and FIN, and the server reads the client's data and EOF.
 #[test]
 fn both_closed_simultaneously_closing() {
     let t = Topo::new();
@@ -824,14 +825,27 @@ fn both_closed_simultaneously_closing() {
     up.write(&mut client, 8_000);
     let mut server_up = Stream::new(15);
     server_up.read(&mut server, 8_000);
-    // The server's packets stop going out: its data and FIN stay unacknowledged, and the
-    // client's FIN arrives while the server is in FIN_WAIT1.
-    t.primary_iptables(&["-I", "OUTPUT", "-j", "DROP"]);
+    // Only the server's pure ACKs go out (no FIN, no payload: 52 bytes with timestamps).
+    t.primary_iptables(&[
+        "-I",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--tcp-flags",
+        "FIN",
+        "FIN",
+        "-j",
+        "DROP",
+    ]);
+    t.primary_iptables(&[
+        "-I", "OUTPUT", "-p", "tcp", "-m", "length", "--length", "53:65535", "-j", "DROP",
+    ]);
     down.write(&mut server, 3_000);
     server.shutdown(Shutdown::Write).unwrap();
     up.write(&mut client, 2_000);
     client.shutdown(Shutdown::Write).unwrap();
     wait_state(server.as_raw_fd(), CLOSING);
+    wait_state(client.as_raw_fd(), FIN_WAIT2);
     wait_inq(server.as_raw_fd(), 2_000);
 
     t.freeze_primary();
