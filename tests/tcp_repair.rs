@@ -1129,13 +1129,32 @@ fn udp_socket_addresses() {
     assert_eq!(&buf[..n], b"to-standby");
 }
 
-/// A real program's connection: beanstalkd in the primary, stopped (SIGSTOP, as the pause);
-/// its accepted socket duplicated with pidfd_getfd and dumped, with the client's unread
-/// command in its receive queue. beanstalkd carries on unharmed after SIGCONT (repair mode
-/// was turned off again and the command is still there for it to read).
-#[test]
-fn beanstalkd_connection_dumped_through_pidfd_getfd() {
-    let t = Topo::new();
+/// beanstalkd in the primary namespace, killed when dropped.
+struct Beanstalkd {
+    child: std::process::Child,
+}
+
+impl Drop for Beanstalkd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What [`beanstalkd_paused_with_a_command`] leaves: the program stopped, its connection's
+/// socket duplicated and dumped, the client's `use tube-x` unread in its receive queue.
+struct PausedBeanstalkd {
+    server: Beanstalkd,
+    pid: i32,
+    client: TcpStream,
+    dup: OwnedFd,
+    st: TcpConnState,
+}
+
+/// A client of a real beanstalkd puts a job; beanstalkd is stopped (SIGSTOP, as the pause);
+/// the client sends a command beanstalkd cannot read yet; the connection's socket is found
+/// among beanstalkd's descriptors by `pidfd_getfd` and dumped.
+fn beanstalkd_paused_with_a_command(t: &Topo) -> PausedBeanstalkd {
     let bin = require_program("/usr/bin/beanstalkd", "beanstalkd");
     let svc = t.service();
     let child = Command::new("ip")
@@ -1145,14 +1164,7 @@ fn beanstalkd_connection_dumped_through_pidfd_getfd() {
         .spawn()
         .expect("start beanstalkd");
     let pid = child.id() as i32;
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let guard = Kill(child);
+    let server = Beanstalkd { child };
     let mut client = wait_for(
         "beanstalkd to listen",
         IO_TIMEOUT,
@@ -1164,16 +1176,8 @@ fn beanstalkd_connection_dumped_through_pidfd_getfd() {
         },
     );
     client.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let line = |c: &mut TcpStream, req: &[u8]| -> String {
-        c.write_all(req).unwrap();
-        let mut buf = [0u8; 256];
-        let n = c.read(&mut buf).expect("beanstalkd answers");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    assert_eq!(
-        line(&mut client, b"put 0 0 60 5\r\nhello\r\n"),
-        "INSERTED 1\r\n"
-    );
+    client.write_all(b"put 0 0 60 5\r\nhello\r\n").unwrap();
+    assert_eq!(read_some(&mut client), "INSERTED 1\r\n");
 
     assert!(signal(pid, libc::SIGSTOP));
     wait_for("beanstalkd to stop", IO_TIMEOUT, &|| String::new(), || {
@@ -1181,7 +1185,7 @@ fn beanstalkd_connection_dumped_through_pidfd_getfd() {
         (stat[stat.rfind(')')? + 2..].starts_with('T')).then_some(())
     });
     client.write_all(b"use tube-x\r\n").unwrap();
-    // Find beanstalkd's connected socket among its descriptors.
+    // Its connected socket among its descriptors: the one whose peer is the client.
     let fds: Vec<RawFd> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()
@@ -1193,13 +1197,11 @@ fn beanstalkd_connection_dumped_through_pidfd_getfd() {
         let Ok(dup) = tcp::dup_from(pid, fd) else {
             continue;
         };
-        if let Ok(st) = tcp::dump(&dup) {
-            if st.remote == local {
-                found = Some((fd, dup, st));
-            }
+        if tcp::dump(&dup).is_ok_and(|st| st.remote == local) {
+            found = Some((fd, dup));
         }
     }
-    let (fd, dup, _) = found.expect("beanstalkd's socket for the client");
+    let (fd, dup) = found.expect("beanstalkd's socket for the client");
     wait_inq(dup.as_raw_fd(), 12);
     let st = tcp::dump(&dup).expect("dump");
     eprintln!(
@@ -1210,14 +1212,59 @@ fn beanstalkd_connection_dumped_through_pidfd_getfd() {
     assert_eq!(st.state, TcpState::Established);
     assert_eq!(st.local, svc);
     assert_eq!(st.recv.bytes, b"use tube-x\r\n");
-    // The paused program's socket is as it was: it answers once resumed.
-    assert!(signal(pid, libc::SIGCONT));
-    let mut buf = [0u8; 64];
-    let n = client
-        .read(&mut buf)
-        .expect("beanstalkd answers after the dump");
-    assert_eq!(&buf[..n], b"USING tube-x\r\n");
-    assert_eq!(line(&mut client, b"use default\r\n"), "USING default\r\n");
-    drop(dup);
-    drop(guard);
+    PausedBeanstalkd {
+        server,
+        pid,
+        client,
+        dup,
+        st,
+    }
+}
+
+fn read_some(c: &mut TcpStream) -> String {
+    let mut buf = [0u8; 256];
+    let n = c.read(&mut buf).expect("an answer");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A real program's connection dumped through `pidfd_getfd` while the program is stopped:
+/// beanstalkd carries on unharmed after SIGCONT (repair mode was turned off again and the
+/// command is still there for it to read).
+#[test]
+fn beanstalkd_connection_dumped_through_pidfd_getfd() {
+    let t = Topo::new();
+    let mut b = beanstalkd_paused_with_a_command(&t);
+    assert!(signal(b.pid, libc::SIGCONT));
+    assert_eq!(read_some(&mut b.client), "USING tube-x\r\n");
+    b.client.write_all(b"use default\r\n").unwrap();
+    assert_eq!(read_some(&mut b.client), "USING default\r\n");
+    drop(b.dup);
+    drop(b.server);
+}
+
+/// The same dump of beanstalkd's connection, rebuilt on the standby after beanstalkd is
+/// killed (SIGKILL behind the frozen gate): the client's unread command is in the rebuilt
+/// socket, and what is written there reaches the client on its same connection, which then
+/// goes on both ways.
+#[test]
+fn beanstalkd_connection_rebuilt_on_the_standby() {
+    let t = Topo::new();
+    let mut b = beanstalkd_paused_with_a_command(&t);
+    t.freeze_primary();
+    // Dumped again behind the gate, so that nothing beanstalkd's kernel sends later counts.
+    let st = tcp::dump(&b.dup).expect("dump");
+    assert_eq!(st.recv.bytes, b.st.recv.bytes);
+    assert!(signal(b.pid, libc::SIGKILL));
+    drop(b.server);
+    t.kill_primary(vec![b.dup]);
+    let mut rebuilt = t.rebuild_on_standby(&st);
+    let mut cmd = [0u8; 12];
+    rebuilt.read_exact(&mut cmd).expect("the command");
+    assert_eq!(&cmd, b"use tube-x\r\n");
+    rebuilt.write_all(b"USING tube-x\r\n").unwrap();
+    assert_eq!(read_some(&mut b.client), "USING tube-x\r\n");
+    b.client.write_all(b"quit\r\n").unwrap();
+    let mut q = [0u8; 6];
+    rebuilt.read_exact(&mut q).expect("the next command");
+    assert_eq!(&q, b"quit\r\n");
 }
