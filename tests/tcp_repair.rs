@@ -1063,6 +1063,20 @@ fn missing_cap_net_admin_is_named() {
     );
 }
 
+/// A rebuild where the standby has no route to the client fails saying so (DESIGN §9's
+/// "address not up yet" needs some other route to the client's network).
+#[test]
+fn rebuild_without_a_route_to_the_peer_says_so() {
+    let t = Topo::new();
+    let (_client, server) = connect(&t, None);
+    t.freeze_primary();
+    let st = tcp::dump(controller_dup(server.as_raw_fd())).expect("dump");
+    let e = in_ns(&t.standby, move || tcp::rebuild(&st).map(drop))
+        .expect_err("a rebuild with no route to the peer");
+    assert!(matches!(e, tcp::RebuildError::NoRoute { .. }), "{e}");
+    assert!(e.to_string().contains("no route"), "{e}");
+}
+
 /// Drops CAP_NET_ADMIN from the calling thread's effective set.
 fn drop_cap_net_admin() {
     #[repr(C)]

@@ -61,6 +61,15 @@ pub enum RebuildError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "rebuilding {local} -> {remote}: no route to {remote} in this network namespace \
+         (connect needs one even in repair mode: give the standby an address on the client's \
+         network, or a route, before the service address comes up)"
+    )]
+    NoRoute {
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+    },
     #[error("the dump is inconsistent: {0}")]
     BadState(&'static str),
 }
@@ -185,7 +194,19 @@ pub fn rebuild(st: &TcpConnState) -> Result<Repairing, RebuildError> {
     set_seq(Queue::Recv, st.recv.seq.wrapping_sub(recv_len))?;
     set_seq(Queue::Send, st.send.seq.wrapping_sub(send_len))?;
     select(Queue::None)?;
-    sys::connect(fd, &st.remote).map_err(err(Step::Connect))?;
+    sys::connect(fd, &st.remote).map_err(|e| {
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)
+        ) {
+            RebuildError::NoRoute {
+                local: st.local,
+                remote: st.remote,
+            }
+        } else {
+            err(Step::Connect)(e)
+        }
+    })?;
 
     let o = &st.options;
     let mut opts: Vec<[u32; 2]> = Vec::with_capacity(4);

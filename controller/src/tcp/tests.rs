@@ -126,3 +126,78 @@ fn state_round_trips_through_messagepack_compactly() {
     let back: TcpConnState = serde_json::from_str(&json).unwrap();
     assert_eq!(back, st);
 }
+
+#[test]
+fn what_is_not_a_connection_is_refused_before_repair_mode() {
+    use std::net::{TcpListener, UdpSocket};
+    use std::os::unix::net::UnixStream;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    match dump(&l) {
+        Err(DumpError::Unsupported(s)) => assert_eq!(s, "LISTEN"),
+        other => panic!("a listener: {other:?}"),
+    }
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert!(
+        matches!(dump(&u), Err(DumpError::NotTcp(_))),
+        "a UDP socket"
+    );
+    let (a, _b) = UnixStream::pair().unwrap();
+    assert!(
+        matches!(dump(&a), Err(DumpError::NotTcp(_))),
+        "a unix socket"
+    );
+    let f = std::fs::File::open("/dev/null").unwrap();
+    assert!(matches!(dump(&f), Err(DumpError::NotTcp(_))), "a file");
+    // And the other way round.
+    let t = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    assert!(
+        matches!(dump_udp(&t), Err(UdpError::NotUdp)),
+        "a TCP socket as UDP"
+    );
+}
+
+#[test]
+fn an_inconsistent_dump_is_refused() {
+    let mut st = TcpConnState {
+        local: "10.92.0.100:7000".parse().unwrap(),
+        remote: "10.92.0.1:40000".parse().unwrap(),
+        state: TcpState::Established,
+        send: SendQueue {
+            seq: 1,
+            bytes: vec![1, 2, 3],
+            unsent: 4,
+            fin_unsent: false,
+        },
+        recv: RecvQueue {
+            seq: 1,
+            bytes: Vec::new(),
+        },
+        window: None,
+        options: NegotiatedOptions {
+            mss: 1460,
+            sack: false,
+            window_scale: None,
+            timestamp: None,
+        },
+        sockopts: SocketOptions {
+            reuse_addr: false,
+            reuse_port: false,
+            keepalive: false,
+            keepalive_params: (7200, 75, 9),
+            nodelay: false,
+            cork: false,
+            sndbuf: 16384,
+            rcvbuf: 131072,
+            linger: None,
+            user_timeout: 0,
+            tos: 0,
+            mark: 0,
+            priority: 0,
+            nonblocking: false,
+        },
+    };
+    assert!(matches!(rebuild(&st), Err(RebuildError::BadState(_))));
+    st.send.unsent = 0;
+    st.remote = "[::1]:80".parse().unwrap();
+    assert!(matches!(rebuild(&st), Err(RebuildError::BadState(_))));
+}
