@@ -227,8 +227,14 @@ impl Topo {
         self.standby_address_up();
         let fd = in_ns(&self.standby, move || repairing.finish()).expect("finish");
         let s = TcpStream::from(fd);
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        // Sockets the test made had these set, and they come back with the others; a real
+        // program's may have none.
+        if s.read_timeout().unwrap().is_none() {
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        }
+        if s.write_timeout().unwrap().is_none() {
+            s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        }
         s
     }
 }
@@ -583,6 +589,10 @@ fn established_connection_survives_with_data_in_flight_both_ways() {
     let queued = down.write_until_full(&server, 4 << 20);
     up.write(&mut client, 40_000);
     let reuse_before = getsockopt_int(server.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR);
+    server
+        .set_read_timeout(Some(Duration::from_millis(19_500)))
+        .unwrap();
+    server.set_nodelay(true).unwrap();
 
     t.freeze_primary();
     let st = dump_timed(&server, "established");
@@ -624,6 +634,14 @@ fn established_connection_survives_with_data_in_flight_both_ways() {
         mss_before,
         "the rebuilt socket's segment size"
     );
+    assert_eq!(st.sockopts.rcvtimeo, (19, 500_000), "SO_RCVTIMEO dumped");
+    assert_eq!(
+        server.read_timeout().unwrap(),
+        Some(Duration::from_millis(19_500))
+    );
+    assert!(server.nodelay().unwrap(), "TCP_NODELAY came back");
+    let again = tcp::dump(controller_dup(server.as_raw_fd())).expect("dump the rebuilt socket");
+    assert_eq!(again.sockopts, st.sockopts, "every socket option came back");
 
     let server_reader = spawn_drain(&server, 1, server_up.read);
     let client_reader = spawn_drain(&client, 2, client_down.read);

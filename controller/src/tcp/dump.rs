@@ -87,6 +87,7 @@ pub fn dump(sock: impl AsFd) -> Result<TcpConnState, DumpError> {
             }
         });
     }
+    let reuse_addr = sockopts.reuse_addr;
     let r = read_repaired(fd, sockopts);
     // Whatever happened: no queue selected, repair off, SO_REUSEADDR as the app had it.
     let _ = sys::set_int(
@@ -103,7 +104,7 @@ pub fn dump(sock: impl AsFd) -> Result<TcpConnState, DumpError> {
         fd,
         libc::SOL_SOCKET,
         libc::SO_REUSEADDR,
-        i32::from(sockopts.reuse_addr),
+        i32::from(reuse_addr),
     )
     .map_err(sys_err(Step::SockOpt("SO_REUSEADDR")))?;
     r
@@ -141,6 +142,11 @@ pub(super) fn socket_options(fd: RawFd) -> Result<SocketOptions, DumpError> {
     let tcp = |name: i32, what: &'static str| {
         sys::get_int(fd, libc::IPPROTO_TCP, name).map_err(sys_err(Step::SockOpt(what)))
     };
+    let timeval = |name: i32, what: &'static str| {
+        sys::getsockopt::<libc::timeval>(fd, libc::SOL_SOCKET, name)
+            .map(|t| (t.tv_sec, t.tv_usec))
+            .map_err(sys_err(Step::SockOpt(what)))
+    };
     let linger: libc::linger = sys::getsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER)
         .map_err(sys_err(Step::SockOpt("SO_LINGER")))?;
     let v6 = sys::get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
@@ -171,6 +177,15 @@ pub(super) fn socket_options(fd: RawFd) -> Result<SocketOptions, DumpError> {
         tos,
         mark: sol(libc::SO_MARK, "SO_MARK")? as u32,
         priority: sol(libc::SO_PRIORITY, "SO_PRIORITY")?,
+        rcvtimeo: timeval(libc::SO_RCVTIMEO, "SO_RCVTIMEO")?,
+        sndtimeo: timeval(libc::SO_SNDTIMEO, "SO_SNDTIMEO")?,
+        notsent_lowat: tcp(libc::TCP_NOTSENT_LOWAT, "TCP_NOTSENT_LOWAT")? as u32,
+        congestion: {
+            let name: [u8; 16] = sys::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION)
+                .map_err(sys_err(Step::SockOpt("TCP_CONGESTION")))?;
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            String::from_utf8_lossy(&name[..end]).into_owned()
+        },
         nonblocking: sys::get_fl(fd).map_err(sys_err(Step::Fcntl))? & libc::O_NONBLOCK != 0,
     })
 }

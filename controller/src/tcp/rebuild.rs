@@ -21,7 +21,7 @@
 //! 11. repair off (a window probe goes out, telling the peer where we are), `SO_REUSEADDR`
 //!     and `IP_TRANSPARENT` as the app had them;
 //! 12. the unsent tail written normally, then our FIN when it had not been sent yet;
-//! 13. `O_NONBLOCK` as the app had it.
+//! 13. the app's buffer sizes, `TCP_CORK` and `O_NONBLOCK` as the app had them.
 //!
 //! `SYN_SENT`: steps 1-4 with the send sequence one before the dumped one (the SYN's), and at
 //! step 11 a plain `connect`, which keeps that initial sequence number: the peer sees the SYN
@@ -29,7 +29,7 @@
 //! return when the handshake completes (EINTR-restart semantics of a restored process apply).
 //!
 //! Known difference: forcing the buffer sizes locks them (`SOCK_SNDBUF_LOCK`), so the
-//! rebuilt socket no longer autotunes its buffers.
+//! rebuilt socket keeps the sizes its buffers had at the dump and no longer autotunes them.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -318,6 +318,32 @@ fn buffers_and_options(fd: RawFd, st: &TcpConnState) -> Result<(), (Step, io::Er
     if o.priority != 0 {
         sol(libc::SO_PRIORITY, "SO_PRIORITY", o.priority)?;
     }
+    for (name, what, (sec, usec)) in [
+        (libc::SO_RCVTIMEO, "SO_RCVTIMEO", o.rcvtimeo),
+        (libc::SO_SNDTIMEO, "SO_SNDTIMEO", o.sndtimeo),
+    ] {
+        let tv = libc::timeval {
+            tv_sec: sec,
+            tv_usec: usec,
+        };
+        sys::setsockopt(fd, libc::SOL_SOCKET, name, tv).map_err(at(Step::SockOpt(what)))?;
+    }
+    if o.notsent_lowat != 0 {
+        tcp(
+            libc::TCP_NOTSENT_LOWAT,
+            "TCP_NOTSENT_LOWAT",
+            o.notsent_lowat as i32,
+        )?;
+    }
+    if !o.congestion.is_empty() {
+        sys::setsockopt_slice(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            o.congestion.as_bytes(),
+        )
+        .map_err(at(Step::SockOpt("TCP_CONGESTION")))?;
+    }
     Ok(())
 }
 
@@ -445,6 +471,14 @@ impl Repairing {
         }
         if st.send.fin_unsent {
             sys::shutdown_write(fd).map_err(err(Step::Shutdown))?;
+        }
+        // The app's buffer sizes again, now that the queues are in (getsockopt reported twice
+        // what was asked, the kernel doubles what is set: half gives the same report).
+        for (name, what, v) in [
+            (libc::SO_SNDBUFFORCE, "SO_SNDBUFFORCE", st.sockopts.sndbuf),
+            (libc::SO_RCVBUFFORCE, "SO_RCVBUFFORCE", st.sockopts.rcvbuf),
+        ] {
+            sys::set_int(fd, libc::SOL_SOCKET, name, v / 2).map_err(err(Step::SockOpt(what)))?;
         }
         if st.sockopts.cork {
             sys::set_int(fd, libc::IPPROTO_TCP, libc::TCP_CORK, 1)

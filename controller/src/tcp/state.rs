@@ -152,7 +152,7 @@ pub struct NegotiatedOptions {
 }
 
 /// Socket options an app commonly sets, read back and set again on the rebuilt socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SocketOptions {
     /// Read before repair mode is turned on (turning it on and off changes it).
     pub reuse_addr: bool,
@@ -173,6 +173,13 @@ pub struct SocketOptions {
     pub tos: i32,
     pub mark: u32,
     pub priority: i32,
+    /// `SO_RCVTIMEO` and `SO_SNDTIMEO` as (seconds, microseconds); (0, 0) is none.
+    pub rcvtimeo: (i64, i64),
+    pub sndtimeo: (i64, i64),
+    /// `TCP_NOTSENT_LOWAT` (0: unset).
+    pub notsent_lowat: u32,
+    /// `TCP_CONGESTION`: the algorithm's kernel name (`cubic`, `bbr`, ...).
+    pub congestion: String,
     /// The descriptor's `O_NONBLOCK` (a property of the open file, shared by duplicates).
     pub nonblocking: bool,
 }

@@ -109,6 +109,10 @@ fn state_round_trips_through_messagepack_compactly() {
             tos: 0,
             mark: 0,
             priority: 0,
+            rcvtimeo: (1, 500_000),
+            sndtimeo: (0, 0),
+            notsent_lowat: 0,
+            congestion: "cubic".into(),
             nonblocking: true,
         },
     };
@@ -193,6 +197,10 @@ fn an_inconsistent_dump_is_refused() {
             tos: 0,
             mark: 0,
             priority: 0,
+            rcvtimeo: (1, 500_000),
+            sndtimeo: (0, 0),
+            notsent_lowat: 0,
+            congestion: "cubic".into(),
             nonblocking: false,
         },
     };
