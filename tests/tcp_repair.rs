@@ -1051,6 +1051,60 @@ fn dump_cost_per_socket() {
     client_down.read(&mut client, 1000);
 }
 
+/// Dumps taken while data keeps arriving (repair mode does not stop reception) are each
+/// consistent: the receive queue's bytes are exactly the stream's bytes that end at the dumped
+/// sequence number. (The app is paused in a real dump; the kernel is not.)
+#[test]
+fn dumps_while_data_arrives_are_consistent() {
+    let t = Topo::new();
+    let (client, server) = connect(&t, None);
+    set_rcvbuf(&server, 8 << 20);
+    let dup = controller_dup(server.as_raw_fd());
+    let first = tcp::dump(&dup).expect("dump");
+    assert!(first.recv.bytes.is_empty());
+    let base = first.recv.seq;
+    const TOTAL: usize = 2_000_000;
+    let writer = thread::spawn(move || {
+        let mut c = client;
+        let mut up = Stream::new(19);
+        for _ in 0..TOTAL / 2000 {
+            up.write(&mut c, 2000);
+            thread::sleep(Duration::from_micros(200));
+        }
+        c
+    });
+    let (mut dumps, mut grew) = (0, 0);
+    let mut last = 0;
+    while !writer.is_finished() && dumps < 100_000 {
+        let st = tcp::dump(&dup).expect("dump while data arrives");
+        let end = st.recv.seq.wrapping_sub(base) as u64;
+        let len = st.recv.bytes.len();
+        assert_eq!(
+            end as usize, len,
+            "nothing was read: the queue is the whole stream so far"
+        );
+        assert_eq!(
+            st.recv.bytes,
+            chunk(19, 0, len),
+            "dump {dumps}: the queue's bytes"
+        );
+        if len > last {
+            grew += 1;
+        }
+        last = len;
+        dumps += 1;
+    }
+    let _client = writer.join().unwrap();
+    eprintln!("{dumps} dumps while data arrived, {grew} of them saw more than the one before");
+    assert!(
+        grew > 1,
+        "the data did not arrive during the dumps ({dumps} dumps)"
+    );
+    wait_inq(server.as_raw_fd(), TOTAL as u32);
+    let st = tcp::dump(&dup).expect("dump");
+    assert_eq!(st.recv.bytes.len(), TOTAL);
+}
+
 /// Without CAP_NET_ADMIN, a rebuild fails with the error that names it (capabilities are per
 /// thread: this thread drops its own).
 #[test]
