@@ -1,13 +1,16 @@
 //! Making a socket from a [`TcpConnState`], in two halves around the service address coming up.
 //!
-//! [`rebuild`], with the service address not up yet (DESIGN §9's order, tested there):
+//! [`rebuild`], with the service address not up yet (DESIGN §9's order; each state is
+//! exercised on real connections in `tests/tcp_repair.rs`):
 //! 1. a TCP socket in repair mode with `IP_TRANSPARENT` (the address it binds is not local);
 //! 2. `SO_SNDBUFFORCE` / `SO_RCVBUFFORCE` at least twice the app's sizes and the queues
 //!    (else restoring a large queue blocks), then the app's other options;
 //! 3. `bind` to the dumped local address;
-//! 4. both sequence numbers (`TCP_QUEUE_SEQ`): the dumped ones less the queue lengths, since
-//!    writing a queue in repair mode advances them;
-//! 5. `connect` (in repair mode: no SYN, straight to ESTABLISHED);
+//! 4. `TCP_MAXSEG` (the repair connect sizes segments from it), both sequence numbers
+//!    (`TCP_QUEUE_SEQ`): the dumped ones less the queue lengths, since writing a queue in
+//!    repair mode advances them;
+//! 5. `connect` (in repair mode: no SYN, straight to ESTABLISHED; it still needs a route to
+//!    the peer, [`RebuildError::NoRoute`]);
 //! 6. `TCP_REPAIR_OPTIONS` (MSS, SACK, window scale, timestamps) and `TCP_TIMESTAMP`;
 //! 7. the receive queue and the *already-sent* part of the send queue, in repair mode (sending
 //!    that part again as new data deadlocks the connection);
@@ -25,8 +28,8 @@
 //!
 //! `SYN_SENT`: steps 1-4 with the send sequence one before the dumped one (the SYN's), and at
 //! step 11 a plain `connect`, which keeps that initial sequence number: the peer sees the SYN
-//! again. The rebuilt socket's `connect` is non-blocking; an app blocked in `connect` sees it
-//! return when the handshake completes (EINTR-restart semantics of a restored process apply).
+//! again. The rebuilt socket's `connect` is non-blocking (`O_NONBLOCK` is then set as the app
+//! had it); what an app that was blocked in `connect` sees after a restore is not tested.
 //!
 //! Known difference: forcing the buffer sizes locks them (`SOCK_SNDBUF_LOCK`), so the
 //! rebuilt socket keeps the sizes its buffers had at the dump and no longer autotunes them.
