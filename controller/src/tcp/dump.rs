@@ -10,9 +10,9 @@ use super::state::{
 };
 use super::sys::{self, Queue, Step};
 
-/// How often the receive side is read again when it moved during a dump (a segment arrived:
-/// repair mode does not stop reception). Each try takes microseconds; segments arrive at most
-/// once per packet time, so a few tries suffice unless a flood is arriving.
+/// How often the receive side's counters are read again when they moved during a dump (a
+/// segment arrived: repair mode does not stop reception). Each try is five system calls (a few
+/// microseconds), shorter than the time between two segments except under a flood.
 const STABLE_TRIES: u32 = 16;
 
 /// Why [`dump`] failed. The socket is left as it was found (repair off, `SO_REUSEADDR` put
@@ -38,6 +38,12 @@ pub enum DumpError {
         queue: Queue,
         got: usize,
         max: usize,
+    },
+    #[error("the {queue:?} queue held {got} bytes, fewer than the {want} its size said")]
+    QueueShrank {
+        queue: Queue,
+        got: usize,
+        want: usize,
     },
     #[error("turning repair mode off failed after the dump, the socket is unusable: {0}")]
     RepairStuck(#[source] io::Error),
@@ -213,19 +219,41 @@ fn read_repaired(fd: RawFd, sockopts: SocketOptions) -> Result<TcpConnState, Dum
             .ok_or(DumpError::Unsupported("unconnected"))?,
     };
 
-    // The receive side, until two reads of rcv_nxt and the state around the peek agree.
+    // The window first: its rcv_wup and snd_wl1 are then at most the rcv_nxt dumped below,
+    // which the rebuild's TCP_REPAIR_WINDOW requires.
+    let window = match sys::getsockopt::<[u32; 5]>(fd, libc::IPPROTO_TCP, sys::TCP_REPAIR_WINDOW) {
+        Ok(w) => Some(RepairWindow {
+            snd_wl1: w[0],
+            snd_wnd: w[1],
+            max_window: w[2],
+            rcv_wnd: w[3],
+            rcv_wup: w[4],
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => None,
+        Err(e) => {
+            return Err(DumpError::Sys {
+                step: Step::RepairWindow,
+                source: e,
+            })
+        }
+    };
+
+    // The receive side. Segments keep arriving in repair mode, so rcv_nxt, the unread count and
+    // the state are read until two reads of rcv_nxt and of the state around the count agree
+    // (a few system calls: this converges even under a flood). The app is paused, so nothing
+    // moves copied_seq: the first `inq` bytes of the queue are then exactly the bytes before
+    // that rcv_nxt, whatever arrives later. Later bytes are not dumped, and need not be: their
+    // ACKs left after the gate's cut, so the peer sends them again to the rebuilt socket.
+    select(fd, Queue::Recv)?;
     let mut stable = None;
     for attempt in 0..STABLE_TRIES {
         let head = info_head(fd).map_err(sys_err(Step::TcpInfo))?;
-        let inq = sys::ioctl_int(fd, sys::SIOCINQ).map_err(sys_err(Step::QueueLen("SIOCINQ")))?;
-        select(fd, Queue::Recv)?;
         let rcv_nxt = queue_seq(fd, Queue::Recv)?;
-        let bytes =
-            sys::peek(fd, inq as usize + 1).map_err(sys_err(Step::PeekQueue(Queue::Recv)))?;
+        let inq = sys::ioctl_int(fd, sys::SIOCINQ).map_err(sys_err(Step::QueueLen("SIOCINQ")))?;
         let again = queue_seq(fd, Queue::Recv)?;
         let head2 = info_head(fd).map_err(sys_err(Step::TcpInfo))?;
-        if again == rcv_nxt && head2.state == head.state && bytes.len() <= inq as usize {
-            stable = Some((head, rcv_nxt, bytes));
+        if again == rcv_nxt && head2.state == head.state {
+            stable = Some((head, rcv_nxt, inq));
             break;
         }
         debug!(
@@ -233,9 +261,17 @@ fn read_repaired(fd: RawFd, sockopts: SocketOptions) -> Result<TcpConnState, Dum
             attempt, rcv_nxt, again, "receive side moved during the dump"
         );
     }
-    let (head, rcv_nxt, recv_bytes) = stable.ok_or(DumpError::Unstable)?;
+    let (head, rcv_nxt, inq) = stable.ok_or(DumpError::Unstable)?;
     let state = TcpState::from_kernel(head.state)
         .ok_or(DumpError::Unsupported(TcpState::kernel_name(head.state)))?;
+    let recv_bytes = sys::peek(fd, inq as usize).map_err(sys_err(Step::PeekQueue(Queue::Recv)))?;
+    if recv_bytes.len() != inq as usize {
+        return Err(DumpError::QueueShrank {
+            queue: Queue::Recv,
+            got: recv_bytes.len(),
+            want: inq as usize,
+        });
+    }
 
     // The send side: the app is paused and repair mode sends nothing, so write_seq is fixed;
     // ACKs may still arrive and move snd_una, so the peek itself says how much is unacked.
@@ -259,22 +295,6 @@ fn read_repaired(fd: RawFd, sockopts: SocketOptions) -> Result<TcpConnState, Dum
     let fin_unsent = state.fin_sent_by_us() && !state.our_fin_acked() && unsq > 0;
     let unsent_data = (unsq - u32::from(fin_unsent)).min(send_bytes.len() as u32);
 
-    let window = match sys::getsockopt::<[u32; 5]>(fd, libc::IPPROTO_TCP, sys::TCP_REPAIR_WINDOW) {
-        Ok(w) => Some(RepairWindow {
-            snd_wl1: w[0],
-            snd_wnd: w[1],
-            max_window: w[2],
-            rcv_wnd: w[3],
-            rcv_wup: w[4],
-        }),
-        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => None,
-        Err(e) => {
-            return Err(DumpError::Sys {
-                step: Step::RepairWindow,
-                source: e,
-            })
-        }
-    };
     let mss = sys::get_int(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG)
         .map_err(sys_err(Step::SockOpt("TCP_MAXSEG")))? as u32;
     let timestamp = if head.options & sys::TCPI_OPT_TIMESTAMPS != 0 {
