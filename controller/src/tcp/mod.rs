@@ -26,10 +26,13 @@
 //! # What the caller must guarantee (found on real connections, `tests/tcp_repair.rs`)
 //!
 //! - **The gate cuts the epoch before the dump.** The kernel sends on its own while the app is
-//!   paused (a tail-loss probe carries *new* data). A segment sent after the dump and released
+//!   paused (seen in the tests: one new data segment after the dump, from a tail-loss probe or
+//!   a window the peer opened). A segment sent after the dump and released
 //!   to the peer leaves the peer acknowledging past the rebuilt socket's `snd_nxt`: it answers
 //!   with challenge ACKs and the connection is stuck. Packets sent after the cut belong to the
-//!   next epoch and are never released at a failover to this one, so cutting first is safe.
+//!   next epoch and are never released at a failover to this one, so cutting first is safe;
+//!   it also lets [`dump`] leave out bytes that arrive during it (their ACKs are held, the peer
+//!   sends them again).
 //! - **A route to the peer exists when [`rebuild`] runs.** `connect` in repair mode sends
 //!   nothing but still looks up the route: without one (the standby's interface has no address
 //!   on the client's network until the service address comes up) it fails with ENETUNREACH.
