@@ -10,4 +10,5 @@ pub mod primary;
 pub mod restore;
 pub mod standby;
 pub mod sys;
+pub mod tcp;
 pub mod wire;
