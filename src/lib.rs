@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod etcd;
 pub mod lan;
 pub mod net;
 pub mod netns;
@@ -872,9 +873,14 @@ impl Standby {
     /// that was killed (a restarted standby): retries for a while when the address is still
     /// (or again, by another test) in use.
     pub fn start_on(addr: &str, timeout_ms: u64) -> Standby {
+        Standby::start_on_with(addr, timeout_ms, &[])
+    }
+
+    /// [`Standby::start_on`] with more `remusd standby` arguments.
+    pub fn start_on_with(addr: &str, timeout_ms: u64, extra: &[&str]) -> Standby {
         let mut last_report = String::new();
         for attempt in 1..=20 {
-            match Standby::try_start(timeout_ms, Some(test_key_file()), &[], Listen::At(addr)) {
+            match Standby::try_start(timeout_ms, Some(test_key_file()), extra, Listen::At(addr)) {
                 Ok(sb) => return sb,
                 Err(report) => {
                     let in_use = report.contains("in use") || report.contains("AddrInUse");

@@ -1,5 +1,6 @@
 //! remusd and remusctl: everything that can happen outside the protected process.
 
+pub mod arbiter;
 pub mod control;
 pub mod files;
 pub mod image;

@@ -40,6 +40,21 @@ enum Cmd {
         #[arg(long)]
         insecure: bool,
     },
+    /// A planned switch-over, sent to a primary: take a last epoch, stop the program there
+    /// once the standby committed it, and let the standby resume it (with --etcd: the lease
+    /// is revoked at once, so this takes about an epoch and a round trip, not a TTL).
+    Switchover {
+        /// The primary's control socket (default: the only daemon on this host).
+        #[arg(long)]
+        control: Option<PathBuf>,
+    },
+    /// Stop a primary's remusd on purpose (as SIGTERM): the standby is told not to take over,
+    /// the etcd lease is revoked at once, and the program runs on unprotected.
+    Stop {
+        /// The primary's control socket (default: the only daemon on this host).
+        #[arg(long)]
+        control: Option<PathBuf>,
+    },
     /// Print the image a standby saved in its state directory (STATE_DIR/image.remus, or
     /// that file itself) as JSON: epoch, regions, threads, descriptors, kernel objects,
     /// files. The file is checked (magic, version, length, checksum) first.
@@ -61,6 +76,8 @@ fn main() {
             insecure,
         } => protect(control, &standby, key_file, insecure),
         Cmd::Inspect { path } => inspect(&path),
+        Cmd::Switchover { control } => send(control, "switchover"),
+        Cmd::Stop { control } => send(control, "stop"),
     };
     let result = match &control {
         Some(p) => client::query_status(p).map(|s| (p.clone(), s)),
@@ -109,6 +126,24 @@ fn protect(
         }
         Err(e) => {
             eprintln!("remusctl: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Sends a one-word command to a daemon's control socket and prints its answer.
+fn send(control: Option<PathBuf>, verb: &str) -> ! {
+    let path = match control {
+        Some(p) => Ok(p),
+        None => client::discover(&control::default_dir()).map(|(p, _)| p),
+    };
+    match path.and_then(|p| client::command(&p, verb)) {
+        Ok(msg) => {
+            println!("{msg}");
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("remusctl {verb}: {e}");
             std::process::exit(1);
         }
     }

@@ -73,6 +73,17 @@ enum Role {
         /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT).
         #[arg(long, value_name = "HOST:PORT")]
         metrics: Option<String>,
+        /// The etcd arbiter: hold the leader key under a lease kept alive, release output
+        /// only while it is certainly valid. Comma-separated http://HOST:PORT endpoints.
+        #[arg(long, value_name = "URL[,URL...]", env = "REMUS_ETCD")]
+        etcd: Option<String>,
+        /// Prefix of remus's keys in etcd (one per protected program).
+        #[arg(long, value_name = "PREFIX", env = "REMUS_ETCD_PREFIX")]
+        etcd_prefix: Option<String>,
+        /// The etcd lease TTL in ms (whole seconds; default 2000): failover takes about the
+        /// failure detection plus this.
+        #[arg(long, value_name = "MS", env = "REMUS_LEASE_TTL_MS")]
+        lease_ttl_ms: Option<u64>,
         /// The program's service address (ADDR/PREFIX): it runs in a network namespace of its
         /// own (made by `remusd service-exec`, which remus-run runs) and every packet it sends
         /// waits in the packet gate until its epoch commits. Default: $REMUS_SERVICE_ADDR.
@@ -160,6 +171,17 @@ enum Role {
         /// the one routing to the primary's connection).
         #[arg(long, value_name = "DEV")]
         service_dev: Option<String>,
+        /// The etcd arbiter: take over only after acquiring the leader key (after the
+        /// primary's lease expired or was revoked). Comma-separated http://HOST:PORT endpoints.
+        #[arg(long, value_name = "URL[,URL...]")]
+        etcd: Option<String>,
+        /// Prefix of remus's keys in etcd (the same as the primary's).
+        #[arg(long, value_name = "PREFIX", requires = "etcd")]
+        etcd_prefix: Option<String>,
+        /// The TTL of the lease this standby holds the key with after a takeover, in ms
+        /// (whole seconds; default 2000).
+        #[arg(long, value_name = "MS", requires = "etcd")]
+        lease_ttl_ms: Option<u64>,
     },
     /// Create a key file for the replication link (32 random bytes as hex, mode 0600); copy
     /// it to both hosts and pass it as --key-file to both daemons.
@@ -272,6 +294,41 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let arbiter = match &cli.role {
+        Role::Primary {
+            etcd,
+            etcd_prefix,
+            lease_ttl_ms,
+            ..
+        }
+        | Role::Standby {
+            etcd,
+            etcd_prefix,
+            lease_ttl_ms,
+            ..
+        } => etcd
+            .as_deref()
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| {
+                remus_controller::arbiter::ArbiterConfig::parse(
+                    e,
+                    etcd_prefix.as_deref(),
+                    *lease_ttl_ms,
+                )
+            })
+            .transpose(),
+        Role::Keygen { .. } | Role::ServiceExec { .. } => Ok(None),
+    };
+    let arbiter = match arbiter {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("refusing to start: {e}");
+            if log_file.is_some() {
+                eprintln!("remusd: refusing to start: {e}");
+            }
+            std::process::exit(2);
+        }
+    };
     let result = match cli.role {
         Role::Keygen { .. } | Role::ServiceExec { .. } => unreachable!("handled above"),
         Role::Primary {
@@ -322,6 +379,7 @@ fn main() {
                         veth: std::env::var("REMUS_SERVICE_VETH").ok(),
                     }
                 }),
+                arbiter,
             },
             outputs,
         ),
@@ -391,6 +449,7 @@ fn main() {
                 reprotect_with,
                 metrics,
                 service: service.map(|(addr, dev)| standby::ServiceAddrArg { addr, dev }),
+                arbiter,
             })
         }
     };

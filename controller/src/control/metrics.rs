@@ -283,6 +283,21 @@ pub fn encode(s: &Status, live: &SharedStatus) -> String {
         "Takeovers this standby has done",
         s.takeovers,
     );
+    if let Some(a) = &s.arbiter {
+        let ttl: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+        ttl.set(a.lease_ttl_ms as f64 / 1000.0);
+        reg.register(
+            "lease_ttl_seconds",
+            "The etcd lease TTL (--lease-ttl-ms, as etcd granted it)",
+            ttl,
+        );
+        gauge(
+            &mut reg,
+            "lease_valid",
+            "1 while this daemon holds the leader key under a lease that is certainly valid by its own clock",
+            i64::from(a.lease_valid),
+        );
+    }
     gauge(
         &mut reg,
         "threads",

@@ -47,6 +47,61 @@ pub struct PauseUs {
     pub max: u64,
 }
 
+/// Where a daemon stands with the etcd arbiter (`--etcd`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArbiterState {
+    /// Not holding the leader key, not trying to (a standby with its primary connected).
+    #[default]
+    Idle,
+    /// Holding the leader key; the lease renews.
+    Held,
+    /// Holding it, but the last renewal failed (see `error`); output is released only while
+    /// `lease_valid`.
+    Renewing,
+    /// Etcd said the lease is gone: a standby may hold the key (a primary stops its program).
+    Lost,
+    /// Revoked at a planned exit.
+    Revoked,
+    /// A standby that lost its primary, waiting for the key (the primary's lease to end).
+    Campaigning,
+    /// A standby that lost its primary and cannot reach etcd: it does not take over.
+    Unreachable,
+}
+
+impl ArbiterState {
+    /// As in the status JSON.
+    pub fn label(self) -> &'static str {
+        match self {
+            ArbiterState::Idle => "idle",
+            ArbiterState::Held => "held",
+            ArbiterState::Renewing => "renewing",
+            ArbiterState::Lost => "lost",
+            ArbiterState::Revoked => "revoked",
+            ArbiterState::Campaigning => "campaigning",
+            ArbiterState::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// `--etcd`: the arbiter as this daemon sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArbiterStatus {
+    /// The endpoints.
+    pub etcd: String,
+    /// The leader key.
+    pub key: String,
+    /// The lease TTL (as etcd granted it, once it did).
+    pub lease_ttl_ms: u64,
+    /// The lease id (hex), while one is held.
+    pub lease: Option<String>,
+    pub state: ArbiterState,
+    /// The lease is certainly valid by this host's clock (held output may be released).
+    pub lease_valid: bool,
+    /// The last error talking to etcd, or who holds the key.
+    pub error: Option<String>,
+}
+
 /// The status JSON. Every key is always present (null where it does not apply).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -138,6 +193,12 @@ pub struct Status {
     /// primary: epochs abandoned because a thread did not come in.
     #[serde(default)]
     pub threads_stuck_total: u64,
+    /// `--etcd`: the arbiter (null without one).
+    #[serde(default)]
+    pub arbiter: Option<ArbiterStatus>,
+    /// The etcd lease TTL in ms (null without `--etcd`).
+    #[serde(default)]
+    pub lease_ttl_ms: Option<u64>,
     /// primary: the compression and sending pipeline (delta pages, merged epochs).
     #[serde(flatten, default)]
     pub pipeline: PipelineStats,
@@ -213,6 +274,8 @@ impl Status {
             copy_us: PauseUs::default(),
             stuck_thread: None,
             threads_stuck_total: 0,
+            arbiter: None,
+            lease_ttl_ms: None,
             pipeline: PipelineStats::default(),
         }
     }
@@ -360,6 +423,28 @@ impl Status {
                 ),
             );
         }
+        if let Some(a) = &self.arbiter {
+            line(
+                "arbiter",
+                format!(
+                    "etcd {}  key {}  lease {} ({}, TTL {} ms, {}){}",
+                    a.etcd,
+                    a.key,
+                    opt(a.lease.clone()),
+                    a.state.label(),
+                    a.lease_ttl_ms,
+                    if a.lease_valid {
+                        "valid"
+                    } else {
+                        "not certainly valid"
+                    },
+                    a.error
+                        .as_ref()
+                        .map(|e| format!("  last: {e}"))
+                        .unwrap_or_default()
+                ),
+            );
+        }
         if self.restored_pid.is_some() || self.exit_code.is_some() {
             line(
                 "exit",
@@ -500,6 +585,7 @@ impl Board {
         s.output_released_bytes += self.net_released;
         s.packet_gate = self.packet_gate.as_ref().map(|g| g.counts());
         s.heartbeat_age_ms = self.last_peer_frame.map(|t| t.elapsed().as_millis() as u64);
+        s.lease_ttl_ms = s.arbiter.as_ref().map(|a| a.lease_ttl_ms);
         if !s.protected && s.reason.is_none() {
             s.reason = Some(format!("state {}", s.state));
         }
@@ -617,6 +703,7 @@ mod tests {
         assert_eq!(o["rendezvous_us"]["p50"], 20);
         assert_eq!(o["copy_us"]["p99"], 59);
         assert!(o["stuck_thread"].is_null());
+        assert!(o["arbiter"].is_null() && o["lease_ttl_ms"].is_null());
         // Roundtrip, and a reason whenever unprotected.
         let mut s: Status = serde_json::from_value(v).unwrap();
         s.protected = false;
@@ -636,5 +723,20 @@ mod tests {
         };
         assert!(b.snapshot().reason.is_some());
         assert!(b.snapshot().human().contains("protected"));
+    }
+
+    #[test]
+    fn arbiter_state_labels_match_the_json() {
+        for st in [
+            ArbiterState::Idle,
+            ArbiterState::Held,
+            ArbiterState::Renewing,
+            ArbiterState::Lost,
+            ArbiterState::Revoked,
+            ArbiterState::Campaigning,
+            ArbiterState::Unreachable,
+        ] {
+            assert_eq!(serde_json::to_value(st).unwrap(), st.label());
+        }
     }
 }

@@ -121,6 +121,10 @@ impl Primary {
             self.check_exec();
             self.check_forks();
             self.step_resync();
+            self.step_arbiter();
+            if let Some(end) = self.step_switchover() {
+                return Ok(end);
+            }
             self.step_sync();
             if let Some(e) = &mut self.in_epoch {
                 if !e.warned && e.signalled_at.elapsed() > Duration::from_secs(10) {
@@ -410,6 +414,7 @@ impl Primary {
                     }
                     link.close();
                 }
+                self.revoke_lease("the program exited");
                 // The standby will not take over: the app's last words may leave.
                 self.release_at_end = true;
                 return Ok(Some(End::Exit(0)));
@@ -634,6 +639,8 @@ impl Primary {
         if let Some(link) = self.link.take() {
             link.close();
         }
+        // Nothing runs here any more: the standby may take the key (and the program) now.
+        self.revoke_lease("the program is gone");
         End::Exit(0)
     }
 
@@ -661,6 +668,7 @@ impl Primary {
             link.goodbye(GoodbyeReason::OperatorStop, Duration::from_secs(2));
             link.close();
         }
+        self.revoke_lease("stopped by an operator");
         // The app may run on: its output passes through until it closes its streams.
         self.release_at_end = true;
         End::Exit(0)

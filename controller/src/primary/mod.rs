@@ -14,6 +14,7 @@
 //!   shim's hello, the first connection);
 //! - [`epoch_loop`]: the loop itself; this module starts it.
 
+mod arbiter;
 mod epoch_loop;
 mod fencing;
 mod image_sync;
@@ -28,6 +29,7 @@ pub mod staging;
 mod startup;
 mod state;
 pub mod stream;
+mod switchover;
 #[cfg(test)]
 mod tests;
 
@@ -116,7 +118,36 @@ pub fn run_full(
         .map(|p| p.display().to_string());
     st.reason = Some("starting".into());
     let status = SharedStatus::new(st);
-    let _control = ControlServer::start(args.control.clone(), "primary", status.clone())?;
+    let (switch_tx, switch_rx) = crossbeam::channel::bounded::<switchover::SwitchReply>(1);
+    let stop_flag = stop.clone();
+    let commands: crate::control::server::CommandFn = Arc::new(move |line: &str| {
+        match line.trim() {
+            "switchover" => {}
+            "stop" => {
+                // As SIGTERM: the standby is told not to take over, the lease is revoked.
+                stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Ok("stopping remusd primary: the standby is told not to take over                            (and the etcd lease, if any, is revoked); the program runs on                            unprotected"
+                    .into());
+            }
+            _ => {
+                return Err(format!(
+                    "unknown command {line:?}; a primary knows: status, switchover, stop"
+                ))
+            }
+        }
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        switch_tx
+            .try_send(tx)
+            .map_err(|_| "a switch-over is already under way".to_string())?;
+        rx.recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "the switch-over did not finish in 30 s".to_string())?
+    });
+    let _control = ControlServer::start_with_commands(
+        args.control.clone(),
+        "primary",
+        status.clone(),
+        Some(commands),
+    )?;
     if let Some(m) = args.metrics.take() {
         m.serve(status.clone())?;
     }
@@ -134,7 +165,14 @@ pub fn run_full(
     if let Some(g) = &packets {
         status.lock().packet_gate = Some(g.clone());
     }
+    if let Some(cfg) = &args.arbiter {
+        status.lock().status.arbiter = Some(crate::arbiter::lease::initial_status(
+            cfg,
+            crate::control::status::ArbiterState::Idle,
+        ));
+    }
     let mut p = Primary::new(args, shim, staging, status, output, net);
+    p.switch_requests = Some(switch_rx);
     p.packets = packets;
     let End::Exit(code) = p.main(&stop)?;
     let packets = p.packets.take();
@@ -169,4 +207,9 @@ fn start_gate(svc: &ServiceNet, app_pid: i32) -> Result<crate::net::gate::Gate> 
     let g = crate::net::gate::Gate::start(veth, hint, 1)?;
     tracing::info!(addr = %svc.addr, veth, queue = g.queue(), "the program's packets go through the gate");
     Ok(g)
+}
+
+/// How long one request to etcd may take: well within a keepalive period (TTL/3).
+pub fn request_timeout(cfg: &crate::arbiter::ArbiterConfig) -> Duration {
+    (cfg.ttl() / 4).clamp(Duration::from_millis(200), Duration::from_secs(2))
 }

@@ -603,6 +603,7 @@ mod tests {
             cwd: "/".into(),
             epoch_ms: 25,
             heartbeat_ms: 100,
+            lease: None,
         })
     }
 

@@ -69,10 +69,15 @@ impl Primary {
 
     /// Connects to the standby and tells the shim. `Some(end)` if remusd must stop here.
     pub(super) fn connect(&mut self) -> Result<Option<End>> {
-        let why = match self.args.standby.clone() {
-            None => "no standby is configured (set REMUS_STANDBY=HOST:PORT or pass --standby)"
-                .to_string(),
-            Some(addr) => {
+        // `--etcd`: the leader key first; without it nothing may be released.
+        let lease = self.take_lease();
+        let why = match (lease, self.args.standby.clone()) {
+            (Err(e), _) => e,
+            (Ok(()), None) => {
+                "no standby is configured (set REMUS_STANDBY=HOST:PORT or pass --standby)"
+                    .to_string()
+            }
+            (Ok(()), Some(addr)) => {
                 let dialer = match self.dialer(&addr) {
                     Ok(d) => d,
                     Err(e) => {
@@ -119,10 +124,17 @@ impl Primary {
                 .context("telling the shim to run unprotected")?;
             Ok(None)
         } else {
-            let text = format!(
-                "{why}. Start `remusd standby --listen {listen} --state-dir DIR` on the standby host, \
-                 or set REMUS_ALLOW_UNPROTECTED=1 to run without protection."
-            );
+            let text = if self.args.arbiter.is_some() && self.lease.is_none() {
+                format!(
+                    "refusing to start: {why}. Or set REMUS_ALLOW_UNPROTECTED=1 to run without \
+                     protection."
+                )
+            } else {
+                format!(
+                    "{why}. Start `remusd standby --listen {listen} --state-dir DIR` on the standby \
+                     host, or set REMUS_ALLOW_UNPROTECTED=1 to run without protection."
+                )
+            };
             tracing::error!("{text}");
             let _ = self.shim.send(MsgKind::Refuse, 0, 0, &text);
             Ok(Some(End::Exit(1)))

@@ -2,8 +2,11 @@
 //! above uses: entering a protection state, releasing or holding output, opening links.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::arbiter::LeaseHolder;
 
 use crate::control::status::{Board, SharedStatus};
 use crate::wire::auth::LinkSecurity;
@@ -37,6 +40,8 @@ pub struct PrimaryArgs {
     pub pipeline: link::PipelineOpts,
     /// `--metrics ADDR`, bound: served once the status exists.
     pub metrics: Option<crate::control::metrics::MetricsListener>,
+    /// `--etcd`: the arbiter whose leader key this primary holds (see `primary::arbiter`).
+    pub arbiter: Option<crate::arbiter::ArbiterConfig>,
     /// `--service-addr`: the program runs in its own namespace behind the packet gate.
     pub service: Option<ServiceNet>,
 }
@@ -112,6 +117,16 @@ pub struct Primary {
     pub forks: Vec<(i32, Instant)>,
     /// The packet gate (`--service-addr`): the program's packets wait for their commit.
     pub packets: Option<Arc<crate::net::gate::Gate>>,
+    /// `--etcd`: the leader key held under a lease (None without an arbiter, or once revoked).
+    pub lease: Option<LeaseHolder>,
+    /// The newest acked epoch whose output waits for the lease to be certainly valid again
+    /// (0: none).
+    pub deferred: Arc<AtomicU64>,
+    /// `remusctl switchover` requests from the control socket, and the one under way.
+    pub switch_requests: Option<crossbeam::channel::Receiver<super::switchover::SwitchReply>>,
+    pub switch: Option<super::switchover::Switchover>,
+    /// The obsolete mark on its way to etcd (`primary::arbiter`).
+    pub obsolete: Option<crossbeam::channel::Receiver<Result<(), crate::arbiter::ArbiterError>>>,
 }
 
 /// An `execve` the program announced, or a handover to its child, waiting for the new
@@ -160,6 +175,11 @@ impl Primary {
             want_epoch: 0,
             stream: None,
             complete_at: None,
+            lease: None,
+            deferred: Arc::new(AtomicU64::new(0)),
+            obsolete: None,
+            switch_requests: None,
+            switch: None,
         }
     }
 
@@ -247,6 +267,8 @@ impl Primary {
         let net = self.net.as_ref().map(|n| n.committer());
         let packets = self.packets.clone();
         let (gate, status) = (self.gate.clone(), self.status.clone());
+        let lease = self.lease.as_ref().map(|l| l.gate());
+        let deferred = self.deferred.clone();
         Arc::new(move |epoch| {
             if !gate.releases(epoch) {
                 return; // a partial image: the standby could not restore it
@@ -262,6 +284,11 @@ impl Primary {
                     b.status.protected = true;
                     b.status.reason = None;
                 }
+            }
+            if lease.as_ref().is_some_and(|l| !l.certainly_valid()) {
+                // `--etcd`: not certainly the leader now; released once the lease renews.
+                deferred.fetch_max(epoch, Ordering::AcqRel);
+                return;
             }
             st.publish_committed(epoch);
             out.commit(epoch);
@@ -298,6 +325,7 @@ impl Primary {
             cwd: link("cwd"),
             epoch_ms: self.args.epoch_ms,
             heartbeat_ms: self.args.heartbeat_ms,
+            lease: self.lease.as_ref().map(|l| l.lease()),
         }
     }
 }

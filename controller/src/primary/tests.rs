@@ -132,6 +132,7 @@ fn rig(name: &str) -> Rig {
         pipeline: Default::default(),
         metrics: None,
         service: None,
+        arbiter: None,
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
     let primary =
@@ -316,6 +317,7 @@ fn no_standby_refuses_with_advice() {
         pipeline: Default::default(),
         metrics: None,
         service: None,
+        arbiter: None,
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
     let primary =

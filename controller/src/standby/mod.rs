@@ -1,6 +1,7 @@
 //! `remusd standby`: receives epochs from one primary at a time, keeps the last committed
 //! image, and restores it when the primary's host fails.
 
+mod arbiter;
 pub mod detector;
 #[cfg(test)]
 mod fuzz;
@@ -53,6 +54,8 @@ pub struct StandbyArgs {
     pub reprotect_with: Option<String>,
     /// `--metrics ADDR`, bound: served once the status exists.
     pub metrics: Option<crate::control::metrics::MetricsListener>,
+    /// `--etcd`: take over only after acquiring the leader key.
+    pub arbiter: Option<crate::arbiter::ArbiterConfig>,
     /// `--service-addr`: the address that comes up here at a takeover (recorded; the takeover
     /// wiring uses [`crate::net::topology`]).
     pub service: Option<ServiceAddrArg>,
@@ -119,6 +122,38 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
     st.reason = Some("no primary connected".into());
     let status = SharedStatus::new(st);
     status.lock().set_standby_state(StandbyState::Waiting);
+    let etcd = match &args.arbiter {
+        Some(cfg) => {
+            status.lock().status.arbiter = Some(crate::arbiter::lease::initial_status(
+                cfg,
+                crate::control::status::ArbiterState::Idle,
+            ));
+            Some(
+                crate::arbiter::Etcd::start(
+                    cfg.endpoints.clone(),
+                    crate::primary::request_timeout(cfg),
+                )
+                .context("starting the etcd client")?,
+            )
+        }
+        None => None,
+    };
+    if let Some(etcd) = etcd.clone() {
+        // Said at once, not only when the primary is lost.
+        let status = status.clone();
+        let _ = std::thread::Builder::new()
+            .name("etcd-check".into())
+            .spawn(move || match etcd.ping() {
+                Ok(()) => tracing::info!("etcd at {} answers", etcd.endpoints()),
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}: this standby will not take over until it can reach etcd and \
+                         holds the leader key"
+                    );
+                    crate::arbiter::lease::show(&status, |a| a.error = Some(e.to_string()));
+                }
+            });
+    }
     if let Some(m) = args.metrics.take() {
         m.serve(status.clone())?;
     }
@@ -190,8 +225,14 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
         stop: stop.clone(),
         security: args.security.clone(),
     };
+    // A primary that connected while the standby waited for the leader key.
+    let mut pending: Option<arbiter::Conn> = None;
     loop {
-        let (stream, peer, keys) = match conn_rx.recv_timeout(Duration::from_millis(200)) {
+        let next = match pending.take() {
+            Some(c) => Ok(c),
+            None => conn_rx.recv_timeout(Duration::from_millis(200)),
+        };
+        let (stream, peer, keys) = match next {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {
                 if stop.load(Ordering::Relaxed) {
@@ -206,6 +247,18 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
         let (end, rx) = session_authenticated(stream, peer.clone(), keys, &ctx);
         // A partial image (a full image still streaming) cannot be restored.
         let committed = rx.image.restorable_epoch();
+        // A planned switch-over is a takeover the primary asked for (it stopped the program
+        // after that epoch, and revoked its lease).
+        let end = match end {
+            SessionEnd::Goodbye(GoodbyeReason::Switchover { epoch, .. })
+                if committed.is_some_and(|c| c >= epoch) =>
+            {
+                SessionEnd::Lost(format!(
+                    "a planned switch-over (remusctl switchover) at epoch {epoch}"
+                ))
+            }
+            end => end,
+        };
         let forget = |state: StandbyState, reason: String, exit_code: Option<i32>| {
             remove_committed(&args.state_dir);
             let mut b = status.lock();
@@ -233,6 +286,48 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
                     busy.store(false, Ordering::SeqCst);
                     continue;
                 };
+                let lease = match (&etcd, &args.arbiter) {
+                    (Some(etcd), Some(cfg)) => {
+                        let lost = arbiter::Lost {
+                            peer: &peer,
+                            why: &why,
+                            epoch,
+                            app_pid: rx.hello.as_ref().map(|h| h.app_pid),
+                            primary_lease: rx.hello.as_ref().and_then(|h| h.lease),
+                        };
+                        let cand =
+                            crate::arbiter::campaign::Candidate::new(etcd.clone(), cfg.clone());
+                        match arbiter::await_key(
+                            cand,
+                            &lost,
+                            &status,
+                            &stop,
+                            &conn_rx,
+                            &busy,
+                            cfg.ttl(),
+                        ) {
+                            arbiter::Verdict::TakeOver(holder) => Some(holder),
+                            arbiter::Verdict::NewPrimary(c) => {
+                                forget(
+                                    StandbyState::Waiting,
+                                    format!(
+                                        "primary {peer} lost ({why}) but a primary connected before                                          this standby held the leader key: image discarded"
+                                    ),
+                                    None,
+                                );
+                                pending = Some(c);
+                                continue;
+                            }
+                            arbiter::Verdict::NoTakeover(reason) => {
+                                forget(StandbyState::PrimaryUnprotected, reason, None);
+                                busy.store(false, Ordering::SeqCst);
+                                continue;
+                            }
+                            arbiter::Verdict::Stopped => return Ok(0),
+                        }
+                    }
+                    _ => None,
+                };
                 tracing::error!(%peer, epoch, "primary lost: {why}; TAKING OVER from epoch {epoch}");
                 // Fencing: the old primary, if it wakes up, asks again and learns from this
                 // answer that it must stop.
@@ -240,7 +335,7 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
                     primary: peer.clone(),
                     epoch,
                 };
-                return takeover(&rx, &peer, &why, &args, &status, &stop, &rejoin);
+                return takeover(&rx, &peer, &why, &args, &status, &stop, &rejoin, lease);
             }
             SessionEnd::Protocol(why) => {
                 tracing::error!(%peer, "dropped the primary after a protocol error: {why}");
@@ -266,6 +361,14 @@ pub fn run(mut args: StandbyArgs) -> Result<i32> {
                 forget(
                     StandbyState::PrimaryUnprotected,
                     format!("the primary became unprotected: {reason}"),
+                    None,
+                );
+            }
+            SessionEnd::Goodbye(GoodbyeReason::Switchover { epoch, .. }) => {
+                tracing::error!(%peer, epoch, "the primary asked for a switch-over at epoch {epoch}, but this standby has not committed it: not taking over");
+                forget(
+                    StandbyState::Waiting,
+                    format!("primary {peer} switched over at epoch {epoch}, which this standby had not committed"),
                     None,
                 );
             }
@@ -784,6 +887,7 @@ fn write_recovered(kept: &kept::KeptOutput, args: &StandbyArgs) -> Vec<Recovered
 }
 
 /// Restores the image, waits for the restored process and returns its exit code.
+#[allow(clippy::too_many_arguments)]
 fn takeover(
     rx: &Receiver,
     peer: &str,
@@ -792,6 +896,7 @@ fn takeover(
     status: &SharedStatus,
     stop: &AtomicBool,
     rejoin: &reprotect::Slot,
+    lease: Option<crate::arbiter::LeaseHolder>,
 ) -> Result<i32> {
     let image = &rx.image;
     let epoch = image.committed_epoch().unwrap_or(0);
@@ -880,7 +985,9 @@ fn takeover(
         key_file: args.key_file.clone(),
         insecure: matches!(args.security, LinkSecurity::Insecure),
         epoch_ms: status.lock().status.epoch_ms,
+        lease: reprotect::LeaseSlot(Arc::new(Mutex::new(lease))),
     };
+    let lease = target.lease.clone();
     *rejoin.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.clone());
     if let Some(addr) = &args.reprotect_with {
         match reprotect::start(&target, addr, status) {
@@ -888,7 +995,9 @@ fn takeover(
             Err(e) => tracing::error!("--reprotect-with {addr}: {e}"),
         }
     }
-    let code = wait_restored(pid, stop)?;
+    let code = wait_restored(pid, stop);
+    lease.revoke("the restored program exited");
+    let code = code?;
     tracing::info!(pid, code, "the restored process exited");
     status.lock().status.exit_code = Some(code);
     Ok(code)

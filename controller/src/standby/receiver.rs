@@ -122,7 +122,12 @@ impl Receiver {
                 self.output.released(&released);
                 Ok(Event::Nothing)
             }
-            WireMsg::Goodbye { reason } => Ok(Event::Goodbye(reason)),
+            WireMsg::Goodbye { reason } => {
+                if let GoodbyeReason::Switchover { released, .. } = &reason {
+                    self.output.released(released);
+                }
+                Ok(Event::Goodbye(reason))
+            }
             m => Err(ReceiveError::Unexpected(m.name())),
         };
         if r.is_err() {

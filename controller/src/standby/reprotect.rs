@@ -41,6 +41,34 @@ pub struct Target {
     pub key_file: Option<PathBuf>,
     pub insecure: bool,
     pub epoch_ms: Option<u64>,
+    /// `--etcd`: the leader key this daemon holds for the restored program. Revoked when
+    /// protection starts again, so that the program's new primary takes the key at once.
+    pub lease: LeaseSlot,
+}
+
+/// The lease a standby holds after a takeover (see [`Target::lease`]).
+#[derive(Clone, Default)]
+pub struct LeaseSlot(pub Arc<Mutex<Option<crate::arbiter::LeaseHolder>>>);
+
+impl LeaseSlot {
+    /// Revokes the lease held, if any.
+    pub fn revoke(&self, why: &str) {
+        let held = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(l) = held {
+            l.revoke(why);
+        }
+    }
+}
+
+impl std::fmt::Debug for LeaseSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lease = self
+            .0
+            .lock()
+            .map(|l| l.as_ref().map(|l| l.lease()))
+            .unwrap_or(None);
+        write!(f, "LeaseSlot({lease:x?})")
+    }
 }
 
 /// Set by the takeover; read by the control socket's `protect` command.
@@ -143,6 +171,9 @@ pub fn start(t: &Target, standby: &str, status: &SharedStatus) -> Result<String,
     }
     write_private(&req_path, &text)
         .map_err(|e| format!("writing the request {}: {e}", req_path.display()))?;
+    // The new primary takes the leader key (it waits for a held one for only about a TTL).
+    t.lease
+        .revoke("the restored program is protected again: its new primary takes the key");
     if let Err(e) = crate::sys::kill(t.pid, remus_abi::EPOCH_SIGNAL) {
         let _ = std::fs::remove_file(&req_path);
         return Err(format!(

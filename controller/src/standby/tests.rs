@@ -27,6 +27,7 @@ fn hello() -> WireMsg {
         cwd: "/".into(),
         epoch_ms: 25,
         heartbeat_ms: 20,
+        lease: None,
     })
 }
 

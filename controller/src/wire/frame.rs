@@ -475,6 +475,7 @@ mod tests {
                 cwd: "/tmp".into(),
                 epoch_ms: 25,
                 heartbeat_ms: 100,
+                lease: None,
             }),
             WireMsg::HelloAck(HelloAck {
                 version: 1,

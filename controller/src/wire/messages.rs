@@ -11,7 +11,7 @@ use crate::image::EpochMeta;
 /// of a hello is a [`Refusal`] (it was free text). 4: an [`EpochCommit`] carries the epoch's
 /// held output ([`HeldOutput`]) and the primary's heartbeats its release watermark
 /// ([`Released`]); [`EpochMeta`] carries every thread (`threads`, `rendezvous_ns`).
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// One message on the wire. The frame header's `kind` byte is [`WireMsg::kind`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,6 +82,10 @@ pub struct Hello {
     pub cwd: String,
     pub epoch_ms: u64,
     pub heartbeat_ms: u64,
+    /// `--etcd`: the lease this primary holds the leader key with. It names the primary in
+    /// the obsolete mark (`arbiter::config::Obsolete`) that the standby checks before it
+    /// takes over.
+    pub lease: Option<i64>,
 }
 
 /// The standby's answer to [`Hello`]. `refused` says why the standby will not take this
@@ -209,6 +213,10 @@ pub enum GoodbyeReason {
     Unprotected { reason: String },
     /// An operator stopped the primary controller.
     OperatorStop,
+    /// A planned switch-over (`remusctl switchover`): the program is stopped on the primary
+    /// right after epoch `epoch`, which the standby acknowledged; the standby resumes it from
+    /// there. `released` is the primary's final release watermark.
+    Switchover { epoch: u64, released: Released },
 }
 
 impl fmt::Display for GoodbyeReason {
@@ -219,6 +227,9 @@ impl fmt::Display for GoodbyeReason {
                 write!(f, "the primary is unprotected: {reason}")
             }
             GoodbyeReason::OperatorStop => write!(f, "an operator stopped the primary controller"),
+            GoodbyeReason::Switchover { epoch, .. } => {
+                write!(f, "a planned switch-over at epoch {epoch}")
+            }
         }
     }
 }
