@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod etcd;
+pub mod lan;
 pub mod net;
 pub mod netns;
 pub mod zoo;

@@ -8,7 +8,9 @@
  * changed); short threads that lock a robust mutex and die holding it (the next locker must get
  * EOWNERDEAD); a producer/consumer pair on a condition variable; a thread blocked in read() on a
  * pipe; one in epoll_wait() on an eventfd; threads created and joined every iteration;
- * pthread_kill() of a worker; sched_getcpu() (rseq) checked against getcpu after pinning.
+ * pthread_kill() of a worker; sched_getcpu() (rseq) checked against getcpu after pinning; a
+ * thread that keeps SIGUSR2 blocked for 40 ms after main sends it one (a signal pending at
+ * almost every checkpoint: the restored thread must still get it when it unblocks).
  *
  * Prints "start pid P threads N", then "iter i ok" after every iteration's checks, "MISMATCH
  * what at iter i ..." and exit 1 on a failed check, "done N" at the end (exit 0). ITERATIONS 0
@@ -95,6 +97,29 @@ static void *worker(void *arg) {
         if (tls_tag != (uint64_t)(0x1000 + i)) fail("tls", "a worker's TLS tag changed");
         atomic_store(&worker_seen[i], tls_count);
         sleep_us(300);
+    }
+    return NULL;
+}
+
+/* --- a signal pending across checkpoints: main sends SIGUSR2 to a thread that keeps it
+ * blocked for 40 ms, then takes it --- */
+static atomic_ullong pend_sent, pend_got;
+static pthread_t pender_th;
+static void on_usr2(int sig) {
+    (void)sig;
+    atomic_fetch_add(&pend_got, 1);
+}
+static void *pender(void *arg) {
+    (void)arg;
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &usr2, NULL);
+    for (;;) {
+        while (atomic_load(&pend_got) == atomic_load(&pend_sent)) sleep_us(200);
+        sleep_us(40000); /* pending, blocked: checkpoints happen now */
+        pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
+        pthread_sigmask(SIG_BLOCK, &usr2, NULL);
     }
     return NULL;
 }
@@ -294,6 +319,8 @@ int main(int argc, char **argv) {
     sa.sa_handler = on_usr1;
     sa.sa_flags = SA_RESTART;
     sigaction(SIGUSR1, &sa, NULL);
+    sa.sa_handler = on_usr2;
+    sigaction(SIGUSR2, &sa, NULL);
 
     if (pipe(pipe_fd)) return 1;
     efd = eventfd(0, EFD_NONBLOCK);
@@ -308,6 +335,7 @@ int main(int argc, char **argv) {
     pthread_create(&t, NULL, consumer, NULL);
     pthread_create(&t, NULL, pipe_reader, NULL);
     pthread_create(&t, NULL, epoller, NULL);
+    pthread_create(&pender_th, NULL, pender, NULL);
 
     printf("start pid %d threads %d\n", (int)getpid(), count_threads());
     uint64_t pipe_written = 0, ev_written = 0;
@@ -357,6 +385,13 @@ int main(int argc, char **argv) {
         unsigned long long sig0 = atomic_load(&worker_signals[victim]);
         pthread_kill(worker_th[victim], SIGUSR1);
         if (iter % 10 == 0) check_cpu();
+        /* the pending signal: a new one once the last was taken; every 50 iterations, wait
+         * until it is (a signal lost at a checkpoint never arrives) */
+        if (atomic_load(&pend_got) == atomic_load(&pend_sent)) {
+            atomic_fetch_add(&pend_sent, 1);
+            pthread_kill(pender_th, SIGUSR2);
+        }
+        if (iter % 50 == 0) wait_for(&pend_got, atomic_load(&pend_sent), "pending-signal");
 
         wait_for(&q_taken, q_next_put - 1, "condvar-queue");
         wait_for(&pipe_bytes, pipe_written, "pipe-reader");

@@ -257,6 +257,26 @@ pub fn encode(s: &Status, live: &SharedStatus) -> String {
         "Output released to the program's real destinations",
         s.output_released_bytes,
     );
+    if let Some(g) = &s.packet_gate {
+        gauge(
+            &mut reg,
+            "gate_held_packets",
+            "Packets from the program waiting in the packet gate for their epoch's commit",
+            g.held_packets as i64,
+        );
+        counter(
+            &mut reg,
+            "gate_released_packets",
+            "Packets the packet gate released after their epoch committed",
+            g.released_packets,
+        );
+        counter(
+            &mut reg,
+            "gate_passed_packets",
+            "Packets the packet gate passed at once (protection stopped)",
+            g.passed_packets,
+        );
+    }
     counter(
         &mut reg,
         "takeovers",

@@ -42,6 +42,18 @@ pub struct PrimaryArgs {
     pub metrics: Option<crate::control::metrics::MetricsListener>,
     /// `--etcd`: the arbiter whose leader key this primary holds (see `primary::arbiter`).
     pub arbiter: Option<crate::arbiter::ArbiterConfig>,
+    /// `--service-addr`: the program runs in its own namespace behind the packet gate.
+    pub service: Option<ServiceNet>,
+}
+
+/// The program's service address and where its packets come out on this host.
+#[derive(Debug, Clone)]
+pub struct ServiceNet {
+    pub addr: crate::net::service::ServiceAddr,
+    pub dev: Option<String>,
+    /// The host's end of the program's veth pair (`$REMUS_SERVICE_VETH`, set by
+    /// `remusd service-exec`).
+    pub veth: Option<String>,
 }
 
 /// An epoch whose chunks are arriving.
@@ -103,6 +115,8 @@ pub struct Primary {
     pub exec: Option<ExecPending>,
     /// Children of the program that said they serve (`ChildServes`): pid, when.
     pub forks: Vec<(i32, Instant)>,
+    /// The packet gate (`--service-addr`): the program's packets wait for their commit.
+    pub packets: Option<Arc<crate::net::gate::Gate>>,
     /// `--etcd`: the leader key held under a lease (None without an arbiter, or once revoked).
     pub lease: Option<LeaseHolder>,
     /// The newest acked epoch whose output waits for the lease to be certainly valid again
@@ -161,6 +175,7 @@ impl Primary {
             release_at_end: false,
             exec: None,
             forks: Vec::new(),
+            packets: None,
             net,
             want_epoch: 0,
             stream: None,
@@ -199,6 +214,9 @@ impl Primary {
         if let Some(n) = &self.net {
             n.release_all();
         }
+        if let Some(g) = &self.packets {
+            g.release_all();
+        }
     }
 
     /// Output after `last` waits for acks again (all three streams of it).
@@ -207,6 +225,9 @@ impl Primary {
         self.output.hold_again(last);
         if let Some(n) = &self.net {
             n.hold_again(last);
+        }
+        if let Some(g) = &self.packets {
+            g.hold_again();
         }
     }
 
@@ -251,6 +272,7 @@ impl Primary {
         let st = self.staging.clone();
         let out = self.output.committer();
         let net = self.net.as_ref().map(|n| n.committer());
+        let packets = self.packets.clone();
         let (gate, status) = (self.gate.clone(), self.status.clone());
         let lease = self.lease.as_ref().map(|l| l.gate());
         let deferred = self.deferred.clone();
@@ -279,6 +301,9 @@ impl Primary {
             out.commit(epoch);
             if let Some(n) = &net {
                 n.commit(epoch);
+            }
+            if let Some(g) = &packets {
+                g.commit(epoch);
             }
         })
     }

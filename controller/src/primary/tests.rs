@@ -132,6 +132,7 @@ fn rig(name: &str) -> Rig {
         stream_batch_pages: super::stream::BATCH_PAGES,
         pipeline: Default::default(),
         metrics: None,
+        service: None,
         arbiter: None,
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
@@ -316,6 +317,7 @@ fn no_standby_refuses_with_advice() {
         stream_batch_pages: super::stream::BATCH_PAGES,
         pipeline: Default::default(),
         metrics: None,
+        service: None,
         arbiter: None,
     };
     let ctl = ShimLink::new(ctl_end).unwrap();

@@ -56,6 +56,17 @@ pub struct StandbyArgs {
     pub metrics: Option<crate::control::metrics::MetricsListener>,
     /// `--etcd`: take over only after acquiring the leader key.
     pub arbiter: Option<crate::arbiter::ArbiterConfig>,
+    /// `--service-addr`: the address that comes up here at a takeover (recorded; the takeover
+    /// wiring uses [`crate::net::topology`]).
+    pub service: Option<ServiceAddrArg>,
+}
+
+/// `--service-addr ADDR/PREFIX [--service-dev DEV]` on the standby.
+#[derive(Debug, Clone)]
+pub struct ServiceAddrArg {
+    pub addr: crate::net::service::ServiceAddr,
+    /// None: the device that routes to the primary's connection, found at takeover.
+    pub dev: Option<String>,
 }
 
 /// How a session with one primary ended.

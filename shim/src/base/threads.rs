@@ -51,6 +51,29 @@ pub struct Slot {
     /// What the epoch handler records about the thread while it is parked (only the thread
     /// itself writes it, in its handler; the leader reads it while the thread is parked).
     pub rec: SlotCell,
+    /// Signals pending for the thread at its checkpoint, taken out of the kernel's queue into
+    /// [`Slot::caught`] (so that they are in the image) and queued again once the handler is
+    /// done, on the primary and in the restored process alike (`epoch::rendezvous`).
+    pub caught_n: AtomicU32,
+    pub caught: CaughtCell,
+    /// Bit i: entry i of [`Slot::caught`] was pending for the process, not the thread.
+    pub caught_shared: AtomicU32,
+}
+
+/// How many pending signals a thread's slot keeps across a checkpoint.
+pub const CAUGHT_MAX: usize = 4;
+
+/// Room for [`CAUGHT_MAX`] kernel `siginfo_t`s (128 bytes each). Only the slot's own thread
+/// touches it, from its epoch handler (which cannot nest).
+pub struct CaughtCell(UnsafeCell<[[u64; 16]; CAUGHT_MAX]>);
+
+impl CaughtCell {
+    /// The `i`th siginfo (`i < CAUGHT_MAX`).
+    pub fn info(&self, i: usize) -> *mut libc::siginfo_t {
+        // SAFETY: i is within the array (callers check); the entries are 128 bytes, the size
+        // of the kernel's siginfo, and 8-byte aligned.
+        unsafe { (*self.0.get()).as_mut_ptr().add(i.min(CAUGHT_MAX - 1)) as *mut libc::siginfo_t }
+    }
 }
 
 pub struct SlotCell(UnsafeCell<ThreadRecord>);
@@ -69,8 +92,8 @@ impl SlotCell {
     }
 }
 
-// SAFETY: every field is an atomic, or the record whose writer and readers are ordered by the
-// rendezvous as `SlotCell::get` says.
+// SAFETY: every field is an atomic, the record whose writer and readers are ordered by the
+// rendezvous as `SlotCell::get` says, or the caught signals only the slot's thread touches.
 unsafe impl Sync for Slot {}
 
 const EMPTY_RECORD: ThreadRecord = ThreadRecord {
@@ -114,6 +137,9 @@ const SLOT: Slot = Slot {
     park_seen: AtomicU32::new(0),
     leader: AtomicBool::new(false),
     rec: SlotCell(UnsafeCell::new(EMPTY_RECORD)),
+    caught_n: AtomicU32::new(0),
+    caught: CaughtCell(UnsafeCell::new([[0; 16]; CAUGHT_MAX])),
+    caught_shared: AtomicU32::new(0),
 };
 
 static TABLE: [Slot; SLOTS] = [SLOT; SLOTS];

@@ -309,6 +309,8 @@ pub extern "C" fn capture_epoch(ctx: *mut ResumeContext) {
     let r = match rendezvous::gather() {
         Ok(g) => {
             STUCK_RUN.store(0, Ordering::Relaxed);
+            // Nobody runs app code now: what is pending for the leader goes into the image.
+            rendezvous::drain_pending(crate::base::threads::current(), true);
             let r = take_epoch(ctx, t0, g);
             rendezvous::release();
             r

@@ -104,6 +104,7 @@ extern "C" fn on_epoch(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_v
             if rendezvous::follow(value, app_mask, altstack) {
                 super::restored::follower_restored(me);
             }
+            rendezvous::requeue_caught(me);
         } else {
             lead(me, app_mask, altstack);
         }
@@ -140,6 +141,7 @@ fn lead(me: &'static threads::Slot, app_mask: u64, altstack: Option<libc::stack_
         install(crate::base::sigview::real_sigaction());
         AGAIN.store(false, Ordering::SeqCst);
     }
+    rendezvous::requeue_caught(me);
     LEADING.store(false, Ordering::SeqCst);
     if AGAIN.swap(false, Ordering::SeqCst) {
         // Delivered once this handler returns (its own signal is blocked in it).

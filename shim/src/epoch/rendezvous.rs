@@ -8,6 +8,18 @@
 //! [`DEADLINE_NS`] aborts the rendezvous (everyone is released, the controller is told which
 //! thread, and asks again at its next tick). A stale signal (an older generation) is ignored.
 //!
+//! Signals pending at the cut: the kernel's queues are not in the image, so a signal one thread
+//! sent another (or itself) before the checkpoint and that was still pending at it (blocked by
+//! the app, or sent while its target was parked) would be lost by a restore from that epoch.
+//! Every thread, as it parks (and the leader, once all are in, also the process's own pending
+//! signals), takes its pending signals out of the kernel into its slot ([`drain_pending`]), so that they are in the captured memory,
+//! and queues them again with their siginfo when its handler is done ([`requeue_caught`]),
+//! on the primary and in the restored process alike. A signal the app sends while a
+//! rendezvous is on (its `kill`/`pthread_kill`/... hooks call [`note_signal_sent`]) may have
+//! reached a thread that already parked: that rendezvous is done again (up to
+//! [`SIGNAL_RETRIES`] times; then the epoch is taken all the same, and a restore from it could
+//! miss such a signal: a program would have to signal its threads without pause).
+//!
 //! Only atomics, raw futex calls and fixed tables: this runs in signal handlers.
 
 use core::cell::UnsafeCell;
@@ -16,8 +28,8 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use remus_abi::{ResumeContext, ThreadRecord, EPOCH_SIGNAL, MAX_THREADS, THREAD_MAIN};
 
 use crate::base::state;
-use crate::base::threads::{self, Slot};
-use crate::kernel::{context, sys};
+use crate::base::threads::{self, Slot, CAUGHT_MAX};
+use crate::kernel::{context, sys, text};
 
 /// How long the leader waits for the last thread to park.
 pub const DEADLINE_NS: u64 = 200_000_000;
@@ -37,6 +49,11 @@ static N_PARKED: AtomicUsize = AtomicUsize::new(0);
 const ZERO64: AtomicU64 = AtomicU64::new(0);
 static PARKED_GEN: [AtomicU64; MAX_THREADS] = [ZERO64; MAX_THREADS];
 static PARKED_SLOT: [AtomicU64; MAX_THREADS] = [ZERO64; MAX_THREADS];
+
+/// Signals the app sent while a rendezvous was on (see the module docs).
+static SENT: AtomicU64 = AtomicU64::new(0);
+/// How many times a rendezvous is done again because the app sent a signal meanwhile.
+const SIGNAL_RETRIES: u32 = 8;
 
 /// In the restored process: how many followers the last capture had, and the barrier that keeps
 /// them from running app code before the leader has put the process's own state back.
@@ -180,6 +197,117 @@ fn parse_tid(name: &[u8]) -> Option<i32> {
 /// [`release`]; on failure they have been released already.
 pub fn gather() -> Result<&'static Gathered, Fail> {
     let t0 = sys::monotonic_ns();
+    let mut tries = 0;
+    loop {
+        let sent = SENT.load(Ordering::SeqCst);
+        let g = gather_once()?;
+        tries += 1;
+        if SENT.load(Ordering::SeqCst) == sent || tries == SIGNAL_RETRIES {
+            g.rendezvous_ns = sys::monotonic_ns().saturating_sub(t0);
+            return Ok(g);
+        }
+        release();
+    }
+}
+
+/// The app sent a signal (from its `kill`, `pthread_kill`, ... hooks, after the call).
+pub fn note_signal_sent() {
+    if ACTIVE.load(Ordering::SeqCst) != 0 {
+        SENT.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Takes this thread's pending signals (all but the epoch signal and the synchronous ones) out
+/// of the kernel's queue into its slot, at most [`CAUGHT_MAX`]; more stay pending (and a
+/// restore from this epoch does not have them). `shared`: also the process's pending signals
+/// (the leader, once every thread is in); they are queued again to the process, not to this
+/// thread, so that whichever thread does not block them still takes them.
+pub fn drain_pending(me: &Slot, shared: bool) {
+    let skip = bit(EPOCH_SIGNAL)
+        | bit(libc::SIGSEGV)
+        | bit(libc::SIGBUS)
+        | bit(libc::SIGILL)
+        | bit(libc::SIGFPE)
+        | bit(libc::SIGTRAP)
+        | bit(libc::SIGSYS)
+        | bit(libc::SIGKILL)
+        | bit(libc::SIGSTOP);
+    let pending = sys::pending_signals() & !skip;
+    if pending == 0 {
+        return; // the common case: one system call
+    }
+    // Which queue each is in: rt_sigtimedwait takes the thread's own first, then the process's.
+    let mut buf = [0u8; 2048];
+    let n = sys::read_file(b"/proc/thread-self/status\0", &mut buf).unwrap_or(0);
+    let text = &buf[..n];
+    let field = |key: &[u8]| {
+        text::fdinfo_field(text, key)
+            .and_then(|v| text::num(v, 16))
+            .unwrap_or(0)
+    };
+    let (own, process) = (field(b"SigPnd:") & pending, field(b"ShdPnd:") & pending);
+    let mut n = me.caught_n.load(Ordering::Relaxed) as usize;
+    let mut shared_bits = me.caught_shared.load(Ordering::Relaxed);
+    let mut take = |sig: i32, max: usize, from_process: bool, n: &mut usize| {
+        let mut got = 0;
+        // SAFETY: caught.info(n) is room for one siginfo in this thread's own slot.
+        while *n < CAUGHT_MAX && got < max && unsafe { sys::take_pending(sig, me.caught.info(*n)) }
+        {
+            if from_process {
+                shared_bits |= 1 << *n;
+            }
+            *n += 1;
+            got += 1;
+        }
+    };
+    let mut bits = own;
+    while bits != 0 {
+        let sig = bits.trailing_zeros() as i32 + 1;
+        // In both queues: the thread's own instance only (a real-time signal's own instances
+        // beyond the first stay pending then).
+        let max = if process & bit(sig) != 0 {
+            1
+        } else {
+            usize::MAX
+        };
+        take(sig, max, false, &mut n);
+        bits &= !bit(sig);
+    }
+    let mut bits = if shared { process } else { 0 };
+    while bits != 0 {
+        let sig = bits.trailing_zeros() as i32 + 1;
+        take(sig, usize::MAX, true, &mut n);
+        bits &= !bit(sig);
+    }
+    me.caught_shared.store(shared_bits, Ordering::Relaxed);
+    me.caught_n.store(n as u32, Ordering::Relaxed);
+}
+
+/// Queues again, with their siginfo, the signals [`drain_pending`] took (delivered once the
+/// epoch handler returns to the app, as they would have been).
+pub fn requeue_caught(me: &Slot) {
+    let n = (me.caught_n.swap(0, Ordering::Relaxed) as usize).min(CAUGHT_MAX);
+    let shared = me.caught_shared.swap(0, Ordering::Relaxed);
+    for i in 0..n {
+        let info = me.caught.info(i);
+        // SAFETY: drain_pending filled entry i with the kernel's siginfo.
+        let sig = unsafe { (*info).si_signo };
+        if shared & (1 << i) != 0 {
+            // SAFETY: as above; the kernel reads one siginfo.
+            let _ = unsafe { sys::requeue_process(sig, info) };
+        } else {
+            // SAFETY: as above; the kernel reads one siginfo.
+            let _ = unsafe { sys::requeue_here(sig, info) };
+        }
+    }
+}
+
+fn bit(sig: i32) -> u64 {
+    1u64 << (sig - 1)
+}
+
+fn gather_once() -> Result<&'static mut Gathered, Fail> {
+    let t0 = sys::monotonic_ns();
     // SAFETY: see GatheredCell.
     let g = unsafe { &mut *GATHERED.0.get() };
     let generation = GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
@@ -237,7 +365,6 @@ pub fn gather() -> Result<&'static Gathered, Fail> {
             }
         }
     }
-    g.rendezvous_ns = sys::monotonic_ns().saturating_sub(t0);
     Ok(g)
 }
 
@@ -262,6 +389,7 @@ pub fn follow(generation: u64, app_mask: u64, altstack: Option<libc::stack_t>) -
     }
     threads::refresh_tid(me);
     fill_record(me, app_mask, altstack, false);
+    drain_pending(me, false);
     // SAFETY: the slot's context is this thread's own (see threads::SlotCell).
     let ctx = unsafe { &mut *me.rec.ctx() };
     me.park_for.store(generation, Ordering::Relaxed);

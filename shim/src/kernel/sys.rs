@@ -428,6 +428,75 @@ pub fn sigmask(how: i32, bits: u64) -> u64 {
     old
 }
 
+/// The signals 1..=64 pending for this thread (its own and the process's), bit `sig - 1`.
+pub fn pending_signals() -> u64 {
+    let mut set: u64 = 0;
+    // SAFETY: rt_sigpending writes one 8-byte kernel sigset.
+    let r = unsafe {
+        raw6(
+            libc::SYS_rt_sigpending,
+            &mut set as *mut u64 as usize,
+            8,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    if r.is_ok() {
+        set
+    } else {
+        0
+    }
+}
+
+/// Takes one pending instance of `sig` (this thread's first, then the process's) out of the
+/// kernel's queue into `info`, without waiting; false when none is pending.
+///
+/// # Safety
+/// `info` points at room for one siginfo.
+pub unsafe fn take_pending(sig: i32, info: *mut libc::siginfo_t) -> bool {
+    let set: u64 = 1u64 << (sig - 1);
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: rt_sigtimedwait reads the set and the timespec and writes one siginfo, all
+    // valid for the call (the caller's guarantee for info).
+    unsafe {
+        raw6(
+            libc::SYS_rt_sigtimedwait,
+            &set as *const u64 as usize,
+            info as usize,
+            &zero as *const libc::timespec as usize,
+            8,
+            0,
+            0,
+        )
+    }
+    .is_ok()
+}
+
+/// `rt_sigqueueinfo(getpid(), sig, info)`: queues `sig` with its original siginfo for the
+/// process (any thread that does not block it takes it).
+///
+/// # Safety
+/// `info` points at a valid siginfo.
+pub unsafe fn requeue_process(sig: i32, info: *const libc::siginfo_t) -> SysResult {
+    // SAFETY: the caller keeps info valid; the kernel reads one siginfo.
+    unsafe {
+        raw6(
+            libc::SYS_rt_sigqueueinfo,
+            getpid() as usize,
+            sig as usize,
+            info as usize,
+            0,
+            0,
+            0,
+        )
+    }
+}
+
 /// `rt_tgsigqueueinfo(getpid(), gettid(), sig, info)`: queues `sig` with its original siginfo
 /// for this thread (the kernel allows any `si_code` when a thread signals itself).
 ///
