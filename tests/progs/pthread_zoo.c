@@ -10,7 +10,9 @@
  * pipe; one in epoll_wait() on an eventfd; threads created and joined every iteration;
  * pthread_kill() of a worker; sched_getcpu() (rseq) checked against getcpu after pinning; a
  * thread that keeps SIGUSR2 blocked for 40 ms after main sends it one (a signal pending at
- * almost every checkpoint: the restored thread must still get it when it unblocks).
+ * almost every checkpoint: the restored thread must still get it when it unblocks); SIGHUP,
+ * blocked in every thread, sent to the process and taken by a thread that sigwait()s for it
+ * 40 ms later (pending for the process, not a thread, at the checkpoint).
  *
  * Prints "start pid P threads N", then "iter i ok" after every iteration's checks, "MISMATCH
  * what at iter i ..." and exit 1 on a failed check, "done N" at the end (exit 0). ITERATIONS 0
@@ -120,6 +122,22 @@ static void *pender(void *arg) {
         sleep_us(40000); /* pending, blocked: checkpoints happen now */
         pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
         pthread_sigmask(SIG_BLOCK, &usr2, NULL);
+    }
+    return NULL;
+}
+
+/* --- a signal pending for the process: every thread blocks SIGHUP, main sends it to the
+ * process, and one thread sigwait()s for it 40 ms later --- */
+static atomic_ullong hup_sent, hup_got;
+static void *hup_waiter(void *arg) {
+    (void)arg;
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    for (;;) {
+        int sig = 0;
+        sleep_us(40000); /* pending for the process meanwhile */
+        if (sigwait(&hup, &sig) == 0 && sig == SIGHUP) atomic_fetch_add(&hup_got, 1);
     }
     return NULL;
 }
@@ -328,6 +346,11 @@ int main(int argc, char **argv) {
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0xfeed};
     epoll_ctl(epfd, EPOLL_CTL_ADD, efd, &ev);
 
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &hup, NULL); /* inherited by every thread created below */
+
     pthread_t t;
     for (int i = 0; i < WORKERS; i++) pthread_create(&worker_th[i], NULL, worker, (void *)(intptr_t)i);
     pthread_create(&t, NULL, rec_holder, NULL);
@@ -336,6 +359,7 @@ int main(int argc, char **argv) {
     pthread_create(&t, NULL, pipe_reader, NULL);
     pthread_create(&t, NULL, epoller, NULL);
     pthread_create(&pender_th, NULL, pender, NULL);
+    pthread_create(&t, NULL, hup_waiter, NULL);
 
     printf("start pid %d threads %d\n", (int)getpid(), count_threads());
     uint64_t pipe_written = 0, ev_written = 0;
@@ -392,6 +416,11 @@ int main(int argc, char **argv) {
             pthread_kill(pender_th, SIGUSR2);
         }
         if (iter % 50 == 0) wait_for(&pend_got, atomic_load(&pend_sent), "pending-signal");
+        if (atomic_load(&hup_got) == atomic_load(&hup_sent)) {
+            atomic_fetch_add(&hup_sent, 1);
+            kill(getpid(), SIGHUP);
+        }
+        if (iter % 50 == 25) wait_for(&hup_got, atomic_load(&hup_sent), "process-pending-signal");
 
         wait_for(&q_taken, q_next_put - 1, "condvar-queue");
         wait_for(&pipe_bytes, pipe_written, "pipe-reader");

@@ -221,7 +221,9 @@ pub fn note_signal_sent() {
 /// of the kernel's queue into its slot, at most [`CAUGHT_MAX`]; more stay pending (and a
 /// restore from this epoch does not have them). `shared`: also the process's pending signals
 /// (the leader, once every thread is in); they are queued again to the process, not to this
-/// thread, so that whichever thread does not block them still takes them.
+/// thread, so that whichever thread does not block them still takes them (from a thread other
+/// than the main one, a `kill()`'s siginfo comes back with `si_code` `SI_QUEUE`: the kernel
+/// lets only the main thread queue one with its original code to the process).
 pub fn drain_pending(me: &Slot, shared: bool) {
     let skip = bit(EPOCH_SIGNAL)
         | bit(libc::SIGSEGV)
@@ -294,7 +296,15 @@ pub fn requeue_caught(me: &Slot) {
         let sig = unsafe { (*info).si_signo };
         if shared & (1 << i) != 0 {
             // SAFETY: as above; the kernel reads one siginfo.
-            let _ = unsafe { sys::requeue_process(sig, info) };
+            if unsafe { sys::requeue_process(sig, info) } == Err(libc::EPERM) {
+                // Only the main thread may queue a signal to its process with the siginfo of
+                // a kill() (si_code >= 0): from any other, it goes as a sigqueue() from the
+                // same sender (si_pid, si_uid and the rest are kept).
+                // SAFETY: entry i is this thread's own siginfo (see above).
+                unsafe { (*info).si_code = libc::SI_QUEUE };
+                // SAFETY: as above.
+                let _ = unsafe { sys::requeue_process(sig, info) };
+            }
         } else {
             // SAFETY: as above; the kernel reads one siginfo.
             let _ = unsafe { sys::requeue_here(sig, info) };
