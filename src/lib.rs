@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod lan;
 pub mod net;
 pub mod netns;
 pub mod zoo;

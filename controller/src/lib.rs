@@ -4,6 +4,7 @@ pub mod control;
 pub mod files;
 pub mod image;
 pub mod logging;
+pub mod net;
 pub mod persist;
 pub mod primary;
 pub mod restore;

@@ -73,6 +73,31 @@ enum Role {
         /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT).
         #[arg(long, value_name = "HOST:PORT")]
         metrics: Option<String>,
+        /// The program's service address (ADDR/PREFIX): it runs in a network namespace of its
+        /// own (made by `remusd service-exec`, which remus-run runs) and every packet it sends
+        /// waits in the packet gate until its epoch commits. Default: $REMUS_SERVICE_ADDR.
+        #[arg(long, value_name = "ADDR/PREFIX")]
+        service_addr: Option<String>,
+        /// The device the host answers ARP for the service address on.
+        /// Default: $REMUS_SERVICE_DEV.
+        #[arg(long, value_name = "DEV")]
+        service_dev: Option<String>,
+    },
+    /// Run PROG in a network namespace of its own with the service address, joined to this
+    /// host by a veth pair (what `remus-run --service-addr` runs; PROG keeps this pid).
+    ServiceExec {
+        /// ADDR/PREFIX: the program's address.
+        #[arg(long, value_name = "ADDR/PREFIX")]
+        service_addr: String,
+        /// The device the host answers ARP for it on (default: the one routing to --standby).
+        #[arg(long, value_name = "DEV")]
+        service_dev: Option<String>,
+        /// The standby's HOST:PORT (picks the default device).
+        #[arg(long, value_name = "HOST:PORT")]
+        standby: Option<String>,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        prog: Vec<std::ffi::OsString>,
     },
     /// Receive epochs from a primary and take over when it fails.
     Standby {
@@ -127,6 +152,14 @@ enum Role {
         /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT).
         #[arg(long, value_name = "HOST:PORT")]
         metrics: Option<String>,
+        /// The program's service address (ADDR/PREFIX), which moves to this host at a
+        /// takeover (validated and recorded; default $REMUS_SERVICE_ADDR).
+        #[arg(long, value_name = "ADDR/PREFIX")]
+        service_addr: Option<String>,
+        /// The device this host will answer ARP for it on (default: $REMUS_SERVICE_DEV, else
+        /// the one routing to the primary's connection).
+        #[arg(long, value_name = "DEV")]
+        service_dev: Option<String>,
     },
     /// Create a key file for the replication link (32 random bytes as hex, mode 0600); copy
     /// it to both hosts and pass it as --key-file to both daemons.
@@ -145,10 +178,63 @@ fn parse_bind_map(s: &str) -> Result<remus_controller::restore::BindMap, String>
     s.parse()
 }
 
+/// `--service-addr` or the environment's, parsed; exits with a clear message when invalid.
+fn service_arg(
+    flag: Option<String>,
+    dev: Option<String>,
+) -> Option<(remus_controller::net::service::ServiceAddr, Option<String>)> {
+    let text = flag.or_else(|| std::env::var("REMUS_SERVICE_ADDR").ok())?;
+    let dev = dev.or_else(|| std::env::var("REMUS_SERVICE_DEV").ok());
+    match text.parse() {
+        Ok(a) => Some((a, dev)),
+        Err(e) => {
+            eprintln!("remusd: --service-addr: {e}");
+            tracing::error!("refusing to start: --service-addr: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    if let Role::ServiceExec {
+        service_addr,
+        service_dev,
+        standby,
+        prog,
+    } = cli.role
+    {
+        let service = match service_addr.parse() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("remusd service-exec: --service-addr: {e}");
+                std::process::exit(2);
+            }
+        };
+        let e = remus_controller::net::launch::service_exec(
+            remus_controller::net::launch::ServiceExec {
+                service,
+                dev: service_dev,
+                standby,
+                prog,
+            },
+        );
+        eprintln!("remus-run: {e}");
+        std::process::exit(2);
+    }
+    // remusd primary of a program in a service namespace lives in the host's namespace (its
+    // link to the standby, the gate's queue and rule): entered before any thread exists.
+    if let Role::Primary { service_addr, .. } = &cli.role {
+        if service_addr.is_some() || std::env::var_os("REMUS_SERVICE_ADDR").is_some() {
+            if let Err(e) = remus_controller::net::gate::enter_outer_netns() {
+                eprintln!("remusd primary: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     let log_file = match &cli.role {
         Role::Primary { log_file, .. } | Role::Standby { log_file, .. } => log_file.clone(),
+        Role::ServiceExec { .. } => unreachable!("handled above"),
         Role::Keygen { out } => match remus_controller::wire::auth::generate_key_file(out) {
             Ok(()) => {
                 println!(
@@ -170,7 +256,7 @@ fn main() {
     }
     let metrics_addr = match &cli.role {
         Role::Primary { metrics, .. } | Role::Standby { metrics, .. } => metrics.clone(),
-        Role::Keygen { .. } => None,
+        Role::Keygen { .. } | Role::ServiceExec { .. } => None,
     };
     let metrics = match metrics_addr
         .as_deref()
@@ -187,7 +273,7 @@ fn main() {
         }
     };
     let result = match cli.role {
-        Role::Keygen { .. } => unreachable!("handled above"),
+        Role::Keygen { .. } | Role::ServiceExec { .. } => unreachable!("handled above"),
         Role::Primary {
             app_pid,
             standby,
@@ -202,6 +288,8 @@ fn main() {
             insecure,
             full_image_in_pause,
             stream_batch_pages,
+            service_addr,
+            service_dev,
             ..
         } => primary::run(
             primary::PrimaryArgs {
@@ -227,6 +315,13 @@ fn main() {
                     wire_stats: wire_stats || env_u64("REMUS_WIRE_STATS").is_some_and(|v| v != 0),
                 },
                 metrics,
+                service: service_arg(service_addr, service_dev).map(|(addr, dev)| {
+                    primary::ServiceNet {
+                        addr,
+                        dev,
+                        veth: std::env::var("REMUS_SERVICE_VETH").ok(),
+                    }
+                }),
             },
             outputs,
         ),
@@ -244,8 +339,28 @@ fn main() {
             file_root,
             file_fsync,
             reprotect_with,
+            service_addr,
+            service_dev,
             ..
         } => {
+            let service = service_arg(service_addr, service_dev);
+            if let Some((addr, dev)) = &service {
+                // Recorded and validated here; brought up at a takeover by the wiring step.
+                tracing::info!(
+                    %addr,
+                    dev = dev.as_deref().unwrap_or("(the one routing to the primary)"),
+                    "service address recorded: it comes up on this host at a takeover"
+                );
+                if let Some(d) = dev {
+                    if let Err(e) = remus_controller::net::checks::check_host(d) {
+                        tracing::error!("refusing to start: {e}");
+                        if log_file.is_some() {
+                            eprintln!("remusd standby: refusing to start: {e}");
+                        }
+                        std::process::exit(2);
+                    }
+                }
+            }
             remus_controller::files::set_root(file_root, file_fsync);
             let security = match remus_controller::wire::auth::LinkSecurity::resolve(
                 key_file.as_deref(),
@@ -275,6 +390,7 @@ fn main() {
                 key_file,
                 reprotect_with,
                 metrics,
+                service: service.map(|(addr, dev)| standby::ServiceAddrArg { addr, dev }),
             })
         }
     };

@@ -100,6 +100,9 @@ pub struct Status {
     /// (path)`), as of the last epoch.
     #[serde(default)]
     pub unrestorable_fds: Vec<String>,
+    /// primary with `--service-addr`: the packet gate's counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet_gate: Option<crate::net::gate::GateCounts>,
     /// primary: output bytes read from the app and not yet released (output commit).
     #[serde(default)]
     pub output_held_bytes: u64,
@@ -199,6 +202,7 @@ impl Status {
             epochs_total: 0,
             takeovers: 0,
             unrestorable_fds: Vec::new(),
+            packet_gate: None,
             output_held_bytes: 0,
             output_released_bytes: 0,
             commit_latency_us: PauseUs::default(),
@@ -347,6 +351,15 @@ impl Status {
                 ),
             );
         }
+        if let Some(g) = &self.packet_gate {
+            line(
+                "gate",
+                format!(
+                    "{} packets held  {} released  {} passed  (queue {}, {})",
+                    g.held_packets, g.released_packets, g.passed_packets, g.queue, g.veth
+                ),
+            );
+        }
         if self.restored_pid.is_some() || self.exit_code.is_some() {
             line(
                 "exit",
@@ -417,6 +430,8 @@ pub struct Board {
     /// counters of the snapshot.
     pub net_held: u64,
     pub net_released: u64,
+    /// The packet gate (`--service-addr`), whose counters the snapshot shows.
+    pub packet_gate: Option<Arc<crate::net::gate::Gate>>,
     /// The same pauses and commit latencies as the percentiles, as Prometheus histograms
     /// (seconds; `control::metrics`).
     pub pause_hist: Histogram,
@@ -483,6 +498,7 @@ impl Board {
         s.copy_us = percentiles_us(&self.splits_ns.iter().map(|p| p.1).collect());
         s.output_held_bytes += self.net_held;
         s.output_released_bytes += self.net_released;
+        s.packet_gate = self.packet_gate.as_ref().map(|g| g.counts());
         s.heartbeat_age_ms = self.last_peer_frame.map(|t| t.elapsed().as_millis() as u64);
         if !s.protected && s.reason.is_none() {
             s.reason = Some(format!("state {}", s.state));
@@ -525,6 +541,7 @@ impl SharedStatus {
             commit_latency_ns: VecDeque::new(),
             net_held: 0,
             net_released: 0,
+            packet_gate: None,
             pause_hist: latency_histogram(),
             commit_latency_hist: latency_histogram(),
             rendezvous_hist: latency_histogram(),
@@ -612,6 +629,7 @@ mod tests {
             commit_latency_ns: VecDeque::new(),
             net_held: 0,
             net_released: 0,
+            packet_gate: None,
             pause_hist: latency_histogram(),
             commit_latency_hist: latency_histogram(),
             rendezvous_hist: latency_histogram(),

@@ -43,8 +43,8 @@ use crate::control::status::{SharedStatus, Status};
 use output::{Output, OutputStream};
 use shim_link::ShimLink;
 use staging::Staging;
-pub use state::PrimaryArgs;
 use state::{End, Primary};
+pub use state::{PrimaryArgs, ServiceNet};
 
 /// Runs `remusd primary`; returns the process exit code. `outputs` names the held output
 /// streams the shim passed (at `remus_abi::CONTROLLER_OUTPUT_FD_BASE`, two fds each).
@@ -127,15 +127,46 @@ pub fn run_full(
         None => None,
     };
 
+    let packets = match &args.service {
+        Some(svc) => Some(Arc::new(start_gate(svc, args.app_pid)?)),
+        None => None,
+    };
+    if let Some(g) = &packets {
+        status.lock().packet_gate = Some(g.clone());
+    }
     let mut p = Primary::new(args, shim, staging, status, output, net);
+    p.packets = packets;
     let End::Exit(code) = p.main(&stop)?;
+    let packets = p.packets.take();
     let net = p.net.take();
     if p.release_at_end {
         if let Some(n) = net {
             n.finish(Duration::from_secs(10));
         }
         p.output.finish();
+        if let Some(g) = &packets {
+            g.release_all();
+        }
     }
-    // Otherwise the primary side is dying: what is still held is dropped with the process.
+    // Otherwise the primary side is dying: what is still held is dropped with the process
+    // (the gate's queue closes with it, and the kernel drops what it held).
+    if let Some(g) = &packets {
+        // Not left to the last reference's drop (a link thread may outlive this function).
+        g.stop();
+    }
     Ok(code)
+}
+
+/// The packet gate for a program in a service namespace (`--service-addr`).
+fn start_gate(svc: &ServiceNet, app_pid: i32) -> Result<crate::net::gate::Gate> {
+    let veth = svc.veth.as_deref().context(
+        "--service-addr: the host's end of the program's veth pair is unknown ($REMUS_SERVICE_VETH \
+         unset): run the program with `remus-run --service-addr ADDR/PREFIX`",
+    )?;
+    // Distinct per program on one host (a busy number is skipped).
+    let hint = 1000 + (app_pid.unsigned_abs() % 60000) as u16;
+    // The first packets belong to the first epoch (the output tag before any epoch).
+    let g = crate::net::gate::Gate::start(veth, hint, 1)?;
+    tracing::info!(addr = %svc.addr, veth, queue = g.queue(), "the program's packets go through the gate");
+    Ok(g)
 }

@@ -37,6 +37,18 @@ pub struct PrimaryArgs {
     pub pipeline: link::PipelineOpts,
     /// `--metrics ADDR`, bound: served once the status exists.
     pub metrics: Option<crate::control::metrics::MetricsListener>,
+    /// `--service-addr`: the program runs in its own namespace behind the packet gate.
+    pub service: Option<ServiceNet>,
+}
+
+/// The program's service address and where its packets come out on this host.
+#[derive(Debug, Clone)]
+pub struct ServiceNet {
+    pub addr: crate::net::service::ServiceAddr,
+    pub dev: Option<String>,
+    /// The host's end of the program's veth pair (`$REMUS_SERVICE_VETH`, set by
+    /// `remusd service-exec`).
+    pub veth: Option<String>,
 }
 
 /// An epoch whose chunks are arriving.
@@ -98,6 +110,8 @@ pub struct Primary {
     pub exec: Option<ExecPending>,
     /// Children of the program that said they serve (`ChildServes`): pid, when.
     pub forks: Vec<(i32, Instant)>,
+    /// The packet gate (`--service-addr`): the program's packets wait for their commit.
+    pub packets: Option<Arc<crate::net::gate::Gate>>,
 }
 
 /// An `execve` the program announced, or a handover to its child, waiting for the new
@@ -141,6 +155,7 @@ impl Primary {
             release_at_end: false,
             exec: None,
             forks: Vec::new(),
+            packets: None,
             net,
             want_epoch: 0,
             stream: None,
@@ -172,6 +187,9 @@ impl Primary {
         if let Some(n) = &self.net {
             n.release_all();
         }
+        if let Some(g) = &self.packets {
+            g.release_all();
+        }
     }
 
     /// Output after `last` waits for acks again (all three streams of it).
@@ -180,6 +198,9 @@ impl Primary {
         self.output.hold_again(last);
         if let Some(n) = &self.net {
             n.hold_again(last);
+        }
+        if let Some(g) = &self.packets {
+            g.hold_again();
         }
     }
 
@@ -224,6 +245,7 @@ impl Primary {
         let st = self.staging.clone();
         let out = self.output.committer();
         let net = self.net.as_ref().map(|n| n.committer());
+        let packets = self.packets.clone();
         let (gate, status) = (self.gate.clone(), self.status.clone());
         Arc::new(move |epoch| {
             if !gate.releases(epoch) {
@@ -245,6 +267,9 @@ impl Primary {
             out.commit(epoch);
             if let Some(n) = &net {
                 n.commit(epoch);
+            }
+            if let Some(g) = &packets {
+                g.commit(epoch);
             }
         })
     }

@@ -131,6 +131,7 @@ fn rig(name: &str) -> Rig {
         stream_batch_pages: super::stream::BATCH_PAGES,
         pipeline: Default::default(),
         metrics: None,
+        service: None,
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
     let primary =
@@ -314,6 +315,7 @@ fn no_standby_refuses_with_advice() {
         stream_batch_pages: super::stream::BATCH_PAGES,
         pipeline: Default::default(),
         metrics: None,
+        service: None,
     };
     let ctl = ShimLink::new(ctl_end).unwrap();
     let primary =

@@ -53,6 +53,17 @@ pub struct StandbyArgs {
     pub reprotect_with: Option<String>,
     /// `--metrics ADDR`, bound: served once the status exists.
     pub metrics: Option<crate::control::metrics::MetricsListener>,
+    /// `--service-addr`: the address that comes up here at a takeover (recorded; the takeover
+    /// wiring uses [`crate::net::topology`]).
+    pub service: Option<ServiceAddrArg>,
+}
+
+/// `--service-addr ADDR/PREFIX [--service-dev DEV]` on the standby.
+#[derive(Debug, Clone)]
+pub struct ServiceAddrArg {
+    pub addr: crate::net::service::ServiceAddr,
+    /// None: the device that routes to the primary's connection, found at takeover.
+    pub dev: Option<String>,
 }
 
 /// How a session with one primary ended.

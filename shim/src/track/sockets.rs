@@ -88,10 +88,19 @@ static ANY_STARVED: AtomicBool = AtomicBool::new(false);
 /// Output-triggered epochs are on (`REMUS_IDLE_EPOCHS=0` turns them off, to measure them).
 static IDLE_EPOCHS: AtomicBool = AtomicBool::new(true);
 
+/// The program's packets cross remusd's packet gate (`REMUS_PACKET_GATE=1`, set by `remusd
+/// service-exec`): TCP and UDP sockets pass straight through (held once, by the gate; a byte
+/// in the log would also be missing from the socket's send queue that TCP_REPAIR dumps);
+/// unix sockets keep the log.
+static PACKET_GATE: AtomicBool = AtomicBool::new(false);
+
 /// Called once at start-up (single-threaded) on the freshly mapped staging area.
 pub fn init(staging: *mut u8) {
     if crate::base::environ::get("REMUS_IDLE_EPOCHS").is_some_and(|v| v == "0") {
         IDLE_EPOCHS.store(false, Ordering::Relaxed);
+    }
+    if crate::base::environ::get("REMUS_PACKET_GATE").is_some_and(|v| v == "1") {
+        PACKET_GATE.store(true, Ordering::Relaxed);
     }
     // SAFETY: staging maps at least NETLOG_END bytes (init::make_staging); the header is
     // 8-aligned inside it and nobody else uses it yet.
@@ -468,7 +477,8 @@ fn classify(log: &Log, fd: i32, st: &mut sys::FdStat) -> Option<Held> {
     let ty = sockopt(fd, libc::SO_TYPE)?;
     let listening = sockopt(fd, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
     let dgram = ty == libc::SOCK_DGRAM;
-    let ours = matches!(domain, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX)
+    let inet = matches!(domain, libc::AF_INET | libc::AF_INET6);
+    let ours = ((inet && !PACKET_GATE.load(Ordering::Relaxed)) || domain == libc::AF_UNIX)
         && matches!(
             ty,
             libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET
