@@ -14,6 +14,7 @@
 //!   shim's hello, the first connection);
 //! - [`epoch_loop`]: the loop itself; this module starts it.
 
+pub mod conns;
 mod epoch_loop;
 mod fencing;
 mod image_sync;
@@ -135,6 +136,11 @@ pub fn run_full(
         status.lock().packet_gate = Some(g.clone());
     }
     let mut p = Primary::new(args, shim, staging, status, output, net);
+    if packets.is_some() {
+        // The program's connections survive a failover: dump them in each pause.
+        p.staging.set_tcp_hold(true);
+        p.tcp_hold = true;
+    }
     p.packets = packets;
     let End::Exit(code) = p.main(&stop)?;
     let packets = p.packets.take();

@@ -112,6 +112,12 @@ pub struct Primary {
     pub forks: Vec<(i32, Instant)>,
     /// The packet gate (`--service-addr`): the program's packets wait for their commit.
     pub packets: Option<Arc<crate::net::gate::Gate>>,
+    /// `--service-addr`: the shim holds epochs with connections for their dump
+    /// ([`super::conns`], `remus_abi::TCP_HOLD_OFF`).
+    pub tcp_hold: bool,
+    /// Messages from the shim read while waiting for its answer to a connection dump, handled
+    /// by the loop next.
+    pub shim_backlog: std::collections::VecDeque<super::shim_link::FromShim>,
 }
 
 /// An `execve` the program announced, or a handover to its child, waiting for the new
@@ -156,6 +162,8 @@ impl Primary {
             exec: None,
             forks: Vec::new(),
             packets: None,
+            tcp_hold: false,
+            shim_backlog: std::collections::VecDeque::new(),
             net,
             want_epoch: 0,
             stream: None,
