@@ -310,3 +310,35 @@ fn beanstalkd_connection_survives_kill_9_of_the_primary() {
         rig.report()
     );
 }
+#[test]
+fn beanstalkd_large_puts_and_a_connection_opened_just_before_the_kill() {
+    require_program("/usr/bin/beanstalkd", "beanstalkd");
+    let rig = Rig::start(&[
+        "/usr/bin/beanstalkd",
+        "-l",
+        "0.0.0.0",
+        "-p",
+        "11300",
+        "-z",
+        "1048576",
+    ]);
+    let mut c = rig.connect(PORT);
+    let mut late: Option<TcpStream> = None;
+    // 64 KiB bodies: the client uploads, the primary's ACKs are held in the gate.
+    let (acked, mut times) = put_loop(&mut c, "big", 60, 64 << 10, 30, || {
+        // A second connection, opened and used right before the kill.
+        let mut l = rig.connect(PORT);
+        put(&mut l, b"late-0").expect("put on the late connection");
+        rig.kill_primary_side();
+        late = Some(l);
+    });
+    rig.takeover();
+    print_stall("64 KiB puts across kill -9", &mut times);
+    let mut l = late.expect("the late connection");
+    let id = put(&mut l, b"late-1").expect("put on the late connection after the failover");
+    assert!(id > 0);
+    let mut all = acked;
+    all.push(b"late-0".to_vec());
+    all.push(b"late-1".to_vec());
+    check_jobs(&mut c, &all);
+}

@@ -155,10 +155,16 @@ pub fn run_full(
         }
     }
     // Otherwise the primary side is dying: what is still held is dropped with the process
-    // (the gate's queue closes with it, and the kernel drops what it held).
+    // (the gate's queue closes with it, and the kernel drops what it held), and the rule stays
+    // (the keeper removes it after the veth pair): the dead program's namespace answers its
+    // clients' packets with resets, which must not pass while the standby takes over.
     if let Some(g) = &packets {
         // Not left to the last reference's drop (a link thread may outlive this function).
-        g.stop();
+        if p.release_at_end {
+            g.stop();
+        } else {
+            g.abandon();
+        }
     }
     Ok(code)
 }
