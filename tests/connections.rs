@@ -342,3 +342,81 @@ fn beanstalkd_large_puts_and_a_connection_opened_just_before_the_kill() {
     all.push(b"late-1".to_vec());
     check_jobs(&mut c, &all);
 }
+
+#[test]
+fn lighttpd_large_file_read_slowly_across_kill_9() {
+    require_program("/usr/sbin/lighttpd", "lighttpd");
+    let www = TempDir::new("connections-www");
+    let mut data = vec![0u8; 8 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(www.path().join("big.bin"), &data).unwrap();
+    let conf = www.path().join("lighttpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server.document-root = \"{w}\"\nserver.bind = \"0.0.0.0\"\nserver.port = 8080\n\
+             server.errorlog = \"{w}/error.log\"\n",
+            w = www.path().display()
+        ),
+    )
+    .unwrap();
+    let conf = conf.display().to_string();
+    let rig = Rig::start(&["/usr/sbin/lighttpd", "-D", "-f", &conf]);
+    let mut c = rig.connect(8080);
+    c.write_all(b"GET /big.bin HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::with_capacity(data.len() + 4096);
+    let mut buf = vec![0u8; 32 << 10];
+    let mut killed = false;
+    let mut stall = Duration::ZERO;
+    // Bounded: at most one read per 1 byte of the file and its header.
+    for _ in 0..data.len() + 4096 {
+        let t0 = Instant::now();
+        let n = match c.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!(
+                "reading the download after {} bytes (killed: {killed}): {e}\n{}",
+                got.len(),
+                rig.report()
+            ),
+        };
+        stall = stall.max(t0.elapsed());
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if !killed && got.len() >= 2 << 20 {
+            rig.kill_primary_side();
+            killed = true;
+        }
+        // A slow reader: the server's send queue stays full.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        killed,
+        "the download ended before the kill ({} bytes)",
+        got.len()
+    );
+    rig.takeover();
+    eprintln!(
+        "8 MiB download read slowly across kill -9: longest wait for a read {:.1} ms",
+        stall.as_secs_f64() * 1e3
+    );
+    let body_at = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .expect("an HTTP header");
+    assert!(got.starts_with(b"HTTP/1.0 200"), "{:?}", &got[..body_at]);
+    assert_eq!(got.len() - body_at, data.len(), "downloaded bytes");
+    assert!(
+        got[body_at..] == data[..],
+        "the downloaded bytes differ from the file"
+    );
+}
