@@ -26,7 +26,8 @@ use super::state::{End, ExecPending, InEpoch, Primary, EXEC_HELLO_TIMEOUT, FORK_
 const GATE_EPOCH_DELAY: Duration = Duration::ZERO;
 
 /// How a connection dump in the pause went.
-enum DumpOutcome {
+#[derive(Debug)]
+pub(super) enum DumpOutcome {
     /// Dumped while the program was held (or nothing to dump): the epoch commits.
     Taken,
     /// The epoch cannot be taken whole: protection stops with this reason.
@@ -677,7 +678,11 @@ impl Primary {
 
     /// Dumps the connections of epoch `epoch` while the shim holds the program
     /// ([`super::conns`]); on [`DumpOutcome::Taken`] they are in `meta.tcp`.
-    fn dump_conns(&mut self, epoch: u64, meta: &mut crate::image::EpochMeta) -> DumpOutcome {
+    pub(super) fn dump_conns(
+        &mut self,
+        epoch: u64,
+        meta: &mut crate::image::EpochMeta,
+    ) -> DumpOutcome {
         if !super::conns::held_for_dump(meta) {
             return DumpOutcome::Taken;
         }
