@@ -39,6 +39,8 @@ struct Rig {
     primary: Child,
     control: PathBuf,
     service: String,
+    /// When the primary was protected.
+    since: Instant,
     dir: TempDir,
     /// Last: its drop kills whatever is left in the namespaces and deletes them.
     lan: Lan,
@@ -98,6 +100,7 @@ impl Rig {
             primary,
             control,
             service,
+            since: Instant::now(),
             dir,
             lan,
         };
@@ -111,6 +114,8 @@ impl Rig {
                     .filter(|v| s(v, "state") == "protected")
             },
         );
+        let mut rig = rig;
+        rig.since = Instant::now();
         rig
     }
 
@@ -132,6 +137,13 @@ impl Rig {
             .as_i64()
             .unwrap_or_else(|| panic!("no controller_pid in the primary's status: {st}"))
             as i32;
+        // For the record: epochs taken while protected (each with its connections dumped).
+        eprintln!(
+            "before the kill: {} epochs in {:.1} s, pause p50 {} us",
+            st["epochs_total"],
+            self.since.elapsed().as_secs_f64(),
+            st["pause_us"]["p50"]
+        );
         let app = self.primary.id() as i32;
         assert!(signal(app, libc::SIGKILL), "kill -9 {app} (the program)");
         assert!(
@@ -302,7 +314,21 @@ fn beanstalkd_connection_survives_kill_9_of_the_primary() {
     require_program("/usr/bin/beanstalkd", "beanstalkd");
     let rig = Rig::start(&["/usr/bin/beanstalkd", "-l", "0.0.0.0", "-p", "11300"]);
     let mut c = rig.connect(PORT);
-    let (acked, mut times) = put_loop(&mut c, "job", 300, 16, 150, || rig.kill_primary_side());
+    let first = put(&mut c, b"job-first").expect("the first put");
+    assert!(first > 0);
+    // For the record: epochs while the connection is open and idle (each dumps it; a dump
+    // that made a packet would trigger the next epoch at once behind the gate).
+    let epochs = |r: &Rig| remus::status(&r.control).expect("status")["epochs_total"].as_u64();
+    let (e0, t0) = (epochs(&rig), Instant::now());
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!(
+        "idle with the connection open: {:?} epochs in {:.2} s (epochs every 25 ms)",
+        epochs(&rig).zip(e0).map(|(a, b)| a - b),
+        t0.elapsed().as_secs_f64()
+    );
+    let (mut acked, mut times) =
+        put_loop(&mut c, "job", 300, 16, 150, || rig.kill_primary_side());
+    acked.push(b"job-first".to_vec());
     let t = rig.takeover();
     assert!(t["pid"].as_i64().is_some(), "takeover.json: {t}");
     print_stall("one connection across kill -9", &mut times);
