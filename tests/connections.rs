@@ -326,8 +326,7 @@ fn beanstalkd_connection_survives_kill_9_of_the_primary() {
         epochs(&rig).zip(e0).map(|(a, b)| a - b),
         t0.elapsed().as_secs_f64()
     );
-    let (mut acked, mut times) =
-        put_loop(&mut c, "job", 300, 16, 150, || rig.kill_primary_side());
+    let (mut acked, mut times) = put_loop(&mut c, "job", 300, 16, 150, || rig.kill_primary_side());
     acked.push(b"job-first".to_vec());
     let t = rig.takeover();
     assert!(t["pid"].as_i64().is_some(), "takeover.json: {t}");
