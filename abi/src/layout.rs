@@ -5,7 +5,7 @@
 //! +------------------+ 0
 //! | StagingHeader    |   epoch, chunk, counts, resume context, mm fields, cwd, auxv
 //! |   ...            |
-//! | controller words |   COMMITTED_OFF .. STREAM_OFF + 8, in the header's tail
+//! | controller words |   TCP_HOLD_OFF .. HANDOVER_CONN_OFF + 8, in the header's tail
 //! +------------------+ RESETS_OFF
 //! | [ResetRange]     |
 //! +------------------+ FDS_OFF
@@ -82,6 +82,7 @@ pub const LAYOUT: &[(&str, usize)] = &[
     ("MAX_THREADS", crate::MAX_THREADS),
     ("ThreadRecord", size_of::<crate::ThreadRecord>()),
     ("PipeProbe", size_of::<crate::PipeProbe>()),
+    ("TCP_HOLD_OFF", crate::TCP_HOLD_OFF),
 ];
 
 /// FNV-1a over every name and value of [`LAYOUT`].
@@ -107,8 +108,8 @@ pub const FINGERPRINT: u64 = {
     h
 };
 
-/// The fingerprint of the layout [`crate::ABI_VERSION`] (7) names. Change both together.
-pub const FINGERPRINT_OF_THIS_VERSION: u64 = 0xc319_5ce4_ef17_d1db;
+/// The fingerprint of the layout [`crate::ABI_VERSION`] (8) names. Change both together.
+pub const FINGERPRINT_OF_THIS_VERSION: u64 = 0x1e2f_6e0d_5b10_5079;
 
 const _: () = assert!(
     FINGERPRINT == FINGERPRINT_OF_THIS_VERSION,

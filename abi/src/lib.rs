@@ -95,7 +95,9 @@ pub const STAGING_MAGIC: u64 = u64::from_le_bytes(*b"REMUSSTG");
 ///    header, [`MsgKind::ThreadStuck`].
 /// 7: `stdio_pipes` in the header ([`PipeProbe`]: the held output pipes' unread bytes at the
 ///    checkpoint).
-pub const ABI_VERSION: u32 = 7;
+/// 8: connections dumped in the pause: [`TCP_HOLD_OFF`], [`MsgKind::TcpDumped`],
+///    [`MsgKind::TcpHeld`], [`MsgKind::TcpDumpLate`].
+pub const ABI_VERSION: u32 = 8;
 
 pub const MAX_RESETS: usize = 8192;
 pub const MAX_FDS: usize = 1024;
@@ -383,6 +385,14 @@ pub enum MsgKind {
     /// the deadline (it blocks the epoch signal, or is stopped): a = TID, b = epoch tried.
     /// Text: its name and what it was doing. The controller retries at the next tick.
     ThreadStuck = 15,
+    /// The shim held epoch a (every thread in the handler) for the connection dump and got
+    /// [`MsgKind::TcpDumped`] for it within [`TCP_HOLD_DEADLINE_NS`]: the dump is consistent
+    /// with the checkpoint; the program resumes now.
+    TcpHeld = 16,
+    /// The shim held epoch a for the connection dump and got no [`MsgKind::TcpDumped`] within
+    /// [`TCP_HOLD_DEADLINE_NS`]: the program resumed, so whatever remusd dumped for epoch a
+    /// may be newer than its checkpoint; the controller must not commit that epoch.
+    TcpDumpLate = 17,
 
     // controller -> shim
     /// The standby is connected; protection starts.
@@ -394,6 +404,10 @@ pub enum MsgKind {
     RunUnprotected = 102,
     /// The chunk a = epoch, b = chunk was copied out; the staging area is free.
     Drained = 103,
+    /// Epoch a's connections are dumped (sent after the last chunk of an epoch the shim holds
+    /// for it, see [`TCP_HOLD_OFF`]): the shim answers [`MsgKind::TcpHeld`] and lets the
+    /// program go on. One that arrives when the shim is not waiting for it is ignored.
+    TcpDumped = 104,
 }
 
 impl MsgKind {
@@ -414,10 +428,13 @@ impl MsgKind {
             13 => MsgKind::Handover,
             14 => MsgKind::ChildServes,
             15 => MsgKind::ThreadStuck,
+            16 => MsgKind::TcpHeld,
+            17 => MsgKind::TcpDumpLate,
             100 => MsgKind::Ready,
             101 => MsgKind::Refuse,
             102 => MsgKind::RunUnprotected,
             103 => MsgKind::Drained,
+            104 => MsgKind::TcpDumped,
             _ => return None,
         })
     }
@@ -545,3 +562,21 @@ const _: () = assert!(STREAM_OFF + 8 <= HEADER_SIZE);
 const _: () = assert!(HANDOVER_CONN_OFF + 8 <= HEADER_SIZE);
 const _: () = assert!(RESEND_EPOCH_OFF + 8 <= HEADER_SIZE);
 const _: () = assert!(RESEND_REQ_OFF.is_multiple_of(8));
+
+/// Connections dumped in the pause (ABI 8; a controller word like [`COMMITTED_OFF`], just below
+/// it). remusd, when it runs with a service address (its program's connections come back at a
+/// failover), stores 1 in the `u64` at [`TCP_HOLD_OFF`] before its first epoch signal. The
+/// epoch handler then, after announcing the last chunk of an epoch whose descriptor table has
+/// a connected TCP socket (IPv4 or IPv6), keeps every thread in the handler until remusd says
+/// [`MsgKind::TcpDumped`] for that epoch (remusd reads each connection with `TCP_REPAIR` while
+/// nothing of the program runs), at most [`TCP_HOLD_DEADLINE_NS`]; it answers
+/// [`MsgKind::TcpHeld`], or [`MsgKind::TcpDumpLate`] when the deadline passed. The shim only
+/// reads this word.
+pub const TCP_HOLD_OFF: usize = COMMITTED_OFF - 8;
+/// How long the epoch handler waits for [`MsgKind::TcpDumped`] (the thread rendezvous has
+/// 200 ms; a dump costs microseconds per idle connection, milliseconds with megabytes queued).
+pub const TCP_HOLD_DEADLINE_NS: u64 = 500_000_000;
+
+const _: () = assert!(TCP_HOLD_OFF.is_multiple_of(8));
+const _: () =
+    assert!(THREADS_OFF + MAX_THREADS * core::mem::size_of::<ThreadRecord>() <= TCP_HOLD_OFF);

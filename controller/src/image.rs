@@ -237,6 +237,12 @@ pub struct EpochMeta {
     /// Part of `pause_ns`.
     #[serde(default)]
     pub rendezvous_ns: u64,
+    /// The program's connected TCP sockets at the checkpoint, by descriptor number, as
+    /// `TCP_REPAIR` read them in the pause (remusd with `--service-addr`, ABI 8; empty
+    /// otherwise and in older images). A standby with a service address rebuilds each at its
+    /// number ([`crate::tcp::rebuild`]); without one they come back closed by the peer.
+    #[serde(default)]
+    pub tcp: Vec<(i32, crate::tcp::TcpConnState)>,
 }
 
 /// The record of the one thread of a single-threaded epoch: `tid` resumes at `ctx`, flagged

@@ -331,6 +331,22 @@ impl Gate {
     }
 }
 
+impl Gate {
+    /// The primary side is dying (the program died without a word): stops reading the queue
+    /// but leaves the rule, so that the kernel drops whatever the program's namespace still
+    /// sends (a dead program's sockets answer its clients with resets, which must not reach
+    /// them: the standby is about to carry those connections on). The topology keeper removes
+    /// the rule after the veth pair (`Topology::teardown`). A later [`Gate::stop`] leaves the
+    /// rule too.
+    pub fn abandon(&self) {
+        let rule = self.rule.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if rule.is_some() {
+            tracing::info!(veth = %self.veth, "the program died: its gate rule stays (what its namespace sends is dropped)");
+        }
+        self.stop();
+    }
+}
+
 impl Drop for Gate {
     fn drop(&mut self) {
         self.stop();

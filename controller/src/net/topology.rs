@@ -187,12 +187,15 @@ impl Topology {
         }
         if std::mem::take(&mut self.veth) {
             let host = self.spec.host_veth();
-            // A gate whose remusd died cannot remove its rule: do it here.
-            super::gate::remove_rules_for(&host);
-            // The pair goes as one; its route with it.
+            // The pair goes as one; its route with it. First: until it is gone, the gate's
+            // rule drops what the program's namespace sends (resets from a dead program's
+            // sockets, which must not reach clients the standby carries on).
             if let Err(e) = run("ip", &["link", "del", &host]) {
                 tracing::warn!("deleting the veth pair {host}: {e}");
             }
+            // A gate whose remusd died (or left it on purpose) cannot remove its rule: do it
+            // here.
+            super::gate::remove_rules_for(&host);
         }
         while let Some((path, old)) = self.saved.pop() {
             if let Err(e) = std::fs::write(&path, &old) {

@@ -25,6 +25,17 @@ use super::state::{End, ExecPending, InEpoch, Primary, EXEC_HELLO_TIMEOUT, FORK_
 /// waiting for its end.
 const GATE_EPOCH_DELAY: Duration = Duration::ZERO;
 
+/// How a connection dump in the pause went.
+#[derive(Debug)]
+pub(super) enum DumpOutcome {
+    /// Dumped while the program was held (or nothing to dump): the epoch commits.
+    Taken,
+    /// The epoch cannot be taken whole: protection stops with this reason.
+    Abandoned(String),
+    /// The shim went away meanwhile: the epoch is not committed.
+    ShimGone,
+}
+
 impl Primary {
     pub(super) fn main(&mut self, stop: &AtomicBool) -> Result<End> {
         self.await_hello()?;
@@ -37,6 +48,12 @@ impl Primary {
         let epoch = Duration::from_millis(self.args.epoch_ms.max(1));
         self.next_tick = Instant::now();
         loop {
+            // What the shim said while remusd waited for its answer to a connection dump.
+            while let Some(m) = self.shim_backlog.pop_front() {
+                if let Some(end) = self.on_shim(m)? {
+                    return Ok(end);
+                }
+            }
             if stop.load(Ordering::Relaxed) {
                 return Ok(self.operator_stop());
             }
@@ -397,6 +414,10 @@ impl Primary {
                 self.unprotect(reason, true)
             }
             Some(MsgKind::ThreadStuck) => self.on_thread_stuck(m.a as i32, m.b, text),
+            Some(MsgKind::TcpHeld) => {
+                tracing::debug!(epoch = m.a, "the shim's answer to a dump not waited for")
+            }
+            Some(MsgKind::TcpDumpLate) => tracing::warn!(epoch = m.a, "{text}"),
             Some(MsgKind::Unsupported) => self.unprotect(
                 format!("the app uses state remus cannot replicate: {text}"),
                 true,
@@ -457,10 +478,16 @@ impl Primary {
         let bytes = staging.bytes();
         let hdr = staging::read_header(bytes, (epoch, chunk));
         let last = hdr.as_ref().map(|h| h.last != 0).unwrap_or(false);
+        let tcp_hold = self.tcp_hold;
+        // Drains a chunk that is not taken (and lets a shim holding the epoch for a connection
+        // dump go on: no dump is made for an epoch that is not committed).
         let drain = |shim: &ShimLink| -> Result<()> {
             if !last {
                 shim.send(MsgKind::Drained, epoch, chunk, "")
                     .context("telling the shim the chunk is drained")?;
+            } else if tcp_hold {
+                shim.send(MsgKind::TcpDumped, epoch, 0, "")
+                    .context("letting the shim go on (no connection dump)")?;
             }
             Ok(())
         };
@@ -535,11 +562,17 @@ impl Primary {
         } else {
             None
         };
-        // The staging area is copied out: let the shim go on.
-        drain(&self.shim)?;
-        let (pages, meta) = match (pages, meta.transpose()) {
+        // The staging area is copied out: let the shim go on (a last chunk's hold for the
+        // connection dump ends below).
+        if !last {
+            drain(&self.shim)?;
+        }
+        let (pages, mut meta) = match (pages, meta.transpose()) {
             (Ok(p), Ok(m)) => (p, m),
             (Err(e), _) | (_, Err(e)) => {
+                if last {
+                    drain(&self.shim)?;
+                }
                 self.in_epoch = None;
                 self.unprotect(
                     format!("bad epoch {epoch} chunk {chunk} from the shim: {e}"),
@@ -548,6 +581,22 @@ impl Primary {
                 return Ok(());
             }
         };
+        if let (Some(m), true) = (meta.as_mut(), self.tcp_hold) {
+            match self.dump_conns(epoch, m) {
+                DumpOutcome::Taken => {}
+                DumpOutcome::Abandoned(reason) => {
+                    self.in_epoch = None;
+                    self.unprotect(reason, true);
+                    return Ok(());
+                }
+                DumpOutcome::ShimGone => {
+                    // Not committed: the standby keeps the epoch before (the loop sees the
+                    // end of the shim's socket next).
+                    self.in_epoch = None;
+                    return Ok(());
+                }
+            }
+        }
         let ie = self
             .in_epoch
             .get_or_insert_with(|| InEpoch::new(Instant::now()));
@@ -630,6 +679,88 @@ impl Primary {
             self.check_link();
         }
         Ok(())
+    }
+
+    /// Dumps the connections of epoch `epoch` while the shim holds the program
+    /// ([`super::conns`]); on [`DumpOutcome::Taken`] they are in `meta.tcp`.
+    pub(super) fn dump_conns(
+        &mut self,
+        epoch: u64,
+        meta: &mut crate::image::EpochMeta,
+    ) -> DumpOutcome {
+        if !super::conns::held_for_dump(meta) {
+            return DumpOutcome::Taken;
+        }
+        let t0 = Instant::now();
+        let dumped = super::conns::dump_all(self.args.app_pid, meta);
+        let dump_us = t0.elapsed().as_micros() as u64;
+        // The shim goes on in any case.
+        if let Err(e) = self.shim.send(MsgKind::TcpDumped, epoch, 0, "") {
+            tracing::warn!(epoch, "telling the shim the connections are dumped: {e}");
+            return DumpOutcome::ShimGone;
+        }
+        let dumped = match dumped {
+            Ok(d) => d,
+            Err(e) => {
+                return DumpOutcome::Abandoned(format!(
+                    "epoch {epoch} abandoned: {e}; the program's connections would not survive a failover"
+                ))
+            }
+        };
+        // The shim's verdict comes next: TcpHeld (it waited for us) or TcpDumpLate.
+        let deadline = Instant::now()
+            + Duration::from_nanos(remus_abi::TCP_HOLD_DEADLINE_NS)
+            + Duration::from_secs(2);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return DumpOutcome::Abandoned(format!(
+                    "epoch {epoch} abandoned: the shim did not answer the connection dump within {} ms",
+                    (remus_abi::TCP_HOLD_DEADLINE_NS / 1_000_000) + 2000
+                ));
+            }
+            match self.shim.recv_timeout(left) {
+                Ok(Some(FromShim::Msg(m))) if m.kind == MsgKind::TcpHeld as u32 && m.a == epoch => {
+                    break
+                }
+                Ok(Some(FromShim::Msg(m)))
+                    if m.kind == MsgKind::TcpDumpLate as u32 && m.a == epoch =>
+                {
+                    return DumpOutcome::Abandoned(format!(
+                        "epoch {epoch} abandoned: {} (the dump took {dump_us} us); its connection \
+                         state may be newer than its memory",
+                        String::from_utf8_lossy(m.text())
+                    ));
+                }
+                Ok(Some(FromShim::Eof)) => {
+                    self.shim_backlog.push_back(FromShim::Eof);
+                    return DumpOutcome::ShimGone;
+                }
+                Ok(Some(other)) => self.shim_backlog.push_back(other),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(epoch, "waiting for the shim after the connection dump: {e}");
+                    return DumpOutcome::ShimGone;
+                }
+            }
+        }
+        for (fd, state) in &dumped.skipped {
+            tracing::debug!(
+                epoch,
+                fd,
+                state,
+                "connection not dumped (already closed): it comes back closed"
+            );
+        }
+        tracing::debug!(
+            epoch,
+            conns = dumped.conns.len(),
+            dump_us,
+            hold_us = t0.elapsed().as_micros() as u64,
+            "connections dumped in the pause"
+        );
+        meta.tcp = dumped.conns;
+        DumpOutcome::Taken
     }
 
     /// The app died without an exit message (killed), or the shim's socket closed: drop the

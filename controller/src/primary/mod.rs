@@ -15,6 +15,7 @@
 //! - [`epoch_loop`]: the loop itself; this module starts it.
 
 mod arbiter;
+pub mod conns;
 mod epoch_loop;
 mod fencing;
 mod image_sync;
@@ -180,6 +181,11 @@ pub fn run_full(
     }
     let mut p = Primary::new(args, shim, staging, status, output, net);
     p.switch_requests = Some(switch_rx);
+    if packets.is_some() {
+        // The program's connections survive a failover: dump them in each pause.
+        p.staging.set_tcp_hold(true);
+        p.tcp_hold = true;
+    }
     p.packets = packets;
     let End::Exit(code) = p.main(&stop)?;
     let packets = p.packets.take();
@@ -194,10 +200,16 @@ pub fn run_full(
         }
     }
     // Otherwise the primary side is dying: what is still held is dropped with the process
-    // (the gate's queue closes with it, and the kernel drops what it held).
+    // (the gate's queue closes with it, and the kernel drops what it held), and the rule stays
+    // (the keeper removes it after the veth pair): the dead program's namespace answers its
+    // clients' packets with resets, which must not pass while the standby takes over.
     if let Some(g) = &packets {
         // Not left to the last reference's drop (a link thread may outlive this function).
-        g.stop();
+        if p.release_at_end {
+            g.stop();
+        } else {
+            g.abandon();
+        }
     }
     Ok(code)
 }

@@ -138,8 +138,9 @@ impl Staging {
     }
 
     fn header_word(&self, off: usize) -> &AtomicU64 {
-        // SAFETY: `off` is one of remus_abi's RESEND_* words: 8-aligned, inside the header
-        // area of the mapping (const asserts of remus_abi), accessed atomically by both sides.
+        // SAFETY: `off` is one of remus_abi's controller words (RESEND_*, STREAM_OFF,
+        // TCP_HOLD_OFF): 8-aligned, inside the header area of the mapping (const asserts of
+        // remus_abi), accessed atomically by both sides.
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
     }
 
@@ -147,6 +148,13 @@ impl Staging {
     /// them in the pause. Written before an epoch signal only.
     pub fn set_stream(&self, on: bool) {
         self.header_word(remus_abi::STREAM_OFF)
+            .store(on as u64, Ordering::Release);
+    }
+
+    /// Whether the shim holds epochs with connections for remusd's dump
+    /// (`remus_abi::TCP_HOLD_OFF`). Written before the first epoch signal.
+    pub fn set_tcp_hold(&self, on: bool) {
+        self.header_word(remus_abi::TCP_HOLD_OFF)
             .store(on as u64, Ordering::Release);
     }
 
@@ -299,6 +307,7 @@ pub fn read_meta(b: &[u8], h: &StagingHeader, pages: u64) -> Result<EpochMeta, R
     let kobjs = read_kobjs(b, h.epoch)?;
     let threads = read_threads(b, h)?;
     Ok(EpochMeta {
+        tcp: Vec::new(),
         threads,
         rendezvous_ns: h.rendezvous_ns,
         files: Vec::new(),

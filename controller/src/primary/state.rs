@@ -132,6 +132,12 @@ pub struct Primary {
     pub arbiter_checked: bool,
     /// The obsolete mark on its way to etcd (`primary::arbiter`).
     pub obsolete: Option<crossbeam::channel::Receiver<Result<(), crate::arbiter::ArbiterError>>>,
+    /// `--service-addr`: the shim holds epochs with connections for their dump
+    /// ([`super::conns`], `remus_abi::TCP_HOLD_OFF`).
+    pub tcp_hold: bool,
+    /// Messages from the shim read while waiting for its answer to a connection dump, handled
+    /// by the loop next.
+    pub shim_backlog: std::collections::VecDeque<super::shim_link::FromShim>,
 }
 
 /// An `execve` the program announced, or a handover to its child, waiting for the new
@@ -176,6 +182,8 @@ impl Primary {
             exec: None,
             forks: Vec::new(),
             packets: None,
+            tcp_hold: false,
+            shim_backlog: std::collections::VecDeque::new(),
             net,
             want_epoch: 0,
             stream: None,

@@ -405,3 +405,149 @@ fn threads_reach_the_standby_and_a_stuck_thread_does_not_stop_protection() {
     assert_eq!(meta.rendezvous_ns, 500_000);
     let _ = r.primary.join();
 }
+
+/// A primary holding connections (`--service-addr`) with a fake shim: its end of the shim
+/// socket, and the program's pid the dump reads descriptors from (this test process).
+fn conn_primary() -> (super::state::Primary, ShimLink) {
+    let (ctl_end, shim_end) = seqpacket_pair();
+    let f = memfd();
+    let staging = Staging::map(&f).unwrap();
+    let status = SharedStatus::new(Status::new("primary", "protected"));
+    let args = PrimaryArgs {
+        app_pid: std::process::id() as i32,
+        standby: None,
+        epoch_ms: 5,
+        control: None,
+        heartbeat_ms: 20,
+        allow_unprotected: false,
+        key_file: None,
+        insecure: true,
+        stream_images: false,
+        stream_batch_pages: super::stream::BATCH_PAGES,
+        pipeline: Default::default(),
+        metrics: None,
+        service: None,
+        arbiter: None,
+    };
+    let output = super::output::Output::new(Vec::new(), status.clone());
+    let mut p = super::state::Primary::new(
+        args,
+        ShimLink::new(ctl_end).unwrap(),
+        staging,
+        status,
+        output,
+        None,
+    );
+    p.tcp_hold = true;
+    (p, ShimLink::new(shim_end).unwrap())
+}
+
+/// An epoch whose descriptor `fd` is a connected TCP socket.
+fn meta_with_conn(fd: i32) -> crate::image::EpochMeta {
+    let mut m = crate::image::EpochMeta::default();
+    m.kobjs.insert(
+        fd,
+        crate::image::KernelObject::Socket(crate::image::SocketInfo {
+            family: libc::AF_INET,
+            sock_type: libc::SOCK_STREAM,
+            protocol: libc::IPPROTO_TCP,
+            listening: false,
+            backlog: 0,
+            reuseaddr: false,
+            reuseport: false,
+            v6only: false,
+            addr: Vec::new(),
+            peer: Some(vec![0; 16]),
+        }),
+    );
+    m
+}
+
+/// The fake shim: waits for `TcpDumped` for `epoch`, then answers `kind` (None: closes).
+fn answer_dump(shim: ShimLink, epoch: u64, kind: Option<MsgKind>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let m = expect(&shim, MsgKind::TcpDumped);
+        assert_eq!(m.a, epoch);
+        if let Some(k) = kind {
+            shim.send(k, epoch, 0, "late, said the fake shim").unwrap();
+        }
+    })
+}
+
+fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    (c, s)
+}
+
+#[test]
+fn connections_are_dumped_while_the_shim_holds_the_epoch() {
+    use std::os::fd::AsRawFd;
+    let (c, s) = tcp_pair();
+    let (mut p, shim) = conn_primary();
+    let t = answer_dump(shim, 7, Some(MsgKind::TcpHeld));
+    let mut meta = meta_with_conn(s.as_raw_fd());
+    let out = p.dump_conns(7, &mut meta);
+    t.join().unwrap();
+    assert!(
+        matches!(out, super::epoch_loop::DumpOutcome::Taken),
+        "{out:?} (the dump needs CAP_NET_ADMIN: run the tests as root)"
+    );
+    assert_eq!(meta.tcp.len(), 1, "{:?}", meta.tcp);
+    assert_eq!(meta.tcp[0].0, s.as_raw_fd());
+    assert_eq!(meta.tcp[0].1.local, s.local_addr().unwrap());
+    assert_eq!(meta.tcp[0].1.remote, c.local_addr().unwrap());
+}
+
+#[test]
+fn a_late_dump_abandons_the_epoch_and_says_so() {
+    use std::os::fd::AsRawFd;
+    let (_c, s) = tcp_pair();
+    let (mut p, shim) = conn_primary();
+    let t = answer_dump(shim, 8, Some(MsgKind::TcpDumpLate));
+    let mut meta = meta_with_conn(s.as_raw_fd());
+    let out = p.dump_conns(8, &mut meta);
+    t.join().unwrap();
+    match out {
+        super::epoch_loop::DumpOutcome::Abandoned(why) => {
+            assert!(
+                why.contains("epoch 8 abandoned") && why.contains("late, said the fake shim"),
+                "{why}"
+            )
+        }
+        other => panic!("expected the epoch abandoned, got {other:?}"),
+    }
+    assert!(meta.tcp.is_empty());
+}
+
+#[test]
+fn a_connection_that_cannot_be_read_abandons_the_epoch_naming_it() {
+    let (mut p, shim) = conn_primary();
+    // Not a descriptor of this process.
+    let t = answer_dump(shim, 9, Some(MsgKind::TcpHeld));
+    let mut meta = meta_with_conn(100_000);
+    let out = p.dump_conns(9, &mut meta);
+    t.join().unwrap();
+    match out {
+        super::epoch_loop::DumpOutcome::Abandoned(why) => {
+            assert!(why.contains("fd 100000"), "{why}")
+        }
+        other => panic!("expected the epoch abandoned, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_shim_gone_during_the_dump_leaves_the_epoch_uncommitted() {
+    use std::os::fd::AsRawFd;
+    let (_c, s) = tcp_pair();
+    let (mut p, shim) = conn_primary();
+    let t = answer_dump(shim, 10, None);
+    let mut meta = meta_with_conn(s.as_raw_fd());
+    let out = p.dump_conns(10, &mut meta);
+    t.join().unwrap();
+    assert!(
+        matches!(out, super::epoch_loop::DumpOutcome::ShimGone),
+        "{out:?}"
+    );
+}

@@ -139,10 +139,31 @@ impl FdPlan {
         })
     }
 
-    /// Installs the table in the stopped child.
-    pub fn apply(&self, t: &mut Tracee) -> Result<(), RestoreError> {
+    /// Installs the table in the stopped child. `conns`: connections rebuilt by the daemon
+    /// (`--service-addr`, [`super::net`]): the daemon's pidfd of itself (the child inherited it
+    /// at this number) and the daemon's rebuilt sockets by the program's descriptor number;
+    /// the child takes each with `pidfd_getfd` instead of the closed stand-in.
+    pub fn apply(&self, t: &mut Tracee, conns: Option<Conns<'_>>) -> Result<(), RestoreError> {
         let max_target = self.targets.last().map_or(2, |t| t.fd.max(2));
-        let above = max_target.max(*self.stdio.iter().max().unwrap_or(&2)) + 1;
+        let above = max_target
+            .max(*self.stdio.iter().max().unwrap_or(&2))
+            .max(conns.as_ref().map_or(2, |c| c.pidfd))
+            + 1;
+        // The daemon's pidfd, out of the way too (kept until every connection is taken).
+        let pidfd_high = match &conns {
+            Some(c) => Some(t.sys(
+                "fcntl(F_DUPFD)",
+                libc::SYS_fcntl,
+                [c.pidfd as u64, libc::F_DUPFD as u64, above as u64, 0, 0, 0],
+                || {
+                    format!(
+                        "keeping remusd's pidfd (daemon fd {}) out of the way",
+                        c.pidfd
+                    )
+                },
+            )? as i32),
+            None => None,
+        };
         // Move the stdio sources above every target and every source number.
         let mut high = [0i32; 3];
         for (i, &src) in self.stdio.iter().enumerate() {
@@ -155,6 +176,7 @@ impl FdPlan {
         }
         // Close everything else the daemon had.
         let mut keep = high.to_vec();
+        keep.extend(pidfd_high);
         keep.sort_unstable();
         let mut from = 0u32;
         for &k in &keep {
@@ -177,7 +199,25 @@ impl FdPlan {
         let mut pipes = kobj::Pipes::default();
         for tg in &self.targets {
             let what = || format!("fd {} ({})", tg.fd, tg.path);
+            let rebuilt = match (&conns, pidfd_high) {
+                (Some(c), Some(p)) => c.rebuilt.get(&tg.fd).map(|r| (p, r.as_raw_fd())),
+                _ => None,
+            };
             let got = match &tg.action {
+                Action::Kobj(_) if rebuilt.is_some() => {
+                    let (p, daemon_fd) = rebuilt.expect("checked");
+                    t.sys(
+                        "pidfd_getfd",
+                        libc::SYS_pidfd_getfd,
+                        [p as u64, daemon_fd as u64, 0, 0, 0, 0],
+                        || {
+                            format!(
+                                "fd {}: taking its rebuilt connection (daemon fd {daemon_fd})",
+                                tg.fd
+                            )
+                        },
+                    )? as i32
+                }
                 Action::Kobj(obj) => {
                     kobj::create(t, tg.fd, tg.flags, obj, &self.bind_map, &mut pipes, above)?
                 }
@@ -247,11 +287,18 @@ impl FdPlan {
                 kobj::add_epoll_registrations(t, tg.fd, obj)?;
             }
         }
-        for h in high {
+        for h in high.into_iter().chain(pidfd_high) {
             t.close(h);
         }
         Ok(())
     }
+}
+
+/// Connections the daemon rebuilt, for [`FdPlan::apply`].
+pub(crate) struct Conns<'a> {
+    /// The daemon's pidfd of itself, at this number in the child (inherited).
+    pub pidfd: i32,
+    pub rebuilt: &'a std::collections::BTreeMap<i32, crate::tcp::Repairing>,
 }
 
 fn close_range(t: &mut Tracee, first: u32, last: u32) -> Result<(), RestoreError> {

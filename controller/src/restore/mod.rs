@@ -43,6 +43,7 @@ mod inject;
 mod kobj;
 mod layout;
 mod mm;
+pub mod net;
 mod pidns;
 mod regions;
 #[cfg(test)]
@@ -85,6 +86,10 @@ pub struct RestoreOptions {
     /// set of each thread other than the main one, by TID (the image's), restored as given
     /// (`orig_rax` set to -1), with the thread record's `sigmask`.
     pub thread_regs: Vec<(i32, libc::user_regs_struct)>,
+    /// `--service-addr`: the program gets a network namespace of its own with the address,
+    /// its connections rebuilt ([`net`]). None: the sockets are made in the caller's
+    /// namespace and connections come back closed by the peer.
+    pub service: Option<net::ServiceRestore>,
 }
 
 /// When the image's process and thread ids are not all free on this host. They are never
@@ -118,6 +123,7 @@ impl std::fmt::Debug for RestoreOptions {
                 "thread_regs",
                 &self.thread_regs.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
             )
+            .field("service", &self.service)
             .finish()
     }
 }
@@ -136,6 +142,9 @@ pub struct RestoredProcess {
     /// Restored into a new PID namespace: the pid of its init (our child; it exits after the
     /// program).
     pub pid_namespace_init: Option<i32>,
+    /// `--service-addr`: the program's network namespace with the address, torn down when
+    /// the last clone is dropped: keep it while the program runs.
+    pub network: Option<net::KeptNetwork>,
 }
 
 /// Why a restore failed. Each message names what failed (system call, address, path, errno).
@@ -350,6 +359,11 @@ fn attempt(
     let cwd = layout::cstring(&meta.cwd, "working directory")?;
     let exe = exe_path(image);
     let rseq = child::RseqInfo::of_this_process();
+    // Opened before the clone: the child has it at the same number ([`net`]).
+    let self_pidfd = match &opts.service {
+        Some(_) => Some(net::SelfPidfd::open()?),
+        None => None,
+    };
     let ns = if in_ns {
         Some(pidns::PidNamespace::create(threads.main.tid)?)
     } else {
@@ -412,7 +426,7 @@ fn attempt(
         "restore child stopped"
     );
 
-    build(
+    let network = build(
         &mut t,
         image,
         meta,
@@ -422,7 +436,9 @@ fn attempt(
         &cwd,
         exe.as_deref(),
         &rseq,
+        self_pidfd.as_ref(),
     )?;
+    drop(self_pidfd);
     drop(fd_plan); // the parent's copies of the stdio files
     let mut tids = vec![pid];
     tids.extend(t.added_threads().iter().map(|a| a.tid));
@@ -444,6 +460,7 @@ fn attempt(
         own_pid: threads.main.tid,
         tids,
         pid_namespace_init,
+        network,
     })
 }
 
@@ -483,14 +500,28 @@ fn build(
     cwd: &std::ffi::CString,
     exe: Option<&str>,
     rseq: &child::RseqInfo,
-) -> Result<(), RestoreError> {
+    self_pidfd: Option<&net::SelfPidfd>,
+) -> Result<Option<net::KeptNetwork>, RestoreError> {
     child::forget_daemon_state(t, rseq)?;
     // The working directory first: a unix socket bound to a relative path binds again
     // against it.
     t.sys_path("chdir", libc::SYS_chdir, cwd, [0; 5], || {
         format!("working directory {:?}", meta.cwd)
     })?;
-    fd_plan.apply(t)?;
+    // With a service address: the namespace, the address (not announced), the connections
+    // rebuilt, before any socket is made.
+    let network = match (&opts.service, self_pidfd) {
+        (Some(svc), Some(_)) => Some(net::Network::prepare(t, svc, meta)?),
+        _ => None,
+    };
+    let conns = match (&network, self_pidfd) {
+        (Some(n), Some(p)) => Some(fds::Conns {
+            pidfd: std::os::fd::AsRawFd::as_raw_fd(&p.0),
+            rebuilt: &n.rebuilt,
+        }),
+        _ => None,
+    };
+    fd_plan.apply(t, conns)?;
 
     let own = t.read_maps()?;
     layout::clear_address_space(t, &own)?;
@@ -519,7 +550,14 @@ fn build(
         Some(r) => (r, meta.app_sigmask),
         None => (resume_regs(t.base_regs(), &threads.main.ctx), RESUME_MASK),
     };
-    t.finish(regs, mask)
+    // The address announced and every connection out of repair, just before the program
+    // runs again.
+    let kept = match network {
+        Some(n) => Some(n.go(t.pid)?),
+        None => None,
+    };
+    t.finish(regs, mask)?;
+    Ok(kept)
 }
 
 /// Rejects images restore cannot work with before anything is forked.

@@ -924,12 +924,30 @@ fn takeover(
 ) -> Result<i32> {
     let image = &rx.image;
     let epoch = image.committed_epoch().unwrap_or(0);
+    let service = match &args.service {
+        Some(svc) => match service_restore(svc, peer) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(epoch, "TAKEOVER FAILED: {e}");
+                let _ = write_json_atomic(
+                    &args.state_dir.join("takeover.json"),
+                    &serde_json::json!({ "epoch": epoch, "error": e.clone(), "time_ms": crate::sys::unix_ms(), "primary": peer }),
+                );
+                let mut b = status.lock();
+                b.set_standby_state(StandbyState::Waiting);
+                b.unprotect(format!("takeover from epoch {epoch} failed: {e}"));
+                return Err(anyhow::anyhow!("{e}; the program was not restored"));
+            }
+        },
+        None => None,
+    };
     let opts = crate::restore::RestoreOptions {
         stdout: args.stdout.clone(),
         stderr: args.stderr.clone(),
         state_dir: args.state_dir.clone(),
         bind_map: args.bind_map.clone(),
         file_root: crate::files::root().map(|r| r.root),
+        service,
         ..Default::default()
     };
     let started = Instant::now();
@@ -1019,12 +1037,37 @@ fn takeover(
             Err(e) => tracing::error!("--reprotect-with {addr}: {e}"),
         }
     }
+    // The program's network (`--service-addr`) stays up while it runs.
+    let network = restored.network.clone();
     let code = wait_restored(pid, stop);
     lease.revoke("the restored program exited");
     let code = code?;
     tracing::info!(pid, code, "the restored process exited");
+    drop(network);
     status.lock().status.exit_code = Some(code);
     Ok(code)
+}
+
+/// `--service-addr` at a takeover: the device is `--service-dev`, else the one that routes to
+/// the lost primary (`peer`, HOST:PORT).
+fn service_restore(
+    svc: &ServiceAddrArg,
+    peer: &str,
+) -> Result<crate::restore::net::ServiceRestore, String> {
+    let dev = match &svc.dev {
+        Some(d) => d.clone(),
+        None => crate::net::service::dev_towards(peer).map_err(|e| {
+            format!(
+                "--service-addr {}: cannot find the device that routes to the primary {peer} \
+                 (give --service-dev): {e}",
+                svc.addr
+            )
+        })?,
+    };
+    Ok(crate::restore::net::ServiceRestore {
+        addr: svc.addr,
+        dev,
+    })
 }
 
 /// Runs the operator's `--on-takeover` command with `sh -c`, with `REMUS_EPOCH`,

@@ -102,7 +102,20 @@ pub fn dump(sock: impl AsFd) -> Result<TcpConnState, DumpError> {
         sys::TCP_REPAIR_QUEUE,
         Queue::None as i32,
     );
-    if let Err(e) = sys::set_int(fd, libc::IPPROTO_TCP, sys::TCP_REPAIR, 0) {
+    // Off without a window probe: a dump in every pause must not make a packet (with the
+    // packet gate each one would be held for the next epoch and trigger it at once: an epoch
+    // storm). Kernels before 4.19 only know 0.
+    let off = sys::set_int(
+        fd,
+        libc::IPPROTO_TCP,
+        sys::TCP_REPAIR,
+        sys::TCP_REPAIR_OFF_NO_WP,
+    )
+    .or_else(|e| match e.raw_os_error() {
+        Some(libc::EINVAL) => sys::set_int(fd, libc::IPPROTO_TCP, sys::TCP_REPAIR, 0),
+        _ => Err(e),
+    });
+    if let Err(e) = off {
         warn!(fd, error = %e, "TCP_REPAIR off failed after a dump");
         return Err(DumpError::RepairStuck(e));
     }

@@ -8,6 +8,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 pub const TCP_REPAIR: i32 = 19;
+/// `TCP_REPAIR` value: off without the window probe `TCP_REPAIR_OFF` (0) sends (Linux 4.19).
+pub const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 pub const TCP_REPAIR_QUEUE: i32 = 20;
 pub const TCP_QUEUE_SEQ: i32 = 21;
 pub const TCP_REPAIR_OPTIONS: i32 = 22;

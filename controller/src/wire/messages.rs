@@ -10,8 +10,11 @@ use crate::image::EpochMeta;
 /// Protocol version carried in every frame header and in [`Hello`]. 3: the standby's refusal
 /// of a hello is a [`Refusal`] (it was free text). 4: an [`EpochCommit`] carries the epoch's
 /// held output ([`HeldOutput`]) and the primary's heartbeats its release watermark
-/// ([`Released`]); [`EpochMeta`] carries every thread (`threads`, `rendezvous_ns`).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// ([`Released`]); [`EpochMeta`] carries every thread (`threads`, `rendezvous_ns`). 5:
+/// [`EpochMeta`] carries the connections dumped in the pause (`tcp`). 6: the etcd
+/// arbiter and the planned switch-over (`Goodbye::Switchover`, `Hello::lease`,
+/// `HelloAck::leader_key`).
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// One message on the wire. The frame header's `kind` byte is [`WireMsg::kind`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

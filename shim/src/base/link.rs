@@ -46,3 +46,46 @@ pub fn recv() -> Result<Msg, i32> {
         }
     }
 }
+
+/// Waits for one message until `deadline_ns` (`CLOCK_MONOTONIC`): `Ok(None)` when the deadline
+/// passed first, `Err(0)` on end of file. Signal-handler safe (raw `ppoll` and `read`).
+pub fn recv_until(deadline_ns: u64) -> Result<Option<Msg>, i32> {
+    let fd = state::SOCK.load(Ordering::Relaxed);
+    if fd < 0 {
+        return Err(libc::EBADF);
+    }
+    loop {
+        let now = sys::monotonic_ns();
+        if now >= deadline_ns {
+            return Ok(None);
+        }
+        let left = deadline_ns - now;
+        let ts = libc::timespec {
+            tv_sec: (left / 1_000_000_000) as libc::time_t,
+            tv_nsec: (left % 1_000_000_000) as libc::c_long,
+        };
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd and one timespec, both valid for the call; no signal mask given
+        // (the handler's own mask stays).
+        match unsafe {
+            sys::raw6(
+                libc::SYS_ppoll,
+                &mut p as *mut libc::pollfd as usize,
+                1,
+                &ts as *const libc::timespec as usize,
+                0,
+                0,
+                0,
+            )
+        } {
+            Ok(0) => continue, // the loop head sees the deadline
+            Ok(_) => return recv().map(Some),
+            Err(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

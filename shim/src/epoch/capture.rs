@@ -10,7 +10,8 @@ use remus_abi::{
     FdRecord, Msg, MsgKind, ResetRange, ResumeContext, StagingHeader, ThreadRecord, ABI_VERSION,
     ADDRS_OFF, CHUNK_PAGES, CWD_MAX, DATA_OFF, FDS_OFF, HDR_FLAG_STREAMED, MAPS_OFF, MAX_FDS,
     MAX_MAPS_BYTES, MAX_RESETS, MAX_THREADS, PAGE_SIZE, RESEND_DONE_OFF, RESEND_EPOCH_OFF,
-    RESEND_REQ_OFF, RESETS_OFF, STAGING_MAGIC, STREAM_OFF, THREADS_OFF,
+    RESEND_REQ_OFF, RESETS_OFF, STAGING_MAGIC, STREAM_OFF, TCP_HOLD_DEADLINE_NS, TCP_HOLD_OFF,
+    THREADS_OFF,
 };
 
 use super::profile::{self, Phase};
@@ -769,7 +770,41 @@ fn take_epoch(ctx: &ResumeContext, t0: u64, g: &rendezvous::Gathered) -> Result<
     h.pause_ns = sys::monotonic_ns().saturating_sub(t0);
     w.flush(true)?;
     profile::mark(Phase::Notify, &mut t);
+    hold_for_dump(base, epoch)?;
     profile::epoch_done();
     state::EPOCH.store(epoch, Ordering::Relaxed);
     Ok(())
+}
+
+/// remusd runs with a service address (`remus_abi::TCP_HOLD_OFF` set) and the program has a
+/// connected TCP socket: every thread stays in the handler (the followers are still parked)
+/// until remusd says it has dumped epoch `epoch`'s connections, at most
+/// `TCP_HOLD_DEADLINE_NS`. Late, the program goes on and remusd is told so: it must not commit
+/// an epoch whose connection state may be newer than its memory.
+fn hold_for_dump(base: *mut u8, epoch: u64) -> Result<(), Abort> {
+    if header_word(base, TCP_HOLD_OFF).load(Ordering::Acquire) == 0
+        || !kobj::has_connected_tcp(base)
+    {
+        return Ok(());
+    }
+    let deadline = sys::monotonic_ns().saturating_add(TCP_HOLD_DEADLINE_NS);
+    loop {
+        match link::recv_until(deadline) {
+            Ok(Some(m)) if m.kind == MsgKind::TcpDumped as u32 && m.a == epoch => {
+                return link::send(&Msg::new(MsgKind::TcpHeld, epoch, 0)).map_err(|_| Abort::Link);
+            }
+            Ok(Some(_)) => continue, // an answer to an earlier epoch, or a stray Drained
+            Ok(None) => {
+                let mut l = Line::<200>::new();
+                l.push(b"the connection dump of epoch ")
+                    .num(epoch)
+                    .push(b" did not come within ")
+                    .num(TCP_HOLD_DEADLINE_NS / 1_000_000)
+                    .push(b" ms; the program went on without it");
+                link::send_text(MsgKind::TcpDumpLate, epoch, 0, l.as_bytes());
+                return Ok(());
+            }
+            Err(_) => return Err(Abort::Link),
+        }
+    }
 }

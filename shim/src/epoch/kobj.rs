@@ -456,3 +456,25 @@ fn signalfd(fd: i32, r: &mut KobjRecord) -> bool {
         .unwrap_or(0);
     true
 }
+
+/// Whether the kernel objects just written at `base` (this epoch's, by [`capture`]) include a
+/// connected TCP socket over IPv4 or IPv6: what remusd dumps in the pause
+/// (`remus_abi::TCP_HOLD_OFF`).
+pub fn has_connected_tcp(base: *mut u8) -> bool {
+    // SAFETY: the kobj section lies inside staging (see `capture`), written just now by
+    // `capture` in this handler; only read here.
+    let (hdr, recs) = unsafe {
+        (
+            &*(base.add(KOBJ_OFF) as *const KobjHeader),
+            core::slice::from_raw_parts(base.add(KOBJS_OFF) as *const KobjRecord, MAX_KOBJS),
+        )
+    };
+    let n = (hdr.n_objs as usize).min(MAX_KOBJS);
+    recs[..n].iter().any(|r| {
+        r.kind == KobjKind::Socket as u32
+            && (r.family == libc::AF_INET || r.family == libc::AF_INET6)
+            && r.sock_type == libc::SOCK_STREAM
+            && r.flags & KF_CONNECTED != 0
+            && r.flags & KF_LISTENING == 0
+    })
+}
