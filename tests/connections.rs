@@ -71,6 +71,10 @@ impl Rig {
             .arg(dir.path().join("state"))
             .arg("--key-file")
             .arg(test_key_file())
+            // The kill closes the replication link at once (the host's kernel lives on), which
+            // the standby sees without waiting for silence; a long silence bound keeps a busy
+            // machine from a takeover the test did not ask for.
+            .args(["--timeout-ms", "5000"])
             .args(["--service-addr", &format!("{service}/24"), "--log-file"])
             .arg(dir.path().join("standby.log"))
             .env("REMUS_LOG", "info,remus_controller::restore=debug")
