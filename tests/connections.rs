@@ -336,6 +336,11 @@ fn beanstalkd_connection_survives_kill_9_of_the_primary() {
     assert!(t["pid"].as_i64().is_some(), "takeover.json: {t}");
     print_stall("one connection across kill -9", &mut times);
     check_jobs(&mut c, &acked);
+    // The listening socket is the restored program's, in its namespace at the address: a new
+    // client connects and is served.
+    let mut n = rig.connect(PORT);
+    put(&mut n, b"after-the-failover").expect("a put on a new connection after the failover");
+    check_jobs(&mut n, &[b"after-the-failover".to_vec()]);
     let log = std::fs::read_to_string(rig.dir.path().join("standby.log")).unwrap_or_default();
     assert!(
         log.contains("1 connection(s) rebuilt"),
