@@ -141,12 +141,22 @@ impl Rig {
             .as_i64()
             .unwrap_or_else(|| panic!("no controller_pid in the primary's status: {st}"))
             as i32;
-        // For the record: epochs taken while protected (each with its connections dumped).
+        // The connections were dumped in the pauses (the shim held the epochs for it).
+        let conns = &st["connections"];
+        assert!(
+            conns["epochs_held"].as_u64().unwrap_or(0) > 0
+                && conns["last_epoch"].as_u64() >= Some(1),
+            "the primary's status shows no connection dumped: {st}"
+        );
+        // For the record: epochs taken while protected, and the hold for the dump.
         eprintln!(
-            "before the kill: {} epochs in {:.1} s, pause p50 {} us",
+            "before the kill: {} epochs in {:.1} s, pause p50 {} us; {} epochs held for the dump, last hold {} us, max {} us",
             st["epochs_total"],
             self.since.elapsed().as_secs_f64(),
-            st["pause_us"]["p50"]
+            st["pause_us"]["p50"],
+            conns["epochs_held"],
+            conns["last_hold_us"],
+            conns["max_hold_us"]
         );
         let app = self.primary.id() as i32;
         assert!(signal(app, libc::SIGKILL), "kill -9 {app} (the program)");
