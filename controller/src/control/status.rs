@@ -158,6 +158,9 @@ pub struct Status {
     /// primary with `--service-addr`: the packet gate's counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packet_gate: Option<crate::net::gate::GateCounts>,
+    /// primary with `--service-addr`: the connections dumped in the pause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnHold>,
     /// primary: output bytes read from the app and not yet released (output commit).
     #[serde(default)]
     pub output_held_bytes: u64,
@@ -264,6 +267,7 @@ impl Status {
             takeovers: 0,
             unrestorable_fds: Vec::new(),
             packet_gate: None,
+            connections: None,
             output_held_bytes: 0,
             output_released_bytes: 0,
             commit_latency_us: PauseUs::default(),
@@ -411,6 +415,15 @@ impl Status {
                     human_bytes(self.output_released_bytes),
                     self.commit_latency_us.p50,
                     self.commit_latency_us.p99
+                ),
+            );
+        }
+        if let Some(c) = &self.connections {
+            line(
+                "conns",
+                format!(
+                    "{} dumped at the last epoch  hold {} us (max {} us)  {} epochs held",
+                    c.last_epoch, c.last_hold_us, c.max_hold_us, c.epochs_held
                 ),
             );
         }
@@ -739,4 +752,16 @@ mod tests {
             assert_eq!(serde_json::to_value(st).unwrap(), st.label());
         }
     }
+}
+
+/// The connection dump in the pause (`--service-addr`, `primary::conns`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnHold {
+    /// Connections dumped at the last epoch that had any.
+    pub last_epoch: u64,
+    /// How long the program was held for that dump (from the last chunk to the shim's answer).
+    pub last_hold_us: u64,
+    pub max_hold_us: u64,
+    /// Epochs the shim held for a dump.
+    pub epochs_held: u64,
 }

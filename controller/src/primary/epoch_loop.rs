@@ -759,6 +759,15 @@ impl Primary {
             hold_us = t0.elapsed().as_micros() as u64,
             "connections dumped in the pause"
         );
+        let hold_us = t0.elapsed().as_micros() as u64;
+        {
+            let mut b = self.status.lock();
+            let c = b.status.connections.get_or_insert_with(Default::default);
+            c.last_epoch = dumped.conns.len() as u64;
+            c.last_hold_us = hold_us;
+            c.max_hold_us = c.max_hold_us.max(hold_us);
+            c.epochs_held += 1;
+        }
         meta.tcp = dumped.conns;
         DumpOutcome::Taken
     }

@@ -49,7 +49,14 @@
 //! SYN-ACK, else gets a RST from the restored listener (DESIGN §9). A socket already `CLOSE`d by
 //! a RST or both FINs is [`DumpError::Unsupported`]: restore it as a closed peer, as today.
 //!
-//! # Wiring into the epoch (not built yet)
+//! # Wiring into the epoch
+//!
+//! Built as planned below (`primary::conns`, `restore::net`, `tests/connections.rs`), with two
+//! differences: the shim answers `TcpHeld` (or `TcpDumpLate`) so that remusd knows the dump
+//! was held before it commits the epoch, and the duplicate is taken at every epoch instead of
+//! cached (a kept duplicate would delay the FIN of a socket the program closed by an epoch).
+//! A late dump stops protection (the epoch's pages are already out of the tracker, so it
+//! cannot simply be retried).
 //!
 //! The shim captures the app in its epoch handler and returns without waiting for remusd, but a
 //! dump needs the app held while remusd reads (repair mode breaks the app's own calls, and a
