@@ -77,6 +77,8 @@ impl Rig {
             .args(["--timeout-ms", "5000"])
             .args(["--service-addr", &format!("{service}/24"), "--log-file"])
             .arg(dir.path().join("standby.log"))
+            .arg("--control")
+            .arg(dir.path().join("standby.sock"))
             .env("REMUS_LOG", "info,remus_controller::restore=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -605,4 +607,91 @@ fn mosquitto_qos1_publishes_across_kill_9() {
         );
     }
     assert_eq!(delivered.len(), N, "deliveries of messages never published");
+}
+
+/// After the takeover the restored program (in its namespace on the standby host, with its
+/// connection) is protected again by a new standby on the old primary host (`remusctl
+/// protect`). No packet gate stands in front of it there: its sockets' output must go back to
+/// the shim's log, held until each epoch commits (the new primary's `output_released_bytes`
+/// grows with the answers), and the client's same connection goes on being served.
+#[test]
+fn restored_program_is_protected_again_with_its_connection_open() {
+    require_program("/usr/bin/beanstalkd", "beanstalkd");
+    let rig = Rig::start(&["/usr/bin/beanstalkd", "-l", "0.0.0.0", "-p", "11300"]);
+    let mut c = rig.connect(PORT);
+    let (mut acked, _) = put_loop(&mut c, "job", 60, 16, 30, || rig.kill_primary_side());
+    rig.takeover();
+    let b_addr = format!("{}:7001", rig.lan.addr("primary"));
+    let mut b = rig
+        .lan
+        .command("primary", &bins().remusd)
+        .args(["standby", "--listen", &b_addr, "--state-dir"])
+        .arg(rig.dir.path().join("state-b"))
+        .arg("--key-file")
+        .arg(test_key_file())
+        .arg("--log-file")
+        .arg(rig.dir.path().join("standby-b.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the second standby");
+    let a_control = rig.dir.path().join("standby.sock");
+    let report = || {
+        format!(
+            "{}\nsecond standby log:\n{}",
+            rig.report(),
+            remus::tail_file(&rig.dir.path().join("standby-b.log"), 30)
+        )
+    };
+    let mut protected = None;
+    for _ in 0..100 {
+        let out = std::process::Command::new(&bins().remusctl)
+            .args(["protect", "--standby", &b_addr, "--control"])
+            .arg(&a_control)
+            .output()
+            .expect("run remusctl protect");
+        if out.status.success() {
+            protected = Some(());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the second standby is starting
+    }
+    assert!(
+        protected.is_some(),
+        "remusctl protect never succeeded\n{}",
+        report()
+    );
+    let av = wait_for(
+        "the restored program protected again",
+        LONG,
+        &report,
+        || {
+            remus::status(&a_control)
+                .ok()
+                .filter(|v| s(v, "state") == "reprotected" && !s(v, "primary_control").is_empty())
+        },
+    );
+    let pctl = PathBuf::from(s(&av, "primary_control"));
+    let released = |what: &str| -> u64 {
+        let v = wait_for(what, LONG, &report, || {
+            remus::status(&pctl)
+                .ok()
+                .filter(|v| v.get("protected") == Some(&serde_json::Value::Bool(true)))
+        });
+        v["output_released_bytes"].as_u64().unwrap_or(0)
+    };
+    let before = released("the new primary protected");
+    let (more, _) = put_loop(&mut c, "again", 20, 16, usize::MAX, || {});
+    acked.extend(more);
+    let after = released("the new primary after the puts");
+    assert!(
+        after >= before + 20 * "INSERTED 1\r\n".len() as u64,
+        "the answers on the kept connection did not go through the output log after \
+         re-protection (released {before} -> {after} bytes)\n{}",
+        report()
+    );
+    check_jobs(&mut c, &acked);
+    let _ = b.kill();
+    let _ = b.wait();
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use tracing_subscriber::EnvFilter;
 
-/// Logs go to `file` (appended) or stderr. `REMUS_LOG` (or `RUST_LOG`) sets the filter;
+/// Logs go to `file` (appended) or stderr, with colour codes only on a terminal. `REMUS_LOG` (or `RUST_LOG`) sets the filter;
 /// default `info`.
 pub fn init(file: Option<&Path>) -> Result<()> {
     let filter = std::env::var("REMUS_LOG")
@@ -29,7 +29,15 @@ pub fn init(file: Option<&Path>) -> Result<()> {
                 .with_writer(std::sync::Mutex::new(f))
                 .init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        // Colour only for a terminal: stderr is often a file or a pipe (the program's own, when
+        // `remusd service-exec` logs before it execs the program).
+        None => {
+            use std::io::IsTerminal;
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .init()
+        }
     }
     Ok(())
 }

@@ -176,6 +176,19 @@ fn protect(pid: i32, req: &Request) -> Result<(), String> {
     capture::reset();
     files::reset();
     sockets::reset();
+    // No packet gate in front of the restored program here: its new remusd primary runs without
+    // one (the variables `remusd service-exec` set on the old primary host name that host's
+    // devices), and its sockets' output goes back to the log.
+    sockets::leave_gate();
+    for name in [
+        "REMUS_PACKET_GATE",
+        "REMUS_SERVICE_ADDR",
+        "REMUS_SERVICE_DEV",
+        "REMUS_SERVICE_VETH",
+        "REMUS_OUTER_NETNS",
+    ] {
+        crate::base::environ::set(name, None);
+    }
     state::EPOCH.store(0, Ordering::Relaxed);
     state::pending().store(false, Ordering::Release);
     state::APP_PID.store(pid, Ordering::Relaxed);

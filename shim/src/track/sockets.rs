@@ -144,6 +144,14 @@ pub fn continue_after_exec(next: u32) {
 /// Forgets every socket held for the previous `remusd primary` (a restored process being
 /// protected again: the new remusd has none of them; each is passed again at its next use).
 /// Called at the rejoin's safe point while passive (every hook passes through).
+/// A restored program being protected again (`life::rejoin`): no packet gate stands in front
+/// of it on this host (the takeover brought up its namespace and address, not a gate), so its
+/// TCP and UDP sockets go back to the log, which holds their output until each epoch commits.
+/// Its connections are then not dumped: they come back closed at a later failover.
+pub fn leave_gate() {
+    PACKET_GATE.store(false, Ordering::Relaxed);
+}
+
 pub fn reset() {
     for s in SLOTS.iter() {
         s.ino.store(0, Ordering::Relaxed);
