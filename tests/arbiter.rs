@@ -156,7 +156,10 @@ fn killed_primary_standby_takes_over_after_the_lease() {
     p.wait_eof(LONG);
     let released_after = released(&p);
     assert!(released_after >= released_before);
-    let lowest = iters(&sb.app_stdout_text().lines().collect::<Vec<_>>())
+    // The whole file: the committed output the standby wrote before the program resumed
+    // (what the primary had not confirmed writing) and then the program's own.
+    let whole = std::fs::read_to_string(&sb.app_stdout).unwrap_or_default();
+    let lowest = iters(&whole.lines().collect::<Vec<_>>())
         .into_iter()
         .min()
         .unwrap_or(u64::MAX);
@@ -566,7 +569,10 @@ fn planned_switchover_without_etcd() {
     p.wait_exit(LONG);
     let released_max = released(&p);
     restored_first_iteration(&sb);
-    let lowest = iters(&sb.app_stdout_text().lines().collect::<Vec<_>>())
+    // The whole file: the committed output the standby wrote before the program resumed
+    // (what the primary had not confirmed writing) and then the program's own.
+    let whole = std::fs::read_to_string(&sb.app_stdout).unwrap_or_default();
+    let lowest = iters(&whole.lines().collect::<Vec<_>>())
         .into_iter()
         .min()
         .unwrap_or(u64::MAX);
