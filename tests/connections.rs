@@ -610,25 +610,30 @@ fn mosquitto_qos1_publishes_across_kill_9() {
 }
 
 /// After the takeover the restored program (in its namespace on the standby host, with its
-/// connection) is protected again by a new standby on the old primary host (`remusctl
-/// protect`). No packet gate stands in front of it there: its sockets' output must go back to
-/// the shim's log, held until each epoch commits (the new primary's `output_released_bytes`
-/// grows with the answers), and the client's same connection goes on being served.
+/// connection) is protected again by a new standby on the old primary host, given the same
+/// `--service-addr` (`remusctl protect`): its new primary runs a packet gate on the standby
+/// host and dumps the connection again, so that a second `kill -9` (the restored program and
+/// its new primary) moves the same connection back to the first host, every acknowledged put
+/// still there exactly once.
 #[test]
-fn restored_program_is_protected_again_with_its_connection_open() {
+fn restored_program_is_protected_again_and_fails_over_a_second_time() {
     require_program("/usr/bin/beanstalkd", "beanstalkd");
     let rig = Rig::start(&["/usr/bin/beanstalkd", "-l", "0.0.0.0", "-p", "11300"]);
     let mut c = rig.connect(PORT);
     let (mut acked, _) = put_loop(&mut c, "job", 60, 16, 30, || rig.kill_primary_side());
     rig.takeover();
     let b_addr = format!("{}:7001", rig.lan.addr("primary"));
+    let b_state = rig.dir.path().join("state-b");
+    std::fs::create_dir_all(&b_state).unwrap();
     let mut b = rig
         .lan
         .command("primary", &bins().remusd)
         .args(["standby", "--listen", &b_addr, "--state-dir"])
-        .arg(rig.dir.path().join("state-b"))
+        .arg(&b_state)
         .arg("--key-file")
         .arg(test_key_file())
+        .args(["--timeout-ms", "5000"])
+        .args(["--service-addr", &format!("{}/24", rig.service)])
         .arg("--log-file")
         .arg(rig.dir.path().join("standby-b.log"))
         .stdin(Stdio::null())
@@ -672,26 +677,37 @@ fn restored_program_is_protected_again_with_its_connection_open() {
                 .filter(|v| s(v, "state") == "reprotected" && !s(v, "primary_control").is_empty())
         },
     );
+    let restored = av["restored_pid"].as_i64().expect("restored_pid") as i32;
     let pctl = PathBuf::from(s(&av, "primary_control"));
-    let released = |what: &str| -> u64 {
-        let v = wait_for(what, LONG, &report, || {
-            remus::status(&pctl)
-                .ok()
-                .filter(|v| v.get("protected") == Some(&serde_json::Value::Bool(true)))
-        });
-        v["output_released_bytes"].as_u64().unwrap_or(0)
-    };
-    let before = released("the new primary protected");
-    let (more, _) = put_loop(&mut c, "again", 20, 16, usize::MAX, || {});
+    let pv = wait_for(
+        "the new primary protected, behind a gate",
+        LONG,
+        &report,
+        || {
+            remus::status(&pctl).ok().filter(|v| {
+                v.get("protected") == Some(&serde_json::Value::Bool(true))
+                    && v.get("packet_gate").is_some_and(|g| !g.is_null())
+                    && v["committed_epoch"].as_u64().is_some()
+            })
+        },
+    );
+    let remusd = pv["controller_pid"].as_i64().expect("controller_pid") as i32;
+    let (more, mut times) = put_loop(&mut c, "again", 60, 16, 30, || {
+        assert!(signal(restored, libc::SIGKILL), "kill -9 {restored}");
+        assert!(signal(remusd, libc::SIGKILL), "kill -9 {remusd}");
+    });
     acked.extend(more);
-    let after = released("the new primary after the puts");
+    wait_for("the second standby's takeover", LONG, &report, || {
+        std::fs::read_to_string(b_state.join("takeover.json")).ok()
+    });
+    print_stall("the second failover, back to the first host", &mut times);
+    check_jobs(&mut c, &acked);
+    let log = std::fs::read_to_string(rig.dir.path().join("standby-b.log")).unwrap_or_default();
     assert!(
-        after >= before + 20 * "INSERTED 1\r\n".len() as u64,
-        "the answers on the kept connection did not go through the output log after \
-         re-protection (released {before} -> {after} bytes)\n{}",
+        log.contains("1 connection(s) rebuilt"),
+        "the second standby rebuilt no connection\n{}",
         report()
     );
-    check_jobs(&mut c, &acked);
     let _ = b.kill();
     let _ = b.wait();
 }

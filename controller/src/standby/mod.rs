@@ -1028,6 +1028,11 @@ fn takeover(
         insecure: matches!(args.security, LinkSecurity::Insecure),
         epoch_ms: status.lock().status.epoch_ms,
         lease: reprotect::LeaseSlot(Arc::new(Mutex::new(lease))),
+        service: restored.network.as_ref().map(|n| reprotect::ServiceHere {
+            addr: n.0.spec.service.to_string(),
+            dev: n.0.spec.dev.clone(),
+            veth: n.0.spec.host_veth(),
+        }),
     };
     let lease = target.lease.clone();
     *rejoin.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.clone());

@@ -44,6 +44,18 @@ pub struct Target {
     /// `--etcd`: the leader key this daemon holds for the restored program. Revoked when
     /// protection starts again, so that the program's new primary takes the key at once.
     pub lease: LeaseSlot,
+    /// `--service-addr`: the restored program's network here, passed to its new primary so
+    /// that it runs behind a packet gate on this host and its connections are dumped again.
+    pub service: Option<ServiceHere>,
+}
+
+/// Where the restored program's packets leave it on this host (its [`crate::net::topology`]).
+#[derive(Clone, Debug)]
+pub struct ServiceHere {
+    pub addr: String,
+    pub dev: String,
+    /// This host's end of the program's veth pair (the gate's `-i`).
+    pub veth: String,
 }
 
 /// The lease a standby holds after a takeover (see [`Target::lease`]).
@@ -168,6 +180,20 @@ pub fn start(t: &Target, standby: &str, status: &SharedStatus) -> Result<String,
     }
     if let Some(ms) = t.epoch_ms {
         text.push_str(&format!("epoch_ms={ms}\n"));
+    }
+    if let Some(svc) = &t.service {
+        // The new primary enters this host's network namespace for its gate and link: this
+        // daemon's, or, when the program was restored into a PID namespace of its own (where
+        // this daemon has no /proc entry), that namespace's init's, which lives in it too.
+        let outer = if t.own_pid != t.pid {
+            "/proc/1/ns/net".to_string()
+        } else {
+            format!("/proc/{}/ns/net", std::process::id())
+        };
+        text.push_str(&format!(
+            "service_addr={}\nservice_dev={}\nservice_veth={}\nouter_netns={outer}\n",
+            svc.addr, svc.dev, svc.veth
+        ));
     }
     write_private(&req_path, &text)
         .map_err(|e| format!("writing the request {}: {e}", req_path.display()))?;

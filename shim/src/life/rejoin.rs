@@ -59,6 +59,9 @@ struct Request {
     key_file: Option<String>,
     insecure: bool,
     epoch_ms: Option<String>,
+    /// `--service-addr` on the standby that restored the program: (address, device, that
+    /// host's end of the program's veth pair, that host's network namespace).
+    service: [Option<String>; 4],
 }
 
 /// Reads and removes the request. `Ok(None)`: there is none (a stray signal).
@@ -100,6 +103,7 @@ fn take_request(pid: i32) -> Result<Option<Request>, String> {
         key_file: None,
         insecure: false,
         epoch_ms: None,
+        service: [None, None, None, None],
     };
     for line in text.lines() {
         let Some((k, v)) = line.split_once('=') else {
@@ -113,6 +117,10 @@ fn take_request(pid: i32) -> Result<Option<Request>, String> {
             "key_file" => r.key_file = Some(v),
             "insecure" => r.insecure = v == "1",
             "epoch_ms" => r.epoch_ms = Some(v),
+            "service_addr" => r.service[0] = Some(v),
+            "service_dev" => r.service[1] = Some(v),
+            "service_veth" => r.service[2] = Some(v),
+            "outer_netns" => r.service[3] = Some(v),
             _ => {}
         }
     }
@@ -176,18 +184,26 @@ fn protect(pid: i32, req: &Request) -> Result<(), String> {
     capture::reset();
     files::reset();
     sockets::reset();
-    // No packet gate in front of the restored program here: its new remusd primary runs without
-    // one (the variables `remusd service-exec` set on the old primary host name that host's
-    // devices), and its sockets' output goes back to the log.
-    sockets::leave_gate();
-    for name in [
-        "REMUS_PACKET_GATE",
+    // The program's network on this host. With a service address (the standby restored it into
+    // a namespace of its own), its new primary runs a packet gate here and dumps its
+    // connections again: the variables `remusd service-exec` set on the old host are replaced
+    // by this host's. Without, there is no gate: its sockets' output goes back to the log.
+    const SERVICE_VARS: [&str; 4] = [
         "REMUS_SERVICE_ADDR",
         "REMUS_SERVICE_DEV",
         "REMUS_SERVICE_VETH",
         "REMUS_OUTER_NETNS",
-    ] {
-        crate::base::environ::set(name, None);
+    ];
+    if req.service.iter().all(Option::is_some) {
+        for (name, v) in SERVICE_VARS.iter().zip(&req.service) {
+            crate::base::environ::set(name, v.as_deref());
+        }
+        crate::base::environ::set("REMUS_PACKET_GATE", Some("1"));
+    } else {
+        sockets::leave_gate();
+        for name in SERVICE_VARS.iter().chain(&["REMUS_PACKET_GATE"]) {
+            crate::base::environ::set(name, None);
+        }
     }
     state::EPOCH.store(0, Ordering::Relaxed);
     state::pending().store(false, Ordering::Release);
