@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use remus::wrk::Wrk;
 use remus::{bins_for, free_port, progs, Bins, TempDir};
 use serde_json::Value;
 
@@ -199,27 +200,6 @@ fn wait_port(port: u16) {
     }
 }
 
-#[derive(Clone, Copy, Default)]
-struct Wrk {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn parse_ms(s: &str) -> f64 {
-    let s = s.trim();
-    let (num, mult) = if let Some(v) = s.strip_suffix("us") {
-        (v, 0.001)
-    } else if let Some(v) = s.strip_suffix("ms") {
-        (v, 1.0)
-    } else if let Some(v) = s.strip_suffix('s') {
-        (v, 1000.0)
-    } else {
-        (s, 1.0)
-    };
-    num.parse::<f64>().unwrap_or(f64::NAN) * mult
-}
-
 fn wrk(port: u16, conns: u32, secs: u64) -> Wrk {
     let out = Command::new("wrk")
         .args([
@@ -231,19 +211,7 @@ fn wrk(port: u16, conns: u32, secs: u64) -> Wrk {
         ])
         .output()
         .expect("wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut w = Wrk::default();
-    for l in text.lines() {
-        let t = l.trim();
-        if let Some(v) = t.strip_prefix("Requests/sec:") {
-            w.rps = v.trim().parse().unwrap_or(0.0);
-        } else if let Some(v) = t.strip_prefix("50%") {
-            w.p50_ms = parse_ms(v);
-        } else if let Some(v) = t.strip_prefix("99%") {
-            w.p99_ms = parse_ms(v);
-        }
-    }
-    w
+    remus::wrk::parse(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// A web server to run bare and protected.

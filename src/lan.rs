@@ -15,47 +15,14 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 use std::thread;
-use std::time::{Duration, Instant};
 
-use crate::{alive, signal, try_run_with_timeout};
+use crate::alive;
 
-const IP_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::netns::ip;
 
-fn ip(args: &[&str]) -> Result<String, String> {
-    let mut cmd = Command::new("ip");
-    cmd.args(args);
-    match try_run_with_timeout(&mut cmd, IP_TIMEOUT)? {
-        (Some(st), out, _) if st.success() => Ok(out),
-        (Some(st), out, err) => Err(format!(
-            "`ip {}` failed ({st}): {}{}",
-            args.join(" "),
-            out.trim(),
-            err.trim()
-        )),
-        (None, _, _) => Err(format!("`ip {}` hung", args.join(" "))),
-    }
-}
-
-/// Kills everything in `ns` (at most 10 s), then deletes it.
+/// Kills everything in `ns`, then deletes it (the pairs go with it).
 fn destroy(ns: &str) {
-    let start = Instant::now();
-    loop {
-        let pids: Vec<i32> = ip(&["netns", "pids", ns])
-            .map(|o| o.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default();
-        if pids.is_empty() || start.elapsed() > Duration::from_secs(10) {
-            break;
-        }
-        for p in pids {
-            if p > 0 && p != std::process::id() as i32 {
-                signal(p, libc::SIGKILL);
-            }
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    if let Err(e) = ip(&["netns", "del", ns]) {
-        eprintln!("lan: {e}");
-    }
+    crate::netns::destroy(ns, None);
 }
 
 fn sweep_stale() {

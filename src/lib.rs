@@ -28,6 +28,7 @@ pub mod etcd;
 pub mod lan;
 pub mod net;
 pub mod netns;
+pub mod wrk;
 pub mod zoo;
 
 use netns::Netns;

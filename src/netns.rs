@@ -36,7 +36,7 @@ const FALLBACK_METRIC: &str = "9999";
 
 /// A veth pair number: its /30 in 10.213.0.0/16 and its root-side interface name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Pair(u64);
+pub(crate) struct Pair(u64);
 
 impl Pair {
     /// How many /30s 10.213.0.0/16 holds.
@@ -75,7 +75,7 @@ pub struct Netns {
 }
 
 /// Runs `ip args...` with a deadline; Err with its output when it fails.
-fn ip(args: &[&str]) -> Result<String, String> {
+pub(crate) fn ip(args: &[&str]) -> Result<String, String> {
     let mut cmd = Command::new("ip");
     cmd.args(args);
     match try_run_with_timeout(&mut cmd, IP_TIMEOUT)? {
@@ -101,7 +101,7 @@ fn pids_in(name: &str) -> Vec<i32> {
 /// SIGKILLs everything in namespace `name` until nothing is left (at most 10 s), then
 /// deletes the pair, its fallback route and the namespace. Errors are reported, not raised:
 /// this runs in Drop.
-fn destroy(name: &str, pair: Option<Pair>) {
+pub(crate) fn destroy(name: &str, pair: Option<Pair>) {
     let start = Instant::now();
     loop {
         let pids = pids_in(name);

@@ -43,11 +43,12 @@ pub(crate) fn spawn_stopped(inj: u64, len: u64, ids: ChildIds) -> Result<i32, Re
         ..Default::default()
     };
     let mntns = ids.mntns.unwrap_or(-1);
-    // SAFETY: a fork-like clone3 in a multi-threaded process: the child only runs
-    // `child_main`, which makes raw system calls and writes to memory it has just mapped; no
-    // allocation, no locks, no return into Rust code of the parent. `set_tid` outlives the
-    // call.
-    let pid = match unsafe { clone3(&args) } {
+    // A fork-like clone3 in a multi-threaded process: the child only runs `child_main`, which
+    // makes raw system calls and writes to memory it has just mapped; no allocation, no locks,
+    // no return into Rust code of the parent.
+    // SAFETY: as above; `set_tid` outlives the call.
+    let cloned = unsafe { clone3(&args) };
+    let pid = match cloned {
         Ok(0) => {
             // SAFETY: we are the freshly created child; see child_main's contract.
             unsafe { child_main(inj, len, mntns) }

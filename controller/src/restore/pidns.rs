@@ -101,10 +101,10 @@ impl PidNamespace {
         };
         let sock = theirs.as_raw_fd();
         // SAFETY: fork-like clone3: the child only runs `init_main` (raw system calls on
-        // memory it owns: the C strings above, copied with its address space); it never
-        // returns.
+        // memory it owns: the C strings above, copied with its address space); it never returns.
+        let cloned = unsafe { clone3(&args) };
         let init =
-            match unsafe { clone3(&args) } {
+            match cloned {
                 // SAFETY: we are the freshly cloned init; see init_main's contract.
                 Ok(0) => unsafe { init_main(sock, app_pid, &strings) },
                 Ok(pid) => pid,

@@ -175,58 +175,25 @@ hook! {
 
 // The app signalling its own threads: a signal that reaches a thread already parked in an
 // epoch's rendezvous makes that rendezvous start again (`epoch::rendezvous`, "Signals pending
-// at the cut").
-
-hook! {
-    unsafe fn pthread_kill(thread: libc::pthread_t, sig: c_int) -> c_int => remus_pthread_kill {
-        // SAFETY: the app's arguments, as for pthread_kill(3).
-        let r = unsafe { real!(pthread_kill)(thread, sig) };
-        rendezvous::note_signal_sent();
-        r
-    }
+// at the cut"). Each hook calls the real function, then says so.
+macro_rules! sends_a_signal {
+    ($( $name:ident ( $($v:ident : $t:ty),* ) => $body_fn:ident; )*) => {$(
+        hook! {
+            unsafe fn $name($($v: $t),*) -> c_int => $body_fn {
+                // SAFETY: the app's arguments, passed on unchanged.
+                let r = unsafe { real!($name)($($v),*) };
+                rendezvous::note_signal_sent();
+                r
+            }
+        }
+    )*};
 }
 
-hook! {
-    unsafe fn pthread_sigqueue(thread: libc::pthread_t, sig: c_int, value: libc::sigval) -> c_int => remus_pthread_sigqueue {
-        // SAFETY: the app's arguments, as for pthread_sigqueue(3).
-        let r = unsafe { real!(pthread_sigqueue)(thread, sig, value) };
-        rendezvous::note_signal_sent();
-        r
-    }
-}
-
-hook! {
-    unsafe fn raise(sig: c_int) -> c_int => remus_raise {
-        // SAFETY: as for raise(3).
-        let r = unsafe { real!(raise)(sig) };
-        rendezvous::note_signal_sent();
-        r
-    }
-}
-
-hook! {
-    unsafe fn kill(pid: libc::pid_t, sig: c_int) -> c_int => remus_kill {
-        // SAFETY: as for kill(2).
-        let r = unsafe { real!(kill)(pid, sig) };
-        rendezvous::note_signal_sent();
-        r
-    }
-}
-
-hook! {
-    unsafe fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: c_int) -> c_int => remus_tgkill {
-        // SAFETY: as for tgkill(2).
-        let r = unsafe { real!(tgkill)(tgid, tid, sig) };
-        rendezvous::note_signal_sent();
-        r
-    }
-}
-
-hook! {
-    unsafe fn sigqueue(pid: libc::pid_t, sig: c_int, value: libc::sigval) -> c_int => remus_sigqueue {
-        // SAFETY: as for sigqueue(3).
-        let r = unsafe { real!(sigqueue)(pid, sig, value) };
-        rendezvous::note_signal_sent();
-        r
-    }
+sends_a_signal! {
+    pthread_kill(thread: libc::pthread_t, sig: c_int) => remus_pthread_kill;
+    pthread_sigqueue(thread: libc::pthread_t, sig: c_int, value: libc::sigval) => remus_pthread_sigqueue;
+    raise(sig: c_int) => remus_raise;
+    kill(pid: libc::pid_t, sig: c_int) => remus_kill;
+    tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: c_int) => remus_tgkill;
+    sigqueue(pid: libc::pid_t, sig: c_int, value: libc::sigval) => remus_sigqueue;
 }
